@@ -1,0 +1,176 @@
+//! JSON text as kombu reads and writes it (§1.6.2).
+//!
+//! Writing mirrors Python's `json.dumps` defaults: `", "` and `": "`
+//! separators and `ensure_ascii=True` (every non-ASCII character, and DEL,
+//! escaped as `\uXXXX`). Numbers keep the exact text they arrived with
+//! (serde_json's `arbitrary_precision`), so Python's unbounded integers and
+//! float spellings survive a round trip, and object keys keep their order.
+//!
+//! Reading refuses Python's bare `NaN`/`Infinity` tokens with a specific
+//! error rather than a generic syntax error, since no JSON value can hold them.
+
+use std::io;
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::ser::Formatter;
+
+use crate::DecodeError;
+
+/// Serializes a value exactly as Python's `json.dumps(value)` would.
+///
+/// ```
+/// use celeriac_protocol::json::to_python_json;
+/// let text = to_python_json(&serde_json::json!([[2, 2], {"k": "é"}]));
+/// assert_eq!(text, r#"[[2, 2], {"k": "\u00e9"}]"#);
+/// ```
+pub fn to_python_json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    // Serializing a `Value` (or our own types) into a Vec cannot fail: there
+    // are no maps with non-string keys and no I/O errors.
+    if value.serialize(&mut ser).is_err() {
+        return String::from("null");
+    }
+    // The formatter only ever writes ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Parses JSON text, turning Python's non-finite number tokens into
+/// [`DecodeError::NonFiniteNumber`].
+///
+/// ```
+/// use celeriac_protocol::{json::from_slice, DecodeError};
+/// assert!(from_slice(b"[1, 2]").is_ok());
+/// let err = from_slice(b"[1, NaN]").unwrap_err();
+/// assert!(matches!(err, DecodeError::NonFiniteNumber { token: "NaN", offset: 4 }));
+/// ```
+pub fn from_slice(bytes: &[u8]) -> Result<Value, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|err| match find_non_finite(bytes) {
+        Some((token, offset)) => DecodeError::NonFiniteNumber { token, offset },
+        None => DecodeError::Json(err.to_string()),
+    })
+}
+
+/// Finds the first bare `NaN`, `Infinity` or `-Infinity` outside a string.
+fn find_non_finite(bytes: &[u8]) -> Option<(&'static str, usize)> {
+    const TOKENS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            continue;
+        }
+        if let Some(token) = TOKENS.iter().find(|t| bytes[i..].starts_with(t.as_bytes())) {
+            return Some((token, i));
+        }
+    }
+    None
+}
+
+/// `json.dumps` separators and `ensure_ascii=True` escaping.
+struct PythonFormatter;
+
+impl Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        if fragment.bytes().all(|b| b < 0x7f) {
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut units = [0u16; 2];
+        for c in fragment.chars() {
+            if (c as u32) < 0x7f {
+                w.write_all(&[c as u8])?;
+            } else {
+                for unit in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn matches_python_dumps_byte_for_byte() {
+        // Expected strings are what CPython 3.11 `json.dumps` prints.
+        let cases = [
+            (
+                json!({"a": [1, 2], "b": null}),
+                r#"{"a": [1, 2], "b": null}"#,
+            ),
+            (json!("😀"), r#""\ud83d\ude00""#),
+            (json!("\u{7f}\u{0}\t\"\\"), r#""\u007f\u0000\t\"\\""#),
+            (json!([]), "[]"),
+            (json!({}), "{}"),
+            (json!([true, false, -1]), "[true, false, -1]"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(to_python_json(&value), expected);
+        }
+    }
+
+    #[test]
+    fn number_text_survives_a_round_trip() {
+        let text = "[1e+100, -0.0, 0.1, 1267650600228229401496703205376, -9223372036854775809]";
+        let value = from_slice(text.as_bytes()).unwrap();
+        assert_eq!(to_python_json(&value), text);
+    }
+
+    #[test]
+    fn key_order_is_kept() {
+        let text = r#"{"z": 1, "a": 2, "m": 3}"#;
+        assert_eq!(to_python_json(&from_slice(text.as_bytes()).unwrap()), text);
+    }
+
+    #[test]
+    fn non_finite_tokens_are_named() {
+        let err = from_slice(br#"["NaN", -Infinity]"#).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::NonFiniteNumber {
+                token: "-Infinity",
+                offset: 8
+            }
+        );
+        assert!(matches!(from_slice(b"[1,"), Err(DecodeError::Json(_))));
+    }
+}

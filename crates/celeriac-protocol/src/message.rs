@@ -1,0 +1,343 @@
+//! Task messages: the raw form that travels over AMQP and the typed form
+//! tasks and workers use, with the codec between them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use serde_json::{Map, Value};
+
+use crate::header::{HeaderValue, Headers};
+use crate::{
+    Compression, DecodeError, EncodeError, TaskBody, TaskHeaders, content, json, kombu, repr, v1,
+};
+
+/// RabbitMQ's default maximum message size, and our default decode limit.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 16 * 1024 * 1024;
+
+/// The AMQP basic properties Celery uses (§1.2). Absent ones are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// `content_type`: the serializer's MIME type (`application/json`).
+    pub content_type: Option<String>,
+    /// `content_encoding`: `utf-8` for JSON.
+    pub content_encoding: Option<String>,
+    /// `correlation_id`: the task id (results are tagged with it).
+    pub correlation_id: Option<String>,
+    /// `reply_to`: the sender's RPC result queue.
+    pub reply_to: Option<String>,
+    /// `delivery_mode`: 2 is persistent, 1 transient.
+    pub delivery_mode: Option<u8>,
+    /// `priority`: 0–255 (Python sends 0 unless told otherwise).
+    pub priority: Option<u8>,
+    /// `expiration`: per-message TTL in milliseconds, as text.
+    pub expiration: Option<String>,
+}
+
+/// A message as it travels: properties, header table and body bytes.
+///
+/// The broker crate converts between this and its AMQP client's types;
+/// everything above it works with [`TaskMessage`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawMessage {
+    /// AMQP basic properties.
+    pub properties: Properties,
+    /// The `application_headers` table.
+    pub headers: Headers,
+    /// The body, exactly as published (possibly compressed).
+    pub body: Vec<u8>,
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Largest body accepted, before and after decompression, in bytes.
+    pub max_body_size: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+        }
+    }
+}
+
+impl DecodeOptions {
+    fn check_size(&self, size: usize) -> Result<(), DecodeError> {
+        if size > self.max_body_size {
+            return Err(DecodeError::TooLarge {
+                size,
+                limit: self.max_body_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the content type, decompresses and parses a body to JSON,
+    /// validating every kombu envelope in it.
+    pub(crate) fn decode_json(&self, raw: &RawMessage) -> Result<Value, DecodeError> {
+        self.check_size(raw.body.len())?;
+        let props = &raw.properties;
+        content::check(
+            props.content_type.as_deref(),
+            props.content_encoding.as_deref(),
+        )?;
+        let value = match raw.headers.get("compression") {
+            None | Some(HeaderValue::Void) => json::from_slice(&raw.body)?,
+            Some(header) => {
+                let mime = header.as_str().ok_or_else(|| DecodeError::HeaderType {
+                    name: "compression".into(),
+                    expected: "a MIME type string",
+                    found: header.type_name().into(),
+                })?;
+                let inflated =
+                    Compression::from_mime(mime)?.decompress(&raw.body, self.max_body_size)?;
+                json::from_slice(&inflated)?
+            }
+        };
+        kombu::validate(&value, &mut String::from("body"))?;
+        Ok(value)
+    }
+}
+
+/// Which wire form a decoded message arrived in (we always send v2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Headers carry the metadata; body is `[args, kwargs, embed]`.
+    V2,
+    /// Empty headers; everything in an object body (§1.8).
+    V1,
+    /// A `task` header with a v1-style object body; treated as v2.
+    Hybrid,
+}
+
+/// A Celery task message, decoded and typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// AMQP properties.
+    pub properties: Properties,
+    /// The typed v2 headers.
+    pub headers: TaskHeaders,
+    /// Args, kwargs and embed.
+    pub body: TaskBody,
+    /// The form it arrived in.
+    pub protocol: Protocol,
+}
+
+impl TaskMessage {
+    /// A new top-level task message with Python's defaults: persistent,
+    /// priority 0, `correlation_id` = id, JSON.
+    ///
+    /// ```
+    /// use celeriac_protocol::{DecodeOptions, TaskMessage};
+    /// let msg = TaskMessage::new("proj.tasks.add", "0b6f2ad4-6b5e-4a7a-9f43-2b1c9d2f4e10")
+    ///     .with_args(vec![2.into(), 2.into()]);
+    /// let raw = msg.encode().unwrap();
+    /// assert_eq!(raw.body, br#"[[2, 2], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#);
+    /// let back = TaskMessage::decode(&raw, &DecodeOptions::default()).unwrap();
+    /// assert_eq!(back.body.args, msg.body.args);
+    /// assert_eq!(back.headers.argsrepr.as_deref(), Some("(2, 2)"));
+    /// ```
+    pub fn new(task: impl Into<String>, id: impl Into<String>) -> TaskMessage {
+        let headers = TaskHeaders::new(task, id);
+        TaskMessage {
+            properties: Properties {
+                content_type: Some(content::JSON.into()),
+                content_encoding: Some(content::UTF8.into()),
+                correlation_id: Some(headers.id.clone()),
+                reply_to: None,
+                delivery_mode: Some(2),
+                priority: Some(0),
+                expiration: None,
+            },
+            headers,
+            body: TaskBody::default(),
+            protocol: Protocol::V2,
+        }
+    }
+
+    /// Sets the positional arguments.
+    pub fn with_args(mut self, args: Vec<Value>) -> TaskMessage {
+        self.body.args = args;
+        self
+    }
+
+    /// Sets the keyword arguments.
+    pub fn with_kwargs(mut self, kwargs: Map<String, Value>) -> TaskMessage {
+        self.body.kwargs = kwargs;
+        self
+    }
+
+    /// Sets `eta`: the task does not run before `eta`.
+    pub fn with_eta(mut self, eta: DateTime<FixedOffset>) -> TaskMessage {
+        self.headers.eta = Some(eta);
+        self
+    }
+
+    /// Sets `eta` to `now + countdown`, as Python's `countdown=` does.
+    pub fn with_countdown(self, countdown: Duration, now: DateTime<FixedOffset>) -> TaskMessage {
+        let eta = now + chrono::Duration::from_std(countdown).unwrap_or(chrono::Duration::MAX);
+        self.with_eta(eta)
+    }
+
+    /// Sets `expires` and the matching AMQP `expiration` TTL (milliseconds
+    /// left from `now`, `"0"` if already past), as Celery ≥ 5.3 does.
+    pub fn with_expires(
+        mut self,
+        expires: DateTime<FixedOffset>,
+        now: DateTime<FixedOffset>,
+    ) -> TaskMessage {
+        let left_ms = (expires - now).num_milliseconds().max(0);
+        self.headers.expires = Some(expires);
+        self.properties.expiration = Some(left_ms.to_string());
+        self
+    }
+
+    /// Decodes a raw message (v2, v1 or hybrid), refusing anything that is
+    /// too large, not JSON, malformed or not a task.
+    pub fn decode(raw: &RawMessage, options: &DecodeOptions) -> Result<TaskMessage, DecodeError> {
+        let value = options.decode_json(raw)?;
+        let has_task_header = raw.headers.contains_key("task");
+        let (headers, body, protocol) = match value {
+            Value::Object(map) if has_task_header && map.contains_key("args") => {
+                let (h, b) = v1::to_v2(map, &raw.headers)?;
+                (h, b, Protocol::Hybrid)
+            }
+            value if has_task_header => (
+                TaskHeaders::from_headers(&raw.headers)?,
+                TaskBody::from_json(value)?,
+                Protocol::V2,
+            ),
+            Value::Object(map) if map.contains_key("task") => {
+                let (h, b) = v1::to_v2(map, &raw.headers)?;
+                (h, b, Protocol::V1)
+            }
+            _ => return Err(DecodeError::UnknownMessage),
+        };
+        Ok(TaskMessage {
+            properties: raw.properties.clone(),
+            headers,
+            body,
+            protocol,
+        })
+    }
+
+    /// Encodes as a protocol v2 message the way Python Celery would:
+    /// Python-formatted JSON, `argsrepr`/`kwargsrepr` filled in when unset,
+    /// body compressed if `headers.compression` is set.
+    ///
+    /// A body containing a malformed or unknown kombu envelope is refused:
+    /// Python workers would drop such a message as undecodable.
+    pub fn encode(&self) -> Result<RawMessage, EncodeError> {
+        let mut headers = self.headers.clone();
+        if headers.argsrepr.is_none() {
+            headers.argsrepr = Some(repr::args_repr(&self.body.args));
+        }
+        if headers.kwargsrepr.is_none() {
+            headers.kwargsrepr = Some(repr::kwargs_repr(&self.body.kwargs));
+        }
+        let body_json = self.body.to_json();
+        kombu::validate(&body_json, &mut String::from("body")).map_err(|err| match err {
+            DecodeError::Envelope { path, detail } => EncodeError::Envelope { path, detail },
+            other => EncodeError::Envelope {
+                path: String::from("body"),
+                detail: other.to_string(),
+            },
+        })?;
+        let text = json::to_python_json(&body_json).into_bytes();
+        let body = match headers.compression {
+            Some(c) => c.compress(&text)?,
+            None => text,
+        };
+        let mut properties = self.properties.clone();
+        properties.content_type = Some(content::JSON.into());
+        properties.content_encoding = Some(content::UTF8.into());
+        properties
+            .correlation_id
+            .get_or_insert_with(|| headers.id.clone());
+        Ok(RawMessage {
+            properties,
+            headers: headers.to_headers(),
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(headers: Headers, body: &str) -> RawMessage {
+        RawMessage {
+            properties: Properties {
+                content_type: Some("application/json".into()),
+                content_encoding: Some("utf-8".into()),
+                ..Properties::default()
+            },
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn v2_headers() -> Headers {
+        TaskHeaders::new("t", "i").to_headers()
+    }
+
+    #[test]
+    fn size_limit_applies_before_parsing() {
+        let options = DecodeOptions { max_body_size: 8 };
+        let err = TaskMessage::decode(&raw(v2_headers(), "[[1], {}, null]"), &options).unwrap_err();
+        assert_eq!(err, DecodeError::TooLarge { size: 15, limit: 8 });
+    }
+
+    #[test]
+    fn v1_and_hybrid_bodies_are_detected() {
+        let v1 = raw(
+            Headers::new(),
+            r#"{"task": "t", "id": "i", "args": [1], "kwargs": {}}"#,
+        );
+        let msg = TaskMessage::decode(&v1, &DecodeOptions::default()).unwrap();
+        assert_eq!(
+            (msg.protocol, msg.body.args.clone()),
+            (Protocol::V1, vec![json!(1)])
+        );
+
+        let hybrid = raw(v2_headers(), r#"{"args": [2], "kwargs": {"k": 1}}"#);
+        let msg = TaskMessage::decode(&hybrid, &DecodeOptions::default()).unwrap();
+        assert_eq!(
+            (msg.protocol, msg.headers.task.as_str()),
+            (Protocol::Hybrid, "t")
+        );
+    }
+
+    #[test]
+    fn non_tasks_are_unknown_messages() {
+        for body in ["[1, 2, 3]", r#"{"hello": 1}"#, "42"] {
+            let err = TaskMessage::decode(&raw(Headers::new(), body), &DecodeOptions::default());
+            assert_eq!(err.unwrap_err(), DecodeError::UnknownMessage, "{body}");
+        }
+    }
+
+    #[test]
+    fn compressed_bodies_round_trip() {
+        for c in [Compression::Zlib, Compression::Bzip2, Compression::Lzma] {
+            let mut msg = TaskMessage::new("t", "i").with_args(vec![json!("x")]);
+            msg.headers.compression = Some(c);
+            let encoded = msg.encode().unwrap();
+            assert_ne!(encoded.body.first(), Some(&b'['));
+            let back = TaskMessage::decode(&encoded, &DecodeOptions::default()).unwrap();
+            assert_eq!(back.body.args, vec![json!("x")]);
+        }
+    }
+
+    #[test]
+    fn expires_sets_the_ttl_property() {
+        let now = crate::time::parse_time("2030-01-01T00:00:00Z").unwrap();
+        let msg = TaskMessage::new("t", "i")
+            .with_expires(now + chrono::Duration::seconds(60), now)
+            .with_countdown(Duration::from_secs(10), now);
+        assert_eq!(msg.properties.expiration.as_deref(), Some("60000"));
+        assert_eq!(msg.headers.eta, Some(now + chrono::Duration::seconds(10)));
+    }
+}

@@ -1,0 +1,409 @@
+//! The typed protocol v2 header set (§1.3).
+//!
+//! [`TaskHeaders`] types every header Celery's `as_task_v2` writes and keeps
+//! any other header (custom `apply_async(headers=...)`, RabbitMQ's `x-death`)
+//! in [`TaskHeaders::extra`], re-emitted unchanged.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, TimeZone as _, Utc};
+
+use crate::header::{HeaderValue, Headers};
+use crate::time::{format_time, parse_time};
+use crate::{Compression, DecodeError};
+
+/// A number of seconds as Python sent it: an `int` or a `float`.
+///
+/// Kept distinct so a header re-encodes with the AMQP type it arrived with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Seconds {
+    /// Whole seconds.
+    Int(i64),
+    /// Fractional seconds.
+    Float(f64),
+}
+
+impl Seconds {
+    /// The duration, or `None` for zero or negative values (which Celery
+    /// treats as "no limit").
+    pub fn as_duration(self) -> Option<Duration> {
+        let secs = match self {
+            Seconds::Int(i) => i as f64,
+            Seconds::Float(f) => f,
+        };
+        (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    }
+
+    fn to_header(self) -> HeaderValue {
+        match self {
+            Seconds::Int(i) => HeaderValue::Int(i),
+            Seconds::Float(f) => HeaderValue::Float(f),
+        }
+    }
+}
+
+/// The `timelimit` header: `[hard, soft]`, in that order (§9 item 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimeLimit {
+    /// Hard limit (`time_limit`): the task is killed after this long.
+    pub hard: Option<Seconds>,
+    /// Soft limit (`soft_time_limit`): the task is asked to stop.
+    pub soft: Option<Seconds>,
+}
+
+/// Every protocol v2 header, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskHeaders {
+    /// `lang`: the producer's language, `"py"` from Python (we write `"rust"`).
+    pub lang: Option<String>,
+    /// `task`: the registered task name.
+    pub task: String,
+    /// `id`: the task id.
+    pub id: String,
+    /// `shadow`: the name shown in logs, events and results instead of `task`.
+    pub shadow: Option<String>,
+    /// `eta`: do not run before this time.
+    pub eta: Option<DateTime<FixedOffset>>,
+    /// `expires`: revoke if not started by this time.
+    pub expires: Option<DateTime<FixedOffset>>,
+    /// `group`: id of the group (or chord header) this task belongs to.
+    pub group: Option<String>,
+    /// `group_index`: position within the group.
+    pub group_index: Option<i64>,
+    /// `retries`: how many times this task has been retried so far.
+    pub retries: i64,
+    /// `timelimit`: `[hard, soft]`.
+    pub timelimit: TimeLimit,
+    /// `root_id`: id of the first task of the workflow.
+    pub root_id: Option<String>,
+    /// `parent_id`: id of the task that sent this one.
+    pub parent_id: Option<String>,
+    /// `argsrepr`: a display form of the args (Python `repr`, ≤ 1024 chars).
+    pub argsrepr: Option<String>,
+    /// `kwargsrepr`: a display form of the kwargs.
+    pub kwargsrepr: Option<String>,
+    /// `origin`: the sender's node name, e.g. `gen1234@host`.
+    pub origin: Option<String>,
+    /// `ignore_result`: if true, the worker stores no result.
+    pub ignore_result: Option<bool>,
+    /// `replaced_task_nesting`: depth of `Task.replace` (0 if never replaced).
+    pub replaced_task_nesting: i64,
+    /// `stamped_headers`: names of the stamps (stamping API).
+    pub stamped_headers: Option<Vec<String>>,
+    /// `stamps`: `{stamp: value}`; `{}` when unused.
+    pub stamps: Headers,
+    /// `compression`: how the body is compressed.
+    pub compression: Option<Compression>,
+    /// `meth`: reserved by the protocol, never used by Python.
+    pub meth: Option<String>,
+    /// Every other header, kept and re-emitted unchanged.
+    pub extra: Headers,
+}
+
+impl TaskHeaders {
+    /// Headers for a new top-level task, with the defaults Python uses.
+    pub fn new(task: impl Into<String>, id: impl Into<String>) -> TaskHeaders {
+        let id = id.into();
+        TaskHeaders {
+            lang: Some("rust".into()),
+            task: task.into(),
+            root_id: Some(id.clone()),
+            id,
+            shadow: None,
+            eta: None,
+            expires: None,
+            group: None,
+            group_index: None,
+            retries: 0,
+            timelimit: TimeLimit::default(),
+            parent_id: None,
+            argsrepr: None,
+            kwargsrepr: None,
+            origin: None,
+            ignore_result: Some(false),
+            replaced_task_nesting: 0,
+            stamped_headers: None,
+            stamps: Headers::new(),
+            compression: None,
+            meth: None,
+            extra: Headers::new(),
+        }
+    }
+
+    /// Reads the typed headers from an AMQP header table.
+    ///
+    /// `task` and `id` are required; everything else falls back to Python's
+    /// defaults when absent or null.
+    pub fn from_headers(headers: &Headers) -> Result<TaskHeaders, DecodeError> {
+        let mut rest = headers.clone();
+        let mut take = |name: &str| rest.remove(name).unwrap_or(HeaderValue::Void);
+        let task = opt_string("task", take("task"))?.ok_or(DecodeError::MissingHeader("task"))?;
+        let id = opt_string("id", take("id"))?.ok_or(DecodeError::MissingHeader("id"))?;
+        let compression = match opt_string("compression", take("compression"))? {
+            Some(mime) => Some(Compression::from_mime(&mime)?),
+            None => None,
+        };
+        let parsed = TaskHeaders {
+            lang: opt_string("lang", take("lang"))?,
+            shadow: opt_string("shadow", take("shadow"))?,
+            eta: opt_time("eta", take("eta"))?,
+            expires: opt_time("expires", take("expires"))?,
+            group: opt_string("group", take("group"))?,
+            group_index: opt_int("group_index", take("group_index"))?,
+            retries: opt_int("retries", take("retries"))?.unwrap_or(0),
+            timelimit: time_limit(take("timelimit"))?,
+            root_id: opt_string("root_id", take("root_id"))?,
+            parent_id: opt_string("parent_id", take("parent_id"))?,
+            argsrepr: opt_string("argsrepr", take("argsrepr"))?,
+            kwargsrepr: opt_string("kwargsrepr", take("kwargsrepr"))?,
+            origin: opt_string("origin", take("origin"))?,
+            ignore_result: opt_bool("ignore_result", take("ignore_result"))?,
+            replaced_task_nesting: opt_int("replaced_task_nesting", take("replaced_task_nesting"))?
+                .unwrap_or(0),
+            stamped_headers: opt_string_list("stamped_headers", take("stamped_headers"))?,
+            stamps: opt_table("stamps", take("stamps"))?,
+            meth: opt_string("meth", take("meth"))?,
+            task,
+            id,
+            compression,
+            extra: Headers::new(),
+        };
+        Ok(TaskHeaders {
+            extra: rest,
+            ..parsed
+        })
+    }
+
+    /// Writes the full header set Python's `as_task_v2` writes (nulls
+    /// included), plus `compression`/`meth` when set and every extra header.
+    pub fn to_headers(&self) -> Headers {
+        let mut h = self.extra.clone();
+        let mut put = |k: &str, v: HeaderValue| {
+            h.insert(k.to_owned(), v);
+        };
+        put("lang", opt_str_value(&self.lang));
+        put("task", HeaderValue::Str(self.task.clone()));
+        put("id", HeaderValue::Str(self.id.clone()));
+        put("shadow", opt_str_value(&self.shadow));
+        put("eta", time_value(&self.eta));
+        put("expires", time_value(&self.expires));
+        put("group", opt_str_value(&self.group));
+        put(
+            "group_index",
+            self.group_index.map_or(HeaderValue::Void, HeaderValue::Int),
+        );
+        put("retries", HeaderValue::Int(self.retries));
+        put(
+            "timelimit",
+            HeaderValue::Array(vec![
+                self.timelimit
+                    .hard
+                    .map_or(HeaderValue::Void, Seconds::to_header),
+                self.timelimit
+                    .soft
+                    .map_or(HeaderValue::Void, Seconds::to_header),
+            ]),
+        );
+        put("root_id", opt_str_value(&self.root_id));
+        put("parent_id", opt_str_value(&self.parent_id));
+        put("argsrepr", opt_str_value(&self.argsrepr));
+        put("kwargsrepr", opt_str_value(&self.kwargsrepr));
+        put("origin", opt_str_value(&self.origin));
+        put(
+            "ignore_result",
+            self.ignore_result
+                .map_or(HeaderValue::Void, HeaderValue::Bool),
+        );
+        put(
+            "replaced_task_nesting",
+            HeaderValue::Int(self.replaced_task_nesting),
+        );
+        put(
+            "stamped_headers",
+            self.stamped_headers
+                .as_ref()
+                .map_or(HeaderValue::Void, |names| {
+                    HeaderValue::Array(names.iter().cloned().map(HeaderValue::Str).collect())
+                }),
+        );
+        put("stamps", HeaderValue::Table(self.stamps.clone()));
+        if let Some(c) = self.compression {
+            put("compression", HeaderValue::Str(c.mime().to_owned()));
+        }
+        if let Some(meth) = &self.meth {
+            put("meth", HeaderValue::Str(meth.clone()));
+        }
+        h
+    }
+}
+
+fn wrong(name: &str, expected: &'static str, found: &HeaderValue) -> DecodeError {
+    DecodeError::HeaderType {
+        name: name.to_owned(),
+        expected,
+        found: found.type_name().to_owned(),
+    }
+}
+
+fn opt_string(name: &str, value: HeaderValue) -> Result<Option<String>, DecodeError> {
+    match value {
+        HeaderValue::Void => Ok(None),
+        HeaderValue::Str(s) => Ok(Some(s)),
+        HeaderValue::Bytes(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|e| wrong(name, "a UTF-8 string", &HeaderValue::Bytes(e.into_bytes()))),
+        other => Err(wrong(name, "a string or null", &other)),
+    }
+}
+
+fn opt_int(name: &str, value: HeaderValue) -> Result<Option<i64>, DecodeError> {
+    match value {
+        HeaderValue::Void => Ok(None),
+        HeaderValue::Int(i) => Ok(Some(i)),
+        other => Err(wrong(name, "an integer or null", &other)),
+    }
+}
+
+fn opt_bool(name: &str, value: HeaderValue) -> Result<Option<bool>, DecodeError> {
+    match value {
+        HeaderValue::Void => Ok(None),
+        HeaderValue::Bool(b) => Ok(Some(b)),
+        other => Err(wrong(name, "a boolean or null", &other)),
+    }
+}
+
+fn opt_time(name: &str, value: HeaderValue) -> Result<Option<DateTime<FixedOffset>>, DecodeError> {
+    match value {
+        HeaderValue::Void => Ok(None),
+        HeaderValue::Timestamp(secs) => i64::try_from(secs)
+            .ok()
+            .and_then(|s| Utc.timestamp_opt(s, 0).single())
+            .map(|t| Some(t.fixed_offset()))
+            .ok_or_else(|| DecodeError::InvalidTime {
+                name: name.to_owned(),
+                value: secs.to_string(),
+            }),
+        other => {
+            let text = opt_string(name, other)?.unwrap_or_default();
+            parse_time(&text).map(Some).ok_or(DecodeError::InvalidTime {
+                name: name.to_owned(),
+                value: text,
+            })
+        }
+    }
+}
+
+fn opt_string_list(name: &str, value: HeaderValue) -> Result<Option<Vec<String>>, DecodeError> {
+    match value {
+        HeaderValue::Void => Ok(None),
+        HeaderValue::Array(items) => items
+            .into_iter()
+            .map(|item| {
+                opt_string(name, item)?
+                    .ok_or_else(|| wrong(name, "a list of strings", &HeaderValue::Void))
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        other => Err(wrong(name, "a list of strings or null", &other)),
+    }
+}
+
+fn opt_table(name: &str, value: HeaderValue) -> Result<Headers, DecodeError> {
+    match value {
+        HeaderValue::Void => Ok(Headers::new()),
+        HeaderValue::Table(t) => Ok(t),
+        other => Err(wrong(name, "a table or null", &other)),
+    }
+}
+
+fn time_limit(value: HeaderValue) -> Result<TimeLimit, DecodeError> {
+    let seconds = |v: &HeaderValue| match v {
+        HeaderValue::Void => Ok(None),
+        HeaderValue::Int(i) => Ok(Some(Seconds::Int(*i))),
+        HeaderValue::Float(f) => Ok(Some(Seconds::Float(*f))),
+        other => Err(wrong("timelimit", "[hard, soft] numbers or nulls", other)),
+    };
+    match value {
+        HeaderValue::Void => Ok(TimeLimit::default()),
+        HeaderValue::Array(items) if items.len() == 2 => Ok(TimeLimit {
+            hard: seconds(&items[0])?,
+            soft: seconds(&items[1])?,
+        }),
+        other => Err(wrong("timelimit", "a [hard, soft] pair", &other)),
+    }
+}
+
+fn opt_str_value(value: &Option<String>) -> HeaderValue {
+    value.clone().map_or(HeaderValue::Void, HeaderValue::Str)
+}
+
+fn time_value(value: &Option<DateTime<FixedOffset>>) -> HeaderValue {
+    value
+        .as_ref()
+        .map_or(HeaderValue::Void, |t| HeaderValue::Str(format_time(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Headers {
+        let mut h = Headers::new();
+        h.insert("task".into(), HeaderValue::Str("t".into()));
+        h.insert("id".into(), HeaderValue::Str("i".into()));
+        h
+    }
+
+    #[test]
+    fn only_task_and_id_are_required() {
+        let parsed = TaskHeaders::from_headers(&minimal()).unwrap();
+        assert_eq!((parsed.task.as_str(), parsed.retries), ("t", 0));
+        let mut h = minimal();
+        h.remove("id");
+        assert_eq!(
+            TaskHeaders::from_headers(&h).unwrap_err(),
+            DecodeError::MissingHeader("id")
+        );
+    }
+
+    #[test]
+    fn timelimit_is_hard_then_soft() {
+        let mut h = minimal();
+        h.insert(
+            "timelimit".into(),
+            HeaderValue::Array(vec![HeaderValue::Int(30), HeaderValue::Float(20.5)]),
+        );
+        let t = TaskHeaders::from_headers(&h).unwrap().timelimit;
+        assert_eq!(t.hard, Some(Seconds::Int(30)));
+        assert_eq!(
+            t.soft.and_then(Seconds::as_duration),
+            Some(Duration::from_millis(20_500))
+        );
+        assert_eq!(Seconds::Int(0).as_duration(), None);
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let mut h = minimal();
+        h.insert("retries".into(), HeaderValue::Str("3".into()));
+        let err = TaskHeaders::from_headers(&h).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header `retries` has the wrong type: expected an integer or null, found string"
+        );
+        let mut h = minimal();
+        h.insert("eta".into(), HeaderValue::Str("soon".into()));
+        assert!(matches!(
+            TaskHeaders::from_headers(&h),
+            Err(DecodeError::InvalidTime { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_headers_survive() {
+        let mut h = minimal();
+        h.insert("x-custom".into(), HeaderValue::Int(5));
+        let parsed = TaskHeaders::from_headers(&h).unwrap();
+        assert_eq!(parsed.to_headers()["x-custom"], HeaderValue::Int(5));
+    }
+}
