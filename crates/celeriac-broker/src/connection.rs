@@ -1,0 +1,543 @@
+//! The supervised connection: one AMQP connection per [`Broker`], watched by
+//! a background task that reconnects after a loss.
+//!
+//! On a loss (broker restart, `rabbitmqctl close_connection`, network drop,
+//! missed heartbeats) the supervisor marks the link down, reconnects with
+//! bounded, jittered exponential backoff (trying the failover URLs in turn),
+//! re-declares every queue declared through this handle, opens a fresh
+//! confirming publisher channel, and publishes the new session. Consumers
+//! watch the same link and re-subscribe (see `consume`). Deliveries from the
+//! dead connection keep their dead acker: their tags are void, and the broker
+//! has already requeued them.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_lite::{Stream, StreamExt as _};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::{Inequivalent, parse_inequivalent};
+use crate::field_table::to_field_table;
+use crate::topology::{ExchangeKind, Queue};
+use crate::{BrokerConfig, BrokerError, BrokerUrl};
+
+type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+/// A handle on the broker: cheap to clone, shared by producers and consumers.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("urls", &self.shared.config.urls.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    link: watch::Sender<Link>,
+    /// Queues declared through this handle, re-declared after a reconnect.
+    topology: Mutex<Vec<Queue>>,
+    /// The broker's `connection.blocked` reason while it blocks us.
+    blocked: Mutex<Option<String>>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The state of the connection, as consumers and publishers see it.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Down(String),
+    Up(Arc<Session>),
+    Closed,
+}
+
+/// One live connection and its publisher channel.
+pub(crate) struct Session {
+    /// Increases by one per (re)connection.
+    pub(crate) generation: u64,
+    pub(crate) connection: Connection,
+    publisher: tokio::sync::Mutex<Channel>,
+}
+
+impl Session {
+    /// The confirming publisher channel, reopened if a channel error closed it.
+    pub(crate) async fn publisher(&self) -> Result<Channel, lapin::Error> {
+        let mut channel = self.publisher.lock().await;
+        if !channel.status().connected() {
+            debug!("reopening the publisher channel");
+            *channel = confirming_channel(&self.connection).await?;
+        }
+        Ok(channel.clone())
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Broker {
+    /// Connects (trying each URL once, in order) and starts the supervisor
+    /// that keeps the connection alive from then on.
+    ///
+    /// Fails with [`BrokerError::Connect`] if no URL answers now; a caller
+    /// that wants to wait for the broker to come up retries this.
+    pub async fn connect(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let (link, _) = watch::channel(Link::Down("connecting".into()));
+        let shared = Arc::new(Shared {
+            config,
+            link,
+            topology: Mutex::new(Vec::new()),
+            blocked: Mutex::new(None),
+            shutdown: CancellationToken::new(),
+        });
+        let (session, events) =
+            establish(&shared, 1)
+                .await
+                .map_err(|detail| BrokerError::Connect {
+                    urls: shared.config.urls.to_string(),
+                    detail,
+                })?;
+        shared.link.send_replace(Link::Up(session.clone()));
+        tokio::spawn(supervise(shared.clone(), session, events));
+        Ok(Broker { shared })
+    }
+
+    /// The configuration this handle was made with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    /// Declares `queue` with its exchange and binding, exactly as given, and
+    /// remembers it so it is declared again after every reconnect.
+    ///
+    /// A clash with an existing declaration is a [`BrokerError::Inequivalent`]
+    /// naming the argument, both values and the matching Python declaration.
+    pub async fn declare(&self, queue: &Queue) -> Result<(), BrokerError> {
+        let session = self.session().await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| channel_error("opening a channel", &e))?;
+        let result = declare_queue(&channel, queue).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "declared".into()).await;
+        }
+        result?;
+        let mut topology = lock(&self.shared.topology);
+        if !topology.contains(queue) {
+            topology.push(queue.clone());
+        }
+        Ok(())
+    }
+
+    /// Deletes a queue and the messages in it, returning how many there were;
+    /// it is no longer re-declared after reconnects. Deleting a queue that
+    /// does not exist is not an error.
+    pub async fn delete_queue(&self, name: &str) -> Result<u32, BrokerError> {
+        let session = self.session().await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| channel_error("opening a channel", &e))?;
+        let deleted = channel
+            .queue_delete(name.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .map_err(|e| channel_error("queue.delete", &e))?;
+        let _ = channel.close(200, "deleted".into()).await;
+        lock(&self.shared.topology).retain(|q| q.name != name);
+        Ok(deleted)
+    }
+
+    /// Deletes an exchange (not the default one). Deleting an exchange that
+    /// does not exist is not an error.
+    pub async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        let session = self.session().await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| channel_error("opening a channel", &e))?;
+        channel
+            .exchange_delete(
+                name.into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await
+            .map_err(|e| channel_error("exchange.delete", &e))?;
+        let _ = channel.close(200, "deleted".into()).await;
+        Ok(())
+    }
+
+    /// Whether `queue` was declared through this handle.
+    pub(crate) fn is_declared(&self, queue: &Queue) -> bool {
+        lock(&self.shared.topology).contains(queue)
+    }
+
+    /// Whether the connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        matches!(&*self.shared.link.borrow(), Link::Up(s) if s.is_connected())
+    }
+
+    /// The broker's reason for blocking publishers (memory or disk alarm),
+    /// while it does.
+    pub fn blocked_reason(&self) -> Option<String> {
+        lock(&self.shared.blocked).clone()
+    }
+
+    /// Closes the connection and stops reconnecting; consumers end.
+    pub async fn close(&self) {
+        self.shared.shutdown.cancel();
+        let mut link = self.shared.link.subscribe();
+        let closed = async {
+            while !matches!(&*link.borrow_and_update(), Link::Closed) {
+                if link.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
+    }
+
+    /// The live session, waiting up to `publish_wait` for a lost connection
+    /// to come back.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        self.session_until(Instant::now() + self.shared.config.publish_wait)
+            .await
+    }
+
+    pub(crate) async fn session_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<Arc<Session>, BrokerError> {
+        let mut link = self.shared.link.subscribe();
+        let started = Instant::now();
+        loop {
+            let last_error = match &*link.borrow_and_update() {
+                Link::Up(session) if session.is_connected() => return Ok(session.clone()),
+                Link::Up(_) => "connection lost".to_owned(),
+                Link::Down(error) => error.clone(),
+                Link::Closed => return Err(BrokerError::Closed),
+            };
+            match tokio::time::timeout_at(deadline, link.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BrokerError::Closed),
+                Err(_) => {
+                    return Err(BrokerError::Unavailable {
+                        urls: self.shared.config.urls.to_string(),
+                        waited: started.elapsed(),
+                        detail: last_error,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A receiver of link changes, for consumers.
+    pub(crate) fn watch_link(&self) -> watch::Receiver<Link> {
+        self.shared.link.subscribe()
+    }
+}
+
+/// Opens one AMQP connection to `url`.
+async fn open(url: &BrokerUrl, config: &BrokerConfig) -> Result<Connection, String> {
+    let heartbeat = url.heartbeat.unwrap_or(config.heartbeat);
+    let timeout = url.connect_timeout.unwrap_or(config.connect_timeout);
+    let uri = AMQPUri {
+        scheme: if url.tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo {
+                username: url.user.clone(),
+                password: url.password().to_owned(),
+            },
+            host: url.host.clone(),
+            port: url.port,
+        },
+        vhost: url.vhost.clone(),
+        query: AMQPQueryString {
+            heartbeat: Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX)),
+            connection_timeout: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            ..AMQPQueryString::default()
+        },
+    };
+    let tls = tls_config(url)?;
+    let properties =
+        ConnectionProperties::default().with_connection_name(config.connection_name.clone().into());
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    // The client's own timeout covers the TCP connect; this one also covers
+    // a broker that accepts TCP but never finishes the AMQP handshake.
+    let connect = Connection::connect_uri_with_config(uri, properties, tls, runtime);
+    match tokio::time::timeout(timeout + Duration::from_secs(1), connect).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+fn tls_config(url: &BrokerUrl) -> Result<OwnedTLSConfig, String> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let options = &url.tls_options;
+    let cert_chain = match &options.ca_file {
+        Some(path) => Some(
+            String::from_utf8(read(path, "CA file")?)
+                .map_err(|_| format!("the CA file {} is not PEM text", path.display()))?,
+        ),
+        None => None,
+    };
+    let identity = match (&options.cert_file, &options.key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read(cert, "client certificate")?,
+            key: read(key, "client key")?,
+        }),
+        (None, None) => None,
+        _ => return Err("ssl_certfile and ssl_keyfile must be given together".into()),
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+async fn confirming_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Connects to the first URL that answers, re-declares the remembered
+/// topology and opens the publisher channel.
+async fn establish(
+    shared: &Shared,
+    generation: u64,
+) -> Result<(Arc<Session>, EventStream), String> {
+    let mut errors = Vec::new();
+    for url in shared.config.urls.iter() {
+        let connection = match open(url, &shared.config).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(url = %url, error = %e, "connection attempt failed");
+                errors.push(if shared.config.urls.len() > 1 {
+                    format!("{url}: {e}")
+                } else {
+                    e
+                });
+                continue;
+            }
+        };
+        let events: EventStream = Box::pin(connection.events_listener());
+        let queues = lock(&shared.topology).clone();
+        redeclare(&connection, &queues).await;
+        let publisher = confirming_channel(&connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(url = %url, generation, "connected to RabbitMQ");
+        let session = Arc::new(Session {
+            generation,
+            connection,
+            publisher: tokio::sync::Mutex::new(publisher),
+        });
+        return Ok((session, events));
+    }
+    Err(errors.join("; "))
+}
+
+async fn redeclare(connection: &Connection, queues: &[Queue]) {
+    for queue in queues {
+        let channel = match connection.create_channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(queue = %queue.name, error = %e, "cannot re-declare after reconnect");
+                return;
+            }
+        };
+        if let Err(e) = declare_queue(&channel, queue).await {
+            warn!(queue = %queue.name, error = %e, "re-declaring after reconnect failed");
+        }
+        if channel.status().connected() {
+            let _ = channel.close(200, "declared".into()).await;
+        }
+    }
+}
+
+async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>, mut events: EventStream) {
+    loop {
+        let Some(reason) = watch_session(&shared, &session, &mut events).await else {
+            let _ = session
+                .connection
+                .close(200, "celeriac shutting down".into())
+                .await;
+            shared.link.send_replace(Link::Closed);
+            return;
+        };
+        warn!(generation = session.generation, reason = %reason, "lost the connection to RabbitMQ; reconnecting");
+        shared.link.send_replace(Link::Down(reason));
+        let mut attempt = 0;
+        (session, events) = loop {
+            tokio::select! {
+                () = shared.shutdown.cancelled() => {
+                    shared.link.send_replace(Link::Closed);
+                    return;
+                }
+                () = tokio::time::sleep(shared.config.reconnect_delay(attempt)) => {}
+            }
+            match establish(&shared, session.generation + 1).await {
+                Ok(next) => break next,
+                Err(e) => {
+                    debug!(attempt, error = %e, "reconnect attempt failed");
+                    shared.link.send_replace(Link::Down(e));
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        *lock(&shared.blocked) = None;
+        shared.link.send_replace(Link::Up(session.clone()));
+    }
+}
+
+/// Waits until the session's connection is lost (returning why) or the
+/// broker handle is closed (returning `None`).
+async fn watch_session(
+    shared: &Shared,
+    session: &Session,
+    events: &mut EventStream,
+) -> Option<String> {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return None,
+            event = events.next() => match event {
+                Some(Event::Error(e)) if !session.is_connected() => return Some(e.to_string()),
+                Some(Event::Error(e)) => debug!(error = %e, "channel-level error"),
+                Some(Event::ConnectionBlocked(reason)) => {
+                    warn!(reason = %reason, "RabbitMQ is blocking publishers");
+                    *lock(&shared.blocked) = Some(reason);
+                }
+                Some(Event::ConnectionUnblocked) => {
+                    info!("RabbitMQ unblocked publishers");
+                    *lock(&shared.blocked) = None;
+                }
+                Some(_) => {}
+                None => return Some("the connection's event stream ended".into()),
+            },
+            _ = tick.tick() => {
+                if !session.is_connected() {
+                    return Some("the connection was closed".into());
+                }
+            }
+        }
+    }
+}
+
+/// Declares a queue's exchange, the queue and the binding on `channel`.
+pub(crate) async fn declare_queue(channel: &Channel, queue: &Queue) -> Result<(), BrokerError> {
+    let exchange = &queue.exchange;
+    if !exchange.is_default() {
+        let options = ExchangeDeclareOptions {
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.name.as_str().into(),
+                lapin_kind(exchange.kind),
+                options,
+                Default::default(),
+            )
+            .await
+            .map_err(|e| declare_error("exchange", &exchange.name, queue, &e))?;
+    }
+    let options = QueueDeclareOptions {
+        durable: queue.durable,
+        exclusive: queue.exclusive,
+        auto_delete: queue.auto_delete,
+        ..QueueDeclareOptions::default()
+    };
+    let arguments = to_field_table(&queue.arguments.to_headers())?;
+    channel
+        .queue_declare(queue.name.as_str().into(), options, arguments)
+        .await
+        .map_err(|e| declare_error("queue", &queue.name, queue, &e))?;
+    if !exchange.is_default() {
+        channel
+            .queue_bind(
+                queue.name.as_str().into(),
+                exchange.name.as_str().into(),
+                queue.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await
+            .map_err(|e| declare_error("binding", &queue.name, queue, &e))?;
+    }
+    Ok(())
+}
+
+fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
+    match kind {
+        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+    }
+}
+
+fn declare_error(
+    entity: &'static str,
+    name: &str,
+    queue: &Queue,
+    error: &lapin::Error,
+) -> BrokerError {
+    let text = error.to_string();
+    match parse_inequivalent(&text) {
+        Some(diff) => BrokerError::Inequivalent(Box::new(Inequivalent {
+            entity,
+            name: name.to_owned(),
+            argument: diff.argument,
+            broker_has: diff.broker_has,
+            we_asked: diff.we_asked,
+            python: queue.python_declaration(),
+        })),
+        None => BrokerError::Declare {
+            entity,
+            name: name.to_owned(),
+            detail: text,
+        },
+    }
+}
+
+pub(crate) fn channel_error(operation: &'static str, error: &lapin::Error) -> BrokerError {
+    BrokerError::Channel {
+        operation,
+        detail: error.to_string(),
+    }
+}

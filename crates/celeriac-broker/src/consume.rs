@@ -1,0 +1,411 @@
+//! Consuming with late acks and a prefetch limit, re-subscribing after
+//! connection loss and after the broker cancels a consumer.
+//!
+//! One channel per [`Consumer`], `basic.qos(prefetch, global=false)` (a
+//! per-consumer limit: §9 item 10 — global QoS is going away and quorum
+//! queues never had it), one `basic.consume(no_ack=false)` per queue. Each
+//! queue is declared before it is consumed, as a Celery worker does.
+//!
+//! - **Connection lost:** every subscription ends; once the supervisor has
+//!   reconnected, the consumer opens a new channel, restores QoS and
+//!   subscribes again. Deliveries received before the loss keep their old
+//!   acker: acking them reports [`AckOutcome::Void`] (the broker has already
+//!   requeued them), they are never acked on the new channel.
+//! - **Consumer cancelled by the broker** (its queue was deleted): logged,
+//!   and the queue is re-declared and consumed again after a backoff, so it
+//!   "comes back" as soon as it can.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::{Acker, Channel};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use celeriac_protocol::{DecodeError, DecodeOptions, Properties, RawMessage, TaskMessage};
+
+use crate::BrokerError;
+use crate::connection::{Broker, Link, Session, channel_error, declare_queue};
+use crate::field_table::from_field_table;
+use crate::topology::Queue;
+
+/// What to consume.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// The queues, each declared before it is consumed.
+    pub queues: Vec<Queue>,
+    /// Unacked deliveries allowed in flight per queue (Celery: concurrency ×
+    /// prefetch multiplier). `0` means unlimited.
+    pub prefetch: u16,
+}
+
+/// A message handed to this process, not yet acknowledged.
+pub struct Delivery {
+    /// The message as it arrived.
+    pub message: RawMessage,
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The exchange it was published to (`""` for the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Whether the broker delivered it before (to us or another consumer).
+    pub redelivered: bool,
+    /// Which connection it came on (increases with each reconnect).
+    pub generation: u64,
+    acker: Acker,
+    channel: Channel,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("redelivered", &self.redelivered)
+            .field("generation", &self.generation)
+            .field("body_len", &self.message.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened to an ack, reject or nack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The broker got it.
+    Done,
+    /// The channel the delivery came on is gone: the broker has already
+    /// requeued the message and will deliver it again. Nothing was sent.
+    Void,
+}
+
+impl Delivery {
+    /// Decodes the message as a Celery task (v2, v1 or hybrid).
+    pub fn task(&self, options: &DecodeOptions) -> Result<TaskMessage, DecodeError> {
+        TaskMessage::decode(&self.message, options)
+    }
+
+    /// The AMQP priority it was published with.
+    pub fn priority(&self) -> Option<u8> {
+        self.message.properties.priority
+    }
+
+    /// Acknowledges the delivery: the broker forgets the message.
+    pub async fn ack(&self) -> Result<AckOutcome, BrokerError> {
+        self.settle("basic.ack", self.acker.ack(BasicAckOptions::default()))
+            .await
+    }
+
+    /// Rejects the delivery; with `requeue` it goes back to the queue,
+    /// otherwise it is dropped or, if the queue has a dead-letter exchange,
+    /// dead-lettered by the broker.
+    pub async fn reject(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
+        self.settle(
+            "basic.reject",
+            self.acker.reject(BasicRejectOptions { requeue }),
+        )
+        .await
+    }
+
+    /// Negatively acknowledges the delivery (like `reject`).
+    pub async fn nack(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
+        let options = BasicNackOptions {
+            requeue,
+            multiple: false,
+        };
+        self.settle("basic.nack", self.acker.nack(options)).await
+    }
+
+    /// Sends an ack/reject/nack unless the delivery's channel is already
+    /// gone, and never waits forever on a connection that died meanwhile.
+    async fn settle(
+        &self,
+        operation: &'static str,
+        send: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+    ) -> Result<AckOutcome, BrokerError> {
+        if !self.channel.status().connected() {
+            return Ok(AckOutcome::Void);
+        }
+        match tokio::time::timeout(SETTLE_TIMEOUT, send).await {
+            Ok(result) => settle(result, operation),
+            Err(_) if !self.channel.status().connected() => Ok(AckOutcome::Void),
+            Err(_) => Err(BrokerError::Channel {
+                operation,
+                detail: format!("no progress within {SETTLE_TIMEOUT:?}"),
+            }),
+        }
+    }
+}
+
+/// How long an ack may take to be handed to the connection.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn settle(
+    result: Result<bool, lapin::Error>,
+    operation: &'static str,
+) -> Result<AckOutcome, BrokerError> {
+    match result {
+        Ok(true) => Ok(AckOutcome::Done),
+        // Already settled, or the channel is gone (poisoned acker).
+        Ok(false) => Ok(AckOutcome::Void),
+        Err(e)
+            if matches!(
+                e.kind(),
+                lapin::ErrorKind::InvalidChannelState(..)
+                    | lapin::ErrorKind::InvalidConnectionState(_)
+                    | lapin::ErrorKind::IOError(_)
+            ) =>
+        {
+            Ok(AckOutcome::Void)
+        }
+        Err(e) => Err(channel_error(operation, &e)),
+    }
+}
+
+/// A running subscription. Deliveries arrive through [`Consumer::next`];
+/// dropping it (or [`Consumer::stop`]) cancels the subscription.
+pub struct Consumer {
+    deliveries: mpsc::Receiver<Delivery>,
+    stop: CancellationToken,
+}
+
+impl Consumer {
+    /// The next delivery; `None` once the consumer is stopped or the broker
+    /// handle closed.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+
+    /// Stops consuming. Deliveries not yet acked are requeued by the broker
+    /// when the channel closes.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Broker {
+    /// Declares and consumes `options.queues`.
+    ///
+    /// The first subscription happens before this returns, so a bad queue
+    /// declaration (e.g. a 406 argument clash) is an error here; later
+    /// re-subscriptions retry with backoff and log their errors.
+    pub async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
+        let capacity = usize::from(options.prefetch.max(1)) * options.queues.len().max(1);
+        let (sender, deliveries) = mpsc::channel(capacity);
+        let stop = self.shared.shutdown.child_token();
+        let session = self.session().await?;
+        let channel = subscribe(&session, &options, &sender, &stop).await?;
+        tokio::spawn(run(
+            self.clone(),
+            options,
+            sender,
+            stop.clone(),
+            session,
+            channel,
+        ));
+        Ok(Consumer { deliveries, stop })
+    }
+}
+
+/// Keeps a consumer subscribed across reconnects until it is stopped.
+async fn run(
+    broker: Broker,
+    options: ConsumeOptions,
+    sender: mpsc::Sender<Delivery>,
+    stop: CancellationToken,
+    mut session: Arc<Session>,
+    mut channel: Channel,
+) {
+    let mut link = broker.watch_link();
+    loop {
+        // Wait until the subscription's connection is gone or we are stopped.
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    if channel.status().connected() {
+                        let _ = channel.close(200, "consumer stopped".into()).await;
+                    }
+                    return;
+                }
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = link.borrow_and_update().clone();
+                    match current {
+                        Link::Closed => return,
+                        Link::Up(next) if next.generation != session.generation => {
+                            session = next;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        // Re-subscribe on the new connection, retrying with backoff.
+        let mut attempt = 0;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match subscribe(&session, &options, &sender, &stop).await {
+                Ok(c) => {
+                    info!(generation = session.generation, "consumer re-subscribed");
+                    channel = c;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, attempt, "re-subscribing failed; retrying");
+                    tokio::time::sleep(broker.config().reconnect_delay(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                    match &*link.borrow() {
+                        Link::Up(next) if next.generation != session.generation => {
+                            session = next.clone()
+                        }
+                        Link::Closed => return,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a channel on `session`, sets QoS, declares and consumes every queue.
+async fn subscribe(
+    session: &Arc<Session>,
+    options: &ConsumeOptions,
+    sender: &mpsc::Sender<Delivery>,
+    stop: &CancellationToken,
+) -> Result<Channel, BrokerError> {
+    let channel = session
+        .connection
+        .create_channel()
+        .await
+        .map_err(|e| channel_error("opening a consumer channel", &e))?;
+    channel
+        .basic_qos(options.prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(|e| channel_error("basic.qos", &e))?;
+    for queue in &options.queues {
+        declare_queue(&channel, queue).await?;
+        let consumer = start_consumer(&channel, &queue.name).await?;
+        tokio::spawn(forward(
+            session.clone(),
+            channel.clone(),
+            queue.clone(),
+            consumer,
+            sender.clone(),
+            stop.clone(),
+        ));
+    }
+    Ok(channel)
+}
+
+async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consumer, BrokerError> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .map_err(|e| channel_error("basic.consume", &e))
+}
+
+/// Moves deliveries of one queue into the consumer's channel; re-subscribes
+/// if the broker cancels the consumer while the channel stays open.
+async fn forward(
+    session: Arc<Session>,
+    channel: Channel,
+    queue: Queue,
+    mut consumer: lapin::Consumer,
+    sender: mpsc::Sender<Delivery>,
+    stop: CancellationToken,
+) {
+    let mut attempt = 0;
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                attempt = 0;
+                let delivery = convert(delivery, &queue.name, session.generation, &channel);
+                if sender.send(delivery).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => debug!(queue = %queue.name, error = %e, "consumer stream error"),
+            None => {
+                if stop.is_cancelled() || !channel.status().connected() || !session.is_connected() {
+                    return;
+                }
+                warn!(queue = %queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
+                tokio::time::sleep(Duration::from_millis(100).saturating_mul(1 << attempt.min(6)))
+                    .await;
+                attempt += 1;
+                let resubscribed = async {
+                    declare_queue(&channel, &queue).await?;
+                    start_consumer(&channel, &queue.name).await
+                };
+                match resubscribed.await {
+                    Ok(c) => consumer = c,
+                    Err(e) => warn!(queue = %queue.name, error = %e, "re-subscribing failed"),
+                }
+            }
+        }
+    }
+}
+
+fn convert(
+    delivery: lapin::message::Delivery,
+    queue: &str,
+    generation: u64,
+    channel: &Channel,
+) -> Delivery {
+    let p = &delivery.properties;
+    let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    let message = RawMessage {
+        properties: Properties {
+            content_type: text(p.content_type()),
+            content_encoding: text(p.content_encoding()),
+            correlation_id: text(p.correlation_id()),
+            reply_to: text(p.reply_to()),
+            delivery_mode: *p.delivery_mode(),
+            priority: *p.priority(),
+            expiration: text(p.expiration()),
+        },
+        headers: p
+            .headers()
+            .as_ref()
+            .map(from_field_table)
+            .unwrap_or_default(),
+        body: delivery.data,
+    };
+    Delivery {
+        message,
+        queue: queue.to_owned(),
+        exchange: delivery.exchange.as_str().to_owned(),
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        redelivered: delivery.redelivered,
+        generation,
+        acker: delivery.acker,
+        channel: channel.clone(),
+    }
+}
