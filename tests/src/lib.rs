@@ -181,3 +181,64 @@ pub fn interop_python() -> Result<PathBuf> {
     }
     Ok(python)
 }
+
+/// The RabbitMQ the tests use: `CELERIAC_TEST_BROKER`, default
+/// `amqp://guest:guest@127.0.0.1:5672//`.
+pub fn broker_url() -> String {
+    std::env::var("CELERIAC_TEST_BROKER")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672//".into())
+}
+
+/// A name no other test (or test run) uses: `celeriac-test.<what>.<random>`.
+pub fn unique(what: &str) -> String {
+    format!("celeriac-test.{what}.{:016x}", fastrand::u64(..))
+}
+
+/// Connects to the test broker with fast reconnects, or fails saying what to start.
+pub async fn connect() -> Result<celeriac_broker::Broker> {
+    let mut config = celeriac_broker::BrokerConfig::from_url(&broker_url())?;
+    config.reconnect_max = std::time::Duration::from_millis(500);
+    celeriac_broker::Broker::connect(config).await.with_context(|| {
+        format!(
+            "these tests need RabbitMQ at {} (set CELERIAC_TEST_BROKER, or run scripts/ensure-rabbitmq)",
+            celeriac_broker::url::redact(&broker_url())
+        )
+    })
+}
+
+/// Runs `rabbitmqctl` with `args`, returning its standard output.
+pub fn rabbitmqctl(args: &[&str]) -> Result<String> {
+    let output = Command::new("rabbitmqctl").args(args).output().context(
+        "running rabbitmqctl: these tests drive the local RabbitMQ and need rabbitmqctl on PATH",
+    )?;
+    if !output.status.success() {
+        bail!(
+            "rabbitmqctl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// One line of `rabbitmqctl list_queues name <columns>` for `queue`, split.
+pub fn queue_stats(queue: &str, columns: &[&str]) -> Result<Vec<String>> {
+    let mut args = vec!["list_queues", "-q", "--no-table-headers", "name"];
+    args.extend_from_slice(columns);
+    let out = rabbitmqctl(&args)?;
+    out.lines()
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|fields| fields.first().map(String::as_str) == Some(queue))
+        .map(|fields| fields[1..].to_vec())
+        .with_context(|| format!("queue {queue} not listed by rabbitmqctl"))
+}
+
+/// Deletes a queue if it exists (cleanup).
+pub fn delete_queue(queue: &str) {
+    let _ = rabbitmqctl(&["delete_queue", queue]);
+}

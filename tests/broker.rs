@@ -1,0 +1,511 @@
+//! celeriac-broker against the real RabbitMQ: topology and its compatibility
+//! with Python's declarations, routing, confirmed publishing, consuming,
+//! dead-letter paths. Every test uses its own queues, so they run in parallel.
+//! (Tests that disturb the broker itself are in `broker_faults.rs`.)
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use celeriac_broker::dead_letter::{ORIGIN_QUEUE_HEADER, REASON_HEADER};
+use celeriac_broker::{
+    AckOutcome, Broker, BrokerConfig, BrokerError, ConsumeOptions, Consumer, DeadLetter,
+    DeadLetterReason, DeadLetterTopology, Delivery, Exchange, Inequivalent, Queue, QueueArguments,
+    QueueType, RouteOptions, Router,
+};
+use celeriac_protocol::{DecodeOptions, HeaderValue, TaskMessage};
+use celeriac_tests::{broker_url, connect, interop_python, queue_stats, repo_root, unique};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+/// Deletes the named queues when dropped, on a fresh connection and thread
+/// (drop may run inside the test's runtime, or after a failed assertion).
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(broker) = connect().await {
+                    for name in &names {
+                        let _ = broker.delete_queue(name).await;
+                        let _ = broker.delete_exchange(name).await;
+                    }
+                    broker.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn task(name: &str) -> TaskMessage {
+    TaskMessage::new(name, format!("{:032x}", fastrand::u128(..)))
+        .with_args(vec![2.into(), 2.into()])
+}
+
+async fn next(consumer: &mut Consumer) -> Result<Delivery> {
+    tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .context("no delivery within 15 s")?
+        .context("consumer ended")
+}
+
+#[tokio::test]
+async fn routed_task_round_trips_through_the_default_exchange() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("roundtrip");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let router = Router::new(Queue::celery_default(name.clone()));
+    let destination = router.resolve("proj.tasks.add", &RouteOptions::default());
+    ensure!(
+        destination.exchange.is_empty() && destination.routing_key == name,
+        "{destination:?}"
+    );
+
+    let msg = task("proj.tasks.add");
+    broker.send(&destination, &msg.encode()?).await?;
+
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![Queue::celery_default(name.clone())],
+            prefetch: 4,
+        })
+        .await?;
+    let delivery = next(&mut consumer).await?;
+    let decoded = delivery.task(&DecodeOptions::default())?;
+    ensure!(decoded.headers.id == msg.headers.id && decoded.body.args == msg.body.args);
+    ensure!(delivery.exchange.is_empty() && delivery.routing_key == name && !delivery.redelivered);
+    ensure!(delivery.message.headers["retries"] == HeaderValue::Int(0));
+    ensure!(delivery.ack().await? == AckOutcome::Done);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unroutable_and_refused_publishes_are_errors() -> Result<()> {
+    let broker = connect().await?;
+    let body = task("t").encode()?;
+    let unroutable = broker
+        .publish("amq.direct", &unique("nobody-bound"), &body)
+        .await;
+    ensure!(
+        matches!(unroutable, Err(BrokerError::Unroutable { .. })),
+        "{unroutable:?}"
+    );
+    let missing = broker
+        .publish(&unique("no-such-exchange"), "k", &body)
+        .await;
+    ensure!(
+        matches!(missing, Err(BrokerError::PublishRefused { .. })),
+        "{missing:?}"
+    );
+    // The handle keeps working after the channel error.
+    let name = unique("after-refusal");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    broker.declare(&Queue::celery_default(name.clone())).await?;
+    broker.publish("", &name, &body).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_negative_confirm_is_an_error() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("full");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    // A queue that holds one message and refuses the rest (set up raw: our
+    // API deliberately offers no such queue).
+    let conn =
+        lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
+        .await?;
+    let body = task("t").encode()?;
+    broker.publish("", &name, &body).await?;
+    let refused = broker.publish("", &name, &body).await;
+    ensure!(
+        matches!(refused, Err(BrokerError::Nacked { .. })),
+        "{refused:?}"
+    );
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_inequivalent_declaration_names_the_argument_and_the_fix() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("inequivalent");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let priority = Queue::celery_default(name.clone()).with_arguments(QueueArguments {
+        max_priority: Some(10),
+        ..QueueArguments::default()
+    });
+    broker.declare(&priority).await?;
+    let err = broker
+        .declare(&Queue::celery_default(name.clone()))
+        .await
+        .unwrap_err();
+    let BrokerError::Inequivalent(details) = &err else {
+        bail!("expected Inequivalent, got {err:?}");
+    };
+    let Inequivalent {
+        argument,
+        broker_has,
+        we_asked,
+        python,
+        ..
+    } = details.as_ref();
+    ensure!(argument == "x-max-priority", "{err}");
+    ensure!(
+        broker_has.contains("10") && we_asked.contains("none"),
+        "{err}"
+    );
+    ensure!(python.starts_with(&format!("Queue('{name}'")), "{err}");
+    ensure!(err.to_string().contains("task_queues"), "{err}");
+    println!("{err}");
+    // The connection survives the refusal.
+    broker.publish("", &name, &task("t").encode()?).await?;
+    Ok(())
+}
+
+/// Declares with Python's kombu (through Celery's own `task_queues`
+/// handling) and with Celeriac, in both orders.
+#[tokio::test]
+async fn declarations_match_python_celery_in_both_orders() -> Result<()> {
+    let python = interop_python()?;
+    let script = repo_root().join("tests/interop/declare_with_kombu.py");
+    let kombu = |queue: String, variant: &'static str| {
+        let python = python.clone();
+        let script = script.clone();
+        async move {
+            let out = tokio::process::Command::new(&python)
+                .arg(&script)
+                .args([broker_url(), queue, variant.to_owned()])
+                .output()
+                .await?;
+            Ok::<_, anyhow::Error>((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ))
+        }
+    };
+    let broker = connect().await?;
+    let variants: [(&str, QueueArguments); 3] = [
+        ("default", QueueArguments::default()),
+        (
+            "priority",
+            QueueArguments {
+                max_priority: Some(10),
+                ..QueueArguments::default()
+            },
+        ),
+        (
+            "quorum",
+            QueueArguments {
+                queue_type: Some(QueueType::Quorum),
+                ..QueueArguments::default()
+            },
+        ),
+    ];
+    let mut names = Vec::new();
+    for (variant, arguments) in variants {
+        // Python first, then Celeriac.
+        let first = unique(&format!("kombu-first-{variant}"));
+        names.push(first.clone());
+        let (code, out) = kombu(first.clone(), variant).await?;
+        ensure!(code == Some(0), "kombu declare {variant}: {out}");
+        broker
+            .declare(&Queue::celery_default(first).with_arguments(arguments.clone()))
+            .await
+            .with_context(|| format!("Celeriac after kombu ({variant})"))?;
+        // Celeriac first, then Python.
+        let second = unique(&format!("celeriac-first-{variant}"));
+        names.push(second.clone());
+        broker
+            .declare(&Queue::celery_default(second.clone()).with_arguments(arguments))
+            .await?;
+        let (code, out) = kombu(second, variant).await?;
+        ensure!(code == Some(0), "kombu after Celeriac ({variant}): {out}");
+    }
+    // Control: a mismatch is caught, so the checks above can fail.
+    let mismatch = unique("mismatch");
+    names.push(mismatch.clone());
+    broker
+        .declare(
+            &Queue::celery_default(mismatch.clone()).with_arguments(QueueArguments {
+                max_priority: Some(10),
+                ..QueueArguments::default()
+            }),
+        )
+        .await?;
+    let (code, out) = kombu(mismatch, "default").await?;
+    ensure!(
+        code == Some(3) && out.contains("PRECONDITION_FAILED"),
+        "kombu accepted a mismatch: {out}"
+    );
+    let _cleanup = Cleanup(names);
+    Ok(())
+}
+
+#[tokio::test]
+async fn prefetch_limits_unacked_deliveries_per_consumer() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("prefetch");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    broker.declare(&queue).await?;
+    for _ in 0..10 {
+        broker.publish("", &name, &task("t").encode()?).await?;
+    }
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 3,
+        })
+        .await?;
+    let held = [
+        next(&mut consumer).await?,
+        next(&mut consumer).await?,
+        next(&mut consumer).await?,
+    ];
+    let stats = queue_stats(
+        &name,
+        &["messages_ready", "messages_unacknowledged", "consumers"],
+    )?;
+    ensure!(
+        stats == ["7", "3", "1"],
+        "ready/unacked/consumers = {stats:?}"
+    );
+    for delivery in &held {
+        delivery.ack().await?;
+    }
+    for _ in 0..7 {
+        next(&mut consumer).await?.ack().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_comes_back_when_its_queue_is_deleted() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("deleted");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+
+    let conn =
+        lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await?;
+    conn.create_channel()
+        .await?
+        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    // Until the consumer has re-declared its queue, publishes are unroutable.
+    let body = task("t").encode()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match broker.publish("", &name, &body).await {
+            Ok(()) => break,
+            Err(BrokerError::Unroutable { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    next(&mut consumer).await?.ack().await?;
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn worker_published_dead_letters_keep_the_message_and_say_why() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("dlq-worker");
+    let dead = DeadLetterTopology::default().queue_for(&name);
+    let _cleanup = Cleanup(vec![name.clone(), dead.name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    broker.declare(&queue).await?;
+    let sent = task("proj.unknown").encode()?;
+    broker.publish("", &name, &sent).await?;
+
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    let delivery = next(&mut consumer).await?;
+    let letter = DeadLetter::new(
+        DeadLetterReason::UnknownTask,
+        "task proj.unknown is not registered",
+    );
+    broker.dead_letter(&delivery, &letter).await?;
+    delivery.ack().await?;
+
+    let mut dlq = broker
+        .consume(ConsumeOptions {
+            queues: vec![dead],
+            prefetch: 1,
+        })
+        .await?;
+    let lettered = next(&mut dlq).await?;
+    ensure!(lettered.message.body == sent.body, "body changed");
+    let h = &lettered.message.headers;
+    ensure!(
+        h[REASON_HEADER] == HeaderValue::Str("unknown_task".into()),
+        "{h:?}"
+    );
+    ensure!(h[ORIGIN_QUEUE_HEADER] == HeaderValue::Str(name.clone()));
+    ensure!(
+        h["task"] == HeaderValue::Str("proj.unknown".into()),
+        "Celery headers kept"
+    );
+    lettered.ack().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn broker_native_dead_lettering_routes_rejects_to_the_same_queue() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("dlq-native");
+    let topology = DeadLetterTopology::default();
+    let dead = topology.queue_for(&name);
+    let _cleanup = Cleanup(vec![name.clone(), dead.name.clone()]);
+    broker.declare(&dead).await?;
+    let queue = topology.enable_native(Queue::celery_default(name.clone()));
+    broker.declare(&queue).await?;
+    broker.publish("", &name, &task("t").encode()?).await?;
+
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    next(&mut consumer).await?.reject(false).await?;
+
+    let mut dlq = broker
+        .consume(ConsumeOptions {
+            queues: vec![dead],
+            prefetch: 1,
+        })
+        .await?;
+    let lettered = next(&mut dlq).await?;
+    let Some(HeaderValue::Array(deaths)) = lettered.message.headers.get("x-death") else {
+        bail!("no x-death header: {:?}", lettered.message.headers);
+    };
+    let HeaderValue::Table(first) = &deaths[0] else {
+        bail!("x-death entry is not a table")
+    };
+    ensure!(
+        first["reason"] == HeaderValue::Str("rejected".into()),
+        "{first:?}"
+    );
+    ensure!(
+        first["queue"] == HeaderValue::Str(name.clone()),
+        "{first:?}"
+    );
+    lettered.ack().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn topic_routes_publish_to_their_exchange() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("images");
+    let exchange = unique("tasks-exchange");
+    let _cleanup = Cleanup(vec![name.clone(), exchange.clone()]);
+    let queue =
+        Queue::celery_default(name.clone()).bound_to(Exchange::topic(exchange.clone()), "images.#");
+    let router = Router::default().queue(queue.clone()).route(
+        "images.*",
+        RouteOptions {
+            queue: Some(name.clone()),
+            routing_key: Some("images.resize".into()),
+            ..RouteOptions::default()
+        },
+    )?;
+    let destination = router.resolve("images.resize", &RouteOptions::default());
+    ensure!(destination.exchange == exchange, "{destination:?}");
+    broker
+        .send(&destination, &task("images.resize").encode()?)
+        .await?;
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    let delivery = next(&mut consumer).await?;
+    ensure!(delivery.exchange == exchange && delivery.routing_key == "images.resize");
+    delivery.ack().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn connection_failures_are_clear_and_never_leak_the_password() -> Result<()> {
+    let bad_password = broker_url().replacen("guest:guest", "guest:not-the-password", 1);
+    let mut config = BrokerConfig::from_url(&bad_password)?;
+    config.connect_timeout = Duration::from_secs(3);
+    let err = Broker::connect(config).await.unwrap_err();
+    let text = err.to_string();
+    ensure!(matches!(err, BrokerError::Connect { .. }), "{text}");
+    ensure!(
+        !text.contains("not-the-password"),
+        "password leaked: {text}"
+    );
+    println!("{text}");
+
+    // amqps:// against the plain port: a clean error, not a panic.
+    let tls = BrokerConfig::from_url("amqps://guest:guest@127.0.0.1:5672//?connect_timeout=3")?;
+    let err = Broker::connect(tls).await.unwrap_err();
+    ensure!(matches!(err, BrokerError::Connect { .. }), "{err}");
+    println!("{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_connection_carries_its_name_and_heartbeat() -> Result<()> {
+    let mut config = BrokerConfig::from_url(&broker_url())?;
+    config.connection_name = unique("connection-name");
+    config.heartbeat = Duration::from_secs(7);
+    let broker = Broker::connect(config.clone()).await?;
+    let listing = celeriac_tests::rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "timeout",
+        "client_properties",
+    ])?;
+    let line = listing
+        .lines()
+        .find(|line| line.contains(&config.connection_name))
+        .with_context(|| {
+            format!(
+                "connection {} not listed:\n{listing}",
+                config.connection_name
+            )
+        })?;
+    ensure!(
+        line.trim_start().starts_with('7'),
+        "negotiated heartbeat is not 7 s: {line}"
+    );
+    broker.close().await;
+    Ok(())
+}
