@@ -132,6 +132,48 @@ impl HeaderValue {
     }
 }
 
+impl From<&str> for HeaderValue {
+    fn from(value: &str) -> Self {
+        HeaderValue::Str(value.to_owned())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(value: String) -> Self {
+        HeaderValue::Str(value)
+    }
+}
+
+impl From<bool> for HeaderValue {
+    fn from(value: bool) -> Self {
+        HeaderValue::Bool(value)
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(value: i64) -> Self {
+        HeaderValue::Int(value)
+    }
+}
+
+impl From<i32> for HeaderValue {
+    fn from(value: i32) -> Self {
+        HeaderValue::Int(i64::from(value))
+    }
+}
+
+impl From<u32> for HeaderValue {
+    fn from(value: u32) -> Self {
+        HeaderValue::Int(i64::from(value))
+    }
+}
+
+impl From<f64> for HeaderValue {
+    fn from(value: f64) -> Self {
+        HeaderValue::Float(value)
+    }
+}
+
 fn number_to_header(n: &Number) -> Result<HeaderValue, String> {
     if let Some(i) = n.as_i64() {
         return Ok(HeaderValue::Int(i));

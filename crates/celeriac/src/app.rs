@@ -1,0 +1,378 @@
+//! The [`App`]: broker connection, task registry, routes, result backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_broker::{Broker, BrokerConfig, Queue, RouteOptions, Router};
+use celeriac_protocol::time::now;
+use celeriac_protocol::{Compression, Seconds, TaskMessage};
+use serde::de::DeserializeOwned;
+
+use crate::call::{SendTask, TaskCall};
+use crate::registry::Registry;
+use crate::result::{ResultBackend, RpcBackend};
+use crate::{AsyncResult, Error, Task, TaskOptions, request};
+
+/// Environment variables read for the broker URL, in order.
+pub const BROKER_URL_VARS: [&str; 2] = ["CELERIAC_BROKER_URL", "CELERY_BROKER_URL"];
+/// Environment variables read for the result backend, in order.
+pub const RESULT_BACKEND_VARS: [&str; 2] = ["CELERIAC_RESULT_BACKEND", "CELERY_RESULT_BACKEND"];
+
+/// A Celeriac application: what producers send through and workers run.
+/// Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    registry: Registry,
+    router: Router,
+    backend: Option<Arc<dyn ResultBackend>>,
+    task_defaults: TaskOptions,
+    compression: Option<Compression>,
+    origin: String,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("broker", &self.inner.broker)
+            .field("tasks", &self.inner.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Starts building an app.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
+    }
+
+    /// The registered tasks.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The broker connection.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// The routes and queues.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The result backend, if one is configured.
+    pub fn result_backend(&self) -> Option<&Arc<dyn ResultBackend>> {
+        self.inner.backend.as_ref()
+    }
+
+    /// The app-wide task defaults.
+    pub fn task_defaults(&self) -> &TaskOptions {
+        &self.inner.task_defaults
+    }
+
+    /// The options for task `name`: its own, then the app's defaults.
+    pub fn task_options(&self, name: &str) -> TaskOptions {
+        match self.inner.registry.get(name) {
+            Some(task) => task.options().or(&self.inner.task_defaults),
+            None => self.inner.task_defaults.clone(),
+        }
+    }
+
+    /// Sends a task by name (for example one defined in Python).
+    pub fn send_task(&self, name: &str) -> SendTask {
+        SendTask::new(self.clone(), name)
+    }
+
+    /// A handle on the result of task `id`.
+    pub fn async_result<T: DeserializeOwned>(&self, id: impl Into<String>) -> AsyncResult<T> {
+        AsyncResult::new(id, self.inner.backend.clone())
+    }
+
+    /// The `origin` header of messages sent from this process
+    /// (`gen<pid>@<host>`, as Python writes it).
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// Closes the broker connection.
+    pub async fn close(&self) {
+        self.inner.broker.close().await;
+    }
+
+    pub(crate) async fn send_call<O: DeserializeOwned>(
+        &self,
+        call: TaskCall<O>,
+    ) -> Result<AsyncResult<O>, Error> {
+        if let Some(detail) = call.error {
+            return Err(Error::Arguments {
+                task: call.name,
+                detail,
+            });
+        }
+        let defaults = self.task_options(&call.name);
+        let options = call.options;
+        let id = options
+            .task_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let sent_at = now();
+
+        let mut message = TaskMessage::new(call.name.clone(), id.clone())
+            .with_args(call.args)
+            .with_kwargs(call.kwargs);
+        let headers = &mut message.headers;
+        headers.origin = Some(self.inner.origin.clone());
+        if let Some(parent) = request::current() {
+            headers.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));
+            headers.parent_id = Some(parent.id);
+        }
+        headers.shadow = options.shadow;
+        headers.extra = options.headers;
+        headers.compression = self.inner.compression;
+        headers.timelimit.hard = options.time_limit.or(defaults.time_limit).map(seconds);
+        headers.timelimit.soft = options
+            .soft_time_limit
+            .or(defaults.soft_time_limit)
+            .map(seconds);
+        let ignore_result = options
+            .ignore_result
+            .or(defaults.ignore_result)
+            .unwrap_or(false);
+        headers.ignore_result = Some(ignore_result);
+        if !options.link.is_empty() {
+            message.body.embed.callbacks = Some(options.link);
+        }
+        if !options.link_error.is_empty() {
+            message.body.embed.errbacks = Some(options.link_error);
+        }
+        if let Some(eta) = options.eta {
+            message = message.with_eta(eta.fixed_offset());
+        } else if let Some(countdown) = options.countdown {
+            message = message.with_countdown(countdown, sent_at);
+        }
+        let expires = match (options.expires_at, options.expires_in.or(defaults.expires)) {
+            (Some(at), _) => Some(at.fixed_offset()),
+            (None, Some(delay)) => {
+                Some(sent_at + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX))
+            }
+            (None, None) => None,
+        };
+        if let Some(expires) = expires {
+            message = message.with_expires(expires, sent_at);
+        }
+        let priority = options.priority.or(defaults.priority);
+        if let Some(p) = priority {
+            message.properties.priority = Some(p);
+        }
+
+        if let Some(reply_to) = self.inner.backend.as_ref().and_then(|b| b.reply_to()) {
+            // Callbacks report to us too, so their results can be read here
+            // (Python applies a linked signature with its `reply_to` option).
+            let linked = message
+                .body
+                .embed
+                .callbacks
+                .iter_mut()
+                .chain(message.body.embed.errbacks.iter_mut());
+            for signature in linked.flatten() {
+                signature
+                    .options
+                    .entry("reply_to")
+                    .or_insert_with(|| reply_to.into());
+            }
+        }
+        let backend = self.inner.backend.clone().filter(|_| !ignore_result);
+        if let Some(backend) = &backend {
+            message.properties.reply_to = backend.reply_to().map(str::to_owned);
+            backend.prepare(&id).await?;
+        }
+        let route = RouteOptions {
+            queue: options.queue.or(defaults.queue),
+            exchange: options.exchange,
+            routing_key: options.routing_key,
+            priority,
+        };
+        let destination = self.inner.router.resolve(&call.name, &route);
+        self.inner
+            .broker
+            .send(&destination, &message.encode()?)
+            .await?;
+        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+    }
+}
+
+/// Whole seconds as an int (as Python sends `time_limit=30`), else a float.
+fn seconds(d: Duration) -> Seconds {
+    if d.subsec_nanos() == 0 {
+        Seconds::Int(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    } else {
+        Seconds::Float(d.as_secs_f64())
+    }
+}
+
+/// Builds an [`App`]. Settings not given in code come from the environment.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), celeriac::Error> {
+/// let app = celeriac::App::builder()
+///     .broker_url("amqp://guest:guest@localhost:5672//")
+///     .result_backend("rpc://")
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct AppBuilder {
+    broker_url: Option<String>,
+    broker_config: Option<BrokerConfig>,
+    result_backend: Option<String>,
+    result_expires: Option<Duration>,
+    default_queue: Option<Queue>,
+    queues: Vec<Queue>,
+    routes: Vec<(String, RouteOptions)>,
+    tasks: Vec<Arc<dyn Task>>,
+    task_defaults: TaskOptions,
+    compression: Option<Compression>,
+}
+
+impl AppBuilder {
+    /// The broker URL (`;`-separated for failover). Default: the
+    /// `CELERIAC_BROKER_URL` or `CELERY_BROKER_URL` environment variable,
+    /// else Celery's `amqp://guest:guest@localhost:5672//`.
+    pub fn broker_url(mut self, url: impl Into<String>) -> Self {
+        self.broker_url = Some(url.into());
+        self
+    }
+
+    /// Full broker settings (heartbeat, timeouts, dead-letter names, ...);
+    /// wins over [`broker_url`](Self::broker_url).
+    pub fn broker_config(mut self, config: BrokerConfig) -> Self {
+        self.broker_config = Some(config);
+        self
+    }
+
+    /// The result backend: `rpc://`. Default: `CELERIAC_RESULT_BACKEND` or
+    /// `CELERY_RESULT_BACKEND`, else none (results are not stored, as in Celery).
+    pub fn result_backend(mut self, url: impl Into<String>) -> Self {
+        self.result_backend = Some(url.into());
+        self
+    }
+
+    /// How long unread results are kept (Celery's `result_expires`, 1 day).
+    pub fn result_expires(mut self, expires: Duration) -> Self {
+        self.result_expires = Some(expires);
+        self
+    }
+
+    /// The default queue's name (Celery's `task_default_queue`, `celery`).
+    pub fn default_queue(mut self, name: impl Into<String>) -> Self {
+        self.default_queue = Some(Queue::celery_default(name));
+        self
+    }
+
+    /// Declares a queue definition (an entry of Celery's `task_queues`).
+    pub fn queue(mut self, queue: Queue) -> Self {
+        self.queues.push(queue);
+        self
+    }
+
+    /// Routes task names matching `pattern` (exact or glob, like
+    /// `task_routes`).
+    pub fn route(mut self, pattern: impl Into<String>, route: RouteOptions) -> Self {
+        self.routes.push((pattern.into(), route));
+        self
+    }
+
+    /// Registers a task.
+    pub fn task(mut self, task: impl Task) -> Self {
+        self.tasks.push(Arc::new(task));
+        self
+    }
+
+    /// App-wide task defaults (Celery's `task_*` settings: `max_retries`,
+    /// `acks_late`, time limits, ...).
+    pub fn task_defaults(mut self, defaults: TaskOptions) -> Self {
+        self.task_defaults = defaults;
+        self
+    }
+
+    /// Compresses task bodies (Celery's `task_compression`).
+    pub fn task_compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(compression);
+        self
+    }
+
+    /// Connects and builds the app.
+    pub async fn build(self) -> Result<App, Error> {
+        let broker_config = match self.broker_config {
+            Some(config) => config,
+            None => {
+                let url = self
+                    .broker_url
+                    .or_else(|| env_first(&BROKER_URL_VARS))
+                    .unwrap_or_else(|| celeriac_broker::url::DEFAULT_URL.to_owned());
+                BrokerConfig::from_url(&url)?
+            }
+        };
+        let mut router = Router::new(
+            self.default_queue
+                .unwrap_or_else(|| Queue::celery_default("celery")),
+        );
+        for queue in self.queues {
+            router = router.queue(queue);
+        }
+        for (pattern, route) in self.routes {
+            router = router.route(&pattern, route)?;
+        }
+        let mut registry = Registry::default();
+        for task in self.tasks {
+            registry.register(task);
+        }
+        let broker = Broker::connect(broker_config).await?;
+        let backend_url = self
+            .result_backend
+            .or_else(|| env_first(&RESULT_BACKEND_VARS));
+        let backend: Option<Arc<dyn ResultBackend>> = match backend_url.as_deref() {
+            None | Some("") | Some("disabled") => None,
+            Some(url) if url.starts_with("rpc://") => Some(Arc::new(RpcBackend::new(
+                broker.clone(),
+                self.result_expires.unwrap_or(Duration::from_secs(86_400)),
+            ))),
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "result backend {:?} is not supported; use rpc:// (Redis comes later)",
+                    celeriac_broker::url::redact(other)
+                )));
+            }
+        };
+        let mut task_defaults = self.task_defaults;
+        task_defaults.acks_late.get_or_insert(true);
+        task_defaults.max_retries.get_or_insert(3);
+        Ok(App {
+            inner: Arc::new(Inner {
+                broker,
+                registry,
+                router,
+                backend,
+                task_defaults,
+                compression: self.compression,
+                origin: format!(
+                    "gen{}@{}",
+                    std::process::id(),
+                    gethostname::gethostname().to_string_lossy()
+                ),
+            }),
+        })
+    }
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}

@@ -1,0 +1,323 @@
+//! Sending tasks: typed calls (`add::new(2, 2)`) and calls by name
+//! (`app.send_task("reports.build")`), with Celery's `apply_async` options.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use celeriac_protocol::{Headers, Signature};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::{App, AsyncResult, Error};
+
+/// `apply_async` options. Unset fields fall back to the task's options,
+/// then to the app's settings.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Task id (default: a new UUID).
+    pub task_id: Option<String>,
+    /// Run no earlier than this long after sending.
+    pub countdown: Option<Duration>,
+    /// Run no earlier than this time.
+    pub eta: Option<DateTime<Utc>>,
+    /// Revoke if not started within this long after sending.
+    pub expires_in: Option<Duration>,
+    /// Revoke if not started by this time.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Message priority.
+    pub priority: Option<u8>,
+    /// Destination queue.
+    pub queue: Option<String>,
+    /// Destination exchange.
+    pub exchange: Option<String>,
+    /// Routing key.
+    pub routing_key: Option<String>,
+    /// Custom headers (Celery's `headers=`).
+    pub headers: Headers,
+    /// Callbacks applied to the result on success (Celery's `link`).
+    pub link: Vec<Signature>,
+    /// Callbacks applied on failure (Celery's `link_error`).
+    pub link_error: Vec<Signature>,
+    /// Store no result.
+    pub ignore_result: Option<bool>,
+    /// Hard time limit.
+    pub time_limit: Option<Duration>,
+    /// Soft time limit.
+    pub soft_time_limit: Option<Duration>,
+    /// Name shown instead of the task name in logs and results.
+    pub shadow: Option<String>,
+}
+
+/// The option setters shared by [`TaskCall`] and [`SendTask`].
+macro_rules! option_setters {
+    ($($field:ident).+) => {
+        /// Sets the task id (default: a new UUID).
+        pub fn task_id(mut self, id: impl Into<String>) -> Self {
+            self.$($field).+.task_id = Some(id.into());
+            self
+        }
+
+        /// Runs the task no earlier than `delay` after sending.
+        pub fn countdown(mut self, delay: std::time::Duration) -> Self {
+            self.$($field).+.countdown = Some(delay);
+            self
+        }
+
+        /// Runs the task no earlier than `eta`.
+        pub fn eta(mut self, eta: chrono::DateTime<chrono::Utc>) -> Self {
+            self.$($field).+.eta = Some(eta);
+            self
+        }
+
+        /// Revokes the task if it has not started within `delay` of sending.
+        pub fn expires_in(mut self, delay: std::time::Duration) -> Self {
+            self.$($field).+.expires_in = Some(delay);
+            self
+        }
+
+        /// Revokes the task if it has not started by `at`.
+        pub fn expires_at(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+            self.$($field).+.expires_at = Some(at);
+            self
+        }
+
+        /// Sets the message priority (on a queue with `x-max-priority`,
+        /// higher runs first).
+        pub fn priority(mut self, priority: u8) -> Self {
+            self.$($field).+.priority = Some(priority);
+            self
+        }
+
+        /// Sends to `queue` instead of the routed one.
+        pub fn queue(mut self, queue: impl Into<String>) -> Self {
+            self.$($field).+.queue = Some(queue.into());
+            self
+        }
+
+        /// Publishes to `exchange`.
+        pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+            self.$($field).+.exchange = Some(exchange.into());
+            self
+        }
+
+        /// Publishes with `routing_key`.
+        pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
+            self.$($field).+.routing_key = Some(routing_key.into());
+            self
+        }
+
+        /// Adds a custom header (Celery's `headers=`).
+        pub fn header(mut self, name: impl Into<String>, value: impl Into<$crate::HeaderValue>) -> Self {
+            self.$($field).+.headers.insert(name.into(), value.into());
+            self
+        }
+
+        /// Applies `callback` to the result on success (Celery's `link`).
+        pub fn link(mut self, callback: impl Into<$crate::Signature>) -> Self {
+            self.$($field).+.link.push(callback.into());
+            self
+        }
+
+        /// Applies `errback` with the task id on failure (Celery's `link_error`).
+        pub fn link_error(mut self, errback: impl Into<$crate::Signature>) -> Self {
+            self.$($field).+.link_error.push(errback.into());
+            self
+        }
+
+        /// Stores no result (and waits for none).
+        pub fn ignore_result(mut self, ignore: bool) -> Self {
+            self.$($field).+.ignore_result = Some(ignore);
+            self
+        }
+
+        /// Sets the hard time limit.
+        pub fn time_limit(mut self, limit: std::time::Duration) -> Self {
+            self.$($field).+.time_limit = Some(limit);
+            self
+        }
+
+        /// Sets the soft time limit.
+        pub fn soft_time_limit(mut self, limit: std::time::Duration) -> Self {
+            self.$($field).+.soft_time_limit = Some(limit);
+            self
+        }
+
+        /// Shows `name` instead of the task name in logs and results.
+        pub fn shadow(mut self, name: impl Into<String>) -> Self {
+            self.$($field).+.shadow = Some(name.into());
+            self
+        }
+    };
+}
+
+/// A task call ready to send, typed by the task's output `O`.
+///
+/// `#[task]` generates `my_task::new(args...)` returning one of these.
+#[derive(Debug, Clone)]
+pub struct TaskCall<O = Value> {
+    pub(crate) name: String,
+    pub(crate) args: Vec<Value>,
+    pub(crate) kwargs: Map<String, Value>,
+    pub(crate) options: SendOptions,
+    pub(crate) error: Option<String>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O: DeserializeOwned> TaskCall<O> {
+    /// A call of task `name` with positional arguments.
+    pub fn new(name: impl Into<String>, args: Vec<Value>) -> TaskCall<O> {
+        TaskCall {
+            name: name.into(),
+            args,
+            kwargs: Map::new(),
+            options: SendOptions::default(),
+            error: None,
+            _output: PhantomData,
+        }
+    }
+
+    /// A call whose arguments are serialized here; a value that cannot be
+    /// serialized makes `apply_async` fail with an error naming the parameter.
+    #[doc(hidden)]
+    pub fn from_serialized(
+        name: &str,
+        args: Vec<(&'static str, Result<Value, serde_json::Error>)>,
+    ) -> TaskCall<O> {
+        let mut call = TaskCall::new(name, Vec::with_capacity(args.len()));
+        for (param, value) in args {
+            match value {
+                Ok(v) => call.args.push(v),
+                Err(e) => {
+                    call.error.get_or_insert_with(|| {
+                        format!("argument '{param}' cannot be serialized: {e}")
+                    });
+                }
+            }
+        }
+        call
+    }
+
+    /// Sets a keyword argument.
+    pub fn kwarg(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        let name = name.into();
+        match serde_json::to_value(value) {
+            Ok(v) => {
+                self.kwargs.insert(name, v);
+            }
+            Err(e) => {
+                self.error.get_or_insert_with(|| {
+                    format!("keyword argument '{name}' cannot be serialized: {e}")
+                });
+            }
+        }
+        self
+    }
+
+    option_setters!(options);
+
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The call as a Celery signature, for `link`, chains and Python tools.
+    pub fn signature(&self) -> Signature {
+        let mut sig = Signature::new(self.name.clone())
+            .with_args(self.args.clone())
+            .with_kwargs(self.kwargs.clone());
+        if let Some(id) = &self.options.task_id {
+            sig = sig.with_option("task_id", id.clone());
+        }
+        if let Some(queue) = &self.options.queue {
+            sig = sig.with_option("queue", queue.clone());
+        }
+        if let Some(priority) = self.options.priority {
+            sig = sig.with_option("priority", priority);
+        }
+        sig
+    }
+
+    /// Sends the call and returns once the broker has confirmed it.
+    pub async fn apply_async(self, app: &App) -> Result<AsyncResult<O>, Error> {
+        app.send_call(self).await
+    }
+}
+
+impl<O> From<TaskCall<O>> for Signature {
+    fn from(call: TaskCall<O>) -> Signature {
+        let mut sig = Signature::new(call.name)
+            .with_args(call.args)
+            .with_kwargs(call.kwargs);
+        if let Some(id) = call.options.task_id {
+            sig = sig.with_option("task_id", id);
+        }
+        sig
+    }
+}
+
+/// A call of a task by name (e.g. one defined in Python), from
+/// [`App::send_task`].
+///
+/// ```no_run
+/// # async fn demo(app: celeriac::App) -> Result<(), Box<dyn std::error::Error>> {
+/// use serde_json::json;
+/// let result = app.send_task("reports.build").args((42,)).kwargs(json!({"fmt": "pdf"})).apply().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SendTask {
+    app: App,
+    call: TaskCall<Value>,
+}
+
+impl SendTask {
+    pub(crate) fn new(app: App, name: &str) -> SendTask {
+        SendTask {
+            app,
+            call: TaskCall::new(name, Vec::new()),
+        }
+    }
+
+    /// Sets the positional arguments: anything that serializes to a JSON
+    /// array (a tuple, a `Vec`, `json!([...])`).
+    pub fn args(mut self, args: impl Serialize) -> Self {
+        match serde_json::to_value(args) {
+            Ok(Value::Array(items)) => self.call.args = items,
+            Ok(other) => {
+                self.call.error = Some(format!(
+                    "args must serialize to a JSON array (e.g. a tuple), got {other}"
+                ));
+            }
+            Err(e) => self.call.error = Some(format!("args cannot be serialized: {e}")),
+        }
+        self
+    }
+
+    /// Sets the keyword arguments: anything that serializes to a JSON object.
+    pub fn kwargs(mut self, kwargs: impl Serialize) -> Self {
+        match serde_json::to_value(kwargs) {
+            Ok(Value::Object(map)) => self.call.kwargs = map,
+            Ok(other) => {
+                self.call.error = Some(format!(
+                    "kwargs must serialize to a JSON object, got {other}"
+                ));
+            }
+            Err(e) => self.call.error = Some(format!("kwargs cannot be serialized: {e}")),
+        }
+        self
+    }
+
+    option_setters!(call.options);
+
+    /// The call as a Celery signature.
+    pub fn signature(&self) -> Signature {
+        self.call.signature()
+    }
+
+    /// Sends the task and returns once the broker has confirmed it.
+    pub async fn apply(self) -> Result<AsyncResult<Value>, Error> {
+        self.app.send_call(self.call).await
+    }
+}

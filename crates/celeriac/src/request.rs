@@ -1,0 +1,165 @@
+//! The request context of a running task (Celery's `self.request` with
+//! `bind=True`).
+//!
+//! While a worker runs a task, the request is also available through
+//! [`current`], so tasks sent from inside a task get `parent_id` and `root_id`
+//! automatically, as in Celery.
+
+use std::time::Duration;
+
+use celeriac_protocol::{Headers, TaskMessage};
+use chrono::{DateTime, FixedOffset, Utc};
+
+use crate::task_error::{RetryRequest, TaskError};
+
+/// Where a message came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The exchange it was published to (`""` is the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its AMQP priority.
+    pub priority: Option<u8>,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+}
+
+/// The context of one task execution.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Task id.
+    pub id: String,
+    /// Task name.
+    pub task: String,
+    /// How many times this task has been retried.
+    pub retries: u32,
+    /// Id of the first task of the workflow.
+    pub root_id: Option<String>,
+    /// Id of the task that sent this one.
+    pub parent_id: Option<String>,
+    /// Group id, if the task is part of a group.
+    pub group: Option<String>,
+    /// Earliest start time, if one was set.
+    pub eta: Option<DateTime<FixedOffset>>,
+    /// Expiry, if one was set.
+    pub expires: Option<DateTime<FixedOffset>>,
+    /// Name of the worker running the task.
+    pub hostname: String,
+    /// Delivery details.
+    pub delivery_info: DeliveryInfo,
+    /// Where results go (`rpc://`).
+    pub reply_to: Option<String>,
+    /// Correlation id of the message.
+    pub correlation_id: Option<String>,
+    /// Custom headers sent with the task.
+    pub headers: Headers,
+}
+
+impl Request {
+    /// The request for a decoded message.
+    pub fn from_message(
+        message: &TaskMessage,
+        delivery_info: DeliveryInfo,
+        hostname: impl Into<String>,
+    ) -> Request {
+        let h = &message.headers;
+        Request {
+            id: h.id.clone(),
+            task: h.task.clone(),
+            retries: u32::try_from(h.retries).unwrap_or(0),
+            root_id: h.root_id.clone(),
+            parent_id: h.parent_id.clone(),
+            group: h.group.clone(),
+            eta: h.eta,
+            expires: h.expires,
+            hostname: hostname.into(),
+            delivery_info,
+            reply_to: message.properties.reply_to.clone(),
+            correlation_id: message.properties.correlation_id.clone(),
+            headers: h.extra.clone(),
+        }
+    }
+
+    /// A request for calling a task directly (tests, tools).
+    pub fn detached(task: impl Into<String>, id: impl Into<String>) -> Request {
+        let id = id.into();
+        Request {
+            root_id: Some(id.clone()),
+            id,
+            task: task.into(),
+            retries: 0,
+            parent_id: None,
+            group: None,
+            eta: None,
+            expires: None,
+            hostname: String::new(),
+            delivery_info: DeliveryInfo::default(),
+            reply_to: None,
+            correlation_id: None,
+            headers: Headers::new(),
+        }
+    }
+
+    /// Starts a retry request (Celery's `self.retry(...)`):
+    /// `return Err(request.retry().countdown(Duration::from_secs(5)).because(err))`.
+    pub fn retry(&self) -> Retry {
+        Retry::default()
+    }
+}
+
+/// A retry being built; converts into the [`TaskError`] a task returns.
+#[derive(Debug, Default)]
+#[must_use = "return it as the task's error: `return Err(request.retry().into())`"]
+pub struct Retry {
+    request: RetryRequest,
+    cause: Option<TaskError>,
+}
+
+impl Retry {
+    /// Retry after `delay` (instead of the task's retry policy).
+    pub fn countdown(mut self, delay: Duration) -> Retry {
+        self.request.countdown = Some(delay);
+        self
+    }
+
+    /// Retry at `eta`.
+    pub fn eta(mut self, eta: DateTime<Utc>) -> Retry {
+        self.request.eta = Some(eta);
+        self
+    }
+
+    /// Use this `max_retries` for this decision.
+    pub fn max_retries(mut self, max: u32) -> Retry {
+        self.request.max_retries = Some(max);
+        self
+    }
+
+    /// The error that caused the retry (stored with the `RETRY` state and, if
+    /// retries run out, the final failure).
+    pub fn because(mut self, error: impl Into<TaskError>) -> TaskError {
+        self.cause = Some(error.into());
+        self.into()
+    }
+}
+
+impl From<Retry> for TaskError {
+    fn from(retry: Retry) -> TaskError {
+        TaskError::retry(retry.request, retry.cause)
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Request;
+}
+
+/// The request of the task running on this tokio task, if any.
+pub fn current() -> Option<Request> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `future` with `request` as the [`current`] request (the worker does
+/// this around every task).
+pub async fn scope<F: std::future::Future>(request: Request, future: F) -> F::Output {
+    CURRENT.scope(request, future).await
+}

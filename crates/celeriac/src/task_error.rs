@@ -1,0 +1,224 @@
+//! What a task returns when it does not succeed.
+//!
+//! A [`TaskError`] becomes a Celery failure whose `exc_type`, `exc_module`
+//! and `exc_message` make Python's `AsyncResult.get()` raise an exception
+//! carrying the message (§4.2). Any `std::error::Error` converts with `?`;
+//! [`TaskError::python`] picks a real Python exception type instead.
+//! A retry request ([`crate::Request::retry`]) is a `TaskError` too, so
+//! `return Err(request.retry().countdown(..).into())` reads naturally.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use celeriac_protocol::ExceptionInfo;
+use chrono::{DateTime, Utc};
+
+/// The module Python sees for errors raised by Rust code. It does not exist
+/// in Python, so `AsyncResult.get()` raises a stand-in class with the Rust
+/// error's type name.
+pub const RUST_EXCEPTION_MODULE: &str = "celeriac.exceptions";
+
+/// How a task ended, when it did not return a value.
+#[derive(Debug)]
+pub enum TaskErrorKind {
+    /// The task failed.
+    Failure,
+    /// The task asked to be retried.
+    Retry(RetryRequest),
+    /// The task asked for its message to be rejected (`requeue` puts it back
+    /// on the queue; otherwise it is dead-lettered).
+    Reject {
+        /// Put the message back on the queue.
+        requeue: bool,
+    },
+}
+
+/// What a retry asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryRequest {
+    /// Delay before the next attempt (default: the task's retry policy).
+    pub countdown: Option<Duration>,
+    /// Or an absolute time for the next attempt.
+    pub eta: Option<DateTime<Utc>>,
+    /// Overrides the task's `max_retries` for this decision.
+    pub max_retries: Option<u32>,
+}
+
+/// A task's failure, retry request or rejection. One pointer wide, so
+/// `Result<T, TaskError>` stays small.
+pub struct TaskError(Box<Inner>);
+
+struct Inner {
+    kind: TaskErrorKind,
+    exc_type: String,
+    exc_module: String,
+    message: String,
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl TaskError {
+    /// A failure with a message; Python sees `celeriac.exceptions.TaskError`.
+    ///
+    /// ```
+    /// let err = celeriac::TaskError::new("image too large");
+    /// assert_eq!(err.exception_info().message(), "image too large");
+    /// ```
+    pub fn new(message: impl Into<String>) -> TaskError {
+        TaskError::python(RUST_EXCEPTION_MODULE, "TaskError", message)
+    }
+
+    /// A failure that Python raises as `exc_module.exc_type(message)`, e.g.
+    /// `TaskError::python("builtins", "ValueError", "bad width")`.
+    pub fn python(exc_module: &str, exc_type: &str, message: impl Into<String>) -> TaskError {
+        TaskError(Box::new(Inner {
+            kind: TaskErrorKind::Failure,
+            exc_type: exc_type.to_owned(),
+            exc_module: exc_module.to_owned(),
+            message: message.into(),
+            source: None,
+        }))
+    }
+
+    /// A failure wrapping any error; Python sees its Rust type name.
+    pub fn from_error<E: StdError + Send + Sync + 'static>(error: E) -> TaskError {
+        TaskError(Box::new(Inner {
+            kind: TaskErrorKind::Failure,
+            exc_type: short_type_name::<E>().to_owned(),
+            exc_module: RUST_EXCEPTION_MODULE.to_owned(),
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        }))
+    }
+
+    /// A failure from anything displayable (e.g. an `anyhow::Error`).
+    pub fn from_display(error: impl fmt::Display) -> TaskError {
+        TaskError::new(error.to_string())
+    }
+
+    /// A retry request; usually built with [`crate::Request::retry`].
+    pub fn retry(request: RetryRequest, cause: Option<TaskError>) -> TaskError {
+        let (exc_type, exc_module, message) = match cause {
+            Some(c) => (c.0.exc_type, c.0.exc_module, c.0.message),
+            None => (
+                "Retry".to_owned(),
+                "celery.exceptions".to_owned(),
+                "Retry requested".to_owned(),
+            ),
+        };
+        TaskError(Box::new(Inner {
+            kind: TaskErrorKind::Retry(request),
+            exc_type,
+            exc_module,
+            message,
+            source: None,
+        }))
+    }
+
+    /// Asks for the message to be rejected; `requeue` puts it back on the
+    /// queue, otherwise it is dead-lettered with this error.
+    pub fn reject(requeue: bool, message: impl Into<String>) -> TaskError {
+        TaskError(Box::new(Inner {
+            kind: TaskErrorKind::Reject { requeue },
+            exc_type: "Reject".to_owned(),
+            exc_module: "celery.exceptions".to_owned(),
+            message: message.into(),
+            source: None,
+        }))
+    }
+
+    /// The argument-binding failure Python callers expect: a `TypeError`.
+    pub(crate) fn type_error(message: impl Into<String>) -> TaskError {
+        TaskError::python("builtins", "TypeError", message)
+    }
+
+    /// Whether the task ended this way (failure, retry or reject).
+    pub fn kind(&self) -> &TaskErrorKind {
+        &self.0.kind
+    }
+
+    /// Whether the underlying error is of type `E` (for retry policies).
+    pub fn is<E: StdError + 'static>(&self) -> bool {
+        self.0.source.as_ref().is_some_and(|s| s.is::<E>())
+    }
+
+    /// The underlying error, if this wraps one.
+    pub fn source_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        self.0.source.as_deref()
+    }
+
+    /// The error text.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// The exception as Celery stores it in a result.
+    pub fn exception_info(&self) -> ExceptionInfo {
+        ExceptionInfo::new(&self.0.exc_module, &self.0.exc_type, self.0.message.clone())
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
+    fn from(error: E) -> TaskError {
+        TaskError::from_error(error)
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskError")
+            .field("kind", &self.0.kind)
+            .field("exc_type", &self.0.exc_type)
+            .field("exc_module", &self.0.exc_module)
+            .field("message", &self.0.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.0.exc_type, self.0.message)
+    }
+}
+
+/// `my_crate::errors::ImageError` → `ImageError` (generic arguments dropped).
+fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct ImageError;
+    impl fmt::Display for ImageError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot decode image")
+        }
+    }
+    impl StdError for ImageError {}
+
+    #[test]
+    fn rust_errors_keep_their_type_name_and_message() {
+        let err: TaskError = ImageError.into();
+        let info = err.exception_info();
+        assert_eq!(
+            (info.exc_type.as_str(), info.message()),
+            ("ImageError", "cannot decode image".to_owned())
+        );
+        assert_eq!(info.exc_module.as_deref(), Some(RUST_EXCEPTION_MODULE));
+        assert!(err.is::<ImageError>());
+        assert!(!err.is::<std::io::Error>());
+    }
+
+    #[test]
+    fn retries_carry_their_cause() {
+        let cause = TaskError::python("builtins", "ConnectionError", "refused");
+        let retry = TaskError::retry(RetryRequest::default(), Some(cause));
+        assert!(matches!(retry.kind(), TaskErrorKind::Retry(_)));
+        assert_eq!(retry.exception_info().exc_type, "ConnectionError");
+    }
+}

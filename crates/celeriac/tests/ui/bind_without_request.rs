@@ -1,0 +1,4 @@
+#[celeriac::task(name = "t", bind = true)]
+async fn t(width: u32) {}
+
+fn main() {}

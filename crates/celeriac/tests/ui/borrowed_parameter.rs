@@ -1,0 +1,4 @@
+#[celeriac::task(name = "t")]
+async fn t(url: &str) {}
+
+fn main() {}

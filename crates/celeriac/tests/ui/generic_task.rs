@@ -1,0 +1,4 @@
+#[celeriac::task(name = "t")]
+async fn t<T: serde::de::DeserializeOwned>(value: T) {}
+
+fn main() {}
