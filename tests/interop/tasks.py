@@ -1,0 +1,82 @@
+"""Python Celery tasks that Celeriac's interop tests call from Rust.
+
+Started by the tests as a real Celery 5.7 worker::
+
+    celery -A tasks worker -Q <queue> -P threads -c 8
+
+with ``CELERIAC_TEST_BROKER`` naming the broker. Results go back through the
+``rpc://`` backend, as in a default Python deployment.
+"""
+
+import os
+import threading
+import time
+from decimal import Decimal
+from uuid import UUID
+
+from celery import Celery
+
+app = Celery(
+    'interop',
+    broker=os.environ.get('CELERIAC_TEST_BROKER', 'amqp://guest:guest@127.0.0.1:5672//'),
+    backend='rpc://',
+)
+app.conf.worker_hijack_root_logger = False
+app.conf.broker_connection_retry_on_startup = True
+
+
+@app.task(name='interop.add')
+def add(x, y):
+    return x + y
+
+
+@app.task(name='interop.echo')
+def echo(*args, **kwargs):
+    """Returns what it was called with; special types go back as kombu envelopes."""
+    return [list(args), kwargs]
+
+
+@app.task(name='interop.describe')
+def describe(*args):
+    """The Python type of each argument, as kombu decoded it."""
+    return [type(a).__name__ for a in args]
+
+
+@app.task(name='interop.fail')
+def fail(message):
+    raise KeyError(message)
+
+
+@app.task(name='interop.flaky', bind=True, max_retries=3)
+def flaky(self, value):
+    """Fails its first attempt with a retry, then returns ``value``."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.2, exc=ConnectionError('first attempt fails'))
+    return value
+
+
+@app.task(name='interop.now')
+def now():
+    """The worker's clock when the task starts, in seconds since the epoch."""
+    return time.time()
+
+
+@app.task(name='interop.special')
+def special():
+    """Returns one value of each kombu special type."""
+    from datetime import date, datetime, timezone
+    return [datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc), date(2024, 1, 2),
+            Decimal('1.10'), UUID('12345678-1234-5678-1234-567812345678'), b'\xff\x00']
+
+
+def _exit_with_parent():
+    """Stops the worker if the test process that started it goes away."""
+    parent = os.getppid()
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+if os.environ.get('CELERIAC_EXIT_WITH_PARENT'):
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
