@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Inequivalent, parse_inequivalent};
 use crate::field_table::to_field_table;
-use crate::topology::{ExchangeKind, Queue};
+use crate::topology::{Exchange, ExchangeKind, Queue};
 use crate::{BrokerConfig, BrokerError, BrokerUrl};
 
 type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
@@ -149,6 +149,79 @@ impl Broker {
             topology.push(queue.clone());
         }
         Ok(())
+    }
+
+    /// Declares an exchange on its own (queues declare theirs).
+    pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<(), BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let result = declare_exchange_on(&channel, exchange, None).await;
+        close_quietly(&channel).await;
+        result
+    }
+
+    /// Binds `queue` to `exchange` with `routing_key`, in addition to the
+    /// queue's own binding (e.g. a topic pattern).
+    pub async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let result = channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Declare {
+                entity: "binding",
+                name: format!("{queue} <- {exchange} ({routing_key})"),
+                detail: e.to_string(),
+            });
+        close_quietly(&channel).await;
+        result
+    }
+
+    /// Binds exchange `destination` to exchange `source` with `routing_key`
+    /// (an exchange-to-exchange binding, a RabbitMQ extension).
+    pub async fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let result = channel
+            .exchange_bind(
+                destination.into(),
+                source.into(),
+                routing_key.into(),
+                lapin::options::ExchangeBindOptions::default(),
+                Default::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::Declare {
+                entity: "binding",
+                name: format!("{destination} <- {source} ({routing_key})"),
+                detail: e.to_string(),
+            });
+        close_quietly(&channel).await;
+        result
+    }
+
+    /// A short-lived channel for declarations, so a refusal never closes a
+    /// channel anything else uses.
+    async fn scratch_channel(&self) -> Result<Channel, BrokerError> {
+        let session = self.session().await?;
+        session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| channel_error("opening a channel", &e))
     }
 
     /// Deletes a queue and the messages in it, returning how many there were;
@@ -457,24 +530,48 @@ async fn watch_session(
     }
 }
 
+async fn close_quietly(channel: &Channel) {
+    if channel.status().connected() {
+        let _ = channel.close(200, "done".into()).await;
+    }
+}
+
+/// Declares an exchange on `channel`; `queue` (if any) is the declaration
+/// that needed it, for the fix in a 406 message.
+async fn declare_exchange_on(
+    channel: &Channel,
+    exchange: &Exchange,
+    queue: Option<&Queue>,
+) -> Result<(), BrokerError> {
+    let options = ExchangeDeclareOptions {
+        durable: exchange.durable,
+        auto_delete: exchange.auto_delete,
+        ..ExchangeDeclareOptions::default()
+    };
+    let fallback;
+    let queue = match queue {
+        Some(q) => q,
+        None => {
+            fallback = Queue::celery_default(exchange.name.clone()).bound_to(exchange.clone(), "");
+            &fallback
+        }
+    };
+    channel
+        .exchange_declare(
+            exchange.name.as_str().into(),
+            lapin_kind(exchange.kind),
+            options,
+            Default::default(),
+        )
+        .await
+        .map_err(|e| declare_error("exchange", &exchange.name, queue, &e))
+}
+
 /// Declares a queue's exchange, the queue and the binding on `channel`.
 pub(crate) async fn declare_queue(channel: &Channel, queue: &Queue) -> Result<(), BrokerError> {
     let exchange = &queue.exchange;
     if !exchange.is_default() {
-        let options = ExchangeDeclareOptions {
-            durable: exchange.durable,
-            auto_delete: exchange.auto_delete,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                exchange.name.as_str().into(),
-                lapin_kind(exchange.kind),
-                options,
-                Default::default(),
-            )
-            .await
-            .map_err(|e| declare_error("exchange", &exchange.name, queue, &e))?;
+        declare_exchange_on(channel, exchange, Some(queue)).await?;
     }
     let options = QueueDeclareOptions {
         durable: queue.durable,

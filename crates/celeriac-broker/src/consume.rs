@@ -168,11 +168,29 @@ fn settle(
     }
 }
 
+/// The live subscription's channel and consumer tags, so [`Consumer::cancel`]
+/// can stop deliveries without closing the channel.
+#[derive(Default)]
+struct Subscriptions {
+    channel: Option<Channel>,
+    tags: Vec<String>,
+    cancelled: bool,
+}
+
+type SharedSubscriptions = Arc<std::sync::Mutex<Subscriptions>>;
+
+fn lock(subscriptions: &SharedSubscriptions) -> std::sync::MutexGuard<'_, Subscriptions> {
+    subscriptions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running subscription. Deliveries arrive through [`Consumer::next`];
 /// dropping it (or [`Consumer::stop`]) cancels the subscription.
 pub struct Consumer {
     deliveries: mpsc::Receiver<Delivery>,
     stop: CancellationToken,
+    subscriptions: SharedSubscriptions,
 }
 
 impl Consumer {
@@ -180,6 +198,29 @@ impl Consumer {
     /// handle closed.
     pub async fn next(&mut self) -> Option<Delivery> {
         self.deliveries.recv().await
+    }
+
+    /// A delivery already received, without waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.deliveries.try_recv().ok()
+    }
+
+    /// Stops new deliveries (`basic.cancel`) but keeps the channel open, so
+    /// deliveries already received can still be acked or requeued: the first
+    /// step of a graceful shutdown. Then [`stop`](Self::stop) closes it.
+    pub async fn cancel(&self) {
+        let (channel, tags) = {
+            let mut subs = lock(&self.subscriptions);
+            subs.cancelled = true;
+            (subs.channel.clone(), std::mem::take(&mut subs.tags))
+        };
+        if let Some(channel) = channel {
+            for tag in tags {
+                let _ = channel
+                    .basic_cancel(tag.as_str().into(), Default::default())
+                    .await;
+            }
+        }
     }
 
     /// Stops consuming. Deliveries not yet acked are requeued by the broker
@@ -205,78 +246,96 @@ impl Broker {
         let capacity = usize::from(options.prefetch.max(1)) * options.queues.len().max(1);
         let (sender, deliveries) = mpsc::channel(capacity);
         let stop = self.shared.shutdown.child_token();
+        let subscriptions = SharedSubscriptions::default();
         let session = self.session().await?;
-        let channel = subscribe(&session, &options, &sender, &stop).await?;
-        tokio::spawn(run(
-            self.clone(),
+        let channel = subscribe(&session, &options, &sender, &stop, &subscriptions).await?;
+        let keep_subscribed = Subscriber {
+            broker: self.clone(),
             options,
             sender,
-            stop.clone(),
-            session,
-            channel,
-        ));
-        Ok(Consumer { deliveries, stop })
+            stop: stop.clone(),
+            subscriptions: subscriptions.clone(),
+        };
+        tokio::spawn(keep_subscribed.run(session, channel));
+        Ok(Consumer {
+            deliveries,
+            stop,
+            subscriptions,
+        })
     }
 }
 
-/// Keeps a consumer subscribed across reconnects until it is stopped.
-async fn run(
+/// What keeps a consumer subscribed across reconnects.
+struct Subscriber {
     broker: Broker,
     options: ConsumeOptions,
     sender: mpsc::Sender<Delivery>,
     stop: CancellationToken,
-    mut session: Arc<Session>,
-    mut channel: Channel,
-) {
-    let mut link = broker.watch_link();
-    loop {
-        // Wait until the subscription's connection is gone or we are stopped.
+    subscriptions: SharedSubscriptions,
+}
+
+impl Subscriber {
+    /// Keeps the consumer subscribed across reconnects until it is stopped.
+    async fn run(self, session: Arc<Session>, channel: Channel) {
+        let Subscriber {
+            broker,
+            options,
+            sender,
+            stop,
+            subscriptions,
+        } = self;
+        let mut session = session;
+        let mut channel = channel;
+        let mut link = broker.watch_link();
         loop {
-            tokio::select! {
-                () = stop.cancelled() => {
-                    if channel.status().connected() {
-                        let _ = channel.close(200, "consumer stopped".into()).await;
-                    }
-                    return;
-                }
-                changed = link.changed() => {
-                    if changed.is_err() {
+            // Wait until the subscription's connection is gone or we are stopped.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        if channel.status().connected() {
+                            let _ = channel.close(200, "consumer stopped".into()).await;
+                        }
                         return;
                     }
-                    let current = link.borrow_and_update().clone();
-                    match current {
-                        Link::Closed => return,
-                        Link::Up(next) if next.generation != session.generation => {
-                            session = next;
-                            break;
+                    changed = link.changed() => {
+                        if changed.is_err() {
+                            return;
                         }
-                        _ => {}
+                        let current = link.borrow_and_update().clone();
+                        match current {
+                            Link::Closed => return,
+                            Link::Up(next) if next.generation != session.generation => {
+                                session = next;
+                                break;
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
-        }
-        // Re-subscribe on the new connection, retrying with backoff.
-        let mut attempt = 0;
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            match subscribe(&session, &options, &sender, &stop).await {
-                Ok(c) => {
-                    info!(generation = session.generation, "consumer re-subscribed");
-                    channel = c;
-                    break;
+            // Re-subscribe on the new connection, retrying with backoff.
+            let mut attempt = 0;
+            loop {
+                if stop.is_cancelled() || lock(&subscriptions).cancelled {
+                    return;
                 }
-                Err(e) => {
-                    warn!(error = %e, attempt, "re-subscribing failed; retrying");
-                    tokio::time::sleep(broker.config().reconnect_delay(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                    match &*link.borrow() {
-                        Link::Up(next) if next.generation != session.generation => {
-                            session = next.clone()
+                match subscribe(&session, &options, &sender, &stop, &subscriptions).await {
+                    Ok(c) => {
+                        info!(generation = session.generation, "consumer re-subscribed");
+                        channel = c;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, attempt, "re-subscribing failed; retrying");
+                        tokio::time::sleep(broker.config().reconnect_delay(attempt)).await;
+                        attempt = attempt.saturating_add(1);
+                        match &*link.borrow() {
+                            Link::Up(next) if next.generation != session.generation => {
+                                session = next.clone()
+                            }
+                            Link::Closed => return,
+                            _ => {}
                         }
-                        Link::Closed => return,
-                        _ => {}
                     }
                 }
             }
@@ -290,6 +349,7 @@ async fn subscribe(
     options: &ConsumeOptions,
     sender: &mpsc::Sender<Delivery>,
     stop: &CancellationToken,
+    subscriptions: &SharedSubscriptions,
 ) -> Result<Channel, BrokerError> {
     let channel = session
         .connection
@@ -300,9 +360,17 @@ async fn subscribe(
         .basic_qos(options.prefetch, BasicQosOptions { global: false })
         .await
         .map_err(|e| channel_error("basic.qos", &e))?;
+    {
+        let mut subs = lock(subscriptions);
+        subs.channel = Some(channel.clone());
+        subs.tags.clear();
+    }
     for queue in &options.queues {
         declare_queue(&channel, queue).await?;
         let consumer = start_consumer(&channel, &queue.name).await?;
+        lock(subscriptions)
+            .tags
+            .push(consumer.tag().as_str().to_owned());
         tokio::spawn(forward(
             session.clone(),
             channel.clone(),
@@ -310,6 +378,7 @@ async fn subscribe(
             consumer,
             sender.clone(),
             stop.clone(),
+            subscriptions.clone(),
         ));
     }
     Ok(channel)
@@ -336,6 +405,7 @@ async fn forward(
     mut consumer: lapin::Consumer,
     sender: mpsc::Sender<Delivery>,
     stop: CancellationToken,
+    subscriptions: SharedSubscriptions,
 ) {
     let mut attempt = 0;
     loop {
@@ -353,7 +423,12 @@ async fn forward(
             }
             Some(Err(e)) => debug!(queue = %queue.name, error = %e, "consumer stream error"),
             None => {
-                if stop.is_cancelled() || !channel.status().connected() || !session.is_connected() {
+                let cancelled = lock(&subscriptions).cancelled;
+                if cancelled
+                    || stop.is_cancelled()
+                    || !channel.status().connected()
+                    || !session.is_connected()
+                {
                     return;
                 }
                 warn!(queue = %queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
@@ -365,7 +440,10 @@ async fn forward(
                     start_consumer(&channel, &queue.name).await
                 };
                 match resubscribed.await {
-                    Ok(c) => consumer = c,
+                    Ok(c) => {
+                        lock(&subscriptions).tags.push(c.tag().as_str().to_owned());
+                        consumer = c;
+                    }
                     Err(e) => warn!(queue = %queue.name, error = %e, "re-subscribing failed"),
                 }
             }

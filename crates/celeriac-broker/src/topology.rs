@@ -119,6 +119,10 @@ pub struct QueueArguments {
     pub message_ttl: Option<Duration>,
     /// `x-expires`: delete the queue after this long unused.
     pub expires: Option<Duration>,
+    /// `x-overflow`: `drop-head`, `reject-publish` or `reject-publish-dlx`.
+    pub overflow: Option<String>,
+    /// `x-dead-letter-strategy` (quorum queues): `at-most-once` or `at-least-once`.
+    pub dead_letter_strategy: Option<String>,
 }
 
 impl QueueArguments {
@@ -157,6 +161,15 @@ impl QueueArguments {
         }
         if let Some(expires) = &self.expires {
             h.insert("x-expires".into(), millis(expires));
+        }
+        if let Some(overflow) = &self.overflow {
+            h.insert("x-overflow".into(), HeaderValue::Str(overflow.clone()));
+        }
+        if let Some(strategy) = &self.dead_letter_strategy {
+            h.insert(
+                "x-dead-letter-strategy".into(),
+                HeaderValue::Str(strategy.clone()),
+            );
         }
         h
     }

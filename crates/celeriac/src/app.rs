@@ -127,10 +127,19 @@ impl App {
             .with_kwargs(call.kwargs);
         let headers = &mut message.headers;
         headers.origin = Some(self.inner.origin.clone());
-        if let Some(parent) = request::current() {
-            headers.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));
-            headers.parent_id = Some(parent.id);
+        let workflow = call.workflow;
+        let parent = workflow
+            .parent
+            .or_else(|| request::current().map(|r| (r.id, r.root_id)));
+        if let Some((parent_id, root_id)) = parent {
+            headers.root_id = Some(root_id.unwrap_or_else(|| parent_id.clone()));
+            headers.parent_id = Some(parent_id);
         }
+        if let Some((group, index)) = workflow.group {
+            headers.group = Some(group);
+            headers.group_index = Some(index);
+        }
+        message.body.embed.chain = workflow.chain;
         headers.shadow = options.shadow;
         headers.extra = options.headers;
         headers.compression = self.inner.compression;
@@ -187,7 +196,10 @@ impl App {
             }
         }
         let backend = self.inner.backend.clone().filter(|_| !ignore_result);
-        if let Some(backend) = &backend {
+        if let Some(reply_to) = workflow.reply_to {
+            // A signature names its own reply queue (its sender's).
+            message.properties.reply_to = Some(reply_to);
+        } else if let Some(backend) = &backend {
             message.properties.reply_to = backend.reply_to().map(str::to_owned);
             backend.prepare(&id).await?;
         }

@@ -50,6 +50,20 @@ pub struct SendOptions {
     pub shadow: Option<String>,
 }
 
+/// Where a call sits in a workflow: set when a worker applies a callback,
+/// errback or chain step, never by users directly.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Workflow {
+    /// Remaining chain steps, in reverse order (embed `chain`).
+    pub(crate) chain: Option<Vec<Signature>>,
+    /// Group id and index of this call.
+    pub(crate) group: Option<(String, i64)>,
+    /// The reply queue named in the signature's options.
+    pub(crate) reply_to: Option<String>,
+    /// The task that sent this one, when not the current task.
+    pub(crate) parent: Option<(String, Option<String>)>,
+}
+
 /// The option setters shared by [`TaskCall`] and [`SendTask`].
 macro_rules! option_setters {
     ($($field:ident).+) => {
@@ -162,6 +176,7 @@ pub struct TaskCall<O = Value> {
     pub(crate) kwargs: Map<String, Value>,
     pub(crate) options: SendOptions,
     pub(crate) error: Option<String>,
+    pub(crate) workflow: Workflow,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -174,6 +189,7 @@ impl<O: DeserializeOwned> TaskCall<O> {
             kwargs: Map::new(),
             options: SendOptions::default(),
             error: None,
+            workflow: Workflow::default(),
             _output: PhantomData,
         }
     }

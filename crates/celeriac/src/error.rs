@@ -36,6 +36,14 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether trying again later can succeed (the broker was unreachable
+    /// or did not confirm in time).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Broker(e) if e.is_retryable())
+    }
+}
+
 /// Why a result could not be had.
 #[derive(Debug, Error)]
 #[non_exhaustive]

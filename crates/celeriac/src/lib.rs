@@ -41,7 +41,9 @@
 mod app;
 mod arguments;
 mod call;
+mod canvas;
 mod error;
+mod panic;
 mod registry;
 pub mod request;
 pub mod result;
@@ -51,13 +53,15 @@ mod task_error;
 pub use app::{App, AppBuilder, BROKER_URL_VARS, RESULT_BACKEND_VARS};
 pub use arguments::Arguments;
 pub use call::{SendOptions, SendTask, TaskCall};
+pub use canvas::Apply;
 pub use celeriac_broker::{BrokerConfig, Exchange, Queue, QueueArguments, QueueType, RouteOptions};
 pub use celeriac_macros::task;
 pub use celeriac_protocol::kombu;
 pub use celeriac_protocol::{ExceptionInfo, HeaderValue, Headers, ResultMeta, Signature, State};
 pub use error::{Error, ResultError, TaskFailure};
+pub use panic::catch_panic;
 pub use registry::Registry;
-pub use request::{DeliveryInfo, Request, Retry};
+pub use request::{DeliveryInfo, Request, Retry, SoftLimit};
 pub use result::{AsyncResult, ResultBackend};
 pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
 pub use task_error::{RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind};
@@ -72,59 +76,11 @@ pub mod __private {
     pub use tokio;
 
     use crate::TaskError;
+    pub use crate::panic::{catch_panic, join_error};
 
     /// Serializes a task's return value.
     pub fn output<T: serde::Serialize>(value: T) -> Result<serde_json::Value, TaskError> {
         serde_json::to_value(value)
             .map_err(|e| TaskError::new(format!("the task's result cannot be serialized: {e}")))
-    }
-
-    /// Turns a panic in a blocking task into a failure.
-    pub fn join_error(error: tokio::task::JoinError) -> TaskError {
-        match error.try_into_panic() {
-            Ok(payload) => panicked(payload.as_ref()),
-            Err(error) => TaskError::new(format!("the task was cancelled: {error}")),
-        }
-    }
-
-    /// Runs a task's future, turning a panic into a failure.
-    pub fn catch_panic<F>(future: F) -> crate::TaskFuture
-    where
-        F: std::future::Future<Output = Result<serde_json::Value, TaskError>> + Send + 'static,
-    {
-        Box::pin(CatchPanic(Box::pin(future)))
-    }
-
-    struct CatchPanic<F>(std::pin::Pin<Box<F>>);
-
-    impl<F> std::future::Future for CatchPanic<F>
-    where
-        F: std::future::Future<Output = Result<serde_json::Value, TaskError>>,
-    {
-        type Output = F::Output;
-
-        fn poll(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<F::Output> {
-            let inner = self.0.as_mut();
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-                Ok(poll) => poll,
-                Err(payload) => std::task::Poll::Ready(Err(panicked(payload.as_ref()))),
-            }
-        }
-    }
-
-    fn panicked(payload: &(dyn std::any::Any + Send)) -> TaskError {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string panic payload".to_owned());
-        TaskError::python(
-            crate::task_error::RUST_EXCEPTION_MODULE,
-            "TaskPanicked",
-            format!("the task panicked: {message}"),
-        )
     }
 }

@@ -54,6 +54,40 @@ pub struct Request {
     pub correlation_id: Option<String>,
     /// Custom headers sent with the task.
     pub headers: Headers,
+    /// Signalled when the task's soft time limit passes.
+    pub soft_limit: SoftLimit,
+}
+
+/// The soft time limit of a running task: the worker signals it when the
+/// limit passes, and the task may finish up (Celery raises
+/// `SoftTimeLimitExceeded` inside the task instead).
+///
+/// ```no_run
+/// # async fn demo(request: celeriac::Request) {
+/// tokio::select! {
+///     () = request.soft_limit.reached() => { /* save progress, return early */ }
+///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SoftLimit(tokio_util::sync::CancellationToken);
+
+impl SoftLimit {
+    /// Waits until the soft limit passes (forever if it never does).
+    pub async fn reached(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Whether the soft limit has passed.
+    pub fn is_reached(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Signals the limit (the worker calls this).
+    pub fn signal(&self) {
+        self.0.cancel();
+    }
 }
 
 impl Request {
@@ -78,6 +112,7 @@ impl Request {
             reply_to: message.properties.reply_to.clone(),
             correlation_id: message.properties.correlation_id.clone(),
             headers: h.extra.clone(),
+            soft_limit: SoftLimit::default(),
         }
     }
 
@@ -98,6 +133,7 @@ impl Request {
             reply_to: None,
             correlation_id: None,
             headers: Headers::new(),
+            soft_limit: SoftLimit::default(),
         }
     }
 
