@@ -3,63 +3,16 @@
 //! own, started by this test and stopped when it ends.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use celeriac::kombu::Special;
 use celeriac::{App, ResultError, Signature, State};
-use celeriac_tests::{broker_url, interop_python, repo_root, unique};
+use celeriac_tests::{PythonWorker, broker_url, unique};
 use chrono::{NaiveDate, NaiveTime, TimeZone as _, Utc};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A Python Celery worker consuming `queue`, killed on drop.
-struct PythonWorker {
-    child: tokio::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl PythonWorker {
-    async fn start(queue: &str) -> Result<PythonWorker> {
-        let python = interop_python()?;
-        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{queue}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(python)
-            .args([
-                "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-P", "threads", "-c", "8",
-            ])
-            .args([
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-                "--loglevel",
-                "INFO",
-            ])
-            .args(["-n", &format!("{queue}@%h")])
-            .current_dir(repo_root().join("tests/interop"))
-            .env("CELERIAC_TEST_BROKER", broker_url())
-            .env("CELERIAC_EXIT_WITH_PARENT", "1")
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the Python Celery worker")?;
-        Ok(PythonWorker { child, log })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
 
 async fn app(queue: &str) -> Result<App> {
     Ok(App::builder()

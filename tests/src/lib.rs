@@ -3,7 +3,7 @@
 //! virtualenv with the pinned Celery.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
@@ -241,4 +241,53 @@ pub fn queue_stats(queue: &str, columns: &[&str]) -> Result<Vec<String>> {
 /// Deletes a queue if it exists (cleanup).
 pub fn delete_queue(queue: &str) {
     let _ = rabbitmqctl(&["delete_queue", queue]);
+}
+
+/// A Python Celery worker consuming `queue`, killed on drop (and exiting by
+/// itself if the test process dies first).
+pub struct PythonWorker {
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl PythonWorker {
+    /// Starts a Celery 5.7 worker for `tests/interop/tasks.py` on `queue`.
+    pub async fn start(queue: &str) -> Result<PythonWorker> {
+        let python = interop_python()?;
+        let log = std::env::temp_dir().join(format!("{queue}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(python)
+            .args([
+                "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-P", "threads", "-c", "8",
+            ])
+            .args([
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "--loglevel",
+                "INFO",
+            ])
+            .args(["-n", &format!("{queue}@%h")])
+            .current_dir(repo_root().join("tests/interop"))
+            .env("CELERIAC_TEST_BROKER", broker_url())
+            .env("CELERIAC_EXIT_WITH_PARENT", "1")
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the Python Celery worker")?;
+        Ok(PythonWorker { child, log })
+    }
+
+    /// The worker's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }
