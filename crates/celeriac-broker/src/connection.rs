@@ -151,6 +151,50 @@ impl Broker {
         Ok(())
     }
 
+    /// Declares `queue` like [`declare`](Self::declare) but without
+    /// re-declaring it after reconnects: for exclusive queues used as locks,
+    /// whose owner must notice when it lost them.
+    pub async fn declare_once(&self, queue: &Queue) -> Result<(), BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let result = declare_queue(&channel, queue).await;
+        close_quietly(&channel).await;
+        result
+    }
+
+    /// The message at the head of `queue`, left in place (fetched, then
+    /// requeued), or `None` if the queue is empty.
+    pub async fn peek(
+        &self,
+        queue: &str,
+    ) -> Result<Option<celeriac_protocol::RawMessage>, BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let fetched = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| channel_error("basic.get", &e));
+        let result = match fetched {
+            Ok(Some(message)) => {
+                let raw = crate::consume::raw_message(
+                    &message.delivery.properties,
+                    message.delivery.data.clone(),
+                );
+                let requeue = lapin::options::BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                let _ = message.delivery.acker.nack(requeue).await;
+                Ok(Some(raw))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        close_quietly(&channel).await;
+        result
+    }
+
     /// Declares an exchange on its own (queues declare theirs).
     pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<(), BrokerError> {
         let channel = self.scratch_channel().await?;

@@ -451,15 +451,10 @@ async fn forward(
     }
 }
 
-fn convert(
-    delivery: lapin::message::Delivery,
-    queue: &str,
-    generation: u64,
-    channel: &Channel,
-) -> Delivery {
-    let p = &delivery.properties;
+/// Our view of an AMQP message's properties and body.
+pub(crate) fn raw_message(p: &lapin::BasicProperties, body: Vec<u8>) -> RawMessage {
     let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    let message = RawMessage {
+    RawMessage {
         properties: Properties {
             content_type: text(p.content_type()),
             content_encoding: text(p.content_encoding()),
@@ -474,8 +469,17 @@ fn convert(
             .as_ref()
             .map(from_field_table)
             .unwrap_or_default(),
-        body: delivery.data,
-    };
+        body,
+    }
+}
+
+fn convert(
+    delivery: lapin::message::Delivery,
+    queue: &str,
+    generation: u64,
+    channel: &Channel,
+) -> Delivery {
+    let message = raw_message(&delivery.properties, delivery.data);
     Delivery {
         message,
         queue: queue.to_owned(),

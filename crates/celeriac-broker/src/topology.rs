@@ -119,6 +119,8 @@ pub struct QueueArguments {
     pub message_ttl: Option<Duration>,
     /// `x-expires`: delete the queue after this long unused.
     pub expires: Option<Duration>,
+    /// `x-max-length`: most messages the queue holds.
+    pub max_length: Option<u32>,
     /// `x-overflow`: `drop-head`, `reject-publish` or `reject-publish-dlx`.
     pub overflow: Option<String>,
     /// `x-dead-letter-strategy` (quorum queues): `at-most-once` or `at-least-once`.
@@ -161,6 +163,9 @@ impl QueueArguments {
         }
         if let Some(expires) = &self.expires {
             h.insert("x-expires".into(), millis(expires));
+        }
+        if let Some(max) = self.max_length {
+            h.insert("x-max-length".into(), HeaderValue::Int(i64::from(max)));
         }
         if let Some(overflow) = &self.overflow {
             h.insert("x-overflow".into(), HeaderValue::Str(overflow.clone()));

@@ -19,10 +19,12 @@ use syn::{
 /// Declares a Celeriac task. See the `celeriac` crate docs and
 /// `docs/tasks.md` for the options.
 ///
-/// ```ignore
+/// ```text
 /// #[celeriac::task(name = "images.resize", max_retries = 5, retry_backoff = true)]
 /// async fn resize(url: String, width: u32) -> celeriac::TaskResult<String> { ... }
 /// ```
+///
+/// (The `celeriac` crate's docs hold compiled examples.)
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let options = parse_macro_input!(attr with Punctuated::<Meta, Token![,]>::parse_terminated);

@@ -167,9 +167,14 @@ impl Args {
     }
 }
 
-/// Sets up logging: `RUST_LOG` if set, else `loglevel` for everything.
+/// Sets up logging: `RUST_LOG` if set, else `loglevel` for Celeriac. The
+/// AMQP client's own log lines are off by default (Celeriac reports what they
+/// mean); `RUST_LOG=lapin=debug` shows them.
 pub fn init_logging(loglevel: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(loglevel));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
+        _ => EnvFilter::new(format!("{loglevel},lapin=off")),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
