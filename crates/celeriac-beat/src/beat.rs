@@ -1,0 +1,231 @@
+//! The beat loop: stand by until this beat holds the lock, then send each
+//! entry's ticks on time through the app's confirmed producer path, sleeping
+//! until the next due time in between (no polling).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use celeriac::App;
+use celeriac_protocol::time::format_time;
+use chrono::{DateTime, Utc};
+use tracing::{error, info, warn};
+
+use crate::leader::Leadership;
+use crate::schedule::{self, Entry};
+use crate::scheduler::{State, Tick, plan};
+use crate::store::StateFile;
+
+/// Header naming the entry a message was sent for.
+pub const ENTRY_HEADER: &str = "x-celeriac-beat-entry";
+/// Header holding the due time a message was sent for (ISO 8601).
+pub const DUE_HEADER: &str = "x-celeriac-beat-due";
+
+/// How long a standby waits between attempts to take the lock.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
+
+/// A periodic scheduler.
+pub struct Beat {
+    app: App,
+    entries: Vec<Entry>,
+    schedule_file: Option<PathBuf>,
+    state_file: Option<StateFile>,
+    cluster: String,
+    grace: chrono::Duration,
+}
+
+impl Beat {
+    /// A beat sending `entries` through `app`, as member of cluster
+    /// `cluster` (beats of one cluster elect one active member).
+    pub fn new(app: App, entries: Vec<Entry>, cluster: impl Into<String>) -> Beat {
+        Beat {
+            app,
+            entries,
+            schedule_file: None,
+            state_file: None,
+            cluster: cluster.into(),
+            grace: chrono::Duration::seconds(2),
+        }
+    }
+
+    /// Reloads entries from this file on SIGHUP.
+    pub fn schedule_file(mut self, path: PathBuf) -> Beat {
+        self.schedule_file = Some(path);
+        self
+    }
+
+    /// Keeps the state in this file too (written atomically on every send).
+    pub fn state_file(mut self, path: PathBuf) -> Beat {
+        self.state_file = Some(StateFile::new(path));
+        self
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        tokio::pin!(shutdown);
+        let leadership = Leadership::new(self.app.broker().clone(), &self.cluster);
+        let mut reload = reload_signal();
+        loop {
+            // Stand by until this beat holds the lock.
+            loop {
+                match leadership.acquire().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot reach the beat lock; retrying"),
+                }
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(STANDBY_RETRY) => {}
+                }
+            }
+            let mut state = match &self.state_file {
+                Some(file) => file.load()?,
+                None => State::default(),
+            };
+            match leadership.load().await {
+                Ok(Some(shared)) => state.merge(&shared),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot read the shared beat state; using the local one")
+                }
+            }
+            info!(cluster = %self.cluster, entries = self.entries.len(), "this beat is active");
+
+            // Active: send what is due, sleep until the next due time.
+            loop {
+                let now = Utc::now();
+                let plan = plan(&self.entries, &mut state, now, self.grace);
+                if !plan.ticks.is_empty() || !plan.skipped.is_empty() {
+                    match leadership.acquire().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!("another beat took over; standing by");
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot confirm the beat lock; retrying");
+                            tokio::time::sleep(STANDBY_RETRY).await;
+                            continue;
+                        }
+                    }
+                    for (index, missed) in &plan.skipped {
+                        info!(entry = %self.entries[*index].name, missed, "skipped missed runs (catch_up = skip)");
+                    }
+                    for tick in &plan.ticks {
+                        self.send(tick).await;
+                    }
+                    if let Err(e) = leadership.save(&state).await {
+                        warn!(error = %e, "cannot share the beat state; a standby might repeat these sends");
+                    }
+                    if let Some(file) = &self.state_file
+                        && let Err(e) = file.save(&state)
+                    {
+                        error!("{e}");
+                    }
+                }
+                let sleep = plan.next_wake.map_or(Duration::from_secs(3600), |wake| {
+                    (wake - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+                });
+                tokio::select! {
+                    () = &mut shutdown => {
+                        info!("beat stopping");
+                        return Ok(());
+                    }
+                    () = tokio::time::sleep(sleep) => {}
+                    Some(()) = reload.recv() => self.reload(),
+                }
+            }
+        }
+    }
+
+    /// Sends one tick; a failure is logged and the tick is not retried (the
+    /// next due time follows), as Celery beat does.
+    async fn send(&self, tick: &Tick) {
+        let entry = &self.entries[tick.entry];
+        let due = format_time(&tick.due);
+        let task_id = tick_id(&entry.name, tick.due);
+        let mut call = self
+            .app
+            .send_task(&entry.task)
+            .args(&entry.args)
+            .kwargs(&entry.kwargs)
+            .task_id(task_id.clone())
+            .header(ENTRY_HEADER, entry.name.clone())
+            .header(DUE_HEADER, due.clone());
+        let options = &entry.options;
+        if let Some(queue) = &options.queue {
+            call = call.queue(queue.clone());
+        }
+        if let Some(exchange) = &options.exchange {
+            call = call.exchange(exchange.clone());
+        }
+        if let Some(key) = &options.routing_key {
+            call = call.routing_key(key.clone());
+        }
+        if let Some(priority) = options.priority {
+            call = call.priority(priority);
+        }
+        if let Some(expires) = options.expires.filter(|s| s.is_finite() && *s > 0.0) {
+            call = call.expires_in(Duration::from_secs_f64(expires));
+        }
+        for (name, value) in &options.headers {
+            match celeriac::HeaderValue::from_json(value) {
+                Ok(v) => call = call.header(name.clone(), v),
+                Err(e) => {
+                    warn!(entry = %entry.name, header = %name, error = %e, "skipping a header AMQP cannot carry")
+                }
+            }
+        }
+        match call.apply().await {
+            Ok(_) => {
+                info!(entry = %entry.name, task = %entry.task, id = %task_id, due = %due, covers = tick.covers, "sent")
+            }
+            Err(e) => {
+                error!(entry = %entry.name, task = %entry.task, due = %due, error = %e, "sending failed")
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = &self.schedule_file else {
+            return;
+        };
+        match schedule::load(path) {
+            Ok(entries) => {
+                info!(entries = entries.len(), "reloaded the schedule");
+                self.entries = entries;
+            }
+            Err(e) => error!("reloading the schedule failed, keeping the old one: {e}"),
+        }
+    }
+}
+
+/// The task id of an entry's tick: the same for the same entry and due time,
+/// so a tick that is ever sent twice carries one id.
+pub fn tick_id(entry: &str, due: DateTime<Utc>) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("celeriac-beat/{entry}/{}", due.timestamp_micros()).as_bytes(),
+    )
+    .to_string()
+}
+
+/// SIGHUP notifications (never, where there are no signals).
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            if sender.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(sender);
+    receiver
+}

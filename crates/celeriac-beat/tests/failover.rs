@@ -1,0 +1,127 @@
+//! Two `celeriac-beat` processes against the same broker: each tick is sent
+//! exactly once, and when the active one is killed with SIGKILL the standby
+//! takes over within seconds without re-sending the ticks already sent.
+//!
+//! Needs RabbitMQ at `CELERIAC_TEST_BROKER` (default
+//! `amqp://guest:guest@127.0.0.1:5672//`).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use celeriac::App;
+use celeriac_beat::DUE_HEADER;
+use celeriac_broker::{ConsumeOptions, Queue};
+
+fn broker_url() -> String {
+    std::env::var("CELERIAC_TEST_BROKER")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672//".into())
+}
+
+fn start_beat(schedule: &std::path::Path, cluster: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_celeriac-beat"))
+        .args([
+            "--broker",
+            &broker_url(),
+            "--name",
+            cluster,
+            "--loglevel",
+            "warn",
+            "--schedule",
+        ])
+        .arg(schedule)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the celeriac-beat binary starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tick_is_sent_once_across_a_killed_leader() {
+    let id = format!(
+        "{:x}",
+        std::process::id() as u64 * 2_654_435_761 % 0xffff_ffff
+    );
+    let queue = Queue::celery_default(format!("celeriac-test.beat.{id}"));
+    let cluster = format!("test-{id}");
+    let dir = std::env::temp_dir().join(format!("celeriac-beat-failover-{id}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let schedule = dir.join("beat.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[entries.tick]\ntask = \"beat.tick\"\nevery = 0.5\noptions = {{ queue = \"{}\" }}\n",
+            queue.name
+        ),
+    )
+    .expect("schedule written");
+
+    let app = App::builder()
+        .broker_url(broker_url())
+        .build()
+        .await
+        .expect("RabbitMQ is reachable (set CELERIAC_TEST_BROKER or run scripts/ensure-rabbitmq)");
+    app.broker().declare(&queue).await.expect("queue declared");
+    let mut consumer = app
+        .broker()
+        .consume(ConsumeOptions {
+            queues: vec![queue.clone()],
+            prefetch: 100,
+        })
+        .await
+        .expect("consuming");
+    let mut dues: BTreeMap<String, usize> = BTreeMap::new();
+    let mut receive = async |dues: &mut BTreeMap<String, usize>, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for _ in 0..count {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let delivery = tokio::time::timeout(remaining, consumer.next())
+                .await
+                .expect("ticks keep coming")
+                .expect("consumer open");
+            let due = delivery
+                .message
+                .headers
+                .get(DUE_HEADER)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            *dues.entry(due).or_default() += 1;
+            delivery.ack().await.expect("ack");
+        }
+    };
+
+    let mut leader = start_beat(&schedule, &cluster);
+    receive(&mut dues, 4).await;
+    let mut standby = start_beat(&schedule, &cluster);
+    receive(&mut dues, 4).await;
+    leader.kill().expect("SIGKILL the active beat");
+    let _ = leader.wait();
+    let before_kill = dues.len();
+    receive(&mut dues, 6).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &standby.id().to_string()])
+        .status();
+    let _ = standby.wait();
+
+    let repeated: Vec<_> = dues.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{} ticks: {before_kill} before the leader was killed, {} after",
+        dues.len(),
+        dues.len() - before_kill
+    );
+    assert!(
+        repeated.is_empty(),
+        "ticks sent more than once: {repeated:?}"
+    );
+    assert!(dues.len() >= 14, "the standby did not take over: {dues:?}");
+
+    consumer.stop();
+    let _ = app.broker().delete_queue(&queue.name).await;
+    let _ = app.broker().delete_exchange(&queue.name).await;
+    let _ = app
+        .broker()
+        .delete_queue(&format!("celeriac.beat.{cluster}.state"))
+        .await;
+    app.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
