@@ -195,6 +195,38 @@ impl Broker {
         result
     }
 
+    /// How many messages are ready in `queue` and how many consumers it
+    /// has (a passive declare: the queue is not created). `None` if the
+    /// queue does not exist.
+    pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let result = match channel
+            .queue_declare(queue.into(), options, Default::default())
+            .await
+        {
+            Ok(q) => Ok(Some((q.message_count(), q.consumer_count()))),
+            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
+            Err(e) => Err(channel_error("queue.declare (passive)", &e)),
+        };
+        close_quietly(&channel).await;
+        result
+    }
+
+    /// Removes every ready message from `queue`, returning how many.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
+        let channel = self.scratch_channel().await?;
+        let result = channel
+            .queue_purge(queue.into(), lapin::options::QueuePurgeOptions::default())
+            .await
+            .map_err(|e| channel_error("queue.purge", &e));
+        close_quietly(&channel).await;
+        result
+    }
+
     /// Declares an exchange on its own (queues declare theirs).
     pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<(), BrokerError> {
         let channel = self.scratch_channel().await?;

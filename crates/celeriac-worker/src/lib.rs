@@ -19,6 +19,7 @@
 //! As a program: `celeriac_worker::main(App::builder().task(...))` gives any
 //! binary the standard CLI (see [`cli::Args`]). Embedded: [`Worker`].
 
+pub mod admin;
 pub mod cli;
 mod config;
 mod delay;
