@@ -277,11 +277,13 @@ async fn messages_that_cannot_run_are_dead_lettered_with_a_reason() -> Result<()
     two_elements.body = b"[[1, 2], {}]".to_vec();
     let mut no_id = good.clone();
     no_id.headers.remove("id");
-    for raw in [&bad_json, &pickle, &two_elements, &no_id, &good] {
+    let mut oversized = good.clone();
+    oversized.body = vec![b' '; celeriac_protocol::DEFAULT_MAX_BODY_SIZE + 1];
+    for raw in [&bad_json, &pickle, &two_elements, &no_id, &oversized, &good] {
         app.broker().publish("", &queue.name, raw).await?;
     }
     let worker = RunningWorker::start(&queue, |_| {}).await?;
-    let letters = dead_letters(&app, &queue.name, 4).await?;
+    let letters = dead_letters(&app, &queue.name, 5).await?;
     let mut reasons: HashMap<String, usize> = HashMap::new();
     for letter in &letters {
         *reasons.entry(header(letter, REASON_HEADER)).or_default() += 1;
@@ -289,9 +291,10 @@ async fn messages_that_cannot_run_are_dead_lettered_with_a_reason() -> Result<()
     ensure!(reasons.get("decode_error") == Some(&1), "{reasons:?}");
     ensure!(reasons.get("content_refused") == Some(&1), "{reasons:?}");
     ensure!(reasons.get("invalid_message") == Some(&2), "{reasons:?}");
+    ensure!(reasons.get("too_large") == Some(&1), "{reasons:?}");
     let summary = worker.stop().await?;
     ensure!(
-        summary.succeeded == 1 && summary.dead_lettered == 4,
+        summary.succeeded == 1 && summary.dead_lettered == 5,
         "the healthy task ran: {summary:?}"
     );
     cleanup(&app, &queue.name).await;

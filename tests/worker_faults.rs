@@ -8,41 +8,9 @@ use anyhow::{Context as _, Result, ensure};
 use celeriac::App;
 use celeriac_broker::{AckOutcome, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
-use celeriac_tests::{broker_url, rabbitmqctl, unique};
+use celeriac_tests::{ConsumerTimeout, broker_url, rabbitmqctl, unique};
 use celeriac_worker::{Worker, WorkerConfig, demo};
 use tokio_util::sync::CancellationToken;
-
-/// Sets RabbitMQ's `consumer_timeout`, and the channel tick that checks it
-/// (60 s by default), for channels opened from now on; restores both when
-/// dropped.
-struct ConsumerTimeout(Vec<(&'static str, String)>);
-
-impl ConsumerTimeout {
-    fn set(millis: u64) -> Result<ConsumerTimeout> {
-        let mut previous = Vec::new();
-        for (key, value) in [("consumer_timeout", millis), ("channel_tick_interval", 500)] {
-            let old = rabbitmqctl(&["eval", &format!("application:get_env(rabbit, {key}).")])?;
-            previous.push((key, old.trim().to_owned()));
-            rabbitmqctl(&[
-                "eval",
-                &format!("application:set_env(rabbit, {key}, {value})."),
-            ])?;
-        }
-        Ok(ConsumerTimeout(previous))
-    }
-}
-
-impl Drop for ConsumerTimeout {
-    fn drop(&mut self) {
-        for (key, old) in &self.0 {
-            let restore = match old.strip_prefix("{ok,").and_then(|v| v.strip_suffix('}')) {
-                Some(value) => format!("application:set_env(rabbit, {key}, {value})."),
-                None => format!("application:unset_env(rabbit, {key})."),
-            };
-            let _ = rabbitmqctl(&["eval", &restore]);
-        }
-    }
-}
 
 fn delayed_messages() -> Result<u64> {
     let listing = rabbitmqctl(&[

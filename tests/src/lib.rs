@@ -291,3 +291,58 @@ impl Drop for PythonWorker {
         let _ = self.child.start_kill();
     }
 }
+
+/// Sets RabbitMQ's `consumer_timeout`, and the channel tick that checks it
+/// (60 s by default), for channels opened from now on; restores both when
+/// dropped.
+pub struct ConsumerTimeout(Vec<(&'static str, String)>);
+
+impl ConsumerTimeout {
+    /// Sets it to `millis`.
+    pub fn set(millis: u64) -> Result<ConsumerTimeout> {
+        let mut previous = Vec::new();
+        for (key, value) in [("consumer_timeout", millis), ("channel_tick_interval", 500)] {
+            let old = rabbitmqctl(&["eval", &format!("application:get_env(rabbit, {key}).")])?;
+            previous.push((key, old.trim().to_owned()));
+            rabbitmqctl(&[
+                "eval",
+                &format!("application:set_env(rabbit, {key}, {value})."),
+            ])?;
+        }
+        Ok(ConsumerTimeout(previous))
+    }
+}
+
+impl Drop for ConsumerTimeout {
+    fn drop(&mut self) {
+        for (key, old) in &self.0 {
+            let restore = match old.strip_prefix("{ok,").and_then(|v| v.strip_suffix('}')) {
+                Some(value) => format!("application:set_env(rabbit, {key}, {value})."),
+                None => format!("application:unset_env(rabbit, {key})."),
+            };
+            let _ = rabbitmqctl(&["eval", &restore]);
+        }
+    }
+}
+
+/// The `celeriac-worker` binary built alongside the tests (cargo builds it
+/// for the worker crate's own tests), or `CELERIAC_WORKER_BIN`.
+pub fn worker_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("CELERIAC_WORKER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable is not in target/<profile>/deps")?;
+    let binary = profile_dir.join("celeriac-worker");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build -p celeriac-worker` (cargo test --workspace does), \
+             or set CELERIAC_WORKER_BIN",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
