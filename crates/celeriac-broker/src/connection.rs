@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_lite::{Stream, StreamExt as _};
-use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connection, ConnectionProperties, Event};
@@ -26,9 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::error::{Inequivalent, parse_inequivalent};
-use crate::field_table::to_field_table;
-use crate::topology::{Exchange, ExchangeKind, Queue};
+use crate::operations::declare_queue;
+use crate::topology::Queue;
 use crate::{BrokerConfig, BrokerError, BrokerUrl};
 
 type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
@@ -127,216 +124,17 @@ impl Broker {
         &self.shared.config
     }
 
-    /// Declares `queue` with its exchange and binding, exactly as given, and
-    /// remembers it so it is declared again after every reconnect.
-    ///
-    /// A clash with an existing declaration is a [`BrokerError::Inequivalent`]
-    /// naming the argument, both values and the matching Python declaration.
-    pub async fn declare(&self, queue: &Queue) -> Result<(), BrokerError> {
-        let session = self.session().await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| channel_error("opening a channel", &e))?;
-        let result = declare_queue(&channel, queue).await;
-        if channel.status().connected() {
-            let _ = channel.close(200, "declared".into()).await;
-        }
-        result?;
+    /// Remembers `queue` for re-declaration after reconnects.
+    pub(crate) fn remember(&self, queue: &Queue) {
         let mut topology = lock(&self.shared.topology);
         if !topology.contains(queue) {
             topology.push(queue.clone());
         }
-        Ok(())
     }
 
-    /// Declares `queue` like [`declare`](Self::declare) but without
-    /// re-declaring it after reconnects: for exclusive queues used as locks,
-    /// whose owner must notice when it lost them.
-    pub async fn declare_once(&self, queue: &Queue) -> Result<(), BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let result = declare_queue(&channel, queue).await;
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// The message at the head of `queue`, left in place (fetched, then
-    /// requeued), or `None` if the queue is empty.
-    pub async fn peek(
-        &self,
-        queue: &str,
-    ) -> Result<Option<celeriac_protocol::RawMessage>, BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let fetched = channel
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: false },
-            )
-            .await
-            .map_err(|e| channel_error("basic.get", &e));
-        let result = match fetched {
-            Ok(Some(message)) => {
-                let raw = crate::consume::raw_message(
-                    &message.delivery.properties,
-                    message.delivery.data.clone(),
-                );
-                let requeue = lapin::options::BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                let _ = message.delivery.acker.nack(requeue).await;
-                Ok(Some(raw))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// How many messages are ready in `queue` and how many consumers it
-    /// has (a passive declare: the queue is not created). `None` if the
-    /// queue does not exist.
-    pub async fn queue_counts(&self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let result = match channel
-            .queue_declare(queue.into(), options, Default::default())
-            .await
-        {
-            Ok(q) => Ok(Some((q.message_count(), q.consumer_count()))),
-            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
-            Err(e) => Err(channel_error("queue.declare (passive)", &e)),
-        };
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// Removes every ready message from `queue`, returning how many.
-    pub async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let result = channel
-            .queue_purge(queue.into(), lapin::options::QueuePurgeOptions::default())
-            .await
-            .map_err(|e| channel_error("queue.purge", &e));
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// Declares an exchange on its own (queues declare theirs).
-    pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<(), BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let result = declare_exchange_on(&channel, exchange, None).await;
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// Binds `queue` to `exchange` with `routing_key`, in addition to the
-    /// queue's own binding (e.g. a topic pattern).
-    pub async fn bind_queue(
-        &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
-    ) -> Result<(), BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let result = channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                Default::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::Declare {
-                entity: "binding",
-                name: format!("{queue} <- {exchange} ({routing_key})"),
-                detail: e.to_string(),
-            });
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// Binds exchange `destination` to exchange `source` with `routing_key`
-    /// (an exchange-to-exchange binding, a RabbitMQ extension).
-    pub async fn bind_exchange(
-        &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
-    ) -> Result<(), BrokerError> {
-        let channel = self.scratch_channel().await?;
-        let result = channel
-            .exchange_bind(
-                destination.into(),
-                source.into(),
-                routing_key.into(),
-                lapin::options::ExchangeBindOptions::default(),
-                Default::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::Declare {
-                entity: "binding",
-                name: format!("{destination} <- {source} ({routing_key})"),
-                detail: e.to_string(),
-            });
-        close_quietly(&channel).await;
-        result
-    }
-
-    /// A short-lived channel for declarations, so a refusal never closes a
-    /// channel anything else uses.
-    async fn scratch_channel(&self) -> Result<Channel, BrokerError> {
-        let session = self.session().await?;
-        session
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| channel_error("opening a channel", &e))
-    }
-
-    /// Deletes a queue and the messages in it, returning how many there were;
-    /// it is no longer re-declared after reconnects. Deleting a queue that
-    /// does not exist is not an error.
-    pub async fn delete_queue(&self, name: &str) -> Result<u32, BrokerError> {
-        let session = self.session().await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| channel_error("opening a channel", &e))?;
-        let deleted = channel
-            .queue_delete(name.into(), lapin::options::QueueDeleteOptions::default())
-            .await
-            .map_err(|e| channel_error("queue.delete", &e))?;
-        let _ = channel.close(200, "deleted".into()).await;
+    /// Stops re-declaring the queue named `name` after reconnects.
+    pub(crate) fn forget(&self, name: &str) {
         lock(&self.shared.topology).retain(|q| q.name != name);
-        Ok(deleted)
-    }
-
-    /// Deletes an exchange (not the default one). Deleting an exchange that
-    /// does not exist is not an error.
-    pub async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
-        let session = self.session().await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| channel_error("opening a channel", &e))?;
-        channel
-            .exchange_delete(
-                name.into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await
-            .map_err(|e| channel_error("exchange.delete", &e))?;
-        let _ = channel.close(200, "deleted".into()).await;
-        Ok(())
     }
 
     /// Whether `queue` was declared through this handle.
@@ -603,108 +401,6 @@ async fn watch_session(
                 }
             }
         }
-    }
-}
-
-async fn close_quietly(channel: &Channel) {
-    if channel.status().connected() {
-        let _ = channel.close(200, "done".into()).await;
-    }
-}
-
-/// Declares an exchange on `channel`; `queue` (if any) is the declaration
-/// that needed it, for the fix in a 406 message.
-async fn declare_exchange_on(
-    channel: &Channel,
-    exchange: &Exchange,
-    queue: Option<&Queue>,
-) -> Result<(), BrokerError> {
-    let options = ExchangeDeclareOptions {
-        durable: exchange.durable,
-        auto_delete: exchange.auto_delete,
-        ..ExchangeDeclareOptions::default()
-    };
-    let fallback;
-    let queue = match queue {
-        Some(q) => q,
-        None => {
-            fallback = Queue::celery_default(exchange.name.clone()).bound_to(exchange.clone(), "");
-            &fallback
-        }
-    };
-    channel
-        .exchange_declare(
-            exchange.name.as_str().into(),
-            lapin_kind(exchange.kind),
-            options,
-            Default::default(),
-        )
-        .await
-        .map_err(|e| declare_error("exchange", &exchange.name, queue, &e))
-}
-
-/// Declares a queue's exchange, the queue and the binding on `channel`.
-pub(crate) async fn declare_queue(channel: &Channel, queue: &Queue) -> Result<(), BrokerError> {
-    let exchange = &queue.exchange;
-    if !exchange.is_default() {
-        declare_exchange_on(channel, exchange, Some(queue)).await?;
-    }
-    let options = QueueDeclareOptions {
-        durable: queue.durable,
-        exclusive: queue.exclusive,
-        auto_delete: queue.auto_delete,
-        ..QueueDeclareOptions::default()
-    };
-    let arguments = to_field_table(&queue.arguments.to_headers())?;
-    channel
-        .queue_declare(queue.name.as_str().into(), options, arguments)
-        .await
-        .map_err(|e| declare_error("queue", &queue.name, queue, &e))?;
-    if !exchange.is_default() {
-        channel
-            .queue_bind(
-                queue.name.as_str().into(),
-                exchange.name.as_str().into(),
-                queue.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                Default::default(),
-            )
-            .await
-            .map_err(|e| declare_error("binding", &queue.name, queue, &e))?;
-    }
-    Ok(())
-}
-
-fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
-    match kind {
-        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
-    }
-}
-
-fn declare_error(
-    entity: &'static str,
-    name: &str,
-    queue: &Queue,
-    error: &lapin::Error,
-) -> BrokerError {
-    let text = error.to_string();
-    match parse_inequivalent(&text) {
-        Some(diff) => BrokerError::Inequivalent(Box::new(Inequivalent {
-            entity,
-            name: name.to_owned(),
-            argument: diff.argument,
-            broker_has: diff.broker_has,
-            we_asked: diff.we_asked,
-            python: queue.python_declaration(),
-        })),
-        None => BrokerError::Declare {
-            entity,
-            name: name.to_owned(),
-            detail: text,
-        },
     }
 }
 

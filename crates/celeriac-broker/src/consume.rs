@@ -30,8 +30,9 @@ use tracing::{debug, info, warn};
 use celeriac_protocol::{DecodeError, DecodeOptions, Properties, RawMessage, TaskMessage};
 
 use crate::BrokerError;
-use crate::connection::{Broker, Link, Session, channel_error, declare_queue};
+use crate::connection::{Broker, Link, Session, channel_error};
 use crate::field_table::from_field_table;
+use crate::operations::declare_queue;
 use crate::topology::Queue;
 
 /// What to consume.

@@ -37,6 +37,7 @@ mod consume;
 pub mod dead_letter;
 mod error;
 pub mod field_table;
+mod operations;
 mod publish;
 mod routing;
 mod topology;
