@@ -509,3 +509,35 @@ async fn the_connection_carries_its_name_and_heartbeat() -> Result<()> {
     broker.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn coalesced_acks_never_cover_an_unfinished_delivery() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("coalesce");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    broker.declare(&queue).await?;
+    for _ in 0..40 {
+        broker.publish("", &name, &task("t").encode()?).await?;
+    }
+    let policy = celeriac_broker::AckPolicy::Coalesce { max_batch: 8, max_delay: Duration::from_millis(20) };
+    let mut consumer = broker.consume_with(ConsumeOptions { queues: vec![queue], prefetch: 40 }, policy).await?;
+    let mut deliveries = Vec::new();
+    for _ in 0..40 {
+        deliveries.push(next(&mut consumer).await?);
+    }
+    // Finish all but the first: the first must stay unacked.
+    for delivery in &deliveries[1..] {
+        ensure!(delivery.ack().await? == AckOutcome::Done);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = queue_stats(&name, &["messages_ready", "messages_unacknowledged"])?;
+    ensure!(stats == ["0", "1"], "ready/unacked after acking 39 of 40: {stats:?}");
+    deliveries[0].ack().await?;
+    consumer.flush_acks().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = queue_stats(&name, &["messages_ready", "messages_unacknowledged"])?;
+    ensure!(stats == ["0", "0"], "after the last ack: {stats:?}");
+    consumer.stop();
+    Ok(())
+}

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use celeriac_protocol::{DecodeError, DecodeOptions, Properties, RawMessage, TaskMessage};
 
 use crate::BrokerError;
+use crate::ack::{AckPolicy, AckWindow};
 use crate::connection::{Broker, Link, Session, channel_error};
 use crate::field_table::from_field_table;
 use crate::operations::declare_queue;
@@ -61,6 +62,8 @@ pub struct Delivery {
     pub generation: u64,
     acker: Acker,
     channel: Channel,
+    tag: u64,
+    window: Option<Arc<AckWindow>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -97,8 +100,17 @@ impl Delivery {
         self.message.properties.priority
     }
 
-    /// Acknowledges the delivery: the broker forgets the message.
+    /// Acknowledges the delivery: the broker forgets the message. Under
+    /// [`AckPolicy::Coalesce`] the ack joins the next multiple ack (sent
+    /// within the policy's delay).
     pub async fn ack(&self) -> Result<AckOutcome, BrokerError> {
+        if let Some(window) = &self.window {
+            if !self.channel.status().connected() {
+                return Ok(AckOutcome::Void);
+            }
+            window.finished(self.tag).await;
+            return Ok(AckOutcome::Done);
+        }
         self.settle("basic.ack", self.acker.ack(BasicAckOptions::default()))
             .await
     }
@@ -107,6 +119,9 @@ impl Delivery {
     /// otherwise it is dropped or, if the queue has a dead-letter exchange,
     /// dead-lettered by the broker.
     pub async fn reject(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
+        if let Some(window) = &self.window {
+            window.forget(self.tag);
+        }
         self.settle(
             "basic.reject",
             self.acker.reject(BasicRejectOptions { requeue }),
@@ -116,6 +131,9 @@ impl Delivery {
 
     /// Negatively acknowledges the delivery (like `reject`).
     pub async fn nack(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
+        if let Some(window) = &self.window {
+            window.forget(self.tag);
+        }
         let options = BasicNackOptions {
             requeue,
             multiple: false,
@@ -174,6 +192,7 @@ fn settle(
 #[derive(Default)]
 struct Subscriptions {
     channel: Option<Channel>,
+    window: Option<Arc<AckWindow>>,
     tags: Vec<String>,
     cancelled: bool,
 }
@@ -204,6 +223,14 @@ impl Consumer {
     /// A delivery already received, without waiting.
     pub fn try_next(&mut self) -> Option<Delivery> {
         self.deliveries.try_recv().ok()
+    }
+
+    /// Sends every coalesced ack still pending (call before [`stop`](Self::stop)).
+    pub async fn flush_acks(&self) {
+        let window = lock(&self.subscriptions).window.clone();
+        if let Some(window) = window {
+            window.flush_all().await;
+        }
     }
 
     /// Stops new deliveries (`basic.cancel`) but keeps the channel open, so
@@ -244,15 +271,26 @@ impl Broker {
     /// declaration (e.g. a 406 argument clash) is an error here; later
     /// re-subscriptions retry with backoff and log their errors.
     pub async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
+        self.consume_with(options, AckPolicy::EachMessage).await
+    }
+
+    /// Like [`consume`](Self::consume), acking as `policy` says (a worker
+    /// uses [`AckPolicy::Coalesce`]).
+    pub async fn consume_with(
+        &self,
+        options: ConsumeOptions,
+        policy: AckPolicy,
+    ) -> Result<Consumer, BrokerError> {
         let capacity = usize::from(options.prefetch.max(1)) * options.queues.len().max(1);
         let (sender, deliveries) = mpsc::channel(capacity);
         let stop = self.shared.shutdown.child_token();
         let subscriptions = SharedSubscriptions::default();
         let session = self.session().await?;
-        let channel = subscribe(&session, &options, &sender, &stop, &subscriptions).await?;
+        let channel = subscribe(&session, &options, policy, &sender, &stop, &subscriptions).await?;
         let keep_subscribed = Subscriber {
             broker: self.clone(),
             options,
+            policy,
             sender,
             stop: stop.clone(),
             subscriptions: subscriptions.clone(),
@@ -270,6 +308,7 @@ impl Broker {
 struct Subscriber {
     broker: Broker,
     options: ConsumeOptions,
+    policy: AckPolicy,
     sender: mpsc::Sender<Delivery>,
     stop: CancellationToken,
     subscriptions: SharedSubscriptions,
@@ -281,6 +320,7 @@ impl Subscriber {
         let Subscriber {
             broker,
             options,
+            policy,
             sender,
             stop,
             subscriptions,
@@ -288,10 +328,22 @@ impl Subscriber {
         let mut session = session;
         let mut channel = channel;
         let mut link = broker.watch_link();
+        let mut health = tokio::time::interval(Duration::from_millis(250));
         loop {
-            // Wait until the subscription's connection is gone or we are stopped.
+            // Wait until the subscription's connection or channel is gone,
+            // or we are stopped.
             loop {
                 tokio::select! {
+                    _ = health.tick() => {
+                        // The broker closed the channel but not the connection
+                        // (e.g. RabbitMQ's consumer_timeout): subscribe again on
+                        // a new channel of the same connection.
+                        let cancelled = lock(&subscriptions).cancelled;
+                        if !channel.status().connected() && session.is_connected() && !cancelled {
+                            warn!("the broker closed the consumer channel; subscribing again");
+                            break;
+                        }
+                    }
                     () = stop.cancelled() => {
                         if channel.status().connected() {
                             let _ = channel.close(200, "consumer stopped".into()).await;
@@ -314,13 +366,13 @@ impl Subscriber {
                     }
                 }
             }
-            // Re-subscribe on the new connection, retrying with backoff.
+            // Re-subscribe, retrying with backoff.
             let mut attempt = 0;
             loop {
                 if stop.is_cancelled() || lock(&subscriptions).cancelled {
                     return;
                 }
-                match subscribe(&session, &options, &sender, &stop, &subscriptions).await {
+                match subscribe(&session, &options, policy, &sender, &stop, &subscriptions).await {
                     Ok(c) => {
                         info!(generation = session.generation, "consumer re-subscribed");
                         channel = c;
@@ -348,6 +400,7 @@ impl Subscriber {
 async fn subscribe(
     session: &Arc<Session>,
     options: &ConsumeOptions,
+    policy: AckPolicy,
     sender: &mpsc::Sender<Delivery>,
     stop: &CancellationToken,
     subscriptions: &SharedSubscriptions,
@@ -366,6 +419,14 @@ async fn subscribe(
         subs.channel = Some(channel.clone());
         subs.tags.clear();
     }
+    let window = match policy {
+        AckPolicy::EachMessage => None,
+        AckPolicy::Coalesce {
+            max_batch,
+            max_delay,
+        } => Some(AckWindow::start(max_batch, max_delay)),
+    };
+    lock(subscriptions).window.clone_from(&window);
     for queue in &options.queues {
         declare_queue(&channel, queue).await?;
         let consumer = start_consumer(&channel, &queue.name).await?;
@@ -380,6 +441,7 @@ async fn subscribe(
             sender.clone(),
             stop.clone(),
             subscriptions.clone(),
+            window.clone(),
         ));
     }
     Ok(channel)
@@ -407,6 +469,7 @@ async fn forward(
     sender: mpsc::Sender<Delivery>,
     stop: CancellationToken,
     subscriptions: SharedSubscriptions,
+    window: Option<Arc<AckWindow>>,
 ) {
     let mut attempt = 0;
     loop {
@@ -417,7 +480,13 @@ async fn forward(
         match next {
             Some(Ok(delivery)) => {
                 attempt = 0;
-                let delivery = convert(delivery, &queue.name, session.generation, &channel);
+                let delivery = convert(
+                    delivery,
+                    &queue.name,
+                    session.generation,
+                    &channel,
+                    window.as_ref(),
+                );
                 if sender.send(delivery).await.is_err() {
                     return;
                 }
@@ -479,8 +548,12 @@ fn convert(
     queue: &str,
     generation: u64,
     channel: &Channel,
+    window: Option<&Arc<AckWindow>>,
 ) -> Delivery {
     let message = raw_message(&delivery.properties, delivery.data);
+    if let Some(window) = window {
+        window.delivered(delivery.delivery_tag, delivery.acker.clone());
+    }
     Delivery {
         message,
         queue: queue.to_owned(),
@@ -490,5 +563,7 @@ fn convert(
         generation,
         acker: delivery.acker,
         channel: channel.clone(),
+        tag: delivery.delivery_tag,
+        window: window.cloned(),
     }
 }

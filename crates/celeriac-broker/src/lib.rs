@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ack;
 mod config;
 mod connection;
 mod consume;
@@ -43,6 +44,7 @@ mod routing;
 mod topology;
 pub mod url;
 
+pub use ack::AckPolicy;
 pub use config::BrokerConfig;
 pub use connection::Broker;
 pub use consume::{AckOutcome, ConsumeOptions, Consumer, Delivery};

@@ -74,6 +74,16 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_DELAY_QUEUE_TYPE")]
     pub delay_queue_type: Option<String>,
 
+    /// Finished deliveries acked with one `multiple` ack; 1 acks each
+    /// message on its own [default: 32]
+    #[arg(long, env = "CELERIAC_ACK_BATCH")]
+    pub ack_batch: Option<u16>,
+
+    /// Longest wait, in milliseconds, before coalesced acks are sent
+    /// [default: 5]
+    #[arg(long, env = "CELERIAC_ACK_FLUSH_MS")]
+    pub ack_flush_ms: Option<u64>,
+
     /// TOML file with any of these settings (keys named like the flags)
     #[arg(long, env = "CELERIAC_CONFIG")]
     pub config: Option<PathBuf>,
@@ -145,6 +155,14 @@ impl Args {
                 .delay_queue_type
                 .or(file.delay_queue_type)
                 .unwrap_or(defaults.delay_queue_type),
+            ack_batch: self
+                .ack_batch
+                .or(file.ack_batch)
+                .unwrap_or(defaults.ack_batch),
+            ack_flush: self
+                .ack_flush_ms
+                .or(file.ack_flush_ms)
+                .map_or(defaults.ack_flush, Duration::from_millis),
         };
         if worker.queues.is_empty() || worker.queues.iter().any(String::is_empty) {
             return Err("queues must name at least one queue".into());

@@ -31,6 +31,11 @@ pub struct WorkerConfig {
     /// `x-queue-type` of the delay queues: `quorum` (Celery's default) or
     /// `classic`.
     pub delay_queue_type: String,
+    /// Finished deliveries acked together with one `multiple` ack (1: one
+    /// ack per message). Default 32.
+    pub ack_batch: u16,
+    /// Longest wait before coalesced acks are sent. Default 5 ms.
+    pub ack_flush: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -45,11 +50,25 @@ impl Default for WorkerConfig {
             redelivery_limit: 10,
             dead_letter_failures: true,
             delay_queue_type: "quorum".into(),
+            ack_batch: 32,
+            ack_flush: Duration::from_millis(5),
         }
     }
 }
 
 impl WorkerConfig {
+    /// How the worker acks: coalesced unless `ack_batch` is 1 (or 0).
+    pub fn ack_policy(&self) -> celeriac_broker::AckPolicy {
+        if self.ack_batch <= 1 {
+            celeriac_broker::AckPolicy::EachMessage
+        } else {
+            celeriac_broker::AckPolicy::Coalesce {
+                max_batch: self.ack_batch,
+                max_delay: self.ack_flush,
+            }
+        }
+    }
+
     /// The prefetch count: concurrency × multiplier, capped at 65535
     /// (`0`, unlimited, if the multiplier is 0, as in Celery).
     pub fn prefetch(&self) -> u16 {
@@ -76,6 +95,8 @@ impl WorkerConfig {
 /// redelivery_limit = 10
 /// dead_letter_failures = true
 /// delay_queue_type = "quorum"
+/// ack_batch = 32
+/// ack_flush_ms = 5
 /// ```
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +125,10 @@ pub struct ConfigFile {
     pub dead_letter_failures: Option<bool>,
     /// Delay queue type.
     pub delay_queue_type: Option<String>,
+    /// Ack batch size.
+    pub ack_batch: Option<u16>,
+    /// Ack flush interval in milliseconds.
+    pub ack_flush_ms: Option<u64>,
 }
 
 impl ConfigFile {

@@ -175,10 +175,13 @@ impl Worker {
         let mut consumer = self
             .app
             .broker()
-            .consume(ConsumeOptions {
-                queues: queues.clone(),
-                prefetch: self.config.prefetch(),
-            })
+            .consume_with(
+                ConsumeOptions {
+                    queues: queues.clone(),
+                    prefetch: self.config.prefetch(),
+                },
+                self.config.ack_policy(),
+            )
             .await?;
         let ctx = Arc::new(Context {
             permits: Arc::new(Semaphore::new(self.config.concurrency)),
@@ -237,6 +240,7 @@ impl Worker {
             );
             running.abort_all();
         }
+        consumer.flush_acks().await;
         consumer.stop();
         self.app.close().await;
         let summary = self.stats.summary();

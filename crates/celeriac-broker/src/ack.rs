@@ -1,0 +1,168 @@
+//! Ack coalescing: one `basic.ack(multiple=true)` for a run of finished
+//! deliveries instead of one ack each. RabbitMQ's per-ack cost dominates a
+//! busy consumer, so this is where a worker's throughput headroom is.
+//!
+//! Rules that keep it safe:
+//! - a multiple ack only ever covers a *contiguous* run of delivery tags, from
+//!   the oldest unsettled one, that have all finished — never a delivery still
+//!   running or waiting (an ETA task, say);
+//! - the run is flushed when it reaches `max_batch`, or after `max_delay`;
+//! - a finished delivery stuck behind an unfinished one is acked on its own
+//!   after `max_delay`, so it does not hold a prefetch slot;
+//! - rejects and nacks are sent at once, individually.
+//!
+//! The at-least-once consequence: a process that dies re-delivers at most one
+//! flush window of tasks that had finished but whose ack was not yet sent.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use lapin::Acker;
+use lapin::options::BasicAckOptions;
+
+/// How a consumer acknowledges deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// One `basic.ack` per delivery, sent when the delivery is acked.
+    EachMessage,
+    /// Coalesced `basic.ack(multiple=true)`: at most `max_batch` deliveries
+    /// or `max_delay` per flush.
+    Coalesce {
+        /// Flush once this many contiguous deliveries have finished.
+        max_batch: u16,
+        /// Flush at least this often.
+        max_delay: Duration,
+    },
+}
+
+impl Default for AckPolicy {
+    fn default() -> Self {
+        AckPolicy::Coalesce {
+            max_batch: 32,
+            max_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+struct Entry {
+    acker: Acker,
+    finished: Option<Instant>,
+}
+
+/// The unacked deliveries of one channel, by delivery tag.
+pub(crate) struct AckWindow {
+    entries: Mutex<BTreeMap<u64, Entry>>,
+    max_batch: usize,
+    max_delay: Duration,
+}
+
+fn lock(entries: &Mutex<BTreeMap<u64, Entry>>) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+    entries
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AckWindow {
+    /// A window for one channel, with a background flusher that stops when
+    /// the window is dropped.
+    pub(crate) fn start(max_batch: u16, max_delay: Duration) -> Arc<AckWindow> {
+        let window = Arc::new(AckWindow {
+            entries: Mutex::new(BTreeMap::new()),
+            max_batch: usize::from(max_batch.max(1)),
+            max_delay,
+        });
+        let weak: Weak<AckWindow> = Arc::downgrade(&window);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(max_delay).await;
+                let Some(window) = weak.upgrade() else { return };
+                window.flush(true).await;
+            }
+        });
+        window
+    }
+
+    /// Registers a delivery as unacked.
+    pub(crate) fn delivered(&self, tag: u64, acker: Acker) {
+        lock(&self.entries).insert(
+            tag,
+            Entry {
+                acker,
+                finished: None,
+            },
+        );
+    }
+
+    /// Marks a delivery finished; flushes if a full batch is ready.
+    pub(crate) async fn finished(&self, tag: u64) {
+        let ready = {
+            let mut entries = lock(&self.entries);
+            if let Some(entry) = entries.get_mut(&tag) {
+                entry.finished = Some(Instant::now());
+            }
+            entries
+                .values()
+                .take_while(|e| e.finished.is_some())
+                .count()
+        };
+        if ready >= self.max_batch {
+            self.flush(false).await;
+        }
+    }
+
+    /// Forgets a delivery settled some other way (reject, nack).
+    pub(crate) fn forget(&self, tag: u64) {
+        lock(&self.entries).remove(&tag);
+    }
+
+    /// Acks everything finished now (before closing the channel).
+    pub(crate) async fn flush_all(&self) {
+        self.flush_older_than(true, Duration::ZERO).await;
+    }
+
+    /// Acks the contiguous finished run with one multiple ack; with
+    /// `stragglers`, also acks, one by one, finished deliveries stuck behind
+    /// an unfinished one for longer than `max_delay`.
+    async fn flush(&self, stragglers: bool) {
+        self.flush_older_than(stragglers, self.max_delay).await;
+    }
+
+    async fn flush_older_than(&self, stragglers: bool, age: Duration) {
+        let (run, singles) = {
+            let mut entries = lock(&self.entries);
+            let prefix: Vec<u64> = entries
+                .iter()
+                .take_while(|(_, e)| e.finished.is_some())
+                .map(|(t, _)| *t)
+                .collect();
+            let run = prefix.last().copied().and_then(|last| {
+                let acker = entries.get(&last).map(|e| e.acker.clone());
+                for tag in &prefix {
+                    entries.remove(tag);
+                }
+                acker
+            });
+            let mut singles = Vec::new();
+            if stragglers {
+                let old: Vec<u64> = entries
+                    .iter()
+                    .filter(|(_, e)| e.finished.is_some_and(|t| t.elapsed() >= age))
+                    .map(|(t, _)| *t)
+                    .collect();
+                for tag in old {
+                    if let Some(entry) = entries.remove(&tag) {
+                        singles.push(entry.acker);
+                    }
+                }
+            }
+            (run, singles)
+        };
+        if let Some(acker) = run {
+            let _ = acker.ack(BasicAckOptions { multiple: true }).await;
+        }
+        for acker in singles {
+            let _ = acker.ack(BasicAckOptions { multiple: false }).await;
+        }
+    }
+}
