@@ -520,8 +520,19 @@ async fn coalesced_acks_never_cover_an_unfinished_delivery() -> Result<()> {
     for _ in 0..40 {
         broker.publish("", &name, &task("t").encode()?).await?;
     }
-    let policy = celeriac_broker::AckPolicy::Coalesce { max_batch: 8, max_delay: Duration::from_millis(20) };
-    let mut consumer = broker.consume_with(ConsumeOptions { queues: vec![queue], prefetch: 40 }, policy).await?;
+    let policy = celeriac_broker::AckPolicy::Coalesce {
+        max_batch: 8,
+        max_delay: Duration::from_millis(20),
+    };
+    let mut consumer = broker
+        .consume_with(
+            ConsumeOptions {
+                queues: vec![queue],
+                prefetch: 40,
+            },
+            policy,
+        )
+        .await?;
     let mut deliveries = Vec::new();
     for _ in 0..40 {
         deliveries.push(next(&mut consumer).await?);
@@ -532,7 +543,10 @@ async fn coalesced_acks_never_cover_an_unfinished_delivery() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stats = queue_stats(&name, &["messages_ready", "messages_unacknowledged"])?;
-    ensure!(stats == ["0", "1"], "ready/unacked after acking 39 of 40: {stats:?}");
+    ensure!(
+        stats == ["0", "1"],
+        "ready/unacked after acking 39 of 40: {stats:?}"
+    );
     deliveries[0].ack().await?;
     consumer.flush_acks().await;
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -433,16 +433,16 @@ async fn subscribe(
         lock(subscriptions)
             .tags
             .push(consumer.tag().as_str().to_owned());
-        tokio::spawn(forward(
-            session.clone(),
-            channel.clone(),
-            queue.clone(),
-            consumer,
-            sender.clone(),
-            stop.clone(),
-            subscriptions.clone(),
-            window.clone(),
-        ));
+        let forwarder = QueueForwarder {
+            session: session.clone(),
+            channel: channel.clone(),
+            queue: queue.clone(),
+            sender: sender.clone(),
+            stop: stop.clone(),
+            subscriptions: subscriptions.clone(),
+            window: window.clone(),
+        };
+        tokio::spawn(forwarder.run(consumer));
     }
     Ok(channel)
 }
@@ -461,60 +461,71 @@ async fn start_consumer(channel: &Channel, queue: &str) -> Result<lapin::Consume
 
 /// Moves deliveries of one queue into the consumer's channel; re-subscribes
 /// if the broker cancels the consumer while the channel stays open.
-async fn forward(
+struct QueueForwarder {
     session: Arc<Session>,
     channel: Channel,
     queue: Queue,
-    mut consumer: lapin::Consumer,
     sender: mpsc::Sender<Delivery>,
     stop: CancellationToken,
     subscriptions: SharedSubscriptions,
     window: Option<Arc<AckWindow>>,
-) {
-    let mut attempt = 0;
-    loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => return,
-            next = consumer.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => {
-                attempt = 0;
-                let delivery = convert(
-                    delivery,
-                    &queue.name,
-                    session.generation,
-                    &channel,
-                    window.as_ref(),
-                );
-                if sender.send(delivery).await.is_err() {
-                    return;
-                }
-            }
-            Some(Err(e)) => debug!(queue = %queue.name, error = %e, "consumer stream error"),
-            None => {
-                let cancelled = lock(&subscriptions).cancelled;
-                if cancelled
-                    || stop.is_cancelled()
-                    || !channel.status().connected()
-                    || !session.is_connected()
-                {
-                    return;
-                }
-                warn!(queue = %queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
-                tokio::time::sleep(Duration::from_millis(100).saturating_mul(1 << attempt.min(6)))
-                    .await;
-                attempt += 1;
-                let resubscribed = async {
-                    declare_queue(&channel, &queue).await?;
-                    start_consumer(&channel, &queue.name).await
-                };
-                match resubscribed.await {
-                    Ok(c) => {
-                        lock(&subscriptions).tags.push(c.tag().as_str().to_owned());
-                        consumer = c;
+}
+
+impl QueueForwarder {
+    async fn run(self, mut consumer: lapin::Consumer) {
+        let mut attempt = 0;
+        loop {
+            let next = tokio::select! {
+                () = self.stop.cancelled() => return,
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    attempt = 0;
+                    let delivery = convert(
+                        delivery,
+                        &self.queue.name,
+                        self.session.generation,
+                        &self.channel,
+                        self.window.as_ref(),
+                    );
+                    if self.sender.send(delivery).await.is_err() {
+                        return;
                     }
-                    Err(e) => warn!(queue = %queue.name, error = %e, "re-subscribing failed"),
+                }
+                Some(Err(e)) => {
+                    debug!(queue = %self.queue.name, error = %e, "consumer stream error")
+                }
+                None => {
+                    let cancelled = lock(&self.subscriptions).cancelled;
+                    if cancelled
+                        || self.stop.is_cancelled()
+                        || !self.channel.status().connected()
+                        || !self.session.is_connected()
+                    {
+                        return;
+                    }
+                    warn!(queue = %self.queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
+                    tokio::time::sleep(
+                        Duration::from_millis(100).saturating_mul(1 << attempt.min(6)),
+                    )
+                    .await;
+                    attempt += 1;
+                    let resubscribed = async {
+                        declare_queue(&self.channel, &self.queue).await?;
+                        start_consumer(&self.channel, &self.queue.name).await
+                    };
+                    match resubscribed.await {
+                        Ok(c) => {
+                            lock(&self.subscriptions)
+                                .tags
+                                .push(c.tag().as_str().to_owned());
+                            consumer = c;
+                        }
+                        Err(e) => {
+                            warn!(queue = %self.queue.name, error = %e, "re-subscribing failed")
+                        }
+                    }
                 }
             }
         }
