@@ -135,3 +135,38 @@ async fn bad_calls_are_clear_errors() -> Result<()> {
     cleanup(&app, &queue).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn send_many_stores_every_call_once_in_order() -> Result<()> {
+    let queue = unique("producer-many");
+    let app = app(&queue, false).await?;
+    let calls = (0..2_500).map(|i| resize::new(format!("img-{i}"), i));
+    let results = app.send_many(calls).await?;
+    ensure!(results.len() == 2_500, "{} results", results.len());
+    let (ready, _) = app.broker().queue_counts(&queue).await?.unwrap_or_default();
+    ensure!(ready == 2_500, "{ready} messages in the queue, want 2500");
+    for (i, result) in results.iter().take(3).enumerate() {
+        let (_, message) = receive(&app).await?;
+        ensure!(
+            message.headers.id == result.id(),
+            "message {i} out of order"
+        );
+        ensure!(message.body.args == vec![json!(format!("img-{i}")), json!(i)]);
+        // The task's default priority travels with each message, as with apply_async.
+        ensure!(message.properties.priority == Some(4));
+    }
+    cleanup(&app, &queue).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_many_to_a_missing_exchange_is_an_error() -> Result<()> {
+    let queue = unique("producer-many-missing");
+    let app = app(&queue, false).await?;
+    let calls =
+        (0..10).map(|i| resize::new("x".to_owned(), i).exchange(unique("no-such-exchange")));
+    let err = app.send_many(calls).await.unwrap_err();
+    ensure!(err.to_string().contains("no-such-exchange"), "{err}");
+    cleanup(&app, &queue).await;
+    Ok(())
+}

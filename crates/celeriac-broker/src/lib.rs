@@ -51,6 +51,7 @@ pub use consume::{AckOutcome, ConsumeOptions, Consumer, Delivery};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use error::{BrokerError, Inequivalent};
 pub use field_table::{HeaderError, decode_headers, encode_headers};
+pub use publish::basic_properties;
 pub use routing::{Destination, RouteError, RouteOptions, Router};
 pub use topology::{DeadLetterTopology, Exchange, ExchangeKind, Queue, QueueArguments, QueueType};
 pub use url::{BrokerUrl, BrokerUrls, TlsOptions, UrlError};

@@ -11,9 +11,12 @@
 //! `publish_wait`) and sends again. That is at-least-once: a message that had
 //! in fact been stored may be stored twice, never lost.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -89,18 +92,9 @@ impl Broker {
         {
             self.declare(queue).await?;
         }
-        match destination.priority {
-            Some(priority) if message.properties.priority != Some(priority) => {
-                let mut message = message.clone();
-                message.properties.priority = Some(priority);
-                self.publish(&destination.exchange, &destination.routing_key, &message)
-                    .await
-            }
-            _ => {
-                self.publish(&destination.exchange, &destination.routing_key, message)
-                    .await
-            }
-        }
+        let message = with_priority(destination, message);
+        self.publish(&destination.exchange, &destination.routing_key, &message)
+            .await
     }
 
     async fn publish_once(
@@ -111,24 +105,18 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Attempt> {
-        let channel = session
-            .publisher()
-            .await
-            .map_err(|e| Attempt::InDoubt(e.to_string()))?;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await
-            .map_err(|e| Attempt::InDoubt(e.to_string()))?;
+        let confirm = start_publish(session, exchange, routing_key, body, properties).await?;
+        self.settle(session, exchange, routing_key, confirm).await
+    }
+
+    /// Waits for one publish's confirm and says what it means.
+    async fn settle(
+        &self,
+        session: &Session,
+        exchange: &str,
+        routing_key: &str,
+        confirm: PublisherConfirm,
+    ) -> Result<(), Attempt> {
         let timeout = self.shared.config.confirm_timeout;
         let outcome = match tokio::time::timeout(timeout, confirm).await {
             Err(_) => {
@@ -169,10 +157,129 @@ impl Broker {
             }
         }
     }
+
+    /// Sends many messages, each to its destination, with up to
+    /// `SEND_MANY_WINDOW` of them unconfirmed at once on one channel.
+    ///
+    /// Returns `Ok` only once every message is confirmed and routed, with the
+    /// same guarantees as [`Broker::send`] for each. A message whose outcome
+    /// is left in doubt by a lost connection is sent again (one by one) after
+    /// the reconnect. On an error, the messages before the failing one may
+    /// have been stored; none after it are sent.
+    pub async fn send_many(&self, batch: &[(Destination, RawMessage)]) -> Result<(), BrokerError> {
+        for (destination, _) in batch {
+            if let Some(queue) = &destination.queue
+                && !self.is_declared(queue)
+            {
+                self.declare(queue).await?;
+            }
+        }
+        let deadline = Instant::now() + self.shared.config.publish_wait;
+        let session = self.session_until(deadline).await?;
+        let mut in_doubt = Vec::new();
+        let mut in_flight = VecDeque::with_capacity(SEND_MANY_WINDOW);
+        for (index, (destination, message)) in batch.iter().enumerate() {
+            let properties = basic_properties(&with_priority(destination, message))?;
+            let (exchange, routing_key) = (&destination.exchange, &destination.routing_key);
+            match start_publish(&session, exchange, routing_key, &message.body, properties).await {
+                Ok(confirm) => in_flight.push_back((index, confirm)),
+                Err(_) => in_doubt.push(index),
+            }
+            if in_flight.len() >= SEND_MANY_WINDOW
+                && let Some((index, confirm)) = in_flight.pop_front()
+            {
+                self.settle_in_batch(&session, batch, index, confirm, &mut in_doubt)
+                    .await?;
+            }
+        }
+        while let Some((index, confirm)) = in_flight.pop_front() {
+            self.settle_in_batch(&session, batch, index, confirm, &mut in_doubt)
+                .await?;
+        }
+        for index in in_doubt {
+            let (destination, message) = &batch[index];
+            self.send(destination, message).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_in_batch(
+        &self,
+        session: &Session,
+        batch: &[(Destination, RawMessage)],
+        index: usize,
+        confirm: PublisherConfirm,
+        in_doubt: &mut Vec<usize>,
+    ) -> Result<(), BrokerError> {
+        let destination = &batch[index].0;
+        match self
+            .settle(
+                session,
+                &destination.exchange,
+                &destination.routing_key,
+                confirm,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Attempt::Failed(error)) => Err(error),
+            Err(Attempt::InDoubt(_)) => {
+                in_doubt.push(index);
+                Ok(())
+            }
+        }
+    }
 }
 
-/// Converts our properties and headers into AMQP basic properties.
-pub(crate) fn basic_properties(message: &RawMessage) -> Result<BasicProperties, BrokerError> {
+/// Messages [`Broker::send_many`] keeps unconfirmed at once.
+const SEND_MANY_WINDOW: usize = 5_000;
+
+/// `message` with the destination's priority, if it has one.
+fn with_priority<'a>(destination: &Destination, message: &'a RawMessage) -> Cow<'a, RawMessage> {
+    match destination.priority {
+        Some(priority) if message.properties.priority != Some(priority) => {
+            let mut message = message.clone();
+            message.properties.priority = Some(priority);
+            Cow::Owned(message)
+        }
+        _ => Cow::Borrowed(message),
+    }
+}
+
+/// Hands one message to the session's confirming channel.
+async fn start_publish(
+    session: &Session,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, Attempt> {
+    let channel = session
+        .publisher()
+        .await
+        .map_err(|e| Attempt::InDoubt(e.to_string()))?;
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| Attempt::InDoubt(e.to_string()))
+}
+
+/// Converts our properties and headers into lapin's AMQP basic properties,
+/// exactly as [`Broker::publish`] sends them.
+///
+/// For tools that must publish through lapin directly with Celeriac's wire
+/// format, such as the raw-lapin baselines of `celeriac-bench`.
+pub fn basic_properties(message: &RawMessage) -> Result<BasicProperties, BrokerError> {
     let p = &message.properties;
     let short = |s: &String| ShortString::from(s.as_str());
     let mut props = BasicProperties::default().with_headers(to_field_table(&message.headers)?);

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{Broker, BrokerConfig, Queue, RouteOptions, Router};
+use celeriac_broker::{Broker, BrokerConfig, Destination, Queue, RouteOptions, Router};
 use celeriac_protocol::time::now;
-use celeriac_protocol::{Compression, Seconds, TaskMessage};
+use celeriac_protocol::{Compression, RawMessage, Seconds, TaskMessage};
 use serde::de::DeserializeOwned;
 
 use crate::call::{SendTask, TaskCall};
@@ -108,6 +108,52 @@ impl App {
         &self,
         call: TaskCall<O>,
     ) -> Result<AsyncResult<O>, Error> {
+        let (id, destination, message) = self.prepare_call(call).await?;
+        self.inner.broker.send(&destination, &message).await?;
+        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+    }
+
+    /// Sends many calls at once: messages are published back to back with
+    /// their confirms pipelined (thousands in flight), which is several
+    /// times faster than awaiting `apply_async` one by one.
+    ///
+    /// Returns once every message is confirmed by RabbitMQ and routed, with
+    /// one [`AsyncResult`] per call, in order. On an error, calls before the
+    /// failing one may have been sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(app: &celeriac::App) -> Result<(), celeriac::Error> {
+    /// use celeriac::TaskCall;
+    /// use serde_json::{Value, json};
+    ///
+    /// let calls = (0..1000).map(|i| TaskCall::<Value>::new("tasks.add", vec![json!(i), json!(1)]));
+    /// let results = app.send_many(calls).await?;
+    /// assert_eq!(results.len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_many<O: DeserializeOwned>(
+        &self,
+        calls: impl IntoIterator<Item = TaskCall<O>>,
+    ) -> Result<Vec<AsyncResult<O>>, Error> {
+        let mut ids = Vec::new();
+        let mut batch = Vec::new();
+        for call in calls {
+            let (id, destination, message) = self.prepare_call(call).await?;
+            ids.push(id);
+            batch.push((destination, message));
+        }
+        self.inner.broker.send_many(&batch).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| AsyncResult::new(id, self.inner.backend.clone()))
+            .collect())
+    }
+
+    /// The task id, destination and encoded message for `call`.
+    async fn prepare_call<O>(
+        &self,
+        call: TaskCall<O>,
+    ) -> Result<(String, Destination, RawMessage), Error> {
         if let Some(detail) = call.error {
             return Err(Error::Arguments {
                 task: call.name,
@@ -210,11 +256,7 @@ impl App {
             priority,
         };
         let destination = self.inner.router.resolve(&call.name, &route);
-        self.inner
-            .broker
-            .send(&destination, &message.encode()?)
-            .await?;
-        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+        Ok((id, destination, message.encode()?))
     }
 }
 

@@ -1,0 +1,86 @@
+//! `celeriac-bench`: Celeriac's throughput, latency and CPU cost against raw
+//! lapin and Python Celery, measured side by side in one run.
+//!
+//! ```sh
+//! cargo run --release -p celeriac-bench            # full run (minutes)
+//! cargo run --release -p celeriac-bench -- --quick # smoke run (seconds)
+//! ```
+//!
+//! Every scenario runs its variants interleaved (A B C, A B C, ...) and
+//! reports medians, so that noise on a shared machine hits all of them
+//! alike. See `docs/performance.md` for what each number means.
+
+mod library;
+mod measure;
+mod python;
+mod raw;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Benchmarks Celeriac against raw lapin and Python Celery"
+)]
+struct Args {
+    /// Broker URL (a RabbitMQ the benchmark may fill and drain).
+    #[arg(
+        long,
+        env = "CELERIAC_BROKER_URL",
+        default_value = "amqp://guest:guest@localhost:5672//"
+    )]
+    broker: String,
+    /// Small sizes and one round: checks the harness works, in seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Messages per throughput measurement (default 50000; 2000 with --quick).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Rounds of each scenario (default 3; 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Concurrency of the Celeriac worker (prefetch = 4 ×).
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Skip the Python Celery baselines even if the interop venv exists.
+    #[arg(long)]
+    no_python: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sizes = scenarios::Sizes::new(args.quick, args.messages, args.rounds);
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = if args.no_python {
+        None
+    } else {
+        let found = python::PythonCelery::find(&workspace);
+        if found.is_none() {
+            eprintln!(
+                "note: Python Celery baselines skipped: run scripts/setup-interop to create .venv-interop"
+            );
+        }
+        found
+    };
+    let mut bench =
+        scenarios::Bench::connect(&args.broker, sizes, args.concurrency, python).await?;
+    let outcome = bench.run_all().await;
+    bench.clean_up().await;
+    outcome?;
+    let results = bench.into_results();
+    print!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+        println!("JSON summary written to {}", path.display());
+    }
+    Ok(())
+}

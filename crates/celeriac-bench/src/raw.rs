@@ -1,0 +1,127 @@
+//! The baselines: what lapin alone achieves against the same broker, with
+//! the same message bytes, confirm window and prefetch as Celeriac.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use celeriac_protocol::RawMessage;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::{Connection, ConnectionProperties};
+
+/// A plain lapin connection to `url`.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connecting to {url}: is RabbitMQ running?"))
+}
+
+/// Publishes `count` copies of `message` to `queue` (default exchange),
+/// persistent and `mandatory`, keeping up to `window` unconfirmed.
+/// Returns the time from the first publish to the last confirm.
+pub(crate) async fn publish(
+    connection: &Connection,
+    queue: &str,
+    message: &RawMessage,
+    count: u64,
+    window: usize,
+) -> anyhow::Result<Duration> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let properties = celeriac_broker::basic_properties(message)?;
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let mut in_flight = VecDeque::with_capacity(window);
+    let start = Instant::now();
+    for _ in 0..count {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                options,
+                &message.body,
+                properties.clone(),
+            )
+            .await?;
+        in_flight.push_back(confirm);
+        if in_flight.len() >= window
+            && let Some(oldest) = in_flight.pop_front()
+        {
+            check_ack(oldest.await?)?;
+        }
+    }
+    while let Some(confirm) = in_flight.pop_front() {
+        check_ack(confirm.await?)?;
+    }
+    let elapsed = start.elapsed();
+    channel.close(200, "done".into()).await?;
+    Ok(elapsed)
+}
+
+fn check_ack(confirmation: lapin::Confirmation) -> anyhow::Result<()> {
+    match confirmation {
+        lapin::Confirmation::Ack(None) => Ok(()),
+        other => bail!("the broker did not accept a benchmark message: {other:?}"),
+    }
+}
+
+/// How a raw consumer acknowledges.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RawAck {
+    /// One `basic.ack` per delivery.
+    EachMessage,
+    /// One `basic.ack(multiple=true)` every `n` deliveries (and the last).
+    Every(u64),
+}
+
+/// Consumes `count` deliveries from `queue` with `prefetch`, acking as
+/// `ack` says. Returns the time from `basic.consume` to the last ack sent.
+pub(crate) async fn drain(
+    connection: &Connection,
+    queue: &str,
+    count: u64,
+    prefetch: u16,
+    ack: RawAck,
+) -> anyhow::Result<Duration> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    let start = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    let mut received = 0;
+    while received < count {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the consumer stream ended early")??;
+        received += 1;
+        match ack {
+            RawAck::EachMessage => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            RawAck::Every(n) if received % n == 0 || received == count => {
+                delivery.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            RawAck::Every(_) => {}
+        }
+    }
+    let elapsed = start.elapsed();
+    channel.close(200, "done".into()).await?;
+    Ok(elapsed)
+}

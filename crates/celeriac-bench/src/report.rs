@@ -1,0 +1,177 @@
+//! The results: a plain-text table and the JSON summary.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::measure::median;
+use crate::scenarios::Sizes;
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    pub(crate) cores: usize,
+    pub(crate) worker_concurrency: usize,
+    pub(crate) prefetch: u16,
+    pub(crate) sizes: Sizes,
+    pub(crate) python: bool,
+    /// Peak RSS of the benchmark process (producer, in-process worker and
+    /// raw clients together).
+    pub(crate) peak_rss_kib: Option<u64>,
+    pub(crate) throughput: Vec<Throughput>,
+    pub(crate) latency: Vec<LatencyRow>,
+    pub(crate) checks: Vec<Check>,
+}
+
+/// One variant of a throughput scenario, over all rounds.
+#[derive(Debug, Serialize)]
+pub(crate) struct Throughput {
+    pub(crate) scenario: String,
+    pub(crate) variant: String,
+    pub(crate) messages: u64,
+    pub(crate) samples_per_s: Vec<f64>,
+    pub(crate) median_per_s: f64,
+    pub(crate) cpu_us_per_task: Vec<f64>,
+}
+
+impl Throughput {
+    pub(crate) fn new(scenario: &str, variant: &str, messages: u64) -> Throughput {
+        Throughput {
+            scenario: scenario.to_owned(),
+            variant: variant.to_owned(),
+            messages,
+            samples_per_s: Vec::new(),
+            median_per_s: f64::NAN,
+            cpu_us_per_task: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, rate: f64, cpu_us: Option<f64>) {
+        self.samples_per_s.push(rate);
+        self.median_per_s = median(&self.samples_per_s);
+        self.cpu_us_per_task.extend(cpu_us);
+    }
+
+    pub(crate) fn cpu_us_per_task_median(&self) -> Option<f64> {
+        (!self.cpu_us_per_task.is_empty()).then(|| median(&self.cpu_us_per_task))
+    }
+}
+
+/// Latencies at one offered load.
+#[derive(Debug, Serialize)]
+pub(crate) struct LatencyRow {
+    pub(crate) load: String,
+    pub(crate) rate_per_s: f64,
+    pub(crate) tasks: u64,
+    pub(crate) enqueue_to_start_ms: Percentiles,
+    pub(crate) enqueue_to_result_ms: Percentiles,
+}
+
+/// p50, p99 and max of a sample.
+#[derive(Debug, Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+/// One target from the issue, checked against this run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) value: f64,
+    pub(crate) target: String,
+    pub(crate) met: bool,
+}
+
+impl Check {
+    pub(crate) fn at_least(name: &str, value: f64, bound: f64, unit: &str) -> Check {
+        Check {
+            name: name.to_owned(),
+            value,
+            target: format!("≥ {bound} {unit}"),
+            met: value >= bound,
+        }
+    }
+
+    pub(crate) fn at_most(name: &str, value: f64, bound: f64, unit: &str) -> Check {
+        Check {
+            name: name.to_owned(),
+            value,
+            target: format!("≤ {bound} {unit}"),
+            met: value <= bound,
+        }
+    }
+}
+
+/// The human-readable report.
+pub(crate) fn table(results: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{} cores; worker concurrency {}, prefetch {}; {} rounds; Python baselines: {}",
+        results.cores,
+        results.worker_concurrency,
+        results.prefetch,
+        results.sizes.rounds,
+        if results.python { "yes" } else { "skipped" }
+    );
+    let _ = writeln!(
+        out,
+        "\n| scenario | variant | messages | median tasks/s | rounds | CPU µs/task |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---|---:|");
+    for row in &results.throughput {
+        let rounds: Vec<String> = row
+            .samples_per_s
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect();
+        let cpu = row
+            .cpu_us_per_task_median()
+            .map_or("-".to_owned(), |c| format!("{c:.1}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {} | {} |",
+            row.scenario,
+            row.variant,
+            row.messages,
+            row.median_per_s,
+            rounds.join(" "),
+            cpu
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| latency (ms) | tasks | enqueue→start p50 / p99 / max | enqueue→result p50 / p99 / max |"
+    );
+    let _ = writeln!(out, "|---|---:|---|---|");
+    for row in &results.latency {
+        let (s, r) = (&row.enqueue_to_start_ms, &row.enqueue_to_result_ms);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+            row.load, row.tasks, s.p50, s.p99, s.max, r.p50, r.p99, r.max
+        );
+    }
+    let _ = writeln!(out, "\n| target | this run | target | met |");
+    let _ = writeln!(out, "|---|---:|---|---|");
+    for check in &results.checks {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {} | {} |",
+            check.name,
+            check.value,
+            check.target,
+            if check.met { "yes" } else { "**no**" }
+        );
+    }
+    if let Some(kib) = results.peak_rss_kib {
+        let _ = writeln!(
+            out,
+            "\npeak RSS of the benchmark process (producer + in-process worker): {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+    out
+}
