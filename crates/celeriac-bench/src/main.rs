@@ -47,6 +47,9 @@ struct Args {
     /// Concurrency of the Celeriac worker (prefetch = 4 ×).
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
+    /// Scenarios to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<scenarios::Scenario>,
     /// Skip the Python Celery baselines even if the interop venv exists.
     #[arg(long)]
     no_python: bool,
@@ -73,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut bench =
         scenarios::Bench::connect(&args.broker, sizes, args.concurrency, python).await?;
-    let outcome = bench.run_all().await;
+    let outcome = bench.run(&args.scenarios).await;
     bench.clean_up().await;
     outcome?;
     let results = bench.into_results();

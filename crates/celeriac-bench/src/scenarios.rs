@@ -14,6 +14,19 @@ use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
 use crate::report::{Check, LatencyRow, Percentiles, Results, Throughput};
 
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// Publishing with confirms: raw lapin, `apply()`, `send_many()`, Python.
+    Publish,
+    /// Draining a backlog of no-op tasks.
+    Drain,
+    /// Send and read back the result, many callers.
+    Results,
+    /// Enqueue→start and enqueue→result at a trickle and under load.
+    Latency,
+}
+
 /// How much work each measurement does.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct Sizes {
@@ -106,11 +119,23 @@ impl Bench {
     }
 
     /// Runs every scenario.
-    pub(crate) async fn run_all(&mut self) -> anyhow::Result<()> {
-        self.publish().await?;
-        self.drain().await?;
-        let round_trip_rate = self.round_trips().await?;
-        self.latencies(round_trip_rate).await
+    /// Runs the `selected` scenarios (all if empty). Latency needs the
+    /// round-trip rate, so selecting it runs the round trips too.
+    pub(crate) async fn run(&mut self, selected: &[Scenario]) -> anyhow::Result<()> {
+        let wants = |s: Scenario| selected.is_empty() || selected.contains(&s);
+        if wants(Scenario::Publish) {
+            self.publish().await?;
+        }
+        if wants(Scenario::Drain) {
+            self.drain().await?;
+        }
+        if wants(Scenario::Results) || wants(Scenario::Latency) {
+            let round_trip_rate = self.round_trips().await?;
+            if wants(Scenario::Latency) {
+                self.latencies(round_trip_rate).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the benchmark's queues.
