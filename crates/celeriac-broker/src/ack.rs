@@ -7,8 +7,13 @@
 //!   the oldest unsettled one, that have all finished — never a delivery still
 //!   running or waiting (an ETA task, say);
 //! - the run is flushed when it reaches `max_batch`, or after `max_delay`;
-//! - a finished delivery stuck behind an unfinished one is acked on its own
-//!   after `max_delay`, so it does not hold a prefetch slot;
+//! - a finished delivery stuck behind an unfinished one (a long task, an ETA
+//!   task being held) is acked on its own once it has waited
+//!   `STRAGGLER_DELAY_FACTOR × max_delay` (at least `MIN_STRAGGLER_AGE`), so
+//!   it does not hold a prefetch slot for long. Not sooner: tasks finish
+//!   slightly out of order all the time (the runtime does not start them in
+//!   strict delivery order), and acking those one by one would cost more
+//!   than the per-message acks coalescing saves;
 //! - rejects and nacks are sent at once, individually.
 //!
 //! The at-least-once consequence: a process that dies re-delivers at most one
@@ -45,6 +50,12 @@ impl Default for AckPolicy {
     }
 }
 
+/// A finished delivery behind an unfinished one is acked alone after this
+/// many flush intervals...
+const STRAGGLER_DELAY_FACTOR: u32 = 20;
+/// ...and never sooner than this.
+const MIN_STRAGGLER_AGE: Duration = Duration::from_millis(100);
+
 struct Entry {
     acker: Acker,
     finished: Option<Instant>,
@@ -54,7 +65,7 @@ struct Entry {
 pub(crate) struct AckWindow {
     entries: Mutex<BTreeMap<u64, Entry>>,
     max_batch: usize,
-    max_delay: Duration,
+    straggler_age: Duration,
 }
 
 fn lock(entries: &Mutex<BTreeMap<u64, Entry>>) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -70,7 +81,7 @@ impl AckWindow {
         let window = Arc::new(AckWindow {
             entries: Mutex::new(BTreeMap::new()),
             max_batch: usize::from(max_batch.max(1)),
-            max_delay,
+            straggler_age: (max_delay * STRAGGLER_DELAY_FACTOR).max(MIN_STRAGGLER_AGE),
         });
         let weak: Weak<AckWindow> = Arc::downgrade(&window);
         tokio::spawn(async move {
@@ -123,9 +134,9 @@ impl AckWindow {
 
     /// Acks the contiguous finished run with one multiple ack; with
     /// `stragglers`, also acks, one by one, finished deliveries stuck behind
-    /// an unfinished one for longer than `max_delay`.
+    /// an unfinished one for longer than the straggler age.
     async fn flush(&self, stragglers: bool) {
-        self.flush_older_than(stragglers, self.max_delay).await;
+        self.flush_older_than(stragglers, self.straggler_age).await;
     }
 
     async fn flush_older_than(&self, stragglers: bool, age: Duration) {
