@@ -16,8 +16,9 @@
 //!   than the per-message acks coalescing saves;
 //! - rejects and nacks are sent at once, individually.
 //!
-//! The at-least-once consequence: a process that dies re-delivers at most one
-//! flush window of tasks that had finished but whose ack was not yet sent.
+//! The at-least-once consequence: a process that dies re-delivers the tasks
+//! that had finished but whose ack was not yet sent: at most one flush
+//! window of them, plus stragglers younger than the straggler age.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
