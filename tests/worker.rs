@@ -11,7 +11,7 @@ use celeriac::{App, Request, ResultError, State, TaskResult, task};
 use celeriac_broker::dead_letter::{EXCEPTION_TYPE_HEADER, REASON_HEADER};
 use celeriac_broker::{ConsumeOptions, Delivery, Queue, QueueArguments};
 use celeriac_protocol::{HeaderValue, TaskMessage};
-use celeriac_tests::{broker_url, unique};
+use celeriac_tests::{broker_url, queue_stats, unique};
 use celeriac_worker::{Summary, Worker, WorkerConfig, WorkerError, demo};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -487,6 +487,39 @@ async fn a_cpu_bound_task_does_not_stall_other_tasks() -> Result<()> {
     );
     ensure!(app.broker().is_connected(), "the connection survived");
     worker.stop().await?;
+    cleanup(&app, &queue.name).await;
+    Ok(())
+}
+
+/// The per-message ack mode (`--ack-batch 1`) settles every kind of outcome:
+/// successes running side by side, an early ack, a dead-lettered failure;
+/// nothing is redelivered and nothing stays unacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_ack_mode_settles_every_outcome() -> Result<()> {
+    let queue = Queue::celery_default(unique("worker-ack-each"));
+    let app = client(&queue).await?;
+    let worker = RunningWorker::start(&queue, |config| config.ack_batch = 1).await?;
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        running.push(app.send_task("demo.sleep").args((0.5,)).apply().await?);
+    }
+    let early = app.send_task("test.early_ack").apply().await?;
+    ensure!(early.get_as::<u32>(WAIT).await? == 7);
+    let failed = app.send_task("demo.fail").args(("boom",)).apply().await?;
+    failure(failed.get(WAIT).await)?;
+    for result in &running {
+        ensure!(result.get_as::<f64>(WAIT).await? == 0.5);
+    }
+    let summary = worker.stop().await?;
+    ensure!(
+        summary.redelivered == 0 && summary.succeeded == 4 && summary.dead_lettered == 1,
+        "{summary:?}"
+    );
+    let stats = queue_stats(&queue.name, &["messages_ready", "messages_unacknowledged"])?;
+    ensure!(
+        stats == ["0", "0"],
+        "ready/unacked after the worker stopped: {stats:?}"
+    );
     cleanup(&app, &queue.name).await;
     Ok(())
 }

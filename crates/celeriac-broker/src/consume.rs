@@ -115,6 +115,29 @@ impl Delivery {
             .await
     }
 
+    /// Acks the delivery with its own `basic.ack`, sent now even under a
+    /// coalescing [`AckPolicy`]. For a delivery a copy of which now lives
+    /// elsewhere (a retry, a dead letter, a counted redelivery): the ack
+    /// must not wait in a window that a crash would lose, or both the copy
+    /// and the original would come back.
+    pub async fn ack_now(&self) -> Result<AckOutcome, BrokerError> {
+        if let Some(window) = &self.window {
+            window.forget(self.tag);
+        }
+        self.settle("basic.ack", self.acker.ack(BasicAckOptions::default()))
+            .await
+    }
+
+    /// Sends every coalesced ack waiting on this delivery's channel now.
+    /// Call it before running something that may take the process down (a
+    /// message that already crashed a worker), so finished tasks are not
+    /// delivered again with it.
+    pub async fn flush_pending_acks(&self) {
+        if let Some(window) = &self.window {
+            window.flush_all().await;
+        }
+    }
+
     /// Rejects the delivery; with `requeue` it goes back to the queue,
     /// otherwise it is dropped or, if the queue has a dead-letter exchange,
     /// dead-lettered by the broker.

@@ -26,12 +26,18 @@ pub const REDELIVERIES_HEADER: &str = "x-celeriac-redeliveries";
 /// How a delivery is settled once its outcome is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settle {
-    /// Done with it (success, stored failure, confirmed retry or dead letter).
+    /// Done with it (success, stored failure); the ack may be coalesced.
     Ack,
+    /// Done with it, and a copy now lives elsewhere (confirmed retry, delay
+    /// queue, counted redelivery, dead letter): acked at once, so a crash
+    /// cannot bring back both the original and the copy.
+    AckNow,
     /// Give it back unstarted (shutdown): republished unchanged, then acked.
     Requeue,
     /// Reject it (into a broker-native dead-letter exchange, or requeue).
     Reject { requeue: bool },
+    /// Already acked when the task started (`acks_late = false`).
+    AckedEarly,
 }
 
 /// Handles one delivery to the end and settles it.
@@ -39,8 +45,10 @@ pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery) {
     let settle = process(&ctx, &delivery).await;
     let outcome = match settle {
         Settle::Ack => delivery.ack().await,
+        Settle::AckNow => delivery.ack_now().await,
         Settle::Reject { requeue } => delivery.reject(requeue).await,
         Settle::Requeue => requeue(&ctx, &delivery).await,
+        Settle::AckedEarly => Ok(celeriac_broker::AckOutcome::Done),
     };
     if let Err(e) = outcome {
         warn!(error = %e, "settling a delivery failed; the broker will deliver it again");
@@ -60,7 +68,7 @@ async fn requeue(
         .publish("", &delivery.queue, &delivery.message)
         .await
     {
-        Ok(()) => delivery.ack().await,
+        Ok(()) => delivery.ack_now().await,
         Err(_) => delivery.reject(true).await,
     }
 }
@@ -128,10 +136,15 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     if expired(&message) {
         return revoke_expired(ctx, &request, &message).await;
     }
+    if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
+        // This message was running when a worker died. Should it take this
+        // one down too, finished tasks must not go with it.
+        delivery.flush_pending_acks().await;
+    }
     let acks_late = options.acks_late.unwrap_or(true);
     if !acks_late {
         // Celery's default: ack when the task starts (at-most-once).
-        let _ = delivery.ack().await;
+        let _ = delivery.ack_now().await;
     }
     info!(task = %name, id = %request.id, retries = request.retries, "task started");
     let result = run(task, &request, &message, &options).await;
@@ -175,7 +188,11 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
             }
         },
     };
-    if acks_late { settle } else { Settle::Ack }
+    if acks_late {
+        settle
+    } else {
+        Settle::AckedEarly
+    }
 }
 
 /// The request context of a delivery.
@@ -365,7 +382,7 @@ async fn retry(
         store(ctx, request, message, meta).await;
     }
     ctx.stats.retried();
-    Settle::Ack
+    Settle::AckNow
 }
 
 /// Where a retry goes (§3.7): a delivery from the default exchange (or the
@@ -451,7 +468,7 @@ async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration) -> Settle 
     {
         Ok(()) => {
             debug!(queue = %delivery.queue, ?wait, "ETA beyond the horizon: moved to the delay queues");
-            Settle::Ack
+            Settle::AckNow
         }
         Err(e) => {
             error!(error = %e, "moving a long ETA to the delay queues failed; requeueing it");
@@ -490,7 +507,7 @@ async fn count_redelivery(ctx: &Context, delivery: &Delivery, message: &TaskMess
         HeaderValue::Int(i64::from(count)),
     );
     match ctx.app.broker().publish("", &delivery.queue, &copy).await {
-        Ok(()) => Settle::Ack,
+        Ok(()) => Settle::AckNow,
         Err(e) => {
             error!(error = %e, "re-queueing a redelivered message failed");
             Settle::Reject { requeue: true }
@@ -512,7 +529,7 @@ async fn dead_letter(
     match ctx.app.broker().dead_letter(delivery, &letter).await {
         Ok(()) => {
             ctx.stats.dead_lettered();
-            Settle::Ack
+            Settle::AckNow
         }
         Err(e) => {
             error!(error = %e, "dead-lettering failed; leaving the message on its queue");
