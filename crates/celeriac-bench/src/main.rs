@@ -12,6 +12,7 @@
 
 mod library;
 mod measure;
+mod memory;
 mod python;
 mod raw;
 mod report;

@@ -44,7 +44,12 @@ pub(crate) fn tree_cpu(pid: u32) -> Duration {
 
 /// A `/proc/self/status` value in KiB, e.g. `VmRSS` or `VmHWM` (peak).
 pub(crate) fn own_memory_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory_kib(std::process::id(), field)
+}
+
+/// A `/proc/<pid>/status` value in KiB, e.g. `VmRSS` or `VmHWM` (peak).
+pub(crate) fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::measure::median;
+use crate::memory::MemoryReport;
 use crate::scenarios::Sizes;
 
 /// Everything one run measured.
@@ -20,6 +21,7 @@ pub(crate) struct Results {
     pub(crate) peak_rss_kib: Option<u64>,
     pub(crate) throughput: Vec<Throughput>,
     pub(crate) latency: Vec<LatencyRow>,
+    pub(crate) memory: Option<MemoryReport>,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -152,6 +154,25 @@ pub(crate) fn table(results: &Results) -> String {
             out,
             "| {} | {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
             row.load, row.tasks, s.p50, s.p99, s.max, r.p50, r.p99, r.max
+        );
+    }
+    if let Some(memory) = &results.memory {
+        let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
+        let samples: Vec<String> = memory
+            .rss_after_chunks_kib
+            .iter()
+            .map(|&kib| format!("{:.1}", mb(kib)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nworker process memory (MB), concurrency {}: idle {:.1}; peak on a {}-task backlog {:.1}; RSS every {} tasks up to {}: {}",
+            memory.concurrency,
+            mb(memory.idle_rss_kib),
+            memory.backlog,
+            mb(memory.backlog_peak_kib),
+            memory.backlog,
+            memory.total_tasks,
+            samples.join(" ")
         );
     }
     let _ = writeln!(out, "\n| target | this run | target | met |");

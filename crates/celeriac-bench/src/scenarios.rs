@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::library::{self, InProcessWorker, WorkerShape};
 use crate::measure::{self, percentile};
+use crate::memory::{MemoryReport, WorkerProcess};
 use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
 use crate::report::{Check, LatencyRow, Percentiles, Results, Throughput};
@@ -21,6 +22,8 @@ pub(crate) enum Scenario {
     Publish,
     /// Draining a backlog of no-op tasks.
     Drain,
+    /// Memory of a worker process: idle, on a backlog, across many tasks.
+    Memory,
     /// Send and read back the result, many callers.
     Results,
     /// Enqueue→start and enqueue→result at a trickle and under load.
@@ -42,6 +45,10 @@ pub(crate) struct Sizes {
     pub(crate) trickle: u64,
     /// Seconds of offered load for the loaded latency scenario.
     pub(crate) loaded_seconds: f64,
+    /// Backlog a worker process starts on in the memory scenario.
+    pub(crate) memory_backlog: u64,
+    /// Tasks the memory scenario's worker runs in all.
+    pub(crate) memory_total: u64,
 }
 
 impl Sizes {
@@ -55,6 +62,8 @@ impl Sizes {
                 round_trips: 500,
                 trickle: 20,
                 loaded_seconds: 1.0,
+                memory_backlog: 5_000,
+                memory_total: 20_000,
             }
         } else {
             Sizes {
@@ -64,6 +73,8 @@ impl Sizes {
                 round_trips: 10_000,
                 trickle: 200,
                 loaded_seconds: 5.0,
+                memory_backlog: 100_000,
+                memory_total: 1_000_000,
             }
         };
         Sizes {
@@ -91,6 +102,7 @@ pub(crate) struct Bench {
     queues: Vec<String>,
     throughput: Vec<Throughput>,
     latency: Vec<LatencyRow>,
+    memory: Option<MemoryReport>,
 }
 
 impl Bench {
@@ -115,6 +127,7 @@ impl Bench {
             queues: Vec::new(),
             throughput: Vec::new(),
             latency: Vec::new(),
+            memory: None,
         })
     }
 
@@ -128,6 +141,9 @@ impl Bench {
         }
         if wants(Scenario::Drain) {
             self.drain().await?;
+        }
+        if wants(Scenario::Memory) {
+            self.memory().await?;
         }
         if wants(Scenario::Results) || wants(Scenario::Latency) {
             let round_trip_rate = self.round_trips().await?;
@@ -149,7 +165,7 @@ impl Bench {
 
     /// The collected results and the targets they are checked against.
     pub(crate) fn into_results(self) -> Results {
-        let checks = checks(&self.throughput, &self.latency);
+        let checks = checks(&self.throughput, &self.latency, self.memory.as_ref());
         Results {
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             worker_concurrency: self.concurrency,
@@ -159,6 +175,7 @@ impl Bench {
             peak_rss_kib: measure::own_memory_kib("VmHWM"),
             throughput: self.throughput,
             latency: self.latency,
+            memory: self.memory,
             checks,
         }
     }
@@ -326,6 +343,45 @@ impl Bench {
         Ok(())
     }
 
+    /// Scenario 5: a `celeriac-worker` process's memory.
+    async fn memory(&mut self) -> anyhow::Result<()> {
+        let queue = self.queue("memory").await?;
+        let concurrency = self.concurrency;
+        eprintln!("memory: idle worker");
+        let idle = WorkerProcess::start(&self.broker, &self.url, &queue, concurrency).await?;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let idle_rss_kib = idle.memory_kib("VmRSS")?;
+        idle.stop().await;
+
+        let backlog = self.sizes.memory_backlog;
+        eprintln!("memory: {backlog}-task backlog");
+        self.fill(&queue, "demo.add", backlog).await?;
+        let mut worker = WorkerProcess::start(&self.broker, &self.url, &queue, concurrency).await?;
+        worker.wait_drained(&self.broker, &queue).await?;
+        let backlog_peak_kib = worker.memory_kib("VmHWM")?;
+        let mut rss_after_chunks_kib = vec![worker.memory_kib("VmRSS")?];
+        let message = task_message("demo.add")?;
+        let mut total = backlog;
+        while total < self.sizes.memory_total {
+            let chunk = backlog.min(self.sizes.memory_total - total);
+            raw::publish(&self.raw, &queue, &message, chunk, FILL_WINDOW).await?;
+            worker.wait_drained(&self.broker, &queue).await?;
+            total += chunk;
+            rss_after_chunks_kib.push(worker.memory_kib("VmRSS")?);
+            eprintln!("memory: {total} tasks");
+        }
+        worker.stop().await;
+        self.memory = Some(MemoryReport {
+            concurrency,
+            idle_rss_kib,
+            backlog,
+            backlog_peak_kib,
+            rss_after_chunks_kib,
+            total_tasks: total,
+        });
+        Ok(())
+    }
+
     /// Scenario 3: send and read back the result, `concurrency` callers.
     /// Returns the median rate.
     async fn round_trips(&mut self) -> anyhow::Result<f64> {
@@ -415,7 +471,11 @@ impl Percentiles {
 }
 
 /// The targets, as ratios between rows of this run.
-fn checks(throughput: &[Throughput], latency: &[LatencyRow]) -> Vec<Check> {
+fn checks(
+    throughput: &[Throughput],
+    latency: &[LatencyRow],
+    memory: Option<&MemoryReport>,
+) -> Vec<Check> {
     let rate = |scenario: &str, prefix: &str| {
         throughput
             .iter()
@@ -491,6 +551,21 @@ fn checks(throughput: &[Throughput], latency: &[LatencyRow]) -> Vec<Check> {
             cpu,
             20.0,
             "µs",
+        ));
+    }
+    if let Some(memory) = memory {
+        let megabytes = memory.backlog_peak_kib as f64 * 1024.0 / 1e6;
+        checks.push(Check::at_most(
+            "worker peak RSS on the backlog",
+            megabytes,
+            30.0,
+            "MB",
+        ));
+        checks.push(Check::at_most(
+            "worker RSS growth across the tasks (last / first)",
+            memory.growth(),
+            1.1,
+            "×",
         ));
     }
     checks
