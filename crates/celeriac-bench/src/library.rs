@@ -21,25 +21,39 @@ pub(crate) async fn producer(url: &str, queue: &str, results: bool) -> anyhow::R
     Ok(builder.build().await?)
 }
 
-/// Sends `count` `demo.add(1, 2)` tasks from `callers` concurrent callers of
-/// `send_task(..).apply()`; returns the time until the last one is confirmed.
-pub(crate) async fn publish(app: &App, count: u64, callers: u64) -> anyhow::Result<Duration> {
+/// Runs `call` `count` times in all, spread over `callers` concurrent tasks
+/// each calling it in a loop; returns the time until the last call is done.
+async fn fan_out<F, Fut>(app: &App, count: u64, callers: u64, call: F) -> anyhow::Result<Duration>
+where
+    F: Fn(App) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
     let start = Instant::now();
-    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
     for caller in 0..callers {
-        let app = app.clone();
+        let (app, call) = (app.clone(), call.clone());
         let share = count / callers + u64::from(caller < count % callers);
-        senders.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             for _ in 0..share {
-                app.send_task("demo.add").args((1, 2)).apply().await?;
+                call(app.clone()).await?;
             }
             anyhow::Ok(())
         }));
     }
-    for sender in senders {
-        sender.await??;
+    for task in tasks {
+        task.await??;
     }
     Ok(start.elapsed())
+}
+
+/// Sends `count` `demo.add(1, 2)` tasks from `callers` concurrent callers of
+/// `send_task(..).apply()`; returns the time until the last one is confirmed.
+pub(crate) async fn publish(app: &App, count: u64, callers: u64) -> anyhow::Result<Duration> {
+    fan_out(app, count, callers, |app| async move {
+        app.send_task("demo.add").args((1, 2)).apply().await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Sends `count` `demo.add(1, 2)` tasks with one `send_many` call; returns
@@ -123,24 +137,13 @@ impl InProcessWorker {
 /// Sends `count` `demo.add` tasks from `callers` concurrent callers, each
 /// waiting for its result before sending the next; returns the total time.
 pub(crate) async fn round_trips(app: &App, count: u64, callers: u64) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut senders = Vec::new();
-    for caller in 0..callers {
-        let app = app.clone();
-        let share = count / callers + u64::from(caller < count % callers);
-        senders.push(tokio::spawn(async move {
-            for _ in 0..share {
-                let result = app.send_task("demo.add").args((1, 2)).apply().await?;
-                let sum: i64 = result.get_as(Duration::from_secs(60)).await?;
-                anyhow::ensure!(sum == 3, "demo.add(1, 2) returned {sum}");
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for sender in senders {
-        sender.await??;
-    }
-    Ok(start.elapsed())
+    fan_out(app, count, callers, |app| async move {
+        let result = app.send_task("demo.add").args((1, 2)).apply().await?;
+        let sum: i64 = result.get_as(Duration::from_secs(60)).await?;
+        anyhow::ensure!(sum == 3, "demo.add(1, 2) returned {sum}");
+        Ok(())
+    })
+    .await
 }
 
 /// Latencies of one task, in milliseconds.

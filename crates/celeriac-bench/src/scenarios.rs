@@ -382,17 +382,27 @@ impl Bench {
         Ok(())
     }
 
-    /// Scenario 3: send and read back the result, `concurrency` callers.
-    /// Returns the median rate.
-    async fn round_trips(&mut self) -> anyhow::Result<f64> {
-        let queue = self.queue("results").await?;
-        let app = library::producer(&self.url, &queue, true).await?;
+    /// A producer and an in-process worker on `queue`, both with `rpc://`
+    /// results (the worker acks as by default).
+    async fn producer_and_worker_with_results(
+        &self,
+        queue: &str,
+    ) -> anyhow::Result<(celeriac::App, InProcessWorker)> {
+        let app = library::producer(&self.url, queue, true).await?;
         let shape = WorkerShape {
             concurrency: self.concurrency,
             ack_batch: 32,
             results: true,
         };
-        let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
+        let worker = InProcessWorker::start(&self.url, queue, shape).await?;
+        Ok((app, worker))
+    }
+
+    /// Scenario 3: send and read back the result, `concurrency` callers.
+    /// Returns the median rate.
+    async fn round_trips(&mut self) -> anyhow::Result<f64> {
+        let queue = self.queue("results").await?;
+        let (app, worker) = self.producer_and_worker_with_results(&queue).await?;
         let n = self.sizes.round_trips;
         let callers = self.concurrency as u64;
         let variant = format!("celeriac, rpc:// results, {callers} callers");
@@ -415,13 +425,7 @@ impl Bench {
     /// Scenario 4: latency at a trickle and at half the round-trip rate.
     async fn latencies(&mut self, round_trip_rate: f64) -> anyhow::Result<()> {
         let queue = self.queue("latency").await?;
-        let app = library::producer(&self.url, &queue, true).await?;
-        let shape = WorkerShape {
-            concurrency: self.concurrency,
-            ack_batch: 32,
-            results: true,
-        };
-        let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
+        let (app, worker) = self.producer_and_worker_with_results(&queue).await?;
         // Warm up the connections and the reply queue.
         library::latencies(&app, 10, 100.0).await?;
         let loaded_rate = (round_trip_rate / 2.0).max(1.0);

@@ -11,7 +11,7 @@ use celeriac::{
     Apply, Arguments, DeliveryInfo, ExceptionInfo, Request, ResultMeta, State, Task, TaskError,
     TaskErrorKind, TaskOptions,
 };
-use celeriac_broker::{DeadLetter, DeadLetterReason, Delivery};
+use celeriac_broker::{BrokerError, DeadLetter, DeadLetterReason, Delivery};
 use celeriac_protocol::time::now;
 use celeriac_protocol::{DecodeOptions, HeaderValue, TaskMessage};
 use serde_json::{Value, json};
@@ -559,7 +559,23 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
     if meta.group_id.is_none() {
         meta.group_id = message.headers.group.clone();
     }
-    if let Err(e) = backend.store(&meta, request).await {
-        warn!(id = %request.id, state = %meta.status, error = %e, "could not deliver the result");
+    let deadline = tokio::time::Instant::now() + REPLY_QUEUE_WAIT;
+    loop {
+        match backend.store(&meta, request).await {
+            Ok(()) => return,
+            // An rpc:// reply queue is auto-delete: it vanishes while its
+            // client reconnects and comes back when the client re-declares it.
+            Err(BrokerError::Unroutable { .. }) if tokio::time::Instant::now() < deadline => {
+                debug!(id = %request.id, "the reply queue is missing; waiting for its client to re-declare it");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                warn!(id = %request.id, state = %meta.status, error = %e, "could not deliver the result");
+                return;
+            }
+        }
     }
 }
+
+/// How long a result waits for a missing reply queue to reappear.
+const REPLY_QUEUE_WAIT: Duration = Duration::from_secs(10);
