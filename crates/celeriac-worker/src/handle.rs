@@ -559,10 +559,22 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
     if meta.group_id.is_none() {
         meta.group_id = message.headers.group.clone();
     }
-    let deadline = tokio::time::Instant::now() + REPLY_QUEUE_WAIT;
+    let reply_to = request.reply_to.clone().unwrap_or_default();
+    let wait = if reply_queue_gone(ctx, &reply_to) {
+        Duration::ZERO
+    } else {
+        REPLY_QUEUE_WAIT
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         match backend.store(&meta, request).await {
-            Ok(()) => return,
+            Ok(()) => {
+                ctx.gone_reply_queues
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&reply_to);
+                return;
+            }
             // An rpc:// reply queue is auto-delete: it vanishes while its
             // client reconnects and comes back when the client re-declares it.
             Err(BrokerError::Unroutable { .. }) if tokio::time::Instant::now() < deadline => {
@@ -570,6 +582,12 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => {
+                if matches!(e, BrokerError::Unroutable { .. }) {
+                    ctx.gone_reply_queues
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(reply_to, std::time::Instant::now());
+                }
                 warn!(id = %request.id, state = %meta.status, error = %e, "could not deliver the result");
                 return;
             }
@@ -579,3 +597,17 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
 
 /// How long a result waits for a missing reply queue to reappear.
 const REPLY_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How long a reply queue that stayed missing is taken to be gone for good:
+/// results for it are tried once, without waiting (a client that sent tasks
+/// and exited must not slow every one of its tasks down by the wait).
+const GONE_REPLY_QUEUE_MEMORY: Duration = Duration::from_secs(300);
+
+/// Whether a result for `reply_to` recently waited in vain.
+fn reply_queue_gone(ctx: &Context, reply_to: &str) -> bool {
+    let mut gone = ctx
+        .gone_reply_queues
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    gone.retain(|_, since| since.elapsed() < GONE_REPLY_QUEUE_MEMORY);
+    gone.contains_key(reply_to)
+}

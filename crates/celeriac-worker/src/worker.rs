@@ -11,6 +11,7 @@
 //! `shutdown_timeout` to finish and settle, then the connection closes. What
 //! is still unacked then goes back to the queue through the broker.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +96,9 @@ pub(crate) struct Context {
     pub(crate) shutdown: CancellationToken,
     pub(crate) delay: DelayTopology,
     pub(crate) stats: Arc<Stats>,
+    /// Reply queues a result already waited for in vain, and when: their
+    /// client is taken to be gone, and later results do not wait again.
+    pub(crate) gone_reply_queues: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     queues: Vec<Queue>,
 }
 
@@ -190,6 +194,7 @@ impl Worker {
             stats: self.stats.clone(),
             app: self.app.clone(),
             config: self.config.clone(),
+            gone_reply_queues: std::sync::Mutex::default(),
             queues,
         });
         info!(
