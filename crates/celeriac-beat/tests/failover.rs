@@ -1,6 +1,9 @@
 //! Two `celeriac-beat` processes against the same broker: each tick is sent
-//! exactly once, and when the active one is killed with SIGKILL the standby
-//! takes over within seconds without re-sending the ticks already sent.
+//! once, and when the active one is killed with SIGKILL the standby takes
+//! over within seconds without re-sending the ticks already sent. The one
+//! documented exception (docs/beat.md, docs/reliability.md): a kill between
+//! a tick's confirm and its state's confirm lets the standby send that one
+//! tick again, with the same task id so it can be recognised.
 //!
 //! Needs RabbitMQ at `CELERIAC_TEST_BROKER` (default
 //! `amqp://guest:guest@127.0.0.1:5672//`).
@@ -69,8 +72,9 @@ async fn each_tick_is_sent_once_across_a_killed_leader() {
         })
         .await
         .expect("consuming");
-    let mut dues: BTreeMap<String, usize> = BTreeMap::new();
-    let mut receive = async |dues: &mut BTreeMap<String, usize>, count: usize| {
+    // Task ids seen for each due time.
+    let mut dues: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut receive = async |dues: &mut BTreeMap<String, Vec<String>>, count: usize| {
         let deadline = Instant::now() + Duration::from_secs(30);
         for _ in 0..count {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -85,7 +89,14 @@ async fn each_tick_is_sent_once_across_a_killed_leader() {
                 .and_then(|v| v.as_str())
                 .unwrap_or_default()
                 .to_owned();
-            *dues.entry(due).or_default() += 1;
+            let id = delivery
+                .message
+                .headers
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            dues.entry(due).or_default().push(id);
             delivery.ack().await.expect("ack");
         }
     };
@@ -103,17 +114,28 @@ async fn each_tick_is_sent_once_across_a_killed_leader() {
         .status();
     let _ = standby.wait();
 
-    let repeated: Vec<_> = dues.iter().filter(|(_, n)| **n > 1).collect();
+    let repeated: Vec<_> = dues.iter().filter(|(_, ids)| ids.len() > 1).collect();
     println!(
         "{} ticks: {before_kill} before the leader was killed, {} after",
         dues.len(),
         dues.len() - before_kill
     );
+    // At most the tick in flight at the kill comes again, and as the same task.
     assert!(
-        repeated.is_empty(),
+        repeated.len() <= 1,
         "ticks sent more than once: {repeated:?}"
     );
-    assert!(dues.len() >= 14, "the standby did not take over: {dues:?}");
+    for (due, ids) in &repeated {
+        assert!(
+            ids.len() == 2 && ids[0] == ids[1],
+            "tick {due} repeated with different task ids or more than twice: {ids:?}"
+        );
+    }
+    // 14 deliveries in all, the one allowed repeat included.
+    assert!(
+        dues.len() + repeated.len() >= 14,
+        "the standby did not take over: {dues:?}"
+    );
 
     consumer.stop();
     let _ = app.broker().delete_queue(&queue.name).await;
