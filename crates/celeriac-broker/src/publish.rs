@@ -87,14 +87,19 @@ impl Broker {
         destination: &Destination,
         message: &RawMessage,
     ) -> Result<(), BrokerError> {
-        if let Some(queue) = &destination.queue
-            && !self.is_declared(queue)
-        {
-            self.declare(queue).await?;
-        }
+        self.declare_destination(destination).await?;
         let message = with_priority(destination, message);
         self.publish(&destination.exchange, &destination.routing_key, &message)
             .await
+    }
+
+    /// Declares the destination's queue unless this handle already has (as
+    /// Python's `maybe_declare` does).
+    async fn declare_destination(&self, destination: &Destination) -> Result<(), BrokerError> {
+        match &destination.queue {
+            Some(queue) if !self.is_declared(queue) => self.declare(queue).await,
+            _ => Ok(()),
+        }
     }
 
     async fn publish_once(
@@ -168,11 +173,7 @@ impl Broker {
     /// have been stored; none after it are sent.
     pub async fn send_many(&self, batch: &[(Destination, RawMessage)]) -> Result<(), BrokerError> {
         for (destination, _) in batch {
-            if let Some(queue) = &destination.queue
-                && !self.is_declared(queue)
-            {
-                self.declare(queue).await?;
-            }
+            self.declare_destination(destination).await?;
         }
         let deadline = Instant::now() + self.shared.config.publish_wait;
         let session = self.session_until(deadline).await?;

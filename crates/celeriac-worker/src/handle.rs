@@ -560,7 +560,8 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
         meta.group_id = message.headers.group.clone();
     }
     let reply_to = request.reply_to.clone().unwrap_or_default();
-    let wait = if reply_queue_gone(ctx, &reply_to) {
+    let gone = reply_queue_gone(ctx, &reply_to);
+    let wait = if gone {
         Duration::ZERO
     } else {
         REPLY_QUEUE_WAIT
@@ -569,10 +570,9 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
     loop {
         match backend.store(&meta, request).await {
             Ok(()) => {
-                ctx.gone_reply_queues
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&reply_to);
+                if gone {
+                    ctx.gone_reply_queues().remove(&reply_to);
+                }
                 return;
             }
             // An rpc:// reply queue is auto-delete: it vanishes while its
@@ -583,9 +583,7 @@ async fn store(ctx: &Context, request: &Request, message: &TaskMessage, mut meta
             }
             Err(e) => {
                 if matches!(e, BrokerError::Unroutable { .. }) {
-                    ctx.gone_reply_queues
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                    ctx.gone_reply_queues()
                         .insert(reply_to, std::time::Instant::now());
                 }
                 warn!(id = %request.id, state = %meta.status, error = %e, "could not deliver the result");
@@ -604,10 +602,7 @@ const GONE_REPLY_QUEUE_MEMORY: Duration = Duration::from_secs(300);
 
 /// Whether a result for `reply_to` recently waited in vain.
 fn reply_queue_gone(ctx: &Context, reply_to: &str) -> bool {
-    let mut gone = ctx
-        .gone_reply_queues
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut gone = ctx.gone_reply_queues();
     gone.retain(|_, since| since.elapsed() < GONE_REPLY_QUEUE_MEMORY);
     gone.contains_key(reply_to)
 }

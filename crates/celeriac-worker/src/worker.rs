@@ -98,11 +98,20 @@ pub(crate) struct Context {
     pub(crate) stats: Arc<Stats>,
     /// Reply queues a result already waited for in vain, and when: their
     /// client is taken to be gone, and later results do not wait again.
-    pub(crate) gone_reply_queues: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    gone_reply_queues: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     queues: Vec<Queue>,
 }
 
 impl Context {
+    /// Reply queues a result waited for in vain, by when it gave up.
+    pub(crate) fn gone_reply_queues(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.gone_reply_queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether `queue` is configured for broker-native dead-lettering.
     pub(crate) fn native_dead_lettering(&self, queue: &str) -> bool {
         self.queues
