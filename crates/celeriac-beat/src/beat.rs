@@ -9,6 +9,7 @@ use std::time::Duration;
 use celeriac::App;
 use celeriac_protocol::time::format_time;
 use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::leader::Leadership;
@@ -20,6 +21,9 @@ use crate::store::StateFile;
 pub const ENTRY_HEADER: &str = "x-celeriac-beat-entry";
 /// Header holding the due time a message was sent for (ISO 8601).
 pub const DUE_HEADER: &str = "x-celeriac-beat-due";
+
+/// Most sends of one plan in flight at once.
+const SENDS_IN_FLIGHT: usize = 256;
 
 /// How long a standby waits between attempts to take the lock.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
@@ -111,9 +115,7 @@ impl Beat {
                     for (index, missed) in &plan.skipped {
                         info!(entry = %self.entries[*index].name, missed, "skipped missed runs (catch_up = skip)");
                     }
-                    for tick in &plan.ticks {
-                        self.send(tick).await;
-                    }
+                    self.send_all(&plan.ticks).await;
                     if let Err(e) = leadership.save(&state).await {
                         warn!(error = %e, "cannot share the beat state; a standby might repeat these sends");
                     }
@@ -138,51 +140,20 @@ impl Beat {
         }
     }
 
-    /// Sends one tick; a failure is logged and the tick is not retried (the
-    /// next due time follows), as Celery beat does.
-    async fn send(&self, tick: &Tick) {
-        let entry = &self.entries[tick.entry];
-        let due = format_time(&tick.due);
-        let task_id = tick_id(&entry.name, tick.due);
-        let mut call = self
-            .app
-            .send_task(&entry.task)
-            .args(&entry.args)
-            .kwargs(&entry.kwargs)
-            .task_id(task_id.clone())
-            .header(ENTRY_HEADER, entry.name.clone())
-            .header(DUE_HEADER, due.clone());
-        let options = &entry.options;
-        if let Some(queue) = &options.queue {
-            call = call.queue(queue.clone());
-        }
-        if let Some(exchange) = &options.exchange {
-            call = call.exchange(exchange.clone());
-        }
-        if let Some(key) = &options.routing_key {
-            call = call.routing_key(key.clone());
-        }
-        if let Some(priority) = options.priority {
-            call = call.priority(priority);
-        }
-        if let Some(expires) = options.expires.filter(|s| s.is_finite() && *s > 0.0) {
-            call = call.expires_in(Duration::from_secs_f64(expires));
-        }
-        for (name, value) in &options.headers {
-            match celeriac::HeaderValue::from_json(value) {
-                Ok(v) => call = call.header(name.clone(), v),
-                Err(e) => {
-                    warn!(entry = %entry.name, header = %name, error = %e, "skipping a header AMQP cannot carry")
-                }
+    /// Sends the ticks of one plan concurrently (at most [`SENDS_IN_FLIGHT`]
+    /// at a time), so that of many entries due at once the last is not late
+    /// by the sum of the others' confirms. Returns when all are done.
+    async fn send_all(&self, ticks: &[Tick]) {
+        let mut in_flight = JoinSet::new();
+        for tick in ticks {
+            if in_flight.len() >= SENDS_IN_FLIGHT {
+                log_panic(in_flight.join_next().await);
             }
+            let entry = self.entries[tick.entry].clone();
+            in_flight.spawn(send(self.app.clone(), entry, tick.clone()));
         }
-        match call.apply().await {
-            Ok(_) => {
-                info!(entry = %entry.name, task = %entry.task, id = %task_id, due = %due, covers = tick.covers, "sent")
-            }
-            Err(e) => {
-                error!(entry = %entry.name, task = %entry.task, due = %due, error = %e, "sending failed")
-            }
+        while let Some(done) = in_flight.join_next().await {
+            log_panic(Some(done));
         }
     }
 
@@ -197,6 +168,59 @@ impl Beat {
             }
             Err(e) => error!("reloading the schedule failed, keeping the old one: {e}"),
         }
+    }
+}
+
+/// Sends one tick; a failure is logged and the tick is not retried (the
+/// next due time follows), as Celery beat does.
+async fn send(app: App, entry: Entry, tick: Tick) {
+    let due = format_time(&tick.due);
+    let task_id = tick_id(&entry.name, tick.due);
+    let mut call = app
+        .send_task(&entry.task)
+        .args(&entry.args)
+        .kwargs(&entry.kwargs)
+        .task_id(task_id.clone())
+        .header(ENTRY_HEADER, entry.name.clone())
+        .header(DUE_HEADER, due.clone());
+    let options = &entry.options;
+    if let Some(queue) = &options.queue {
+        call = call.queue(queue.clone());
+    }
+    if let Some(exchange) = &options.exchange {
+        call = call.exchange(exchange.clone());
+    }
+    if let Some(key) = &options.routing_key {
+        call = call.routing_key(key.clone());
+    }
+    if let Some(priority) = options.priority {
+        call = call.priority(priority);
+    }
+    if let Some(expires) = options.expires.filter(|s| s.is_finite() && *s > 0.0) {
+        call = call.expires_in(Duration::from_secs_f64(expires));
+    }
+    for (name, value) in &options.headers {
+        match celeriac::HeaderValue::from_json(value) {
+            Ok(v) => call = call.header(name.clone(), v),
+            Err(e) => {
+                warn!(entry = %entry.name, header = %name, error = %e, "skipping a header AMQP cannot carry")
+            }
+        }
+    }
+    match call.apply().await {
+        Ok(_) => {
+            info!(entry = %entry.name, task = %entry.task, id = %task_id, due = %due, covers = tick.covers, "sent")
+        }
+        Err(e) => {
+            error!(entry = %entry.name, task = %entry.task, due = %due, error = %e, "sending failed")
+        }
+    }
+}
+
+/// Logs a send that panicked (a bug; the other sends are unaffected).
+fn log_panic(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        error!(error = %e, "a send panicked");
     }
 }
 

@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     link: watch::Sender<Link>,
     /// Queues declared through this handle, re-declared after a reconnect.
     topology: Mutex<Vec<Queue>>,
+    /// Held while a send declares its destination queue, so that many
+    /// concurrent first sends to a new queue declare it once.
+    pub(crate) declaring: tokio::sync::Mutex<()>,
     /// The broker's `connection.blocked` reason while it blocks us.
     blocked: Mutex<Option<String>>,
     pub(crate) shutdown: CancellationToken,
@@ -104,6 +107,7 @@ impl Broker {
             config,
             link,
             topology: Mutex::new(Vec::new()),
+            declaring: tokio::sync::Mutex::new(()),
             blocked: Mutex::new(None),
             shutdown: CancellationToken::new(),
         });

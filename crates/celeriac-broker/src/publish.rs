@@ -97,7 +97,13 @@ impl Broker {
     /// Python's `maybe_declare` does).
     async fn declare_destination(&self, destination: &Destination) -> Result<(), BrokerError> {
         match &destination.queue {
-            Some(queue) if !self.is_declared(queue) => self.declare(queue).await,
+            Some(queue) if !self.is_declared(queue) => {
+                let _declaring = self.shared.declaring.lock().await;
+                if self.is_declared(queue) {
+                    return Ok(());
+                }
+                self.declare(queue).await
+            }
             _ => Ok(()),
         }
     }
