@@ -10,6 +10,7 @@
 //! reports medians, so that noise on a shared machine hits all of them
 //! alike. See `docs/performance.md` for what each number means.
 
+mod beat;
 mod library;
 mod measure;
 mod memory;

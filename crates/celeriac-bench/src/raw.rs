@@ -66,7 +66,8 @@ pub(crate) async fn publish(
     Ok(elapsed)
 }
 
-fn check_ack(confirmation: lapin::Confirmation) -> anyhow::Result<()> {
+/// Fails unless the broker acked a confirmed publish (and routed it).
+pub(crate) fn check_ack(confirmation: lapin::Confirmation) -> anyhow::Result<()> {
     match confirmation {
         lapin::Confirmation::Ack(None) => Ok(()),
         other => bail!("the broker did not accept a benchmark message: {other:?}"),

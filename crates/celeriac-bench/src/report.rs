@@ -22,6 +22,7 @@ pub(crate) struct Results {
     pub(crate) throughput: Vec<Throughput>,
     pub(crate) latency: Vec<LatencyRow>,
     pub(crate) memory: Option<MemoryReport>,
+    pub(crate) beat: Vec<BeatRow>,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -67,6 +68,16 @@ pub(crate) struct LatencyRow {
     pub(crate) tasks: u64,
     pub(crate) enqueue_to_start_ms: Percentiles,
     pub(crate) enqueue_to_result_ms: Percentiles,
+}
+
+/// How late periodic sends arrived, over all rounds.
+#[derive(Debug, Serialize)]
+pub(crate) struct BeatRow {
+    pub(crate) variant: String,
+    /// Sends measured.
+    pub(crate) sends: u64,
+    /// From each send's due time to its delivery to a consumer.
+    pub(crate) due_to_delivered_ms: Percentiles,
 }
 
 /// p50, p99 and max of a sample.
@@ -174,6 +185,21 @@ pub(crate) fn table(results: &Results) -> String {
             memory.total_tasks,
             samples.join(" ")
         );
+    }
+    if !results.beat.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n| periodic sends (ms) | sends | due time → delivered p50 / p99 / max |"
+        );
+        let _ = writeln!(out, "|---|---:|---|");
+        for row in &results.beat {
+            let p = &row.due_to_delivered_ms;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} / {:.2} / {:.2} |",
+                row.variant, row.sends, p.p50, p.p99, p.max
+            );
+        }
     }
     let _ = writeln!(out, "\n| target | this run | target | met |");
     let _ = writeln!(out, "|---|---:|---|---|");

@@ -8,12 +8,13 @@ use celeriac_protocol::{RawMessage, TaskMessage};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::beat;
 use crate::library::{self, InProcessWorker, WorkerShape};
 use crate::measure::{self, percentile};
 use crate::memory::{MemoryReport, WorkerProcess};
 use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
-use crate::report::{Check, LatencyRow, Percentiles, Results, Throughput};
+use crate::report::{BeatRow, Check, LatencyRow, Percentiles, Results, Throughput};
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,6 +29,8 @@ pub(crate) enum Scenario {
     Results,
     /// Enqueue→start and enqueue→result at a trickle and under load.
     Latency,
+    /// How late a beat's sends arrive, many every-second entries at once.
+    Beat,
 }
 
 /// How much work each measurement does.
@@ -49,6 +52,10 @@ pub(crate) struct Sizes {
     pub(crate) memory_backlog: u64,
     /// Tasks the memory scenario's worker runs in all.
     pub(crate) memory_total: u64,
+    /// Every-second entries of the beat scenario's schedule.
+    pub(crate) beat_entries: usize,
+    /// Sends the beat scenario measures.
+    pub(crate) beat_sends: u64,
 }
 
 impl Sizes {
@@ -64,6 +71,8 @@ impl Sizes {
                 loaded_seconds: 1.0,
                 memory_backlog: 5_000,
                 memory_total: 20_000,
+                beat_entries: 50,
+                beat_sends: 100,
             }
         } else {
             Sizes {
@@ -75,6 +84,8 @@ impl Sizes {
                 loaded_seconds: 5.0,
                 memory_backlog: 100_000,
                 memory_total: 1_000_000,
+                beat_entries: 100,
+                beat_sends: 1_000,
             }
         };
         Sizes {
@@ -103,6 +114,7 @@ pub(crate) struct Bench {
     throughput: Vec<Throughput>,
     latency: Vec<LatencyRow>,
     memory: Option<MemoryReport>,
+    beat: Vec<BeatRow>,
 }
 
 impl Bench {
@@ -128,6 +140,7 @@ impl Bench {
             throughput: Vec::new(),
             latency: Vec::new(),
             memory: None,
+            beat: Vec::new(),
         })
     }
 
@@ -150,6 +163,9 @@ impl Bench {
             if wants(Scenario::Latency) {
                 self.latencies(round_trip_rate).await?;
             }
+        }
+        if wants(Scenario::Beat) {
+            self.beat().await?;
         }
         Ok(())
     }
@@ -176,6 +192,7 @@ impl Bench {
             throughput: self.throughput,
             latency: self.latency,
             memory: self.memory,
+            beat: self.beat,
             checks,
         }
     }
@@ -456,8 +473,49 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Scenario 6: many every-second entries; how late each send reaches a
+    /// consumer after its due time, from the beat and from raw lapin.
+    async fn beat(&mut self) -> anyhow::Result<()> {
+        let queue = self.queue("beat").await?;
+        let (entries, sends) = (self.sizes.beat_entries, self.sizes.beat_sends);
+        let mut raw_samples = Vec::new();
+        let mut beat_samples = Vec::new();
+        for round in 1..=self.sizes.rounds {
+            eprintln!(
+                "beat: round {round}/{}, {entries} sends a second, {sends} sends",
+                self.sizes.rounds
+            );
+            raw_samples.extend(
+                beat::raw_lateness_ms(&self.raw, &self.broker, &queue, entries, sends).await?,
+            );
+            beat_samples.extend(
+                beat::beat_lateness_ms(&self.url, &self.broker, &queue, entries, sends).await?,
+            );
+        }
+        self.broker.purge_queue(&queue).await?;
+        for (variant, samples) in [
+            (
+                format!("raw lapin, {entries} publishes every second"),
+                raw_samples,
+            ),
+            (
+                format!("celeriac beat, {entries} entries every = 1"),
+                beat_samples,
+            ),
+        ] {
+            self.beat.push(BeatRow {
+                variant,
+                sends: samples.len() as u64,
+                due_to_delivered_ms: Percentiles::of(&samples),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An encoded `task(1, 2)` message, as a Celeriac producer sends it.
-fn task_message(task: &str) -> anyhow::Result<RawMessage> {
+pub(crate) fn task_message(task: &str) -> anyhow::Result<RawMessage> {
     let id = uuid::Uuid::new_v4().to_string();
     Ok(TaskMessage::new(task, id)
         .with_args(vec![json!(1), json!(2)])
