@@ -556,3 +556,88 @@ async fn coalesced_acks_never_cover_an_unfinished_delivery() -> Result<()> {
     consumer.stop();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_acks_racing_with_single_settlements_keep_the_channel() -> Result<()> {
+    // Many deliveries finishing out of order on both runtime threads, with
+    // immediate acks and requeueing nacks mixed in: every frame must reach
+    // the broker in an order it accepts. A multiple ack sent after a later
+    // one names an unknown tag and closes the channel (the broker then
+    // redelivers everything unacked); a multiple ack sent before a nack of a
+    // tag it covers acks that message instead of requeueing it.
+    const MESSAGES: usize = 3_000;
+    let broker = connect().await?;
+    let name = unique("coalesce-race");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    broker.declare(&queue).await?;
+    let batch: Vec<_> = (0..MESSAGES)
+        .map(|_| {
+            let message = task("t").encode()?;
+            let destination = celeriac_broker::Destination {
+                exchange: String::new(),
+                routing_key: name.clone(),
+                priority: None,
+                queue: None,
+            };
+            Ok((destination, message))
+        })
+        .collect::<Result<_>>()?;
+    broker.send_many(&batch).await?;
+    let policy = celeriac_broker::AckPolicy::Coalesce {
+        max_batch: 4,
+        max_delay: Duration::from_millis(1),
+    };
+    let mut consumer = broker
+        .consume_with(
+            ConsumeOptions {
+                queues: vec![queue],
+                prefetch: 200,
+            },
+            policy,
+        )
+        .await?;
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let mut nacked = 0;
+    let mut first_deliveries = 0;
+    let mut redeliveries = 0;
+    while first_deliveries + redeliveries < MESSAGES + nacked {
+        let delivery = next(&mut consumer).await?;
+        let nack = !delivery.redelivered && fastrand::u8(..10) == 0;
+        if delivery.redelivered {
+            redeliveries += 1;
+        } else {
+            first_deliveries += 1;
+        }
+        nacked += usize::from(nack);
+        let done = done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(fastrand::u64(..2_000))).await;
+            let outcome = match fastrand::u8(..10) {
+                _ if nack => delivery.nack(true).await,
+                0 => delivery.ack_now().await,
+                _ => delivery.ack().await,
+            };
+            let _ = done.send(outcome.map_err(anyhow::Error::from));
+        });
+    }
+    drop(done);
+    while let Some(outcome) = finished.recv().await {
+        ensure!(
+            outcome? == AckOutcome::Done,
+            "a settlement found its channel gone"
+        );
+    }
+    consumer.flush_acks().await;
+    ensure!(
+        first_deliveries == MESSAGES && redeliveries == nacked,
+        "{first_deliveries} first deliveries of {MESSAGES}, {redeliveries} redeliveries for \
+         {nacked} requeueing nacks: the channel closed, or an ack covered a nacked message"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = queue_stats(&name, &["messages_ready", "messages_unacknowledged"])?;
+    ensure!(stats == ["0", "0"], "left in the queue: {stats:?}");
+    consumer.stop();
+    broker.close().await;
+    Ok(())
+}

@@ -14,7 +14,14 @@
 //!   slightly out of order all the time (the runtime does not start them in
 //!   strict delivery order), and acking those one by one would cost more
 //!   than the per-message acks coalescing saves;
-//! - rejects and nacks are sent at once, individually.
+//! - rejects, nacks and immediate acks are sent at once, individually;
+//! - every frame of a window is chosen and sent under one async lock, so
+//!   acks leave in tag order: two flushes racing could otherwise send the
+//!   later multiple ack first, and the earlier one would then name a tag the
+//!   broker no longer knows (`PRECONDITION_FAILED - unknown delivery tag`,
+//!   which closes the channel); and a multiple ack could reach the broker
+//!   before a reject of a tag it covers, acking a message meant for the
+//!   dead-letter queue.
 //!
 //! The at-least-once consequence: a process that dies re-delivers the tasks
 //! that had finished but whose ack was not yet sent: at most one flush
@@ -62,9 +69,15 @@ struct Entry {
     finished: Option<Instant>,
 }
 
+/// The longest a flush waits for its acks to be handed to the connection
+/// (a connection that died meanwhile must not hold the window forever).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The unacked deliveries of one channel, by delivery tag.
 pub(crate) struct AckWindow {
     entries: Mutex<BTreeMap<u64, Entry>>,
+    /// Held while frames are chosen and sent, so they leave in order.
+    sending: tokio::sync::Mutex<()>,
     max_batch: usize,
     straggler_age: Duration,
 }
@@ -81,6 +94,7 @@ impl AckWindow {
     pub(crate) fn start(max_batch: u16, max_delay: Duration) -> Arc<AckWindow> {
         let window = Arc::new(AckWindow {
             entries: Mutex::new(BTreeMap::new()),
+            sending: tokio::sync::Mutex::new(()),
             max_batch: usize::from(max_batch.max(1)),
             straggler_age: (max_delay * STRAGGLER_DELAY_FACTOR).max(MIN_STRAGGLER_AGE),
         });
@@ -123,9 +137,12 @@ impl AckWindow {
         }
     }
 
-    /// Forgets a delivery settled some other way (reject, nack).
-    pub(crate) fn forget(&self, tag: u64) {
+    /// Settles a delivery on its own (reject, nack, immediate ack): forgets
+    /// it and runs `send`, in order with the window's other frames.
+    pub(crate) async fn settle_alone<T>(&self, tag: u64, send: impl Future<Output = T>) -> T {
+        let _sending = self.sending.lock().await;
         lock(&self.entries).remove(&tag);
+        send.await
     }
 
     /// Acks everything finished now (before closing the channel).
@@ -141,6 +158,7 @@ impl AckWindow {
     }
 
     async fn flush_older_than(&self, stragglers: bool, age: Duration) {
+        let _sending = self.sending.lock().await;
         let (run, singles) = {
             let mut entries = lock(&self.entries);
             let prefix: Vec<u64> = entries
@@ -170,11 +188,15 @@ impl AckWindow {
             }
             (run, singles)
         };
+        // An ack that fails here failed because the channel is gone: the
+        // broker then requeues the deliveries itself.
         if let Some(acker) = run {
-            let _ = acker.ack(BasicAckOptions { multiple: true }).await;
+            let multiple = acker.ack(BasicAckOptions { multiple: true });
+            let _ = tokio::time::timeout(SEND_TIMEOUT, multiple).await;
         }
         for acker in singles {
-            let _ = acker.ack(BasicAckOptions { multiple: false }).await;
+            let single = acker.ack(BasicAckOptions { multiple: false });
+            let _ = tokio::time::timeout(SEND_TIMEOUT, single).await;
         }
     }
 }

@@ -121,11 +121,8 @@ impl Delivery {
     /// must not wait in a window that a crash would lose, or both the copy
     /// and the original would come back.
     pub async fn ack_now(&self) -> Result<AckOutcome, BrokerError> {
-        if let Some(window) = &self.window {
-            window.forget(self.tag);
-        }
-        self.settle("basic.ack", self.acker.ack(BasicAckOptions::default()))
-            .await
+        let ack = self.settle("basic.ack", self.acker.ack(BasicAckOptions::default()));
+        self.in_tag_order(ack).await
     }
 
     /// Sends every coalesced ack waiting on this delivery's channel now.
@@ -142,26 +139,30 @@ impl Delivery {
     /// otherwise it is dropped or, if the queue has a dead-letter exchange,
     /// dead-lettered by the broker.
     pub async fn reject(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
-        if let Some(window) = &self.window {
-            window.forget(self.tag);
-        }
-        self.settle(
+        let reject = self.settle(
             "basic.reject",
             self.acker.reject(BasicRejectOptions { requeue }),
-        )
-        .await
+        );
+        self.in_tag_order(reject).await
     }
 
     /// Negatively acknowledges the delivery (like `reject`).
     pub async fn nack(&self, requeue: bool) -> Result<AckOutcome, BrokerError> {
-        if let Some(window) = &self.window {
-            window.forget(self.tag);
-        }
         let options = BasicNackOptions {
             requeue,
             multiple: false,
         };
-        self.settle("basic.nack", self.acker.nack(options)).await
+        let nack = self.settle("basic.nack", self.acker.nack(options));
+        self.in_tag_order(nack).await
+    }
+
+    /// Runs `send` (this delivery's own ack, reject or nack) in order with
+    /// the coalesced acks of its channel, if it has a window.
+    async fn in_tag_order<T>(&self, send: impl std::future::Future<Output = T>) -> T {
+        match &self.window {
+            Some(window) => window.settle_alone(self.tag, send).await,
+            None => send.await,
+        }
     }
 
     /// Sends an ack/reject/nack unless the delivery's channel is already
