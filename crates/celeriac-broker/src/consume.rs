@@ -328,6 +328,27 @@ impl Broker {
     }
 }
 
+/// The longest one re-subscription attempt may take. A connection that
+/// dies in the middle of one can leave lapin's replies unanswered; without
+/// a bound the consumer would wait on it forever and never move to the
+/// next connection.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a subscription `attempt`, failing it after [`SUBSCRIBE_TIMEOUT`].
+async fn bounded<T>(
+    operation: &'static str,
+    attempt: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(SUBSCRIBE_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerError::Channel {
+                operation,
+                detail: format!("no answer within {SUBSCRIBE_TIMEOUT:?}"),
+            })
+        })
+}
+
 /// What keeps a consumer subscribed across reconnects.
 struct Subscriber {
     broker: Broker,
@@ -396,7 +417,9 @@ impl Subscriber {
                 if stop.is_cancelled() || lock(&subscriptions).cancelled {
                     return;
                 }
-                match subscribe(&session, &options, policy, &sender, &stop, &subscriptions).await {
+                let attempt_to_subscribe =
+                    subscribe(&session, &options, policy, &sender, &stop, &subscriptions);
+                match bounded("subscribing", attempt_to_subscribe).await {
                     Ok(c) => {
                         info!(generation = session.generation, "consumer re-subscribed");
                         channel = c;
@@ -539,7 +562,7 @@ impl QueueForwarder {
                         declare_queue(&self.channel, &self.queue).await?;
                         start_consumer(&self.channel, &self.queue.name).await
                     };
-                    match resubscribed.await {
+                    match bounded("basic.consume", resubscribed).await {
                         Ok(c) => {
                             lock(&self.subscriptions)
                                 .tags
