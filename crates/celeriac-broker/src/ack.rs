@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use lapin::Acker;
 use lapin::options::BasicAckOptions;
+use tokio::sync::Notify;
 
 /// How a consumer acknowledges deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub(crate) struct AckWindow {
     entries: Mutex<BTreeMap<u64, Entry>>,
     /// Held while frames are chosen and sent, so they leave in order.
     sending: tokio::sync::Mutex<()>,
+    /// Wakes the flusher when a full batch is ready.
+    batch_ready: Arc<Notify>,
     max_batch: usize,
     straggler_age: Duration,
 }
@@ -92,18 +95,23 @@ impl AckWindow {
     /// A window for one channel, with a background flusher that stops when
     /// the window is dropped.
     pub(crate) fn start(max_batch: u16, max_delay: Duration) -> Arc<AckWindow> {
+        let batch_ready = Arc::new(Notify::new());
         let window = Arc::new(AckWindow {
             entries: Mutex::new(BTreeMap::new()),
             sending: tokio::sync::Mutex::new(()),
+            batch_ready: batch_ready.clone(),
             max_batch: usize::from(max_batch.max(1)),
             straggler_age: (max_delay * STRAGGLER_DELAY_FACTOR).max(MIN_STRAGGLER_AGE),
         });
         let weak: Weak<AckWindow> = Arc::downgrade(&window);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(max_delay).await;
+                let stragglers = tokio::select! {
+                    () = tokio::time::sleep(max_delay) => true,
+                    () = batch_ready.notified() => false,
+                };
                 let Some(window) = weak.upgrade() else { return };
-                window.flush(true).await;
+                window.flush(stragglers).await;
             }
         });
         window
@@ -120,8 +128,11 @@ impl AckWindow {
         );
     }
 
-    /// Marks a delivery finished; flushes if a full batch is ready.
-    pub(crate) async fn finished(&self, tag: u64) {
+    /// Marks a delivery finished; wakes the flusher if a full batch is
+    /// ready. Never waits: the finished task is freed at once, instead of
+    /// lingering (with its message) until the ack is on the wire, while the
+    /// broker already delivers its replacement.
+    pub(crate) fn finished(&self, tag: u64) {
         let ready = {
             let mut entries = lock(&self.entries);
             if let Some(entry) = entries.get_mut(&tag) {
@@ -133,7 +144,7 @@ impl AckWindow {
                 .count()
         };
         if ready >= self.max_batch {
-            self.flush(false).await;
+            self.batch_ready.notify_one();
         }
     }
 

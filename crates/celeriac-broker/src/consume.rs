@@ -108,7 +108,7 @@ impl Delivery {
             if !self.channel.status().connected() {
                 return Ok(AckOutcome::Void);
             }
-            window.finished(self.tag).await;
+            window.finished(self.tag);
             return Ok(AckOutcome::Done);
         }
         self.settle("basic.ack", self.acker.ack(BasicAckOptions::default()))

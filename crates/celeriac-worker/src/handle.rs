@@ -79,44 +79,44 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
         Err(err) => {
             warn!(queue = %delivery.queue, reason = err.reason(), error = %err, "undecodable message; dead-lettering it");
             let reason = DeadLetterReason::from_decode_reason(err.reason());
-            return dead_letter(ctx, delivery, reason, None, err.to_string()).await;
+            return Box::pin(dead_letter(ctx, delivery, reason, None, err.to_string())).await;
         }
     };
     if delivery.redelivered {
-        return count_redelivery(ctx, delivery, &message).await;
+        return Box::pin(count_redelivery(ctx, delivery, &message)).await;
     }
     let name = message.headers.task.clone();
     let Some(task) = ctx.app.registry().get(&name).cloned() else {
         warn!(task = %name, id = %message.headers.id, "received an unregistered task; dead-lettering it");
         let request = request_for(ctx, delivery, &message);
         let exc = ExceptionInfo::new("celery.exceptions", "NotRegistered", name.clone());
-        store(
+        Box::pin(store(
             ctx,
             &request,
             &message,
             ResultMeta::new(&request.id, State::Failure, exc.to_json()),
-        )
+        ))
         .await;
         let detail = format!("task {name} is not registered on this worker");
-        return dead_letter(
+        return Box::pin(dead_letter(
             ctx,
             delivery,
             DeadLetterReason::UnknownTask,
             Some("NotRegistered"),
             detail,
-        )
+        ))
         .await;
     };
     let request = request_for(ctx, delivery, &message);
     let options = ctx.app.task_options(&name);
 
     if expired(&message) {
-        return revoke_expired(ctx, &request, &message).await;
+        return Box::pin(revoke_expired(ctx, &request, &message)).await;
     }
     if let Some(eta) = message.headers.eta {
         let wait = (eta - now()).to_std().unwrap_or(Duration::ZERO);
         if wait > ctx.config.eta_horizon {
-            return postpone(ctx, delivery, wait).await;
+            return Box::pin(postpone(ctx, delivery, wait)).await;
         }
         if !wait.is_zero() {
             debug!(id = %request.id, ?wait, "holding an ETA task until it is due");
@@ -134,7 +134,7 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
         () = ctx.shutdown.cancelled() => return Settle::Requeue,
     };
     if expired(&message) {
-        return revoke_expired(ctx, &request, &message).await;
+        return Box::pin(revoke_expired(ctx, &request, &message)).await;
     }
     if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
         // This message was running when a worker died. Should it take this
@@ -153,7 +153,7 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
         Ok(value) => succeed(ctx, &request, &message, value).await,
         Err(err) => match err.kind() {
             TaskErrorKind::Retry(_) => {
-                retry(ctx, delivery, &request, &message, &options, err).await
+                Box::pin(retry(ctx, delivery, &request, &message, &options, err)).await
             }
             TaskErrorKind::Reject { requeue } => {
                 let requeue = *requeue;
@@ -161,29 +161,29 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
                 if requeue {
                     Settle::Reject { requeue: true }
                 } else {
-                    fail(
+                    Box::pin(fail(
                         ctx,
                         delivery,
                         &request,
                         &message,
                         &err,
                         DeadLetterReason::Other("rejected".into()),
-                    )
+                    ))
                     .await
                 }
             }
             TaskErrorKind::Failure if options.should_autoretry(&err) => {
-                retry(ctx, delivery, &request, &message, &options, err).await
+                Box::pin(retry(ctx, delivery, &request, &message, &options, err)).await
             }
             TaskErrorKind::Failure => {
-                fail(
+                Box::pin(fail(
                     ctx,
                     delivery,
                     &request,
                     &message,
                     &err,
                     DeadLetterReason::Failed,
-                )
+                ))
                 .await
             }
         },
@@ -274,7 +274,7 @@ async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value:
             parent: Some(request),
             chain: None,
         };
-        if let Err(e) = ctx.app.apply_signature(callback, apply).await {
+        if let Err(e) = Box::pin(ctx.app.apply_signature(callback, apply)).await {
             error!(id = %request.id, callback = %callback.task, error = %e, "sending a callback failed");
             if e.is_retryable() {
                 return Settle::Reject { requeue: true };
@@ -288,7 +288,7 @@ async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value:
             parent: Some(request),
             chain,
         };
-        if let Err(e) = ctx.app.apply_signature(next, apply).await {
+        if let Err(e) = Box::pin(ctx.app.apply_signature(next, apply)).await {
             error!(id = %request.id, next = %next.task, error = %e, "sending the next chain step failed");
             if e.is_retryable() {
                 return Settle::Reject { requeue: true };
@@ -298,7 +298,7 @@ async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value:
     if !ignores_result(ctx, message) {
         let mut meta = ResultMeta::new(&request.id, State::Success, value);
         meta.date_done = Some(now());
-        store(ctx, request, message, meta).await;
+        Box::pin(store(ctx, request, message, meta)).await;
     }
     ctx.stats.succeeded();
     Settle::Ack
@@ -322,14 +322,14 @@ async fn retry(
     let max = asked.max_retries.or(options.max_retries).unwrap_or(3);
     if request.retries >= max {
         warn!(task = %message.headers.task, id = %request.id, max, "task used up its retries");
-        return fail(
+        return Box::pin(fail(
             ctx,
             delivery,
             request,
             message,
             &err,
             DeadLetterReason::MaxRetriesExceeded,
-        )
+        ))
         .await;
     }
     let delay = match (asked.eta, asked.countdown) {
@@ -355,14 +355,14 @@ async fn retry(
     let raw = match next.encode() {
         Ok(raw) => raw,
         Err(e) => {
-            return fail(
+            return Box::pin(fail(
                 ctx,
                 delivery,
                 request,
                 message,
                 &TaskError::new(e.to_string()),
                 DeadLetterReason::Failed,
-            )
+            ))
             .await;
         }
     };
@@ -379,7 +379,7 @@ async fn retry(
     info!(task = %message.headers.task, id = %request.id, retry = request.retries + 1, ?delay, "task will be retried");
     if !ignores_result(ctx, message) {
         let meta = ResultMeta::new(&request.id, State::Retry, err.exception_info().to_json());
-        store(ctx, request, message, meta).await;
+        Box::pin(store(ctx, request, message, meta)).await;
     }
     ctx.stats.retried();
     Settle::AckNow
@@ -414,7 +414,7 @@ async fn fail(
     let exc = err.exception_info();
     let mut meta = ResultMeta::new(&request.id, State::Failure, exc.to_json());
     meta.date_done = Some(now());
-    store(ctx, request, message, meta.clone()).await;
+    Box::pin(store(ctx, request, message, meta.clone())).await;
     for step in message.body.embed.chain.iter().flatten() {
         if let Some(id) = step.task_id() {
             let mut step_meta = meta.clone();
@@ -425,7 +425,7 @@ async fn fail(
             if let Some(reply_to) = step.options.get("reply_to").and_then(Value::as_str) {
                 step_request.reply_to = Some(reply_to.to_owned());
             }
-            store(ctx, &step_request, message, step_meta).await;
+            Box::pin(store(ctx, &step_request, message, step_meta)).await;
         }
     }
     for errback in message.body.embed.errbacks.iter().flatten() {
@@ -434,7 +434,7 @@ async fn fail(
             parent: Some(request),
             chain: None,
         };
-        if let Err(e) = ctx.app.apply_signature(errback, apply).await {
+        if let Err(e) = Box::pin(ctx.app.apply_signature(errback, apply)).await {
             error!(id = %request.id, errback = %errback.task, error = %e, "sending an errback failed");
         }
     }
@@ -445,7 +445,14 @@ async fn fail(
     if ctx.native_dead_lettering(&delivery.queue) {
         return Settle::Reject { requeue: false };
     }
-    dead_letter(ctx, delivery, reason, Some(&exc.exc_type), exc.message()).await
+    Box::pin(dead_letter(
+        ctx,
+        delivery,
+        reason,
+        Some(&exc.exc_type),
+        exc.message(),
+    ))
+    .await
 }
 
 /// `REVOKED` with `TaskRevokedError('expired')`, then ack (§3.5).
@@ -454,7 +461,7 @@ async fn revoke_expired(ctx: &Context, request: &Request, message: &TaskMessage)
     let exc = ExceptionInfo::new("celery.exceptions", "TaskRevokedError", "expired");
     let mut meta = ResultMeta::new(&request.id, State::Revoked, exc.to_json());
     meta.date_done = Some(now());
-    store(ctx, request, message, meta).await;
+    Box::pin(store(ctx, request, message, meta)).await;
     ctx.stats.revoked();
     Settle::Ack
 }
@@ -492,13 +499,13 @@ async fn count_redelivery(ctx: &Context, delivery: &Delivery, message: &TaskMess
             "delivered {count} times without finishing; limit {}",
             ctx.config.redelivery_limit
         );
-        return dead_letter(
+        return Box::pin(dead_letter(
             ctx,
             delivery,
             DeadLetterReason::RedeliveryLimit,
             None,
             detail,
-        )
+        ))
         .await;
     }
     let mut copy = delivery.message.clone();

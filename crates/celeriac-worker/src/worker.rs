@@ -223,6 +223,10 @@ impl Worker {
                 delivery = consumer.next() => match delivery {
                     Some(delivery) => {
                         running.spawn(handle(ctx.clone(), delivery));
+                        // Free finished tasks now: reaping one per turn of
+                        // this loop lets them pile up (each holds its
+                        // message) whenever deliveries win the select.
+                        while running.try_join_next().is_some() {}
                     }
                     None => {
                         warn!("the consumer ended (broker handle closed)");
