@@ -471,9 +471,7 @@ impl Bench {
         app.close().await;
         Ok(())
     }
-}
 
-impl Bench {
     /// Scenario 6: many every-second entries; how late each send reaches a
     /// consumer after its due time, from the beat and from raw lapin.
     async fn beat(&mut self) -> anyhow::Result<()> {

@@ -73,6 +73,9 @@ async fn requeue(
     }
 }
 
+/// Decides a delivery's outcome. This future is spawned for every delivery
+/// (prefetched ones wait in it for a permit), so the cold paths are boxed:
+/// their state is allocated only when taken, which keeps the future small.
 async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     let message = match delivery.task(&DecodeOptions::default()) {
         Ok(message) => message,
@@ -322,14 +325,14 @@ async fn retry(
     let max = asked.max_retries.or(options.max_retries).unwrap_or(3);
     if request.retries >= max {
         warn!(task = %message.headers.task, id = %request.id, max, "task used up its retries");
-        return Box::pin(fail(
+        return fail(
             ctx,
             delivery,
             request,
             message,
             &err,
             DeadLetterReason::MaxRetriesExceeded,
-        ))
+        )
         .await;
     }
     let delay = match (asked.eta, asked.countdown) {
@@ -355,14 +358,14 @@ async fn retry(
     let raw = match next.encode() {
         Ok(raw) => raw,
         Err(e) => {
-            return Box::pin(fail(
+            return fail(
                 ctx,
                 delivery,
                 request,
                 message,
                 &TaskError::new(e.to_string()),
                 DeadLetterReason::Failed,
-            ))
+            )
             .await;
         }
     };
@@ -379,7 +382,7 @@ async fn retry(
     info!(task = %message.headers.task, id = %request.id, retry = request.retries + 1, ?delay, "task will be retried");
     if !ignores_result(ctx, message) {
         let meta = ResultMeta::new(&request.id, State::Retry, err.exception_info().to_json());
-        Box::pin(store(ctx, request, message, meta)).await;
+        store(ctx, request, message, meta).await;
     }
     ctx.stats.retried();
     Settle::AckNow
@@ -414,7 +417,7 @@ async fn fail(
     let exc = err.exception_info();
     let mut meta = ResultMeta::new(&request.id, State::Failure, exc.to_json());
     meta.date_done = Some(now());
-    Box::pin(store(ctx, request, message, meta.clone())).await;
+    store(ctx, request, message, meta.clone()).await;
     for step in message.body.embed.chain.iter().flatten() {
         if let Some(id) = step.task_id() {
             let mut step_meta = meta.clone();
@@ -425,7 +428,7 @@ async fn fail(
             if let Some(reply_to) = step.options.get("reply_to").and_then(Value::as_str) {
                 step_request.reply_to = Some(reply_to.to_owned());
             }
-            Box::pin(store(ctx, &step_request, message, step_meta)).await;
+            store(ctx, &step_request, message, step_meta).await;
         }
     }
     for errback in message.body.embed.errbacks.iter().flatten() {
@@ -434,7 +437,7 @@ async fn fail(
             parent: Some(request),
             chain: None,
         };
-        if let Err(e) = Box::pin(ctx.app.apply_signature(errback, apply)).await {
+        if let Err(e) = ctx.app.apply_signature(errback, apply).await {
             error!(id = %request.id, errback = %errback.task, error = %e, "sending an errback failed");
         }
     }
@@ -445,14 +448,7 @@ async fn fail(
     if ctx.native_dead_lettering(&delivery.queue) {
         return Settle::Reject { requeue: false };
     }
-    Box::pin(dead_letter(
-        ctx,
-        delivery,
-        reason,
-        Some(&exc.exc_type),
-        exc.message(),
-    ))
-    .await
+    dead_letter(ctx, delivery, reason, Some(&exc.exc_type), exc.message()).await
 }
 
 /// `REVOKED` with `TaskRevokedError('expired')`, then ack (§3.5).
@@ -461,7 +457,7 @@ async fn revoke_expired(ctx: &Context, request: &Request, message: &TaskMessage)
     let exc = ExceptionInfo::new("celery.exceptions", "TaskRevokedError", "expired");
     let mut meta = ResultMeta::new(&request.id, State::Revoked, exc.to_json());
     meta.date_done = Some(now());
-    Box::pin(store(ctx, request, message, meta)).await;
+    store(ctx, request, message, meta).await;
     ctx.stats.revoked();
     Settle::Ack
 }
@@ -499,13 +495,13 @@ async fn count_redelivery(ctx: &Context, delivery: &Delivery, message: &TaskMess
             "delivered {count} times without finishing; limit {}",
             ctx.config.redelivery_limit
         );
-        return Box::pin(dead_letter(
+        return dead_letter(
             ctx,
             delivery,
             DeadLetterReason::RedeliveryLimit,
             None,
             detail,
-        ))
+        )
         .await;
     }
     let mut copy = delivery.message.clone();
