@@ -4,10 +4,12 @@ Started by the tests as a real Celery 5.7 worker::
 
     celery -A tasks worker -Q <queue> -P threads -c 8
 
-with ``CELERIAC_TEST_BROKER`` naming the broker. Results go back through the
+with ``CELERIAC_TEST_BROKER`` naming the broker and ``CELERIAC_TEST_ROUTES``
+(optional) holding ``task_routes`` as JSON. Results go back through the
 ``rpc://`` backend, as in a default Python deployment.
 """
 
+import json
 import os
 import threading
 import time
@@ -23,6 +25,8 @@ app = Celery(
 )
 app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
+# Routes for the workflow steps this worker sends on (a JSON task_routes).
+app.conf.task_routes = json.loads(os.environ.get('CELERIAC_TEST_ROUTES', '{}'))
 
 
 @app.task(name='interop.add')

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use celeriac::App;
-use celeriac_protocol::time::format_time;
+use celeriac::protocol::time::format_time;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::BeatError;
 use crate::leader::Leadership;
 use crate::schedule::{self, Entry};
 use crate::scheduler::{State, Tick, plan};
@@ -29,6 +30,7 @@ const SENDS_IN_FLIGHT: usize = 256;
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
 /// A periodic scheduler.
+#[derive(Debug)]
 pub struct Beat {
     app: App,
     entries: Vec<Entry>,
@@ -65,7 +67,10 @@ impl Beat {
     }
 
     /// Runs until `shutdown` completes.
-    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    ///
+    /// Fails only if the local state file cannot be read; broker trouble
+    /// is logged and retried.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), BeatError> {
         tokio::pin!(shutdown);
         let leadership = Leadership::new(self.app.broker().clone(), &self.cluster);
         let mut reload = reload_signal();
@@ -90,7 +95,7 @@ impl Beat {
                 Ok(Some(shared)) => state.merge(&shared),
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(error = %e, "cannot read the shared beat state; using the local one")
+                    warn!(error = %e, "cannot read the shared beat state; using the local one");
                 }
             }
             info!(cluster = %self.cluster, entries = self.entries.len(), "this beat is active");
@@ -203,16 +208,16 @@ async fn send(app: App, entry: Entry, tick: Tick) {
         match celeriac::HeaderValue::from_json(value) {
             Ok(v) => call = call.header(name.clone(), v),
             Err(e) => {
-                warn!(entry = %entry.name, header = %name, error = %e, "skipping a header AMQP cannot carry")
+                warn!(entry = %entry.name, header = %name, error = %e, "skipping a header AMQP cannot carry");
             }
         }
     }
     match call.apply().await {
         Ok(_) => {
-            info!(entry = %entry.name, task = %entry.task, id = %task_id, due = %due, covers = tick.covers, "sent")
+            info!(entry = %entry.name, task = %entry.task, id = %task_id, due = %due, covers = tick.covers, "sent");
         }
         Err(e) => {
-            error!(entry = %entry.name, task = %entry.task, due = %due, error = %e, "sending failed")
+            error!(entry = %entry.name, task = %entry.task, due = %due, error = %e, "sending failed");
         }
     }
 }

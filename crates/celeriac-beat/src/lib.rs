@@ -16,11 +16,13 @@
 
 mod beat;
 pub mod crontab;
+mod error;
 mod leader;
 pub mod schedule;
 pub mod scheduler;
 mod store;
 
 pub use beat::{Beat, DUE_HEADER, ENTRY_HEADER, tick_id};
+pub use error::BeatError;
 pub use leader::Leadership;
 pub use store::StateFile;

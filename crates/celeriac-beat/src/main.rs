@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use celeriac::App;
+use celeriac::protocol::time::format_time;
 use celeriac_beat::Beat;
 use celeriac_beat::schedule::{self, Schedule};
-use celeriac_protocol::time::format_time;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 

@@ -187,7 +187,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
                     tz,
                 ),
                 (None, None, Some(at)) => Schedule::At(
-                    celeriac_protocol::time::parse_time(&at)
+                    celeriac::protocol::time::parse_time(&at)
                         .ok_or_else(|| fail(format!("at = {at:?} is not an ISO 8601 time")))?
                         .with_timezone(&Utc),
                 ),

@@ -5,6 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::BeatError;
 use crate::scheduler::State;
 
 /// The state file: JSON, replaced atomically (write to a temporary file in
@@ -27,29 +28,29 @@ impl StateFile {
     }
 
     /// Reads the state; a missing file is an empty state.
-    pub fn load(&self) -> Result<State, String> {
+    pub fn load(&self) -> Result<State, BeatError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "state file {} is corrupt ({e}); move it away to start fresh",
-                    self.path.display()
-                )
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| BeatError::CorruptState {
+                path: self.path.clone(),
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(format!(
-                "cannot read state file {}: {e}",
-                self.path.display()
-            )),
+            Err(source) => Err(BeatError::ReadState {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
     /// Writes the state atomically.
-    pub fn save(&self, state: &State) -> Result<(), String> {
-        let fail =
-            |e: std::io::Error| format!("cannot write state file {}: {e}", self.path.display());
+    pub fn save(&self, state: &State) -> Result<(), BeatError> {
+        let fail = |source: std::io::Error| BeatError::WriteState {
+            path: self.path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(state).map_err(BeatError::EncodeState)?;
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-        let json = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
         file.write_all(&json).map_err(fail)?;
         file.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, &self.path).map_err(fail)
@@ -71,7 +72,7 @@ mod tests {
         file.save(&state).unwrap();
         assert_eq!(file.load().unwrap(), state);
         std::fs::write(file.path(), b"{not json").unwrap();
-        assert!(file.load().unwrap_err().contains("corrupt"));
+        assert!(file.load().unwrap_err().to_string().contains("corrupt"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -41,7 +41,7 @@ fn list(value: &Value) -> Vec<u32> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|v| v.as_u64())
+                .filter_map(Value::as_u64)
                 .map(|v| v as u32)
                 .collect()
         })

@@ -3,6 +3,10 @@
 //! Celeriac beat against a raw lapin loop that sleeps until each second and
 //! publishes the same number of messages with confirms.
 
+// The raw-lapin baselines: the one place outside celeriac-broker that
+// uses lapin (see clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -15,8 +19,8 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tokio::sync::oneshot;
 
+use crate::plan::task_message;
 use crate::raw::check_ack;
-use crate::scenarios::task_message;
 
 /// The longest wait for the next send before the scenario gives up.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,7 +99,7 @@ pub(crate) async fn raw_lateness_ms(
             tagged
                 .headers
                 .insert(DUE_HEADER.to_owned(), HeaderValue::Str(format_time(&due)));
-            let properties = celeriac_broker::basic_properties(&tagged)?;
+            let properties = crate::raw::basic_properties(&tagged)?;
             let mut confirms = Vec::with_capacity(per_second);
             for _ in 0..per_second {
                 let confirm = channel

@@ -92,7 +92,7 @@ impl InProcessWorker {
         if shape.results {
             builder = builder.result_backend("rpc://");
         }
-        let app = celeriac_worker::demo::register(builder).build().await?;
+        let app = celeriac_demo::tasks::register(builder).build().await?;
         let config = WorkerConfig {
             queues: vec![queue.to_owned()],
             concurrency: shape.concurrency,

@@ -11,9 +11,11 @@
 //! alike. See `docs/performance.md` for what each number means.
 
 mod beat;
+mod checks;
 mod library;
 mod measure;
 mod memory;
+mod plan;
 mod python;
 mod raw;
 mod report;
@@ -51,7 +53,7 @@ struct Args {
     concurrency: usize,
     /// Scenarios to run, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
-    scenarios: Vec<scenarios::Scenario>,
+    scenarios: Vec<plan::Scenario>,
     /// Skip the Python Celery baselines even if the interop venv exists.
     #[arg(long)]
     no_python: bool,
@@ -63,7 +65,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sizes = scenarios::Sizes::new(args.quick, args.messages, args.rounds);
+    let sizes = plan::Sizes::new(args.quick, args.messages, args.rounds);
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = if args.no_python {
         None

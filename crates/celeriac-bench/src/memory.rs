@@ -1,4 +1,4 @@
-//! Scenario 5: the memory of a `celeriac-worker` process, idle, draining a
+//! Scenario 5: the memory of a worker process (`celeriac-demo worker`), idle, draining a
 //! backlog at concurrency 100, and across many tasks.
 
 use std::path::PathBuf;
@@ -43,13 +43,14 @@ impl MemoryReport {
     }
 }
 
-/// The `celeriac-worker` binary next to this benchmark's own.
-fn worker_binary() -> anyhow::Result<PathBuf> {
+/// The `celeriac-demo` binary (whose `worker` command serves the demo
+/// tasks) next to this benchmark's own.
+pub(crate) fn worker_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let binary = exe.with_file_name("celeriac-worker");
+    let binary = exe.with_file_name("celeriac-demo");
     if !binary.exists() {
         bail!(
-            "{} not found: build it with the benchmark, e.g. `cargo build --release -p celeriac-worker -p celeriac-bench`",
+            "{} not found: build it with the benchmark, e.g. `cargo build --release -p celeriac-demo -p celeriac-bench`",
             binary.display()
         );
     }
@@ -71,13 +72,21 @@ impl WorkerProcess {
         concurrency: usize,
     ) -> anyhow::Result<WorkerProcess> {
         let mut child = Command::new(worker_binary()?)
-            .args(["--broker", url, "-Q", queue, "--loglevel", "error"])
+            .args([
+                "worker",
+                "--broker",
+                url,
+                "-Q",
+                queue,
+                "--loglevel",
+                "error",
+            ])
             .args(["-c", &concurrency.to_string()])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .context("starting celeriac-worker")?;
+            .context("starting celeriac-demo worker")?;
         let pid = child.id().context("the worker has no pid")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -86,7 +95,7 @@ impl WorkerProcess {
                 return Ok(WorkerProcess { child, pid });
             }
             if Instant::now() > deadline || child.try_wait()?.is_some() {
-                bail!("celeriac-worker did not start consuming {queue}");
+                bail!("celeriac-demo worker did not start consuming {queue}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -111,7 +120,7 @@ impl WorkerProcess {
                 return Ok(());
             }
             if self.child.try_wait()?.is_some() {
-                bail!("celeriac-worker exited while draining");
+                bail!("celeriac-demo worker exited while draining");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,6 +1,10 @@
 //! The baselines: what lapin alone achieves against the same broker, with
 //! the same message bytes, confirm window and prefetch as Celeriac.
 
+// The raw-lapin baselines: the one place outside celeriac-broker that
+// uses lapin (see clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -11,7 +15,39 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::{Connection, ConnectionProperties};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+/// The AMQP properties Celeriac publishes `message` with, built here with
+/// lapin from the same header bytes the broker crate writes (that crate
+/// keeps lapin's types out of its API).
+pub(crate) fn basic_properties(message: &RawMessage) -> anyhow::Result<BasicProperties> {
+    let bytes = celeriac_broker::encode_headers(&message.headers)?;
+    let (_, headers): (_, FieldTable) = lapin::types::parsing::parse_field_table(bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("re-reading the header table: {e:?}"))?;
+    let p = &message.properties;
+    let short = |s: &String| ShortString::from(s.as_str());
+    let mut props = BasicProperties::default().with_headers(headers);
+    if let Some(v) = &p.content_type {
+        props = props.with_content_type(short(v));
+    }
+    if let Some(v) = &p.content_encoding {
+        props = props.with_content_encoding(short(v));
+    }
+    if let Some(v) = &p.correlation_id {
+        props = props.with_correlation_id(short(v));
+    }
+    if let Some(v) = &p.reply_to {
+        props = props.with_reply_to(short(v));
+    }
+    if let Some(v) = p.delivery_mode {
+        props = props.with_delivery_mode(v);
+    }
+    if let Some(v) = p.priority {
+        props = props.with_priority(v);
+    }
+    Ok(props)
+}
 
 /// A plain lapin connection to `url`.
 pub(crate) async fn connect(url: &str) -> anyhow::Result<Connection> {
@@ -34,7 +70,7 @@ pub(crate) async fn publish(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let properties = celeriac_broker::basic_properties(message)?;
+    let properties = basic_properties(message)?;
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()

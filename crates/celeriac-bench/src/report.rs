@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::measure::median;
+use crate::measure::percentile;
 use crate::memory::MemoryReport;
-use crate::scenarios::Sizes;
+use crate::plan::Sizes;
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -221,4 +222,14 @@ pub(crate) fn table(results: &Results) -> String {
         );
     }
     out
+}
+
+impl Percentiles {
+    pub(crate) fn of(samples: &[f64]) -> Percentiles {
+        Percentiles {
+            p50: percentile(samples, 50.0),
+            p99: percentile(samples, 99.0),
+            max: percentile(samples, 100.0),
+        }
+    }
 }

@@ -1,100 +1,23 @@
 //! The scenarios, each measuring Celeriac and its baselines interleaved.
 
+// The raw-lapin baselines: the one place outside celeriac-broker that
+// uses lapin (see clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use anyhow::Context as _;
 use celeriac_broker::{Broker, BrokerConfig, Queue};
-use celeriac_protocol::{RawMessage, TaskMessage};
-use serde::Serialize;
-use serde_json::json;
 
 use crate::beat;
+use crate::checks::checks;
 use crate::library::{self, InProcessWorker, WorkerShape};
-use crate::measure::{self, percentile};
+use crate::measure::{self};
 use crate::memory::{MemoryReport, WorkerProcess};
+use crate::plan::{Scenario, Sizes, task_message};
 use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
-use crate::report::{BeatRow, Check, LatencyRow, Percentiles, Results, Throughput};
-
-/// The scenarios, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Scenario {
-    /// Publishing with confirms: raw lapin, `apply()`, `send_many()`, Python.
-    Publish,
-    /// Draining a backlog of no-op tasks.
-    Drain,
-    /// Memory of a worker process: idle, on a backlog, across many tasks.
-    Memory,
-    /// Send and read back the result, many callers.
-    Results,
-    /// Enqueue→start and enqueue→result at a trickle and under load.
-    Latency,
-    /// How late a beat's sends arrive, many every-second entries at once.
-    Beat,
-}
-
-/// How much work each measurement does.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Sizes {
-    /// Messages per throughput measurement.
-    pub(crate) messages: u64,
-    /// Messages per Python Celery measurement (it is much slower).
-    pub(crate) python_messages: u64,
-    /// Rounds of each scenario.
-    pub(crate) rounds: usize,
-    /// Round trips (send, then read the result) per measurement.
-    pub(crate) round_trips: u64,
-    /// Tasks sent at a trickle (10/s) for the latency scenario.
-    pub(crate) trickle: u64,
-    /// Seconds of offered load for the loaded latency scenario.
-    pub(crate) loaded_seconds: f64,
-    /// Backlog a worker process starts on in the memory scenario.
-    pub(crate) memory_backlog: u64,
-    /// Tasks the memory scenario's worker runs in all.
-    pub(crate) memory_total: u64,
-    /// Every-second entries of the beat scenario's schedule.
-    pub(crate) beat_entries: usize,
-    /// Sends the beat scenario measures.
-    pub(crate) beat_sends: u64,
-}
-
-impl Sizes {
-    /// The default sizes, or the quick ones, with overrides.
-    pub(crate) fn new(quick: bool, messages: Option<u64>, rounds: Option<usize>) -> Sizes {
-        let base = if quick {
-            Sizes {
-                messages: 2_000,
-                python_messages: 500,
-                rounds: 1,
-                round_trips: 500,
-                trickle: 20,
-                loaded_seconds: 1.0,
-                memory_backlog: 5_000,
-                memory_total: 20_000,
-                beat_entries: 50,
-                beat_sends: 100,
-            }
-        } else {
-            Sizes {
-                messages: 50_000,
-                python_messages: 5_000,
-                rounds: 3,
-                round_trips: 10_000,
-                trickle: 200,
-                loaded_seconds: 5.0,
-                memory_backlog: 100_000,
-                memory_total: 1_000_000,
-                beat_entries: 100,
-                beat_sends: 1_000,
-            }
-        };
-        Sizes {
-            messages: messages.unwrap_or(base.messages),
-            rounds: rounds.unwrap_or(base.rounds).max(1),
-            ..base
-        }
-    }
-}
+use crate::report::{BeatRow, LatencyRow, Percentiles, Results, Throughput};
 
 /// Transmit window of the raw publisher, and of the backlog fills.
 const FILL_WINDOW: usize = 5_000;
@@ -360,13 +283,13 @@ impl Bench {
         Ok(())
     }
 
-    /// Scenario 5: a `celeriac-worker` process's memory.
+    /// Scenario 5: a worker process's memory.
     async fn memory(&mut self) -> anyhow::Result<()> {
         let queue = self.queue("memory").await?;
         let concurrency = self.concurrency;
         eprintln!("memory: idle worker");
         let idle = WorkerProcess::start(&self.broker, &self.url, &queue, concurrency).await?;
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_rss_kib = idle.memory_kib("VmRSS")?;
         idle.stop().await;
 
@@ -510,123 +433,4 @@ impl Bench {
         }
         Ok(())
     }
-}
-
-/// An encoded `task(1, 2)` message, as a Celeriac producer sends it.
-pub(crate) fn task_message(task: &str) -> anyhow::Result<RawMessage> {
-    let id = uuid::Uuid::new_v4().to_string();
-    Ok(TaskMessage::new(task, id)
-        .with_args(vec![json!(1), json!(2)])
-        .encode()?)
-}
-
-impl Percentiles {
-    fn of(samples: &[f64]) -> Percentiles {
-        Percentiles {
-            p50: percentile(samples, 50.0),
-            p99: percentile(samples, 99.0),
-            max: percentile(samples, 100.0),
-        }
-    }
-}
-
-/// The targets, as ratios between rows of this run.
-fn checks(
-    throughput: &[Throughput],
-    latency: &[LatencyRow],
-    memory: Option<&MemoryReport>,
-) -> Vec<Check> {
-    let rate = |scenario: &str, prefix: &str| {
-        throughput
-            .iter()
-            .find(|t| t.scenario == scenario && t.variant.starts_with(prefix))
-            .map(|t| t.median_per_s)
-    };
-    let mut checks = Vec::new();
-    let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, at_least: f64| {
-        if let (Some(a), Some(b)) = (a, b) {
-            checks.push(Check::at_least(name, a / b, at_least, "×"));
-        }
-    };
-    let worker = rate("drain", "celeriac worker, ack_batch 32");
-    ratio(
-        "worker drain / raw multi-ack consume",
-        worker,
-        rate("drain", "raw lapin, multi-ack"),
-        0.5,
-    );
-    ratio(
-        "worker drain / Python Celery prefork",
-        worker,
-        rate("drain", "python"),
-        10.0,
-    );
-    ratio(
-        "worker drain (ack_batch 1) / raw consume, ack each",
-        rate("drain", "celeriac worker, ack_batch 1"),
-        rate("drain", "raw lapin, ack each"),
-        0.9,
-    );
-    let apply = rate("publish", "celeriac apply()");
-    ratio(
-        "apply() / raw publish, 1000 in flight",
-        apply,
-        rate("publish", "raw lapin, 1000"),
-        0.8,
-    );
-    ratio(
-        "apply() / Python send_task",
-        apply,
-        rate("publish", "python"),
-        3.0,
-    );
-    let bulk = rate("publish", "celeriac send_many()");
-    ratio(
-        "send_many() / raw publish, 5000 in flight",
-        bulk,
-        rate("publish", "raw lapin, 5000"),
-        0.8,
-    );
-    ratio(
-        "send_many() / Python send_task",
-        bulk,
-        rate("publish", "python"),
-        3.0,
-    );
-    if let Some(trickle) = latency.first() {
-        checks.push(Check::at_most(
-            "enqueue→start p99 at a trickle",
-            trickle.enqueue_to_start_ms.p99,
-            5.0,
-            "ms",
-        ));
-    }
-    if let Some(cpu) = throughput
-        .iter()
-        .find(|t| t.variant == "celeriac worker, ack_batch 32")
-        .and_then(|t| t.cpu_us_per_task_median())
-    {
-        checks.push(Check::at_most(
-            "process CPU per no-op task in the worker",
-            cpu,
-            20.0,
-            "µs",
-        ));
-    }
-    if let Some(memory) = memory {
-        let megabytes = memory.backlog_peak_kib as f64 * 1024.0 / 1e6;
-        checks.push(Check::at_most(
-            "worker peak RSS on the backlog",
-            megabytes,
-            30.0,
-            "MB",
-        ));
-        checks.push(Check::at_most(
-            "worker RSS growth across the tasks (last / first)",
-            memory.growth(),
-            1.1,
-            "×",
-        ));
-    }
-    checks
 }

@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // Producer side: route, declare, publish with a confirm.
     let task = TaskMessage::new("proj.tasks.add", format!("demo-{}", std::process::id()))
         .with_args(vec![2.into(), 2.into()]);
-    let destination = router.resolve("proj.tasks.add", &RouteOptions::default());
+    let destination = router.resolve("proj.tasks.add", &RouteOptions::default())?;
     broker.send(&destination, &task.encode()?).await?;
     println!(
         "sent     {} {} to exchange {:?} key {:?} (confirmed)",

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::topology::DeadLetterTopology;
+use crate::topology::{DeadLetterTopology, QueueType};
 use crate::url::{BrokerUrls, UrlError};
 
 /// How to reach and use the broker.
@@ -31,6 +31,9 @@ pub struct BrokerConfig {
     pub confirm_timeout: Duration,
     /// Names of the dead-letter exchange and queues.
     pub dead_letter: DeadLetterTopology,
+    /// `x-queue-type` of the delay queues (`celery_delayed_*`): quorum, as
+    /// Celery's `broker_native_delayed_delivery_queue_type` defaults to.
+    pub delay_queue_type: QueueType,
 }
 
 impl Default for BrokerConfig {
@@ -45,6 +48,7 @@ impl Default for BrokerConfig {
             publish_wait: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(30),
             dead_letter: DeadLetterTopology::default(),
+            delay_queue_type: QueueType::Quorum,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! dead connection keep their dead acker: their tags are void, and the broker
 //! has already requeued them.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::operations::declare_queue;
+use crate::declare::declare_queue;
 use crate::topology::Queue;
 use crate::{BrokerConfig, BrokerError, BrokerUrl};
 
@@ -54,6 +55,10 @@ pub(crate) struct Shared {
     pub(crate) declaring: tokio::sync::Mutex<()>,
     /// The broker's `connection.blocked` reason while it blocks us.
     blocked: Mutex<Option<String>>,
+    /// Set once the delay topology is declared (on first delayed publish).
+    pub(crate) delay_declared: tokio::sync::OnceCell<()>,
+    /// Queues bound to the delay topology's delivery exchange.
+    delay_bound: Mutex<HashSet<String>>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -109,6 +114,8 @@ impl Broker {
             topology: Mutex::new(Vec::new()),
             declaring: tokio::sync::Mutex::new(()),
             blocked: Mutex::new(None),
+            delay_declared: tokio::sync::OnceCell::new(),
+            delay_bound: Mutex::default(),
             shutdown: CancellationToken::new(),
         });
         let (session, events) =
@@ -144,6 +151,16 @@ impl Broker {
     /// Whether `queue` was declared through this handle.
     pub(crate) fn is_declared(&self, queue: &Queue) -> bool {
         lock(&self.shared.topology).contains(queue)
+    }
+
+    /// Whether `queue` is bound to the delay topology's delivery exchange.
+    pub(crate) fn delay_bound(&self, queue: &str) -> bool {
+        lock(&self.shared.delay_bound).contains(queue)
+    }
+
+    /// Records that `queue` is bound to the delay topology.
+    pub(crate) fn mark_delay_bound(&self, queue: &str) {
+        lock(&self.shared.delay_bound).insert(queue.to_owned());
     }
 
     /// Whether the connection is up right now.
@@ -405,12 +422,5 @@ async fn watch_session(
                 }
             }
         }
-    }
-}
-
-pub(crate) fn channel_error(operation: &'static str, error: &lapin::Error) -> BrokerError {
-    BrokerError::Channel {
-        operation,
-        detail: error.to_string(),
     }
 }

@@ -17,7 +17,7 @@ use std::fmt;
 use celeriac_protocol::time::{format_time, now};
 use celeriac_protocol::{HeaderValue, RawMessage};
 
-use crate::consume::Delivery;
+use crate::delivery::Delivery;
 use crate::{Broker, BrokerError};
 
 /// Header holding the reason code.

@@ -31,6 +31,8 @@ pub enum BrokerError {
         entity: &'static str,
         /// Its name.
         name: String,
+        /// The AMQP reply code the broker refused it with, if it did.
+        code: Option<ReplyCode>,
         /// The broker's reason.
         detail: String,
     },
@@ -107,6 +109,8 @@ pub enum BrokerError {
     Channel {
         /// What we were doing.
         operation: &'static str,
+        /// The AMQP reply code, if the broker refused it with one.
+        code: Option<ReplyCode>,
         /// The broker's or client's reason.
         detail: String,
     },
@@ -155,7 +159,53 @@ impl std::fmt::Display for Inequivalent {
     }
 }
 
+/// An AMQP reply code the broker closed a channel or connection with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplyCode {
+    /// 403: the user may not do this.
+    AccessRefused,
+    /// 404: no such queue or exchange.
+    NotFound,
+    /// 405: an exclusive queue is held by another connection.
+    ResourceLocked,
+    /// 406: a precondition failed (e.g. an inequivalent declaration).
+    PreconditionFailed,
+    /// Any other code.
+    Other(u16),
+}
+
+impl ReplyCode {
+    /// The code for its number.
+    pub fn from_code(code: u16) -> ReplyCode {
+        match code {
+            403 => ReplyCode::AccessRefused,
+            404 => ReplyCode::NotFound,
+            405 => ReplyCode::ResourceLocked,
+            406 => ReplyCode::PreconditionFailed,
+            other => ReplyCode::Other(other),
+        }
+    }
+
+    /// The reply code of a client error, if the broker sent one.
+    pub(crate) fn of(error: &lapin::Error) -> Option<ReplyCode> {
+        match error.kind() {
+            lapin::ErrorKind::ProtocolError(e) => Some(ReplyCode::from_code(e.get_id())),
+            _ => None,
+        }
+    }
+}
+
 impl BrokerError {
+    /// The AMQP reply code the broker refused the operation with, if any.
+    pub fn reply_code(&self) -> Option<ReplyCode> {
+        match self {
+            BrokerError::Declare { code, .. } | BrokerError::Channel { code, .. } => *code,
+            BrokerError::Inequivalent(_) => Some(ReplyCode::PreconditionFailed),
+            _ => None,
+        }
+    }
+
     /// Whether trying again later can succeed (connection trouble, timeouts),
     /// as opposed to a problem with the request itself.
     pub fn is_retryable(&self) -> bool {
@@ -182,6 +232,15 @@ fn connect_hint(detail: &str) -> &'static str {
     } else {
         "Is it running and reachable? (`docker compose up -d rabbitmq` starts one on \
          Celery's default URL)"
+    }
+}
+
+/// A failed channel-level operation.
+pub(crate) fn channel_error(operation: &'static str, error: &lapin::Error) -> BrokerError {
+    BrokerError::Channel {
+        operation,
+        code: ReplyCode::of(error),
+        detail: error.to_string(),
     }
 }
 

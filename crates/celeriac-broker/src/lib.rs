@@ -14,8 +14,17 @@
 //!   publishing ([`Broker::publish`]), late-ack consuming with a prefetch
 //!   limit ([`Broker::consume`]), worker-published dead letters
 //!   ([`Broker::dead_letter`]) and automatic recovery.
+//! - [`delay`]: Celery's native delayed-delivery topology, for messages that
+//!   must wait outside the worker ([`Broker::publish_delayed`]).
+//! - Coordination held by RabbitMQ: locks ([`Broker::try_lock`]) and
+//!   latest-value slots ([`Broker::save_latest`]).
 //! - [`field_table`]: Celery headers ⇄ AMQP tables in the types py-amqp reads
 //!   correctly (wire reference §1.6.5).
+//!
+//! Every queue and exchange Celeriac declares is declared here: task queues,
+//! dead-letter queues, the delay topology, locks and `rpc://` reply queues
+//! ([`Queue::rpc_reply`]). No lapin type appears in this crate's public API
+//! (a workspace clippy rule keeps lapin out of every other crate).
 //!
 //! ```no_run
 //! use celeriac_broker::{Broker, BrokerConfig, ConsumeOptions, Queue};
@@ -31,27 +40,36 @@
 //! # Ok(()) }
 //! ```
 
+// The one crate that may use lapin's types (see clippy.toml); they stay
+// behind its public API.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod ack;
 mod config;
 mod connection;
 mod consume;
 pub mod dead_letter;
+mod declare;
+pub mod delay;
+mod delivery;
 mod error;
 pub mod field_table;
+mod lock;
 mod operations;
 mod publish;
 mod routing;
 mod topology;
 pub mod url;
+mod wire;
 
 pub use ack::AckPolicy;
 pub use config::BrokerConfig;
 pub use connection::Broker;
-pub use consume::{AckOutcome, ConsumeOptions, Consumer, Delivery};
+pub use consume::{ConsumeOptions, Consumer};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
-pub use error::{BrokerError, Inequivalent};
+pub use delivery::{AckOutcome, Delivery};
+pub use error::{BrokerError, Inequivalent, ReplyCode};
 pub use field_table::{HeaderError, decode_headers, encode_headers};
-pub use publish::basic_properties;
-pub use routing::{Destination, RouteError, RouteOptions, Router};
+pub use routing::{Destination, QueueDefaults, RouteError, RouteOptions, Router};
 pub use topology::{DeadLetterTopology, Exchange, ExchangeKind, Queue, QueueArguments, QueueType};
 pub use url::{BrokerUrl, BrokerUrls, TlsOptions, UrlError};

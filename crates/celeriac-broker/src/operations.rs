@@ -4,18 +4,18 @@
 
 use lapin::Channel;
 use lapin::options::{
-    BasicGetOptions, BasicNackOptions, ExchangeBindOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicGetOptions, BasicNackOptions, ExchangeBindOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 
 use celeriac_protocol::RawMessage;
 
 use crate::BrokerError;
-use crate::connection::{Broker, channel_error};
-use crate::error::{Inequivalent, parse_inequivalent};
-use crate::field_table::to_field_table;
-use crate::topology::{Exchange, ExchangeKind, Queue};
+use crate::connection::Broker;
+use crate::declare::{binding_error, declare_exchange, declare_queue};
+use crate::error::{ReplyCode, channel_error};
+use crate::topology::{Exchange, Queue};
+use crate::wire::raw_message;
 
 impl Broker {
     /// Runs `op` on a fresh channel, closing it afterwards.
@@ -56,7 +56,7 @@ impl Broker {
 
     /// Declares an exchange on its own (queues declare theirs).
     pub async fn declare_exchange(&self, exchange: &Exchange) -> Result<(), BrokerError> {
-        self.on_scratch(async |channel| declare_exchange_on(channel, exchange, None).await)
+        self.on_scratch(async |channel| declare_exchange(channel, exchange, None).await)
             .await
     }
 
@@ -119,10 +119,7 @@ impl Broker {
             let Some(message) = fetched else {
                 return Ok(None);
             };
-            let raw = crate::consume::raw_message(
-                &message.delivery.properties,
-                message.delivery.data.clone(),
-            );
+            let raw = raw_message(&message.delivery.properties, message.delivery.data.clone());
             let _ = message
                 .delivery
                 .acker
@@ -150,7 +147,7 @@ impl Broker {
                 .await
             {
                 Ok(q) => Ok(Some((q.message_count(), q.consumer_count()))),
-                Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
+                Err(e) if ReplyCode::of(&e) == Some(ReplyCode::NotFound) => Ok(None),
                 Err(e) => Err(channel_error("queue.declare (passive)", &e)),
             }
         })
@@ -197,112 +194,8 @@ impl Broker {
     }
 }
 
-fn binding_error(name: &str, error: &lapin::Error) -> BrokerError {
-    BrokerError::Declare {
-        entity: "binding",
-        name: name.to_owned(),
-        detail: error.to_string(),
-    }
-}
-
 async fn close_quietly(channel: &Channel) {
     if channel.status().connected() {
         let _ = channel.close(200, "done".into()).await;
-    }
-}
-
-/// Declares an exchange on `channel`; `queue` (if any) is the declaration
-/// that needed it, for the fix in a 406 message.
-async fn declare_exchange_on(
-    channel: &Channel,
-    exchange: &Exchange,
-    queue: Option<&Queue>,
-) -> Result<(), BrokerError> {
-    let options = ExchangeDeclareOptions {
-        durable: exchange.durable,
-        auto_delete: exchange.auto_delete,
-        ..ExchangeDeclareOptions::default()
-    };
-    let fallback;
-    let queue = match queue {
-        Some(q) => q,
-        None => {
-            fallback = Queue::celery_default(exchange.name.clone()).bound_to(exchange.clone(), "");
-            &fallback
-        }
-    };
-    channel
-        .exchange_declare(
-            exchange.name.as_str().into(),
-            lapin_kind(exchange.kind),
-            options,
-            Default::default(),
-        )
-        .await
-        .map_err(|e| declare_error("exchange", &exchange.name, queue, &e))
-}
-
-/// Declares a queue's exchange, the queue and the binding on `channel`.
-pub(crate) async fn declare_queue(channel: &Channel, queue: &Queue) -> Result<(), BrokerError> {
-    let exchange = &queue.exchange;
-    if !exchange.is_default() {
-        declare_exchange_on(channel, exchange, Some(queue)).await?;
-    }
-    let options = QueueDeclareOptions {
-        durable: queue.durable,
-        exclusive: queue.exclusive,
-        auto_delete: queue.auto_delete,
-        ..QueueDeclareOptions::default()
-    };
-    let arguments = to_field_table(&queue.arguments.to_headers())?;
-    channel
-        .queue_declare(queue.name.as_str().into(), options, arguments)
-        .await
-        .map_err(|e| declare_error("queue", &queue.name, queue, &e))?;
-    if !exchange.is_default() {
-        channel
-            .queue_bind(
-                queue.name.as_str().into(),
-                exchange.name.as_str().into(),
-                queue.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                Default::default(),
-            )
-            .await
-            .map_err(|e| declare_error("binding", &queue.name, queue, &e))?;
-    }
-    Ok(())
-}
-
-fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
-    match kind {
-        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
-    }
-}
-
-fn declare_error(
-    entity: &'static str,
-    name: &str,
-    queue: &Queue,
-    error: &lapin::Error,
-) -> BrokerError {
-    let text = error.to_string();
-    match parse_inequivalent(&text) {
-        Some(diff) => BrokerError::Inequivalent(Box::new(Inequivalent {
-            entity,
-            name: name.to_owned(),
-            argument: diff.argument,
-            broker_has: diff.broker_has,
-            we_asked: diff.we_asked,
-            python: queue.python_declaration(),
-        })),
-        None => BrokerError::Declare {
-            entity,
-            name: name.to_owned(),
-            detail: text,
-        },
     }
 }

@@ -15,7 +15,6 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 use tracing::debug;
@@ -24,8 +23,8 @@ use celeriac_protocol::RawMessage;
 
 use crate::BrokerError;
 use crate::connection::{Broker, Session};
-use crate::field_table::to_field_table;
 use crate::routing::Destination;
+use crate::wire::basic_properties;
 
 /// Why one attempt did not end in a confirmed publish.
 enum Attempt {
@@ -129,14 +128,11 @@ impl Broker {
         confirm: PublisherConfirm,
     ) -> Result<(), Attempt> {
         let timeout = self.shared.config.confirm_timeout;
-        let outcome = match tokio::time::timeout(timeout, confirm).await {
-            Err(_) => {
-                return Err(Attempt::Failed(BrokerError::ConfirmTimeout {
-                    waited: timeout,
-                    blocked: self.blocked_reason(),
-                }));
-            }
-            Ok(outcome) => outcome,
+        let Ok(outcome) = tokio::time::timeout(timeout, confirm).await else {
+            return Err(Attempt::Failed(BrokerError::ConfirmTimeout {
+                waited: timeout,
+                blocked: self.blocked_reason(),
+            }));
         };
         match outcome {
             Ok(Confirmation::Ack(None)) => Ok(()),
@@ -279,37 +275,4 @@ async fn start_publish(
         )
         .await
         .map_err(|e| Attempt::InDoubt(e.to_string()))
-}
-
-/// Converts our properties and headers into lapin's AMQP basic properties,
-/// exactly as [`Broker::publish`] sends them.
-///
-/// For tools that must publish through lapin directly with Celeriac's wire
-/// format, such as the raw-lapin baselines of `celeriac-bench`.
-pub fn basic_properties(message: &RawMessage) -> Result<BasicProperties, BrokerError> {
-    let p = &message.properties;
-    let short = |s: &String| ShortString::from(s.as_str());
-    let mut props = BasicProperties::default().with_headers(to_field_table(&message.headers)?);
-    if let Some(v) = &p.content_type {
-        props = props.with_content_type(short(v));
-    }
-    if let Some(v) = &p.content_encoding {
-        props = props.with_content_encoding(short(v));
-    }
-    if let Some(v) = &p.correlation_id {
-        props = props.with_correlation_id(short(v));
-    }
-    if let Some(v) = &p.reply_to {
-        props = props.with_reply_to(short(v));
-    }
-    if let Some(v) = p.delivery_mode {
-        props = props.with_delivery_mode(v);
-    }
-    if let Some(v) = p.priority {
-        props = props.with_priority(v);
-    }
-    if let Some(v) = &p.expiration {
-        props = props.with_expiration(short(v));
-    }
-    Ok(props)
 }

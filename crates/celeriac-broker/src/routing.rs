@@ -4,7 +4,13 @@
 //! 1. Explicit options on the call win over a route.
 //! 2. Routes are tried in order; a route matches a task name exactly or by a
 //!    glob (`images.*`, `*.resize`, `report.??`), like `task_routes` keys.
-//! 3. Without a queue, the default queue (`celery`) is used.
+//! 3. Without a queue, the default queue (`celery`) is used. A queue name
+//!    that is not configured is created with Celery's default shape (as
+//!    `task_create_missing_queues = True` does), or refused with
+//!    [`RouteError::QueueNotFound`] when missing queues are not created.
+//!    [`QueueDefaults`] (`task_default_queue_type`,
+//!    `task_queue_max_priority`) apply to every queue that does not set its
+//!    own.
 //! 4. **The default-exchange shortcut:** when the queue's exchange is direct
 //!    and the call did not give both an exchange and a routing key, the
 //!    message goes to the default exchange `""` with the queue name as routing
@@ -13,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::topology::{ExchangeKind, Queue};
+use crate::topology::{ExchangeKind, Queue, QueueType};
 
 /// Where one message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +65,59 @@ impl Matcher {
     }
 }
 
-/// An invalid route pattern.
+/// A route that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid task route pattern {pattern:?}: {problem}")]
-pub struct RouteError {
-    /// The pattern.
-    pub pattern: String,
-    /// What is wrong.
-    pub problem: String,
+#[non_exhaustive]
+pub enum RouteError {
+    /// A route's pattern is not a valid glob.
+    #[error("invalid task route pattern {pattern:?}: {problem}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A queue was named that is not configured, and missing queues are
+    /// not created.
+    #[error(
+        "queue {queue:?} is not configured (known: {known}) and missing queues are not \
+         created; add it to task_queues, fix the route or call, or allow \
+         create_missing_queues (Celery's task_create_missing_queues)"
+    )]
+    QueueNotFound {
+        /// The queue named.
+        queue: String,
+        /// The configured queues, comma-separated.
+        known: String,
+    },
+}
+
+/// Queue arguments applied to every queue that does not set its own, like
+/// Celery's `task_default_queue_type` and `task_queue_max_priority`. Both
+/// change queue arguments, so Python must be configured the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct QueueDefaults {
+    /// `x-queue-type` for queues without one (Celery's
+    /// `task_default_queue_type`; unset means classic, declared without the
+    /// argument as Python does).
+    pub queue_type: Option<QueueType>,
+    /// `x-max-priority` for queues without one (Celery's
+    /// `task_queue_max_priority`).
+    pub max_priority: Option<u8>,
+}
+
+impl QueueDefaults {
+    /// `queue` with these defaults filled in where it sets nothing.
+    pub fn apply(&self, mut queue: Queue) -> Queue {
+        let arguments = &mut queue.arguments;
+        if arguments.queue_type.is_none() {
+            arguments.queue_type = self.queue_type.filter(|t| *t != QueueType::Classic);
+        }
+        if arguments.max_priority.is_none() {
+            arguments.max_priority = self.max_priority;
+        }
+        queue
+    }
 }
 
 /// Task routes plus the known queues (`task_routes` + `task_queues`).
@@ -75,6 +126,8 @@ pub struct Router {
     routes: Vec<(Matcher, RouteOptions)>,
     queues: BTreeMap<String, Queue>,
     default_queue: String,
+    defaults: QueueDefaults,
+    create_missing: bool,
 }
 
 impl Default for Router {
@@ -93,13 +146,48 @@ impl Router {
             routes: Vec::new(),
             queues,
             default_queue: default_name,
+            defaults: QueueDefaults::default(),
+            create_missing: true,
         }
     }
 
     /// Registers a queue definition (like an entry of `task_queues`).
     pub fn queue(mut self, queue: Queue) -> Router {
+        let queue = self.defaults.apply(queue);
         self.queues.insert(queue.name.clone(), queue);
         self
+    }
+
+    /// Applies `defaults` to every queue known now or created later.
+    pub fn queue_defaults(mut self, defaults: QueueDefaults) -> Router {
+        self.defaults = defaults;
+        for queue in self.queues.values_mut() {
+            *queue = defaults.apply(queue.clone());
+        }
+        self
+    }
+
+    /// Whether a queue that is not configured is created on first use
+    /// (default, as Celery's `task_create_missing_queues`) or refused.
+    pub fn create_missing_queues(mut self, create: bool) -> Router {
+        self.create_missing = create;
+        self
+    }
+
+    /// The definition of queue `name`: the configured one, else Celery's
+    /// default shape with the queue defaults, unless missing queues are
+    /// refused.
+    pub fn queue_named(&self, name: &str) -> Result<Queue, RouteError> {
+        if let Some(queue) = self.queues.get(name) {
+            return Ok(queue.clone());
+        }
+        if self.create_missing {
+            return Ok(self.defaults.apply(Queue::celery_default(name)));
+        }
+        Err(RouteError::QueueNotFound {
+            queue: name.to_owned(),
+            known: self.queues.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Adds a route for task names matching `pattern` (exact, or a glob with
@@ -110,15 +198,17 @@ impl Router {
     /// let router = Router::default()
     ///     .route("images.*", RouteOptions { queue: Some("images".into()), ..Default::default() })
     ///     .unwrap();
-    /// let dest = router.resolve("images.resize", &RouteOptions::default());
+    /// let dest = router.resolve("images.resize", &RouteOptions::default()).unwrap();
     /// assert_eq!((dest.exchange.as_str(), dest.routing_key.as_str()), ("", "images"));
     /// ```
     pub fn route(mut self, pattern: &str, options: RouteOptions) -> Result<Router, RouteError> {
         let matcher = if pattern.contains(['*', '?', '[']) {
-            Matcher::Glob(glob::Pattern::new(pattern).map_err(|e| RouteError {
-                pattern: pattern.to_owned(),
-                problem: e.to_string(),
-            })?)
+            Matcher::Glob(
+                glob::Pattern::new(pattern).map_err(|e| RouteError::Pattern {
+                    pattern: pattern.to_owned(),
+                    problem: e.to_string(),
+                })?,
+            )
         } else {
             Matcher::Exact(pattern.to_owned())
         };
@@ -137,8 +227,9 @@ impl Router {
     }
 
     /// Works out where a message for `task` goes; `call` holds the options
-    /// given on the call itself, which win over the route.
-    pub fn resolve(&self, task: &str, call: &RouteOptions) -> Destination {
+    /// given on the call itself, which win over the route. Fails only for a
+    /// queue that is not configured while missing queues are refused.
+    pub fn resolve(&self, task: &str, call: &RouteOptions) -> Result<Destination, RouteError> {
         let route = self
             .routes
             .iter()
@@ -152,16 +243,12 @@ impl Router {
         let explicit_exchange_and_key = exchange.is_some() && routing_key.is_some();
 
         let queue = match pick(&call.queue, &route.queue) {
-            Some(name) => Some(self.queues.get(&name).cloned().unwrap_or_else(|| {
-                // Like task_create_missing_queues: an unknown queue gets
-                // Celery's default shape.
-                Queue::celery_default(name)
-            })),
+            Some(name) => Some(self.queue_named(&name)?),
             None if exchange.is_some() => None,
             None => Some(self.default_queue().clone()),
         };
 
-        match (&queue, exchange, routing_key) {
+        Ok(match (&queue, exchange, routing_key) {
             (Some(q), _, _)
                 if q.exchange.kind == ExchangeKind::Direct && !explicit_exchange_and_key =>
             {
@@ -184,7 +271,7 @@ impl Router {
                 priority,
                 queue: None,
             },
-        }
+        })
     }
 }
 
@@ -204,7 +291,9 @@ mod tests {
 
     #[test]
     fn default_route_uses_the_default_exchange_shortcut() {
-        let d = Router::default().resolve("proj.tasks.add", &RouteOptions::default());
+        let d = Router::default()
+            .resolve("proj.tasks.add", &RouteOptions::default())
+            .unwrap();
         assert_eq!(
             (d.exchange.as_str(), d.routing_key.as_str()),
             ("", "celery")
@@ -220,21 +309,31 @@ mod tests {
             .route("a.*", opts(Some("glob"), None, None))
             .unwrap();
         assert_eq!(
-            router.resolve("a.b", &RouteOptions::default()).routing_key,
+            router
+                .resolve("a.b", &RouteOptions::default())
+                .unwrap()
+                .routing_key,
             "exact"
         );
         assert_eq!(
-            router.resolve("a.c", &RouteOptions::default()).routing_key,
+            router
+                .resolve("a.c", &RouteOptions::default())
+                .unwrap()
+                .routing_key,
             "glob"
         );
         assert_eq!(
             router
                 .resolve("a.c", &opts(Some("call"), None, None))
+                .unwrap()
                 .routing_key,
             "call"
         );
         assert_eq!(
-            router.resolve("b", &RouteOptions::default()).routing_key,
+            router
+                .resolve("b", &RouteOptions::default())
+                .unwrap()
+                .routing_key,
             "celery"
         );
     }
@@ -249,7 +348,9 @@ mod tests {
                 opts(Some("images"), None, Some("images.resize")),
             )
             .unwrap();
-        let d = router.resolve("images.resize", &RouteOptions::default());
+        let d = router
+            .resolve("images.resize", &RouteOptions::default())
+            .unwrap();
         assert_eq!(
             (d.exchange.as_str(), d.routing_key.as_str()),
             ("tasks", "images.resize")
@@ -258,11 +359,54 @@ mod tests {
 
     #[test]
     fn explicit_exchange_and_key_skip_the_shortcut() {
-        let d = Router::default().resolve("t", &opts(None, Some("celery"), Some("celery")));
+        let d = Router::default()
+            .resolve("t", &opts(None, Some("celery"), Some("celery")))
+            .unwrap();
         assert_eq!(
             (d.exchange.as_str(), d.routing_key.as_str()),
             ("celery", "celery")
         );
+    }
+
+    #[test]
+    fn missing_queues_are_created_with_the_defaults_or_refused() {
+        let defaults = QueueDefaults {
+            queue_type: Some(QueueType::Quorum),
+            max_priority: Some(10),
+        };
+        let router = Router::default().queue_defaults(defaults);
+        let created = router
+            .resolve("t", &opts(Some("new"), None, None))
+            .unwrap()
+            .queue
+            .unwrap();
+        assert_eq!(created.arguments.queue_type, Some(QueueType::Quorum));
+        assert_eq!(created.arguments.max_priority, Some(10));
+        assert_eq!(
+            router.default_queue().arguments.max_priority,
+            Some(10),
+            "defaults reach the default queue too"
+        );
+        let strict = router.create_missing_queues(false);
+        let err = strict
+            .resolve("t", &opts(Some("new"), None, None))
+            .unwrap_err();
+        assert!(
+            matches!(&err, RouteError::QueueNotFound { queue, .. } if queue == "new"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("task_queues"), "{err}");
+        assert!(strict.resolve("t", &RouteOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn classic_as_the_default_type_declares_no_argument() {
+        let defaults = QueueDefaults {
+            queue_type: Some(QueueType::Classic),
+            max_priority: None,
+        };
+        let queue = defaults.apply(Queue::celery_default("q"));
+        assert!(queue.arguments.to_headers().is_empty());
     }
 
     #[test]

@@ -98,6 +98,27 @@ impl QueueType {
     }
 }
 
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    /// `classic` or `quorum`, as Celery spells `x-queue-type`.
+    fn from_str(text: &str) -> Result<QueueType, String> {
+        match text {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!(
+                "unknown queue type {other:?}: use \"classic\" or \"quorum\""
+            )),
+        }
+    }
+}
+
 /// Optional queue arguments. All unset by default, as in Python Celery.
 ///
 /// Every one of these must be configured identically on the Python side
@@ -222,6 +243,62 @@ impl Queue {
             exclusive: false,
             auto_delete: false,
             arguments: QueueArguments::default(),
+        }
+    }
+
+    /// A lock held by the declaring connection: an exclusive, auto-delete
+    /// queue on the default exchange. RabbitMQ refuses it to every other
+    /// connection (`405 RESOURCE_LOCKED`) and deletes it when the holder's
+    /// connection ends. Used by [`Broker::try_lock`](crate::Broker::try_lock).
+    pub fn lock(name: impl Into<String>) -> Queue {
+        let name = name.into();
+        Queue {
+            exchange: Exchange::direct(""),
+            routing_key: name.clone(),
+            name,
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            arguments: QueueArguments::default(),
+        }
+    }
+
+    /// A durable slot holding only the newest message published to it
+    /// (`x-max-length: 1`, `x-overflow: drop-head`), on the default
+    /// exchange. Used by [`Broker::save_latest`](crate::Broker::save_latest).
+    pub fn latest_value(name: impl Into<String>) -> Queue {
+        let name = name.into();
+        Queue {
+            exchange: Exchange::direct(""),
+            routing_key: name.clone(),
+            name,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: QueueArguments {
+                max_length: Some(1),
+                overflow: Some("drop-head".into()),
+                ..QueueArguments::default()
+            },
+        }
+    }
+
+    /// An `rpc://` reply queue exactly as Celery 5.7 declares it (§4.3):
+    /// named by the client, on the default exchange, durable, auto-delete,
+    /// not exclusive, `x-expires` = `result_expires`.
+    pub fn rpc_reply(name: impl Into<String>, expires: Duration) -> Queue {
+        let name = name.into();
+        Queue {
+            exchange: Exchange::direct(""),
+            routing_key: name.clone(),
+            name,
+            durable: true,
+            exclusive: false,
+            auto_delete: true,
+            arguments: QueueArguments {
+                expires: Some(expires),
+                ..QueueArguments::default()
+            },
         }
     }
 

@@ -110,7 +110,7 @@ impl BrokerUrl {
         let decode = |s: &str| {
             percent_decode_str(s)
                 .decode_utf8()
-                .map(|c| c.into_owned())
+                .map(std::borrow::Cow::into_owned)
                 .map_err(|_| fail("percent-encoded text is not UTF-8"))
         };
         let (user, password) = match userinfo {
@@ -173,7 +173,7 @@ impl BrokerUrl {
         match key {
             "heartbeat" => self.heartbeat = Some(seconds(value)?),
             "connect_timeout" | "connection_timeout" => {
-                self.connect_timeout = Some(seconds(value)?)
+                self.connect_timeout = Some(seconds(value)?);
             }
             "ssl_ca_certs" | "cacertfile" => self.tls_options.ca_file = Some(value.into()),
             "ssl_certfile" | "certfile" => self.tls_options.cert_file = Some(value.into()),

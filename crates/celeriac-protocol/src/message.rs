@@ -299,7 +299,7 @@ mod tests {
         );
         let msg = TaskMessage::decode(&v1, &DecodeOptions::default()).unwrap();
         assert_eq!(
-            (msg.protocol, msg.body.args.clone()),
+            (msg.protocol, msg.body.args),
             (Protocol::V1, vec![json!(1)])
         );
 

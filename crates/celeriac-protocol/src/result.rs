@@ -267,9 +267,8 @@ impl ResultMeta {
             Some(Value::String(s)) => State::parse(&s),
             _ => return Err(DecodeError::Result("`status` must be a state name".into())),
         };
-        let task_id = match take("task_id") {
-            Some(Value::String(s)) => s,
-            _ => return Err(DecodeError::Result("`task_id` must be a string".into())),
+        let Some(Value::String(task_id)) = take("task_id") else {
+            return Err(DecodeError::Result("`task_id` must be a string".into()));
         };
         let date_done = match take("date_done") {
             None | Some(Value::Null) => None,

@@ -392,7 +392,7 @@ mod tests {
             vec![Value::from(2), 4.into()]
         );
         assert_eq!(
-            sig.clone().immutable().with_parent_result(2.into()).args,
+            sig.immutable().with_parent_result(2.into()).args,
             vec![Value::from(4)]
         );
     }

@@ -1,31 +1,40 @@
 //! The worker CLI: flags named like `celery worker`, each also read from the
-//! environment, plus an optional TOML file. Precedence: flag, environment,
-//! file, default.
+//! environment, plus an optional TOML file ([`ConfigFile`]).
+//!
+//! **Precedence**, for every setting: flag > environment variable > config
+//! file > what the program set in code on its `AppBuilder` > built-in
+//! default. (A program that builds its `App` without this CLI reads the
+//! environment only where its code sets nothing.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use celeriac::AppBuilder;
+use celeriac::{AppBuilder, Queue, QueueType, RouteOptions};
 use clap::Parser;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ConfigFile, expand_hostname};
+use crate::config::expand_hostname;
+use crate::config_file::{ConfigFile, QueueSpec, RouteSpec};
 use crate::{Worker, WorkerConfig};
 
 /// Runs Celery tasks from RabbitMQ: late acks, retries, dead letters, ETA,
 /// time limits and graceful shutdown (SIGTERM/SIGINT; a second signal exits
 /// at once and leaves unacked messages to RabbitMQ).
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+///
+/// Every setting comes from, in this order: its flag, its environment
+/// variable, the --config file, the program's own code, the default shown.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about)]
 pub struct Args {
-    /// Broker URL(s), `;`-separated for failover [default: Celery's
-    /// amqp://guest:guest@localhost:5672//]
+    /// Broker URL(s), `;`-separated for failover [default: the app's, else
+    /// CELERY_BROKER_URL, else Celery's amqp://guest:guest@localhost:5672//]
     #[arg(short = 'b', long, env = "CELERIAC_BROKER_URL")]
     pub broker: Option<String>,
 
-    /// Result backend: rpc:// [default: none]
+    /// Result backend: rpc://, or `disabled` [default: the app's, else
+    /// CELERY_RESULT_BACKEND, else none]
     #[arg(long, env = "CELERIAC_RESULT_BACKEND")]
     pub result_backend: Option<String>,
 
@@ -33,7 +42,7 @@ pub struct Args {
     #[arg(short = 'Q', long, env = "CELERIAC_QUEUES", value_delimiter = ',')]
     pub queues: Option<Vec<String>>,
 
-    /// Tasks run at the same time [default: number of CPUs]
+    /// Tasks run at the same time [default: the number of CPUs]
     #[arg(short = 'c', long, env = "CELERIAC_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
@@ -70,9 +79,9 @@ pub struct Args {
     pub dead_letter_failures: Option<bool>,
 
     /// x-queue-type of the delay queues: quorum (Celery's) or classic
-    /// [default: quorum]
+    /// [default: the app's, else quorum]
     #[arg(long, env = "CELERIAC_DELAY_QUEUE_TYPE")]
-    pub delay_queue_type: Option<String>,
+    pub delay_queue_type: Option<QueueType>,
 
     /// Finished deliveries acked with one `multiple` ack; 1 acks each
     /// message on its own [default: 32]
@@ -84,7 +93,42 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_ACK_FLUSH_MS")]
     pub ack_flush_ms: Option<u64>,
 
-    /// TOML file with any of these settings (keys named like the flags)
+    /// A queue definition, as an entry of Celery's task_queues:
+    /// NAME[:key=value,...] with the keys of the config file's
+    /// [task_queues] (queue_type, max_priority, dead_letter, exchange,
+    /// exchange_type, routing_key, delivery_limit, message_ttl, ...);
+    /// repeatable, e.g. `--task-queue images:queue_type=quorum,max_priority=10`
+    #[arg(
+        long = "task-queue",
+        env = "CELERIAC_TASK_QUEUES",
+        value_delimiter = ';'
+    )]
+    pub task_queues: Vec<String>,
+
+    /// A task route, as Celery's task_routes: PATTERN=QUEUE with an exact
+    /// task name or a glob; repeatable, tried before the file's routes,
+    /// first match wins, e.g. `--route 'images.*=images'`
+    #[arg(long = "route", env = "CELERIAC_ROUTES", value_delimiter = ';')]
+    pub routes: Vec<String>,
+
+    /// x-queue-type of queues that do not set one (Celery's
+    /// task_default_queue_type) [default: the app's, else classic]
+    #[arg(long, env = "CELERIAC_DEFAULT_QUEUE_TYPE")]
+    pub default_queue_type: Option<QueueType>,
+
+    /// x-max-priority of queues that do not set one (Celery's
+    /// task_queue_max_priority) [default: the app's, else none]
+    #[arg(long, env = "CELERIAC_QUEUE_MAX_PRIORITY")]
+    pub queue_max_priority: Option<u8>,
+
+    /// Declare queues that are not configured on first use (Celery's
+    /// task_create_missing_queues); false makes them an error
+    /// [default: the app's, else true]
+    #[arg(long, env = "CELERIAC_CREATE_MISSING_QUEUES")]
+    pub create_missing_queues: Option<bool>,
+
+    /// TOML file with any of these settings (keys named like the flags,
+    /// plus [task_queues] and [task_routes] tables)
     #[arg(long, env = "CELERIAC_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -92,14 +136,63 @@ pub struct Args {
 /// Settings resolved from flags, environment, file and defaults.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The worker settings.
+    /// The worker's runtime settings.
     pub worker: WorkerConfig,
-    /// Broker URL, if given.
-    pub broker: Option<String>,
-    /// Result backend, if given.
-    pub result_backend: Option<String>,
+    /// What to set on the program's `AppBuilder`.
+    pub app: AppSettings,
     /// Log level.
     pub loglevel: String,
+}
+
+/// App-level settings from flags, environment and file. Each one given
+/// overrides what the program set in code; each one absent leaves it.
+#[derive(Debug, Clone, Default)]
+pub struct AppSettings {
+    /// Broker URL.
+    pub broker: Option<String>,
+    /// Result backend URL.
+    pub result_backend: Option<String>,
+    /// Queue definitions (`task_queues`).
+    pub queues: Vec<Queue>,
+    /// Routes, in order (`task_routes`).
+    pub routes: Vec<(String, RouteOptions)>,
+    /// `task_default_queue_type`.
+    pub default_queue_type: Option<QueueType>,
+    /// `task_queue_max_priority`.
+    pub queue_max_priority: Option<u8>,
+    /// `task_create_missing_queues`.
+    pub create_missing_queues: Option<bool>,
+    /// The delay queues' type.
+    pub delay_queue_type: Option<QueueType>,
+}
+
+impl AppSettings {
+    /// Sets what was given on `app`, which keeps its own value for the rest.
+    pub fn apply(self, mut app: AppBuilder) -> AppBuilder {
+        if let Some(url) = self.broker {
+            app = app.broker_url(url);
+        }
+        if let Some(backend) = self.result_backend {
+            app = app.result_backend(backend);
+        }
+        for queue in self.queues {
+            app = app.queue(queue);
+        }
+        app = app.routes_first(self.routes);
+        if let Some(t) = self.default_queue_type {
+            app = app.default_queue_type(t);
+        }
+        if let Some(n) = self.queue_max_priority {
+            app = app.queue_max_priority(n);
+        }
+        if let Some(create) = self.create_missing_queues {
+            app = app.create_missing_queues(create);
+        }
+        if let Some(t) = self.delay_queue_type {
+            app = app.delay_queue_type(t);
+        }
+        app
+    }
 }
 
 impl Args {
@@ -109,6 +202,7 @@ impl Args {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
+        let app = self.app_settings(&file)?;
         let defaults = WorkerConfig::default();
         let secs = |v: Option<f64>, name: &str, default: Duration| -> Result<Duration, String> {
             match v {
@@ -151,10 +245,6 @@ impl Args {
                 .dead_letter_failures
                 .or(file.dead_letter_failures)
                 .unwrap_or(defaults.dead_letter_failures),
-            delay_queue_type: self
-                .delay_queue_type
-                .or(file.delay_queue_type)
-                .unwrap_or(defaults.delay_queue_type),
             ack_batch: self
                 .ack_batch
                 .or(file.ack_batch)
@@ -167,20 +257,55 @@ impl Args {
         if worker.queues.is_empty() || worker.queues.iter().any(String::is_empty) {
             return Err("queues must name at least one queue".into());
         }
-        if !matches!(worker.delay_queue_type.as_str(), "quorum" | "classic") {
-            return Err(format!(
-                "delay_queue_type must be quorum or classic, got {:?}",
-                worker.delay_queue_type
-            ));
-        }
         Ok(Settings {
             worker,
-            broker: self.broker.or(file.broker),
-            result_backend: self.result_backend.or(file.result_backend),
+            app,
             loglevel: self
                 .loglevel
                 .or(file.loglevel)
                 .unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    /// The app-level settings: flags (and environment) first, then the file.
+    fn app_settings(&self, file: &ConfigFile) -> Result<AppSettings, String> {
+        let parse_type = |text: &Option<String>, key: &str| {
+            text.as_deref()
+                .map(str::parse::<QueueType>)
+                .transpose()
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        let mut queues = file.queues()?;
+        for flag in &self.task_queues {
+            let (name, spec) = QueueSpec::parse_flag(flag)?;
+            queues.retain(|q| q.name != name);
+            queues.push(
+                spec.to_queue(&name)
+                    .map_err(|e| format!("--task-queue {flag:?}: {e}"))?,
+            );
+        }
+        let mut routes = Vec::new();
+        for flag in &self.routes {
+            let (pattern, spec) = RouteSpec::parse_flag(flag)?;
+            routes.push((pattern, spec.into_options()));
+        }
+        routes.extend(file.routes()?);
+        Ok(AppSettings {
+            broker: self.broker.clone().or_else(|| file.broker.clone()),
+            result_backend: self
+                .result_backend
+                .clone()
+                .or_else(|| file.result_backend.clone()),
+            queues,
+            routes,
+            default_queue_type: self
+                .default_queue_type
+                .or(parse_type(&file.default_queue_type, "default_queue_type")?),
+            queue_max_priority: self.queue_max_priority.or(file.queue_max_priority),
+            create_missing_queues: self.create_missing_queues.or(file.create_missing_queues),
+            delay_queue_type: self
+                .delay_queue_type
+                .or(parse_type(&file.delay_queue_type, "delay_queue_type")?),
         })
     }
 }
@@ -206,6 +331,9 @@ pub fn init_logging(loglevel: &str) {
 ///     celeriac_worker::main(celeriac::App::builder() /* .task(resize) */)
 /// }
 /// ```
+///
+/// To run a worker inside a program that does other things (an HTTP
+/// service that also sends tasks), use [`Worker`] instead.
 pub fn main(app: AppBuilder) -> ExitCode {
     run_with(Args::parse(), app)
 }
@@ -231,24 +359,18 @@ pub fn run_with(args: Args, app: AppBuilder) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let mut app = app;
-        if let Some(url) = settings.broker {
-            app = app.broker_url(url);
-        }
-        if let Some(backend) = settings.result_backend {
-            app = app.result_backend(backend);
-        }
-        let app = match app.build().await {
+        let app = match settings.app.apply(app).build().await {
             Ok(app) => app,
             Err(e) => {
                 error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        match Worker::new(app, settings.worker)
+        let outcome = Worker::new(app.clone(), settings.worker)
             .run_until(shutdown_signal())
-            .await
-        {
+            .await;
+        app.close().await;
+        match outcome {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e}");
@@ -286,5 +408,67 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("worker").chain(argv.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("celeriac-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(
+            &path,
+            "concurrency = 3\nprefetch_multiplier = 2\nqueue_max_priority = 5\n\
+             [task_routes]\n\"a.*\" = \"from-file\"\n",
+        )
+        .unwrap();
+        let config = path.to_str().unwrap();
+        let settings = parse(&["--config", config, "-c", "7", "--route", "a.*=from-flag"])
+            .settings()
+            .unwrap();
+        assert_eq!(settings.worker.concurrency, 7, "flag over file");
+        assert_eq!(settings.worker.prefetch_multiplier, 2, "file over default");
+        assert_eq!(
+            settings.worker.shutdown_timeout,
+            Duration::from_secs(30),
+            "default"
+        );
+        assert_eq!(settings.app.queue_max_priority, Some(5));
+        let queues: Vec<_> = settings
+            .app
+            .routes
+            .iter()
+            .map(|r| r.1.queue.clone())
+            .collect();
+        assert_eq!(
+            queues,
+            [Some("from-flag".to_owned()), Some("from-file".to_owned())],
+            "flag routes are tried first"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unset_app_settings_leave_the_code_alone() {
+        let settings = parse(&[]).settings().unwrap();
+        assert!(settings.app.default_queue_type.is_none());
+        assert!(settings.app.create_missing_queues.is_none());
+    }
+
+    #[test]
+    fn queue_flags_are_checked() {
+        let err = parse(&["--task-queue", "q:queue_type=fast"])
+            .settings()
+            .unwrap_err();
+        assert!(err.contains("classic"), "{err}");
+        assert!(Args::try_parse_from(["worker", "--delay-queue-type", "fast"]).is_err());
     }
 }

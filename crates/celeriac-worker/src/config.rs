@@ -1,9 +1,9 @@
-//! Worker settings, with Celery's names and defaults where Celery has them.
+//! The worker's runtime settings, with Celery's names and defaults where
+//! Celery has them. (App-level settings, such as the broker, the result
+//! backend, queues and routes, live on the `celeriac::AppBuilder`; the CLI
+//! and the TOML file set both, see [`crate::cli`].)
 
-use std::path::Path;
 use std::time::Duration;
-
-use serde::Deserialize;
 
 /// How the worker runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,9 +28,6 @@ pub struct WorkerConfig {
     /// Dead-letter tasks that fail for good (after storing `FAILURE`).
     /// Default true.
     pub dead_letter_failures: bool,
-    /// `x-queue-type` of the delay queues: `quorum` (Celery's default) or
-    /// `classic`.
-    pub delay_queue_type: String,
     /// Finished deliveries acked together with one `multiple` ack (1: one
     /// ack per message). Default 32.
     pub ack_batch: u16,
@@ -49,7 +46,6 @@ impl Default for WorkerConfig {
             eta_horizon: Duration::from_secs(600),
             redelivery_limit: 10,
             dead_letter_failures: true,
-            delay_queue_type: "quorum".into(),
             ack_batch: 32,
             ack_flush: Duration::from_millis(5),
         }
@@ -58,11 +54,11 @@ impl Default for WorkerConfig {
 
 impl WorkerConfig {
     /// How the worker acks: coalesced unless `ack_batch` is 1 (or 0).
-    pub fn ack_policy(&self) -> celeriac_broker::AckPolicy {
+    pub fn ack_policy(&self) -> celeriac::broker::AckPolicy {
         if self.ack_batch <= 1 {
-            celeriac_broker::AckPolicy::EachMessage
+            celeriac::broker::AckPolicy::EachMessage
         } else {
-            celeriac_broker::AckPolicy::Coalesce {
+            celeriac::broker::AckPolicy::Coalesce {
                 max_batch: self.ack_batch,
                 max_delay: self.ack_flush,
             }
@@ -76,67 +72,6 @@ impl WorkerConfig {
             .concurrency
             .saturating_mul(usize::from(self.prefetch_multiplier));
         u16::try_from(prefetch).unwrap_or(u16::MAX)
-    }
-}
-
-/// The TOML config file (`--config worker.toml`): every key optional,
-/// named like the CLI flags.
-///
-/// ```toml
-/// broker = "amqp://guest:guest@localhost:5672//"
-/// result_backend = "rpc://"
-/// queues = ["images", "reports"]
-/// concurrency = 32
-/// prefetch_multiplier = 4
-/// hostname = "images@%h"
-/// loglevel = "info"
-/// shutdown_timeout = 60
-/// eta_horizon = 600
-/// redelivery_limit = 10
-/// dead_letter_failures = true
-/// delay_queue_type = "quorum"
-/// ack_batch = 32
-/// ack_flush_ms = 5
-/// ```
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// Broker URL.
-    pub broker: Option<String>,
-    /// Result backend URL.
-    pub result_backend: Option<String>,
-    /// Queues.
-    pub queues: Option<Vec<String>>,
-    /// Concurrency.
-    pub concurrency: Option<usize>,
-    /// Prefetch multiplier.
-    pub prefetch_multiplier: Option<u16>,
-    /// Node name.
-    pub hostname: Option<String>,
-    /// Log level.
-    pub loglevel: Option<String>,
-    /// Shutdown timeout in seconds.
-    pub shutdown_timeout: Option<f64>,
-    /// ETA horizon in seconds.
-    pub eta_horizon: Option<f64>,
-    /// Redelivery limit.
-    pub redelivery_limit: Option<u32>,
-    /// Dead-letter final failures.
-    pub dead_letter_failures: Option<bool>,
-    /// Delay queue type.
-    pub delay_queue_type: Option<String>,
-    /// Ack batch size.
-    pub ack_batch: Option<u16>,
-    /// Ack flush interval in milliseconds.
-    pub ack_flush_ms: Option<u64>,
-}
-
-impl ConfigFile {
-    /// Reads and parses a config file; errors name the line and field.
-    pub fn load(path: &Path) -> Result<ConfigFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -164,15 +99,6 @@ mod tests {
             ..config
         };
         assert_eq!(huge.prefetch(), u16::MAX);
-    }
-
-    #[test]
-    fn config_files_reject_unknown_keys_with_the_line() {
-        let err = toml::from_str::<ConfigFile>("queues = [\"a\"]\nconcurency = 4\n").unwrap_err();
-        assert!(err.to_string().contains("concurency"), "{err}");
-        assert!(err.to_string().contains("line 2"), "{err}");
-        let ok: ConfigFile = toml::from_str("concurrency = 4\nshutdown_timeout = 1.5").unwrap();
-        assert_eq!(ok.concurrency, Some(4));
     }
 
     #[test]

@@ -17,17 +17,33 @@
 //!   **graceful shutdown**.
 //!
 //! As a program: `celeriac_worker::main(App::builder().task(...))` gives any
-//! binary the standard CLI (see [`cli::Args`]). Embedded: [`Worker`].
+//! binary the standard CLI (see [`cli::Args`]). Inside a program that does
+//! other things (say an HTTP service that also sends tasks), run a [`Worker`]
+//! on the same [`celeriac::App`]; [`testing::TestWorker`] does that for
+//! integration tests of your own tasks.
+//!
+//! How a delivery flows: [`admission`](crate) checks (decode, registry,
+//! expiry, ETA), then the task runs, then its outcome is published through
+//! one outbox and the delivery settled.
 
-pub mod admin;
+mod admission;
 pub mod cli;
 mod config;
-mod delay;
-pub mod demo;
+mod config_file;
+mod context;
+mod divert;
+mod execute;
 mod handle;
+mod outbox;
+mod outcome;
+mod settle;
+mod stats;
+pub mod testing;
 mod worker;
 
 pub use cli::main;
-pub use config::{ConfigFile, WorkerConfig};
-pub use handle::REDELIVERIES_HEADER;
-pub use worker::{Stats, Summary, Worker, WorkerError};
+pub use config::WorkerConfig;
+pub use config_file::{ConfigFile, QueueSpec, RouteSpec, RouteTable};
+pub use divert::REDELIVERIES_HEADER;
+pub use stats::{Stats, Summary};
+pub use worker::{Worker, WorkerError};

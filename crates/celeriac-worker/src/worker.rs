@@ -8,117 +8,25 @@
 //!
 //! Shutdown: consumers are cancelled (no new deliveries, channel kept open),
 //! waiting deliveries are handed back unstarted, running tasks get
-//! `shutdown_timeout` to finish and settle, then the connection closes. What
-//! is still unacked then goes back to the queue through the broker.
+//! `shutdown_timeout` to finish and settle, then the consumer channel
+//! closes. What is still unacked then goes back to the queue through the
+//! broker. The app's connection stays open: producers in the same process
+//! may share it ([`App::close`] closes it).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use celeriac::App;
-use celeriac_broker::{ConsumeOptions, Queue};
+use celeriac::broker::{ConsumeOptions, Queue};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::WorkerConfig;
-use crate::delay::DelayTopology;
+use crate::context::Context;
 use crate::handle::handle;
-
-/// Counts of outcomes, for logs and the shutdown summary.
-#[derive(Debug, Default)]
-pub struct Stats {
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    redelivered: AtomicU64,
-    revoked: AtomicU64,
-}
-
-impl Stats {
-    pub(crate) fn succeeded(&self) {
-        self.succeeded.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn failed(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn retried(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn dead_lettered(&self) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn redelivered(&self) {
-        self.redelivered.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn revoked(&self) {
-        self.revoked.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A snapshot of the counts.
-    pub fn summary(&self) -> Summary {
-        Summary {
-            succeeded: self.succeeded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            redelivered: self.redelivered.load(Ordering::Relaxed),
-            revoked: self.revoked.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// What a worker did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Tasks that succeeded.
-    pub succeeded: u64,
-    /// Tasks that failed for good.
-    pub failed: u64,
-    /// Retries scheduled.
-    pub retried: u64,
-    /// Messages dead-lettered (failures and messages that could not run).
-    pub dead_lettered: u64,
-    /// Redelivered messages counted.
-    pub redelivered: u64,
-    /// Tasks revoked because they expired.
-    pub revoked: u64,
-}
-
-/// Shared by every delivery's handler.
-pub(crate) struct Context {
-    pub(crate) app: App,
-    pub(crate) config: WorkerConfig,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) delay: DelayTopology,
-    pub(crate) stats: Arc<Stats>,
-    /// Reply queues a result already waited for in vain, and when: their
-    /// client is taken to be gone, and later results do not wait again.
-    gone_reply_queues: std::sync::Mutex<HashMap<String, std::time::Instant>>,
-    queues: Vec<Queue>,
-}
-
-impl Context {
-    /// Reply queues a result waited for in vain, by when it gave up.
-    pub(crate) fn gone_reply_queues(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
-        self.gone_reply_queues
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether `queue` is configured for broker-native dead-lettering.
-    pub(crate) fn native_dead_lettering(&self, queue: &str) -> bool {
-        self.queues
-            .iter()
-            .any(|q| q.name == queue && q.arguments.dead_letter_exchange.is_some())
-    }
-}
+use crate::outbox::Outbox;
+use crate::{Stats, Summary, WorkerConfig};
 
 /// A worker over an [`App`]'s registered tasks.
 ///
@@ -129,6 +37,7 @@ impl Context {
 /// let summary = Worker::new(app, config).run_until(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct Worker {
     app: App,
     config: WorkerConfig,
@@ -140,7 +49,7 @@ pub struct Worker {
 pub enum WorkerError {
     /// Consuming could not start (e.g. a queue declaration clash).
     #[error(transparent)]
-    Broker(#[from] celeriac_broker::BrokerError),
+    Broker(#[from] celeriac::broker::BrokerError),
     /// The app could not be built.
     #[error(transparent)]
     App(#[from] celeriac::Error),
@@ -176,15 +85,9 @@ impl Worker {
             .config
             .queues
             .iter()
-            .map(|name| {
-                self.app
-                    .router()
-                    .queues()
-                    .find(|q| &q.name == name)
-                    .cloned()
-                    .unwrap_or_else(|| Queue::celery_default(name.clone()))
-            })
-            .collect();
+            .map(|name| self.app.router().queue_named(name))
+            .collect::<Result<_, _>>()
+            .map_err(celeriac::Error::from)?;
         let mut consumer = self
             .app
             .broker()
@@ -199,11 +102,10 @@ impl Worker {
         let ctx = Arc::new(Context {
             permits: Arc::new(Semaphore::new(self.config.concurrency)),
             shutdown: CancellationToken::new(),
-            delay: DelayTopology::new(&self.config.delay_queue_type),
+            outbox: Outbox::new(self.app.clone()),
             stats: self.stats.clone(),
             app: self.app.clone(),
             config: self.config.clone(),
-            gone_reply_queues: std::sync::Mutex::default(),
             queues,
         });
         info!(
@@ -260,7 +162,6 @@ impl Worker {
         }
         consumer.flush_acks().await;
         consumer.stop();
-        self.app.close().await;
         let summary = self.stats.summary();
         info!(?summary, "worker stopped");
         Ok(summary)

@@ -106,7 +106,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     match by_name.get(wait).await {
         Err(ResultError::Failed(failure)) => {
-            println!("demo.add(\"2\", 3)        failed: {failure}")
+            println!("demo.add(\"2\", 3)        failed: {failure}");
         }
         other => println!("demo.add(\"2\", 3)        unexpected: {other:?}"),
     }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{Broker, BrokerConfig, Destination, Queue, RouteOptions, Router};
+use celeriac_broker::{
+    Broker, BrokerConfig, Destination, Queue, QueueDefaults, QueueType, RouteOptions, Router,
+};
 use celeriac_protocol::time::now;
 use celeriac_protocol::{Compression, RawMessage, Seconds, TaskMessage};
 use serde::de::DeserializeOwned;
@@ -255,7 +257,7 @@ impl App {
             routing_key: options.routing_key,
             priority,
         };
-        let destination = self.inner.router.resolve(&call.name, &route);
+        let destination = self.inner.router.resolve(&call.name, &route)?;
         Ok((id, destination, message.encode()?))
     }
 }
@@ -288,10 +290,41 @@ pub struct AppBuilder {
     result_expires: Option<Duration>,
     default_queue: Option<Queue>,
     queues: Vec<Queue>,
+    queue_defaults: QueueDefaults,
+    create_missing_queues: Option<bool>,
+    delay_queue_type: Option<QueueType>,
     routes: Vec<(String, RouteOptions)>,
     tasks: Vec<Arc<dyn Task>>,
     task_defaults: TaskOptions,
     compression: Option<Compression>,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field(
+                "broker_url",
+                &self.broker_url.as_deref().map(celeriac_broker::url::redact),
+            )
+            .field(
+                "result_backend",
+                &self
+                    .result_backend
+                    .as_deref()
+                    .map(celeriac_broker::url::redact),
+            )
+            .field("queues", &self.queues.len())
+            .field("routes", &self.routes.len())
+            .field(
+                "tasks",
+                &self
+                    .tasks
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppBuilder {
@@ -329,9 +362,54 @@ impl AppBuilder {
         self
     }
 
-    /// Declares a queue definition (an entry of Celery's `task_queues`).
+    /// Declares a queue definition (an entry of Celery's `task_queues`):
+    /// its exchange, binding and arguments (priorities, quorum, broker-native
+    /// dead-lettering, TTLs). Producers and workers of this app declare it
+    /// exactly so; configure the same on the Python side
+    /// ([`Queue::python_declaration`] prints it).
+    ///
+    /// ```
+    /// use celeriac::{Queue, QueueArguments, QueueType};
+    /// let images = Queue::celery_default("images").with_arguments(QueueArguments {
+    ///     queue_type: Some(QueueType::Quorum),
+    ///     max_priority: Some(10),
+    ///     ..QueueArguments::default()
+    /// });
+    /// let builder = celeriac::App::builder().queue(images);
+    /// ```
     pub fn queue(mut self, queue: Queue) -> Self {
         self.queues.push(queue);
+        self
+    }
+
+    /// `x-queue-type` of every queue that does not set its own (Celery's
+    /// `task_default_queue_type`; default classic).
+    pub fn default_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_defaults.queue_type = Some(queue_type);
+        self
+    }
+
+    /// `x-max-priority` of every queue that does not set its own (Celery's
+    /// `task_queue_max_priority`; default none).
+    pub fn queue_max_priority(mut self, max_priority: u8) -> Self {
+        self.queue_defaults.max_priority = Some(max_priority);
+        self
+    }
+
+    /// Whether sending to (or consuming) a queue that is not configured
+    /// declares it with Celery's default shape (`true`, the default, as
+    /// Celery's `task_create_missing_queues`) or is an error naming the
+    /// queue (`false`).
+    pub fn create_missing_queues(mut self, create: bool) -> Self {
+        self.create_missing_queues = Some(create);
+        self
+    }
+
+    /// `x-queue-type` of the delay queues that hold long ETAs and retries
+    /// (Celery's `broker_native_delayed_delivery_queue_type`; default
+    /// quorum).
+    pub fn delay_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.delay_queue_type = Some(queue_type);
         self
     }
 
@@ -339,6 +417,19 @@ impl AppBuilder {
     /// `task_routes`).
     pub fn route(mut self, pattern: impl Into<String>, route: RouteOptions) -> Self {
         self.routes.push((pattern.into(), route));
+        self
+    }
+
+    /// Adds routes tried before every route added so far, in the order
+    /// given (the worker CLI puts its `--route` flags and config file's
+    /// routes ahead of the program's own this way).
+    pub fn routes_first(
+        mut self,
+        routes: impl IntoIterator<Item = (String, RouteOptions)>,
+    ) -> Self {
+        let mut routes: Vec<_> = routes.into_iter().collect();
+        routes.append(&mut self.routes);
+        self.routes = routes;
         self
     }
 
@@ -363,7 +454,7 @@ impl AppBuilder {
 
     /// Connects and builds the app.
     pub async fn build(self) -> Result<App, Error> {
-        let broker_config = match self.broker_config {
+        let mut broker_config = match self.broker_config {
             Some(config) => config,
             None => {
                 let url = self
@@ -373,10 +464,15 @@ impl AppBuilder {
                 BrokerConfig::from_url(&url)?
             }
         };
+        if let Some(queue_type) = self.delay_queue_type {
+            broker_config.delay_queue_type = queue_type;
+        }
         let mut router = Router::new(
             self.default_queue
                 .unwrap_or_else(|| Queue::celery_default("celery")),
-        );
+        )
+        .queue_defaults(self.queue_defaults)
+        .create_missing_queues(self.create_missing_queues.unwrap_or(true));
         for queue in self.queues {
             router = router.queue(queue);
         }
@@ -392,7 +488,7 @@ impl AppBuilder {
             .result_backend
             .or_else(|| env_first(&RESULT_BACKEND_VARS));
         let backend: Option<Arc<dyn ResultBackend>> = match backend_url.as_deref() {
-            None | Some("") | Some("disabled") => None,
+            None | Some("" | "disabled") => None,
             Some(url) if url.starts_with("rpc://") => Some(Arc::new(RpcBackend::new(
                 broker.clone(),
                 self.result_expires.unwrap_or(Duration::from_secs(86_400)),

@@ -128,7 +128,7 @@ fn call_for(
     match options.get("expires") {
         Some(Value::Number(n)) => o.expires_in = n.as_f64().map(std::time::Duration::from_secs_f64),
         Some(other) => {
-            o.expires_at = celeriac_protocol::kombu::datetime_lenient(other).map(|t| t.to_utc())
+            o.expires_at = celeriac_protocol::kombu::datetime_lenient(other).map(|t| t.to_utc());
         }
         None => {}
     }

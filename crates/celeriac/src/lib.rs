@@ -50,11 +50,20 @@ pub mod result;
 mod task;
 mod task_error;
 
+/// The RabbitMQ layer (`celeriac-broker`), for workers and tools built on
+/// the app: deliveries, consumers, dead letters, topology.
+pub use celeriac_broker as broker;
+/// Celery's message model and codecs (`celeriac-protocol`).
+pub use celeriac_protocol as protocol;
+
 pub use app::{App, AppBuilder, BROKER_URL_VARS, RESULT_BACKEND_VARS};
 pub use arguments::Arguments;
 pub use call::{SendOptions, SendTask, TaskCall};
 pub use canvas::Apply;
-pub use celeriac_broker::{BrokerConfig, Exchange, Queue, QueueArguments, QueueType, RouteOptions};
+pub use celeriac_broker::{
+    BrokerConfig, Exchange, ExchangeKind, Queue, QueueArguments, QueueDefaults, QueueType,
+    RouteOptions,
+};
 pub use celeriac_macros::task;
 pub use celeriac_protocol::kombu;
 pub use celeriac_protocol::{ExceptionInfo, HeaderValue, Headers, ResultMeta, Signature, State};

@@ -196,6 +196,6 @@ pub fn current() -> Option<Request> {
 
 /// Runs `future` with `request` as the [`current`] request (the worker does
 /// this around every task).
-pub async fn scope<F: std::future::Future>(request: Request, future: F) -> F::Output {
+pub async fn scope<F: Future>(request: Request, future: F) -> F::Output {
     CURRENT.scope(request, future).await
 }

@@ -177,9 +177,10 @@ fn failure(meta: &ResultMeta) -> TaskFailure {
             .as_ref()
             .map(|e| e.exc_message.clone())
             .unwrap_or_default(),
-        message: exc
-            .as_ref()
-            .map_or_else(|| meta.result.to_string(), |e| e.message()),
+        message: exc.as_ref().map_or_else(
+            || meta.result.to_string(),
+            celeriac_protocol::ExceptionInfo::message,
+        ),
         traceback: meta.traceback.clone(),
     }
 }

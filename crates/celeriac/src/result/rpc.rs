@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use celeriac_broker::{Broker, BrokerError, ConsumeOptions, Exchange, Queue, QueueArguments};
+use celeriac_broker::{Broker, BrokerError, ConsumeOptions, Queue};
 use celeriac_protocol::{DecodeOptions, ResultMeta, State};
 use tokio::sync::{OnceCell, watch};
 use tracing::warn;
@@ -75,7 +75,7 @@ impl Results {
     }
 
     fn record(&mut self, meta: ResultMeta) {
-        let entry = self.entry(&meta.task_id.clone());
+        let entry = self.entry(&meta.task_id);
         entry.history.push(meta.status.clone());
         entry.latest.send_replace(Some(meta));
     }
@@ -87,23 +87,20 @@ fn lock(results: &Mutex<Results>) -> MutexGuard<'_, Results> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl std::fmt::Debug for RpcBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcBackend")
+            .field("reply_queue", &self.queue.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RpcBackend {
     /// A backend whose reply queue expires after `result_expires` unused
     /// (Celery's `result_expires`, 1 day by default).
     pub fn new(broker: Broker, result_expires: Duration) -> RpcBackend {
         let oid = uuid::Uuid::new_v4().to_string();
-        let queue = Queue {
-            name: oid.clone(),
-            exchange: Exchange::direct(""),
-            routing_key: oid,
-            durable: true,
-            exclusive: false,
-            auto_delete: true,
-            arguments: QueueArguments {
-                expires: Some(result_expires),
-                ..QueueArguments::default()
-            },
-        };
+        let queue = Queue::rpc_reply(oid, result_expires);
         RpcBackend {
             broker,
             queue,
@@ -136,7 +133,7 @@ impl RpcBackend {
                         lock(&results).record(meta);
                     }
                     Err(e) => {
-                        warn!(error = %e, "ignoring an undecodable message on the rpc:// reply queue")
+                        warn!(error = %e, "ignoring an undecodable message on the rpc:// reply queue");
                     }
                 }
                 let _ = delivery.ack().await;
@@ -205,6 +202,7 @@ impl ResultBackend for RpcBackend {
             };
             let mut raw = meta.encode().map_err(|e| BrokerError::Channel {
                 operation: "encoding a result",
+                code: None,
                 detail: e.to_string(),
             })?;
             raw.properties.correlation_id = Some(

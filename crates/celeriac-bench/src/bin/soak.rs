@@ -1,0 +1,290 @@
+//! Soak test: many tasks through several worker processes (`celeriac-demo
+//! worker`) while one worker is SIGKILLed and restarted every `--kill-every`
+//! seconds and the broker restarts once; then every task id is accounted for, and the
+//! workers' memory over time is printed.
+//!
+//! ```sh
+//! cargo build --release -p celeriac-demo
+//! cargo run --release -p celeriac-bench --bin soak -- --tasks 1000000
+//! ```
+//!
+//! Needs the local RabbitMQ and `rabbitmqctl` (for the broker restart). Not
+//! run by CI at this size; `docs/reliability.md` records a run.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use celeriac_broker::{Broker, BrokerConfig, ConsumeOptions, Exchange, Queue, QueueArguments};
+use celeriac_protocol::{DecodeOptions, ResultMeta, TaskMessage};
+use clap::Parser;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Tasks to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    tasks: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Concurrency of each worker.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds between killing (SIGKILL) and restarting a worker.
+    #[arg(long, default_value_t = 30)]
+    kill_every: u64,
+    /// Seconds after the start to restart the broker (0: never).
+    #[arg(long, default_value_t = 45)]
+    restart_broker_at: u64,
+    /// Broker URL.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672//")]
+    broker: String,
+}
+
+fn worker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.with_file_name("celeriac-demo")
+}
+
+fn start_worker(args: &Args, queue: &str) -> Child {
+    Command::new(worker_binary())
+        .args([
+            "worker",
+            "--broker",
+            &args.broker,
+            "--result-backend",
+            "rpc://",
+            "-Q",
+            queue,
+        ])
+        .args(["-c", &args.concurrency.to_string(), "--loglevel", "error"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("build the worker first: cargo build --release -p celeriac-demo")
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("rabbitmqctl {args:?} failed");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let queue_name = format!("celeriac-soak.{}", std::process::id());
+    let replies_name = format!("{queue_name}.results");
+    let mut config = BrokerConfig::from_url(&args.broker).expect("broker URL");
+    config.publish_wait = Duration::from_secs(300);
+    config.reconnect_max = Duration::from_millis(500);
+    let broker = Broker::connect(config).await.expect("RabbitMQ reachable");
+    let queue = Queue::celery_default(queue_name.clone());
+    broker.declare(&queue).await.expect("queue");
+    let replies = Queue {
+        name: replies_name.clone(),
+        exchange: Exchange::direct(""),
+        routing_key: replies_name.clone(),
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: QueueArguments::default(),
+    };
+
+    // Results: one per completed task (the worker publishes to reply_to).
+    let completed = Arc::new(std::sync::Mutex::new(vec![0u8; args.tasks as usize]));
+    let done = Arc::new(AtomicU64::new(0));
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let mut results = broker
+        .consume(ConsumeOptions {
+            queues: vec![replies],
+            prefetch: 1_000,
+        })
+        .await
+        .expect("results");
+    {
+        let (completed, done, duplicates) = (completed.clone(), done.clone(), duplicates.clone());
+        tokio::spawn(async move {
+            while let Some(delivery) = results.next().await {
+                if let Ok(meta) = ResultMeta::decode(&delivery.message, &DecodeOptions::default())
+                    && let Some(index) = meta
+                        .task_id
+                        .strip_prefix("soak-")
+                        .and_then(|i| i.parse::<usize>().ok())
+                {
+                    let mut seen = completed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(slot) = seen.get_mut(index) {
+                        if *slot == 0 {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *slot = slot.saturating_add(1);
+                    }
+                }
+                let _ = delivery.ack().await;
+            }
+        });
+    }
+
+    let started = Instant::now();
+    let mut workers: Vec<Child> = (0..args.workers)
+        .map(|_| start_worker(&args, &queue_name))
+        .collect();
+
+    // Producers: confirmed publishes, many in flight.
+    let sent = Arc::new(AtomicU64::new(0));
+    let publish_errors = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..64 {
+        let (broker, queue_name, replies_name, sent, errors, next, total) = (
+            broker.clone(),
+            queue_name.clone(),
+            replies_name.clone(),
+            sent.clone(),
+            publish_errors.clone(),
+            next.clone(),
+            args.tasks,
+        );
+        producers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let mut message = TaskMessage::new("demo.add", format!("soak-{i}"))
+                    .with_args(vec![json!(i), json!(1)]);
+                message.properties.reply_to = Some(replies_name.clone());
+                let raw = message.encode().expect("encodes");
+                match broker.publish("", &queue_name, &raw).await {
+                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+
+    // Faults and sampling.
+    let mut last_kill = Instant::now();
+    let mut broker_restarted = args.restart_broker_at == 0;
+    let mut kills = 0;
+    let mut rss_samples: Vec<(u64, Vec<u64>)> = Vec::new();
+    let mut last_progress = (0, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let elapsed = started.elapsed().as_secs();
+        let now_done = done.load(Ordering::Relaxed);
+        rss_samples.push((
+            elapsed,
+            workers.iter().filter_map(|w| rss_kib(w.id())).collect(),
+        ));
+        println!(
+            "t={elapsed:>4}s sent {} completed {now_done} duplicates {} worker RSS KiB {:?}",
+            sent.load(Ordering::Relaxed),
+            duplicates.load(Ordering::Relaxed),
+            rss_samples.last().map(|s| &s.1)
+        );
+        if now_done >= args.tasks {
+            break;
+        }
+        if now_done > last_progress.0 {
+            last_progress = (now_done, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(180) {
+            println!("no progress for 3 minutes; stopping to account");
+            break;
+        }
+        if last_kill.elapsed() >= Duration::from_secs(args.kill_every) {
+            let victim = kills % workers.len();
+            let _ = workers[victim].kill();
+            let _ = workers[victim].wait();
+            workers[victim] = start_worker(&args, &queue_name);
+            kills += 1;
+            last_kill = Instant::now();
+            println!("t={elapsed:>4}s killed and restarted worker {victim} (SIGKILL #{kills})");
+        }
+        if !broker_restarted && elapsed >= args.restart_broker_at {
+            println!("t={elapsed:>4}s restarting the broker (stop_app/start_app)");
+            tokio::task::spawn_blocking(|| {
+                rabbitmqctl(&["stop_app"]);
+                rabbitmqctl(&["start_app"]);
+            })
+            .await
+            .expect("joined");
+            broker_restarted = true;
+        }
+    }
+    for producer in producers {
+        producer.abort();
+    }
+    for worker in &mut workers {
+        let _ = Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status();
+        let _ = worker.wait();
+    }
+
+    let dead = broker.config().dead_letter.queue_for(&queue_name);
+    let dead_lettered = broker
+        .queue_counts(&dead.name)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |(n, _)| u64::from(n));
+    let completed_count = done.load(Ordering::Relaxed);
+    let sent_count = sent.load(Ordering::Relaxed);
+    let missing: HashSet<usize> = completed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| (*i as u64) < sent_count && **n == 0)
+        .map(|(i, _)| i)
+        .collect();
+    let lost = (missing.len() as u64).saturating_sub(dead_lettered);
+    println!(
+        "\n== soak: {} s, {kills} worker kills, broker restarted: {broker_restarted}",
+        started.elapsed().as_secs()
+    );
+    println!(
+        "sent {sent_count} (publish errors {}), completed {completed_count}, duplicates {}, dead-lettered {dead_lettered}, lost {lost}",
+        publish_errors.load(Ordering::Relaxed),
+        duplicates.load(Ordering::Relaxed)
+    );
+    let max_rss: Vec<u64> = rss_samples
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .collect();
+    println!(
+        "worker RSS KiB: min {} max {}",
+        max_rss.iter().min().unwrap_or(&0),
+        max_rss.iter().max().unwrap_or(&0)
+    );
+    for name in [&queue_name, &replies_name, &dead.name] {
+        let _ = broker.delete_queue(name).await;
+    }
+    let _ = broker.delete_exchange(&queue_name).await;
+    broker.close().await;
+    if lost > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,105 @@
+//! The targets, as ratios between rows of one run.
+
+use crate::memory::MemoryReport;
+use crate::report::{Check, LatencyRow, Throughput};
+
+/// The targets, as ratios between rows of this run.
+pub(crate) fn checks(
+    throughput: &[Throughput],
+    latency: &[LatencyRow],
+    memory: Option<&MemoryReport>,
+) -> Vec<Check> {
+    let rate = |scenario: &str, prefix: &str| {
+        throughput
+            .iter()
+            .find(|t| t.scenario == scenario && t.variant.starts_with(prefix))
+            .map(|t| t.median_per_s)
+    };
+    let mut checks = Vec::new();
+    let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, at_least: f64| {
+        if let (Some(a), Some(b)) = (a, b) {
+            checks.push(Check::at_least(name, a / b, at_least, "×"));
+        }
+    };
+    let worker = rate("drain", "celeriac worker, ack_batch 32");
+    ratio(
+        "worker drain / raw multi-ack consume",
+        worker,
+        rate("drain", "raw lapin, multi-ack"),
+        0.5,
+    );
+    ratio(
+        "worker drain / Python Celery prefork",
+        worker,
+        rate("drain", "python"),
+        10.0,
+    );
+    ratio(
+        "worker drain (ack_batch 1) / raw consume, ack each",
+        rate("drain", "celeriac worker, ack_batch 1"),
+        rate("drain", "raw lapin, ack each"),
+        0.9,
+    );
+    let apply = rate("publish", "celeriac apply()");
+    ratio(
+        "apply() / raw publish, 1000 in flight",
+        apply,
+        rate("publish", "raw lapin, 1000"),
+        0.8,
+    );
+    ratio(
+        "apply() / Python send_task",
+        apply,
+        rate("publish", "python"),
+        3.0,
+    );
+    let bulk = rate("publish", "celeriac send_many()");
+    ratio(
+        "send_many() / raw publish, 5000 in flight",
+        bulk,
+        rate("publish", "raw lapin, 5000"),
+        0.8,
+    );
+    ratio(
+        "send_many() / Python send_task",
+        bulk,
+        rate("publish", "python"),
+        3.0,
+    );
+    if let Some(trickle) = latency.first() {
+        checks.push(Check::at_most(
+            "enqueue→start p99 at a trickle",
+            trickle.enqueue_to_start_ms.p99,
+            5.0,
+            "ms",
+        ));
+    }
+    if let Some(cpu) = throughput
+        .iter()
+        .find(|t| t.variant == "celeriac worker, ack_batch 32")
+        .and_then(Throughput::cpu_us_per_task_median)
+    {
+        checks.push(Check::at_most(
+            "process CPU per no-op task in the worker",
+            cpu,
+            20.0,
+            "µs",
+        ));
+    }
+    if let Some(memory) = memory {
+        let megabytes = memory.backlog_peak_kib as f64 * 1024.0 / 1e6;
+        checks.push(Check::at_most(
+            "worker peak RSS on the backlog",
+            megabytes,
+            30.0,
+            "MB",
+        ));
+        checks.push(Check::at_most(
+            "worker RSS growth across the tasks (last / first)",
+            memory.growth(),
+            1.1,
+            "×",
+        ));
+    }
+    checks
+}

@@ -1,0 +1,94 @@
+//! What a run measures: the scenarios, how much work each does, and the
+//! message every scenario sends.
+
+use celeriac_protocol::{RawMessage, TaskMessage};
+use serde::Serialize;
+use serde_json::json;
+
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// Publishing with confirms: raw lapin, `apply()`, `send_many()`, Python.
+    Publish,
+    /// Draining a backlog of no-op tasks.
+    Drain,
+    /// Memory of a worker process: idle, on a backlog, across many tasks.
+    Memory,
+    /// Send and read back the result, many callers.
+    Results,
+    /// Enqueue→start and enqueue→result at a trickle and under load.
+    Latency,
+    /// How late a beat's sends arrive, many every-second entries at once.
+    Beat,
+}
+
+/// How much work each measurement does.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Sizes {
+    /// Messages per throughput measurement.
+    pub(crate) messages: u64,
+    /// Messages per Python Celery measurement (it is much slower).
+    pub(crate) python_messages: u64,
+    /// Rounds of each scenario.
+    pub(crate) rounds: usize,
+    /// Round trips (send, then read the result) per measurement.
+    pub(crate) round_trips: u64,
+    /// Tasks sent at a trickle (10/s) for the latency scenario.
+    pub(crate) trickle: u64,
+    /// Seconds of offered load for the loaded latency scenario.
+    pub(crate) loaded_seconds: f64,
+    /// Backlog a worker process starts on in the memory scenario.
+    pub(crate) memory_backlog: u64,
+    /// Tasks the memory scenario's worker runs in all.
+    pub(crate) memory_total: u64,
+    /// Every-second entries of the beat scenario's schedule.
+    pub(crate) beat_entries: usize,
+    /// Sends the beat scenario measures.
+    pub(crate) beat_sends: u64,
+}
+
+impl Sizes {
+    /// The default sizes, or the quick ones, with overrides.
+    pub(crate) fn new(quick: bool, messages: Option<u64>, rounds: Option<usize>) -> Sizes {
+        let base = if quick {
+            Sizes {
+                messages: 2_000,
+                python_messages: 500,
+                rounds: 1,
+                round_trips: 500,
+                trickle: 20,
+                loaded_seconds: 1.0,
+                memory_backlog: 5_000,
+                memory_total: 20_000,
+                beat_entries: 50,
+                beat_sends: 100,
+            }
+        } else {
+            Sizes {
+                messages: 50_000,
+                python_messages: 5_000,
+                rounds: 3,
+                round_trips: 10_000,
+                trickle: 200,
+                loaded_seconds: 5.0,
+                memory_backlog: 100_000,
+                memory_total: 1_000_000,
+                beat_entries: 100,
+                beat_sends: 1_000,
+            }
+        };
+        Sizes {
+            messages: messages.unwrap_or(base.messages),
+            rounds: rounds.unwrap_or(base.rounds).max(1),
+            ..base
+        }
+    }
+}
+
+/// An encoded `task(1, 2)` message, as a Celeriac producer sends it.
+pub(crate) fn task_message(task: &str) -> anyhow::Result<RawMessage> {
+    let id = uuid::Uuid::new_v4().to_string();
+    Ok(TaskMessage::new(task, id)
+        .with_args(vec![json!(1), json!(2)])
+        .encode()?)
+}

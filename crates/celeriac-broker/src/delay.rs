@@ -1,0 +1,206 @@
+//! Delayed delivery through RabbitMQ itself, compatible with Celery 5.5+
+//! native delayed delivery (§2.5): a message that must wait leaves the
+//! worker instead of being held unacked past RabbitMQ's `consumer_timeout`.
+//!
+//! The topology is Celery's, declared with the same arguments so Python
+//! workers can share it: topic exchanges and queues `celery_delayed_0` …
+//! `celery_delayed_27`, where queue *n* holds a message for 2ⁿ seconds
+//! (`x-message-ttl`) and then dead-letters it to level *n − 1*, and
+//! `celery_delayed_delivery`, the final exchange. A message is published to
+//! `celery_delayed_27` with its delay as 28 binary digits in the routing key
+//! (most significant first), then the destination:
+//! `0.0.…0.1.0.1.0.<queue>` for 10 s. Each level's binding routes the
+//! message into its queue when its bit is 1, or straight to the next level
+//! when it is 0, so it waits exactly its delay.
+//!
+//! Celery binds *topic* application exchanges to `celery_delayed_delivery`;
+//! Celeriac's default queues are direct (as Python's are), so each queue a
+//! delayed message returns to is bound with `#.<queue>` the first time.
+//! Python producers never use the topology for direct queues, so nothing
+//! changes for them.
+
+use std::time::Duration;
+
+use celeriac_protocol::RawMessage;
+use tracing::info;
+
+use crate::topology::{Exchange, Queue, QueueArguments, QueueType};
+use crate::{Broker, BrokerError};
+
+/// Number of delay levels, as in Celery: delays up to 2²⁸ − 1 s (~8.5 years).
+pub const LEVELS: u32 = 28;
+/// The exchange delayed messages leave through, back to their queue.
+pub const DELIVERY_EXCHANGE: &str = "celery_delayed_delivery";
+/// The prefix of every level's exchange and queue name.
+const LEVEL_PREFIX: &str = "celery_delayed_";
+
+fn level_name(level: u32) -> String {
+    format!("{LEVEL_PREFIX}{level}")
+}
+
+/// Whether `exchange` belongs to the delay topology (a delivery that came
+/// back through it was published there, not to its queue's exchange).
+///
+/// ```
+/// use celeriac_broker::delay::is_delay_exchange;
+/// assert!(is_delay_exchange("celery_delayed_delivery"));
+/// assert!(is_delay_exchange("celery_delayed_27"));
+/// assert!(!is_delay_exchange("celery"));
+/// ```
+pub fn is_delay_exchange(exchange: &str) -> bool {
+    exchange.starts_with(LEVEL_PREFIX)
+}
+
+/// The routing key for a `delay` to `destination`.
+///
+/// ```
+/// use std::time::Duration;
+/// use celeriac_broker::delay::routing_key;
+/// assert_eq!(
+///     routing_key(Duration::from_secs(10), "celery"),
+///     "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.1.0.celery"
+/// );
+/// ```
+pub fn routing_key(delay: Duration, destination: &str) -> String {
+    let seconds = delay.as_secs().min((1 << LEVELS) - 1);
+    let mut key = String::with_capacity(2 * LEVELS as usize + destination.len());
+    for bit in (0..LEVELS).rev() {
+        key.push(if seconds >> bit & 1 == 1 { '1' } else { '0' });
+        key.push('.');
+    }
+    key.push_str(destination);
+    key
+}
+
+/// Removes a delay prefix (28 binary words) from a routing key, so retries
+/// of a delayed message route to the plain destination (§9 item 9).
+pub fn strip_prefix(routing_key: &str) -> &str {
+    let mut rest = routing_key;
+    for _ in 0..LEVELS {
+        match rest.split_once('.') {
+            Some(("0" | "1", tail)) => rest = tail,
+            _ => return routing_key,
+        }
+    }
+    rest
+}
+
+/// The level queues, each bound to its own exchange, with Celery's
+/// arguments for `queue_type`.
+fn level_queues(queue_type: QueueType) -> impl Iterator<Item = Queue> {
+    (0..LEVELS).rev().map(move |level| {
+        let name = level_name(level);
+        let next = if level == 0 {
+            DELIVERY_EXCHANGE.to_owned()
+        } else {
+            level_name(level - 1)
+        };
+        let quorum = queue_type == QueueType::Quorum;
+        Queue::celery_default(name.clone())
+            .bound_to(
+                Exchange::topic(name),
+                format!("{}1.#", "*.".repeat((LEVELS - 1 - level) as usize)),
+            )
+            .with_arguments(QueueArguments {
+                queue_type: Some(queue_type),
+                overflow: Some("reject-publish".into()),
+                message_ttl: Some(Duration::from_secs(1 << level)),
+                dead_letter_exchange: Some(next),
+                dead_letter_strategy: quorum.then(|| "at-least-once".into()),
+                ..QueueArguments::default()
+            })
+    })
+}
+
+impl Broker {
+    /// Publishes `message` to come back to `queue` after `delay`, through
+    /// the delay topology (declared on first use, with
+    /// [`BrokerConfig::delay_queue_type`](crate::BrokerConfig::delay_queue_type)),
+    /// and waits for the confirm.
+    pub async fn publish_delayed(
+        &self,
+        queue: &str,
+        delay: Duration,
+        message: &RawMessage,
+    ) -> Result<(), BrokerError> {
+        self.shared
+            .delay_declared
+            .get_or_try_init(|| self.declare_delay_topology())
+            .await?;
+        if !self.delay_bound(queue) {
+            self.bind_queue(queue, DELIVERY_EXCHANGE, &format!("#.{queue}"))
+                .await?;
+            self.mark_delay_bound(queue);
+        }
+        self.publish(&level_name(LEVELS - 1), &routing_key(delay, queue), message)
+            .await
+    }
+
+    async fn declare_delay_topology(&self) -> Result<(), BrokerError> {
+        self.declare_exchange(&Exchange::topic(DELIVERY_EXCHANGE))
+            .await?;
+        for queue in level_queues(self.config().delay_queue_type) {
+            self.declare(&queue).await?;
+        }
+        for level in (1..LEVELS).rev() {
+            let pattern = format!("{}0.#", "*.".repeat((LEVELS - 1 - level) as usize));
+            self.bind_exchange(&level_name(level - 1), &level_name(level), &pattern)
+                .await?;
+        }
+        let last = format!("{}0.#", "*.".repeat((LEVELS - 1) as usize));
+        self.bind_exchange(DELIVERY_EXCHANGE, &level_name(0), &last)
+            .await?;
+        info!("declared the delayed-delivery topology (celery_delayed_0..27)");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_match_celerys() {
+        // The example of the wire reference (§2.5).
+        assert_eq!(
+            routing_key(Duration::from_secs(10), "celery"),
+            "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.1.0.celery"
+        );
+        assert!(routing_key(Duration::from_secs(u64::MAX), "q").starts_with("1.1.1"));
+    }
+
+    #[test]
+    fn prefixes_strip_once() {
+        let key = routing_key(Duration::from_secs(7), "a.b");
+        assert_eq!(strip_prefix(&key), "a.b");
+        assert_eq!(strip_prefix("celery"), "celery");
+        assert_eq!(
+            strip_prefix("1.0.celery"),
+            "1.0.celery",
+            "shorter than 28 levels: not a prefix"
+        );
+    }
+
+    #[test]
+    fn level_queues_follow_celery() {
+        let queues: Vec<Queue> = level_queues(QueueType::Quorum).collect();
+        assert_eq!(queues.len(), 28);
+        let top = &queues[0];
+        assert_eq!(top.name, "celery_delayed_27");
+        assert_eq!(top.routing_key, "1.#");
+        let bottom = &queues[27];
+        assert_eq!(bottom.name, "celery_delayed_0");
+        assert_eq!(bottom.routing_key, format!("{}1.#", "*.".repeat(27)));
+        assert_eq!(
+            bottom.arguments.dead_letter_exchange.as_deref(),
+            Some(DELIVERY_EXCHANGE)
+        );
+        assert_eq!(bottom.arguments.message_ttl, Some(Duration::from_secs(1)));
+        let classic: Vec<Queue> = level_queues(QueueType::Classic).collect();
+        assert!(
+            classic
+                .iter()
+                .all(|q| q.arguments.dead_letter_strategy.is_none())
+        );
+    }
+}

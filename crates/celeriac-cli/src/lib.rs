@@ -1,0 +1,13 @@
+//! # celeriac-cli
+//!
+//! The `celeriac` admin command for operators of Celeriac and Celery
+//! deployments on RabbitMQ, and the library behind it:
+//!
+//! - [`dlq`]: dead letters: list, show, requeue and purge them without ever
+//!   losing one;
+//! - `celeriac queues`: ready messages and consumers per queue;
+//! - `celeriac send`: send a task by name.
+//!
+//! Install it with `cargo install celeriac-cli`; guide: `docs/operations.md`.
+
+pub mod dlq;

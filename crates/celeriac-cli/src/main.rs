@@ -1,0 +1,277 @@
+//! `celeriac`: operator commands. Dead letters (`dlq list|show|requeue|purge`),
+//! queue counts (`queues`), and sending a task by name (`send`).
+
+use std::io::{BufRead as _, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use celeriac::App;
+use celeriac_cli::dlq::{self, Filter};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+/// Operate a Celeriac (or Celery) deployment on RabbitMQ: dead letters,
+/// queue counts, sending tasks.
+#[derive(Debug, Parser)]
+#[command(name = "celeriac", version, about, long_about = None)]
+struct Args {
+    /// Broker URL(s) [default: Celery's amqp://guest:guest@localhost:5672//]
+    #[arg(short = 'b', long, global = true, env = "CELERIAC_BROKER_URL")]
+    broker: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dead letters of a task queue (`<queue>.dead`)
+    Dlq {
+        #[command(subcommand)]
+        action: Dlq,
+    },
+    /// Ready messages and consumers of queues (and their dead-letter queues)
+    Queues {
+        /// Queues, comma-separated
+        #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+        queues: Vec<String>,
+    },
+    /// Send a task by name
+    Send {
+        /// Task name, e.g. proj.tasks.add
+        task: String,
+        /// Positional arguments as a JSON array
+        #[arg(long, default_value = "[]")]
+        args: String,
+        /// Keyword arguments as a JSON object
+        #[arg(long, default_value = "{}")]
+        kwargs: String,
+        /// Queue to send to [default: routed, i.e. celery]
+        #[arg(short = 'Q', long)]
+        queue: Option<String>,
+        /// Seconds before it may run
+        #[arg(long)]
+        countdown: Option<f64>,
+        /// Wait this many seconds for the result (uses rpc://)
+        #[arg(long)]
+        wait: Option<f64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// List dead letters: task, id, reason, error, time
+    List {
+        /// The task queue whose dead letters to list
+        #[arg(short = 'Q', long, default_value = "celery")]
+        queue: String,
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter in full
+    Show {
+        /// Its task id
+        id: String,
+        #[arg(short = 'Q', long, default_value = "celery")]
+        queue: String,
+    },
+    /// Send dead letters back to their queue, retries reset
+    Requeue {
+        #[arg(short = 'Q', long, default_value = "celery")]
+        queue: String,
+        /// Only the one with this task id
+        #[arg(long, conflicts_with_all = ["task", "reason", "all"])]
+        id: Option<String>,
+        /// Only those of this task name
+        #[arg(long, conflicts_with_all = ["reason", "all"])]
+        task: Option<String>,
+        /// Only those dead-lettered for this reason (e.g. failed)
+        #[arg(long, conflicts_with = "all")]
+        reason: Option<String>,
+        /// All of them
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter of a queue
+    Purge {
+        #[arg(short = 'Q', long, default_value = "celery")]
+        queue: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("error: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut builder = App::builder();
+    if let Some(url) = &args.broker {
+        builder = builder.broker_url(url.clone());
+    }
+    if matches!(args.command, Command::Send { wait: Some(_), .. }) {
+        builder = builder.result_backend("rpc://");
+    }
+    let app = builder.build().await?;
+    let broker = app.broker();
+    let code = match args.command {
+        Command::Dlq {
+            action: Dlq::List { queue, limit },
+        } => {
+            let letters = dlq::list(broker, &queue, limit).await?;
+            println!(
+                "{} dead letter(s) in {}",
+                letters.len(),
+                dlq::dead_letter_queue(broker, &queue).name
+            );
+            for l in letters {
+                println!(
+                    "{}  {}  {}  reason={}  {}: {}",
+                    l.time, l.task, l.id, l.reason, l.exception_type, l.error
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Dlq {
+            action: Dlq::Show { id, queue },
+        } => match dlq::show(broker, &queue, &id).await? {
+            Some((view, raw)) => {
+                println!(
+                    "task:    {}\nid:      {}\nreason:  {}\nerror:   {}: {}\norigin:  {}\ntime:    {}\nargs:    {}",
+                    view.task,
+                    view.id,
+                    view.reason,
+                    view.exception_type,
+                    view.error,
+                    view.origin_queue,
+                    view.time,
+                    view.args
+                );
+                println!("headers:");
+                for (name, value) in &raw.headers {
+                    println!("    {name} = {}", value.to_json());
+                }
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "no dead letter with task id {id} in {}",
+                    dlq::dead_letter_queue(broker, &queue).name
+                );
+                ExitCode::from(1)
+            }
+        },
+        Command::Dlq {
+            action:
+                Dlq::Requeue {
+                    queue,
+                    id,
+                    task,
+                    reason,
+                    all,
+                },
+        } => {
+            let filter = match (id, task, reason, all) {
+                (Some(id), ..) => Filter::Id(id),
+                (_, Some(task), ..) => Filter::Task(task),
+                (_, _, Some(reason), _) => Filter::Reason(reason),
+                (.., true) => Filter::All,
+                _ => {
+                    eprintln!("say which: --id, --task, --reason or --all");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let report = dlq::requeue(broker, &queue, &filter).await?;
+            println!(
+                "requeued {} dead letter(s); {} left in place",
+                report.requeued, report.kept
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Dlq {
+            action: Dlq::Purge { queue, yes },
+        } => {
+            let dlq = dlq::dead_letter_queue(broker, &queue).name;
+            if !yes {
+                print!("delete every message in {dlq}? type yes: ");
+                std::io::stdout().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().lock().read_line(&mut answer)?;
+                if answer.trim() != "yes" {
+                    println!("nothing deleted");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            println!(
+                "deleted {} dead letter(s) from {dlq}",
+                dlq::purge(broker, &queue).await?
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Queues { queues } => {
+            println!("{:<48} {:>10} {:>10}", "queue", "messages", "consumers");
+            for queue in queues {
+                for name in [queue.clone(), dlq::dead_letter_queue(broker, &queue).name] {
+                    match broker.queue_counts(&name).await? {
+                        Some((messages, consumers)) => {
+                            println!("{name:<48} {messages:>10} {consumers:>10}");
+                        }
+                        None => println!("{name:<48} {:>10} {:>10}", "-", "(absent)"),
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Send {
+            task,
+            args,
+            kwargs,
+            queue,
+            countdown,
+            wait,
+        } => {
+            let args: Value =
+                serde_json::from_str(&args).map_err(|e| format!("--args is not JSON: {e}"))?;
+            let kwargs: Value =
+                serde_json::from_str(&kwargs).map_err(|e| format!("--kwargs is not JSON: {e}"))?;
+            let mut call = app.send_task(&task).args(args).kwargs(kwargs);
+            if let Some(queue) = queue {
+                call = call.queue(queue);
+            }
+            if let Some(seconds) = countdown.filter(|s| s.is_finite() && *s >= 0.0) {
+                call = call.countdown(Duration::from_secs_f64(seconds));
+            }
+            let result = call.apply().await?;
+            println!("sent {task} as {}", result.id());
+            if let Some(seconds) = wait {
+                match result.get(Duration::from_secs_f64(seconds.max(0.0))).await {
+                    Ok(value) => println!("result: {value}"),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    app.close().await;
+    Ok(code)
+}

@@ -1,0 +1,86 @@
+//! Demo tasks, served by `celeriac-demo worker` and used by the README's
+//! quick start, the interop tests and the benchmarks.
+
+use std::time::Duration;
+
+use celeriac::{AppBuilder, Request, TaskError, TaskResult, task};
+use serde_json::Value;
+
+/// `demo.add(x, y)`: the sum.
+#[task(name = "demo.add")]
+pub async fn add(x: i64, y: i64) -> i64 {
+    x + y
+}
+
+/// `demo.sleep(seconds)`: waits, then returns the seconds.
+#[task(name = "demo.sleep")]
+pub async fn sleep(seconds: f64) -> f64 {
+    tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+    seconds
+}
+
+/// `demo.fail(message)`: raises `ValueError(message)` on the Python side.
+#[task(name = "demo.fail")]
+pub async fn fail(message: String) -> TaskResult<()> {
+    Err(TaskError::python("builtins", "ValueError", message))
+}
+
+/// `demo.flaky(failures)`: asks to be retried `failures` times (0.1 s
+/// apart), then succeeds.
+#[task(name = "demo.flaky", bind = true, max_retries = 10)]
+pub async fn flaky(request: Request, failures: u32) -> TaskResult<String> {
+    if request.retries < failures {
+        let cause = TaskError::python(
+            "builtins",
+            "ConnectionError",
+            format!("attempt {} fails", request.retries + 1),
+        );
+        return Err(request
+            .retry()
+            .countdown(Duration::from_millis(100))
+            .because(cause));
+    }
+    Ok(format!("succeeded after {} retries", request.retries))
+}
+
+/// `demo.echo(value)`: returns any JSON value unchanged (kombu envelopes
+/// included).
+#[task(name = "demo.echo")]
+pub async fn echo(value: Value) -> Value {
+    value
+}
+
+/// `demo.cpu(iterations)`: CPU-bound busy work on the blocking pool.
+#[task(name = "demo.cpu")]
+pub fn cpu(iterations: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..iterations {
+        x = x.rotate_left(5) ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    x
+}
+
+/// `demo.now()`: the worker's clock when the task runs (Unix seconds).
+#[task(name = "demo.now")]
+pub async fn now() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+/// `demo.crash()`: aborts the whole worker process, for crash-loop tests.
+/// Never route real traffic to a worker that registers it.
+#[task(name = "demo.crash")]
+pub fn crash() {
+    std::process::abort()
+}
+
+/// Registers every demo task.
+pub fn register(app: AppBuilder) -> AppBuilder {
+    app.task(add)
+        .task(sleep)
+        .task(fail)
+        .task(flaky)
+        .task(echo)
+        .task(cpu)
+        .task(now)
+        .task(crash)
+}

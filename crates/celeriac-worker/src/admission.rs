@@ -1,0 +1,213 @@
+//! The checks a delivery passes before its task may run, in Celery's order
+//! (§3.2): decode, redelivery count, registry, expiry, ETA. Pure: given the
+//! message, what the worker knows and the clock, [`admit`] says what to do;
+//! the handler does it. The concurrency permit is taken afterwards, so a
+//! delivery waiting for its ETA holds none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::broker::DeadLetterReason;
+use celeriac::protocol::{DecodeOptions, RawMessage, TaskMessage};
+use celeriac::{Registry, Task};
+use chrono::{DateTime, FixedOffset};
+
+/// What to do with a delivery before anything runs.
+pub(crate) enum Admission {
+    /// It is not a task message we can read: dead-letter it.
+    Undecodable {
+        /// Why, as a dead-letter reason.
+        reason: DeadLetterReason,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The broker delivered it before (a worker may have crashed on it):
+    /// count the redelivery before running it again.
+    Redelivered(TaskMessage),
+    /// No task of that name is registered here.
+    Unregistered(TaskMessage),
+    /// It expired before it could start.
+    Expired(TaskMessage),
+    /// It is due further out than the ETA horizon: move it to the delay
+    /// topology for this long rather than hold it unacked.
+    Postpone(Duration),
+    /// Run it once `wait` has passed (zero: at once).
+    Run {
+        /// The decoded message.
+        message: TaskMessage,
+        /// The task to run.
+        task: Arc<dyn Task>,
+        /// How long until its ETA.
+        wait: Duration,
+    },
+}
+
+/// What the worker knows when it admits a delivery.
+pub(crate) struct Gate<'a> {
+    /// The registered tasks.
+    pub(crate) registry: &'a Registry,
+    /// ETAs further out than this are postponed.
+    pub(crate) eta_horizon: Duration,
+    /// The current time.
+    pub(crate) now: DateTime<FixedOffset>,
+}
+
+/// Decides what happens to a delivery of `raw` before its task runs.
+pub(crate) fn admit(raw: &RawMessage, redelivered: bool, gate: &Gate<'_>) -> Admission {
+    let message = match TaskMessage::decode(raw, &DecodeOptions::default()) {
+        Ok(message) => message,
+        Err(err) => {
+            return Admission::Undecodable {
+                reason: DeadLetterReason::from_decode_reason(err.reason()),
+                detail: err.to_string(),
+            };
+        }
+    };
+    if redelivered {
+        return Admission::Redelivered(message);
+    }
+    let Some(task) = gate.registry.get(&message.headers.task).cloned() else {
+        return Admission::Unregistered(message);
+    };
+    if is_expired(&message, gate.now) {
+        return Admission::Expired(message);
+    }
+    let wait = message
+        .headers
+        .eta
+        .and_then(|eta| (eta - gate.now).to_std().ok())
+        .unwrap_or(Duration::ZERO);
+    if wait > gate.eta_horizon {
+        return Admission::Postpone(wait);
+    }
+    Admission::Run {
+        message,
+        task,
+        wait,
+    }
+}
+
+/// Whether `message` is past its `expires` at `now`.
+pub(crate) fn is_expired(message: &TaskMessage, now: DateTime<FixedOffset>) -> bool {
+    message
+        .headers
+        .expires
+        .is_some_and(|expires| expires <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celeriac::protocol::time::now;
+    use celeriac::{Arguments, Request, TaskFuture};
+
+    struct Noop;
+
+    impl Task for Noop {
+        fn name(&self) -> &str {
+            "tests.noop"
+        }
+        fn call(&self, _request: Request, _args: Arguments) -> TaskFuture {
+            Box::pin(async { Ok(serde_json::Value::Null) })
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut registry = Registry::default();
+        registry.register(Arc::new(Noop));
+        registry
+    }
+
+    fn message(name: &str) -> TaskMessage {
+        TaskMessage::new(name, "11111111-1111-4111-8111-111111111111")
+    }
+
+    fn decide(message: TaskMessage, redelivered: bool) -> Admission {
+        let registry = registry();
+        let gate = Gate {
+            registry: &registry,
+            eta_horizon: Duration::from_secs(600),
+            now: now(),
+        };
+        admit(&message.encode().unwrap(), redelivered, &gate)
+    }
+
+    #[test]
+    fn a_plain_task_runs_at_once() {
+        match decide(message("tests.noop"), false) {
+            Admission::Run { wait, task, .. } => {
+                assert_eq!(wait, Duration::ZERO);
+                assert_eq!(task.name(), "tests.noop");
+            }
+            _ => panic!("expected Run"),
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_no_task_are_undecodable() {
+        let raw = RawMessage {
+            body: b"not json".to_vec(),
+            ..message("tests.noop").encode().unwrap()
+        };
+        let registry = registry();
+        let gate = Gate {
+            registry: &registry,
+            eta_horizon: Duration::from_secs(600),
+            now: now(),
+        };
+        match admit(&raw, false, &gate) {
+            Admission::Undecodable { reason, detail } => {
+                assert_eq!(reason, DeadLetterReason::DecodeError);
+                assert!(!detail.is_empty());
+            }
+            _ => panic!("expected Undecodable"),
+        }
+    }
+
+    #[test]
+    fn a_redelivery_is_counted_before_the_registry_is_asked() {
+        assert!(matches!(
+            decide(message("tests.unknown"), true),
+            Admission::Redelivered(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_names_are_unregistered() {
+        assert!(matches!(
+            decide(message("tests.unknown"), false),
+            Admission::Unregistered(m) if m.headers.task == "tests.unknown"
+        ));
+    }
+
+    #[test]
+    fn expiry_is_checked_before_the_eta() {
+        let past = now() - chrono::Duration::seconds(1);
+        let far = now() + chrono::Duration::days(1);
+        let expired = message("tests.noop")
+            .with_expires(past, now())
+            .with_eta(far);
+        assert!(matches!(decide(expired, false), Admission::Expired(_)));
+    }
+
+    #[test]
+    fn etas_are_held_within_the_horizon_and_postponed_beyond_it() {
+        let soon = message("tests.noop").with_eta(now() + chrono::Duration::seconds(30));
+        match decide(soon, false) {
+            Admission::Run { wait, .. } => {
+                assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30));
+            }
+            _ => panic!("expected Run after a wait"),
+        }
+        let far = message("tests.noop").with_eta(now() + chrono::Duration::hours(2));
+        assert!(matches!(
+            decide(far, false),
+            Admission::Postpone(wait) if wait > Duration::from_secs(7000)
+        ));
+        let past = message("tests.noop").with_eta(now() - chrono::Duration::hours(2));
+        assert!(matches!(
+            decide(past, false),
+            Admission::Run { wait, .. } if wait.is_zero()
+        ));
+    }
+}

@@ -1,0 +1,128 @@
+//! Deliveries that do not run now, each with its one outcome: unregistered
+//! (`FAILURE` stored, dead-lettered), expired (`REVOKED` stored, acked),
+//! postponed (moved to the delay topology), redelivered (counted, or
+//! dead-lettered as a crash loop), or dead-lettered with a reason.
+
+use std::time::Duration;
+
+use celeriac::broker::{DeadLetter, DeadLetterReason, Delivery};
+use celeriac::protocol::time::now;
+use celeriac::protocol::{HeaderValue, TaskMessage};
+use celeriac::{ExceptionInfo, Request, ResultMeta, State};
+use tracing::{debug, error, info, warn};
+
+use crate::context::Context;
+use crate::settle::Settle;
+
+/// Header counting how often a message was delivered again (crash loops).
+pub const REDELIVERIES_HEADER: &str = "x-celeriac-redeliveries";
+
+/// An unregistered task: `FAILURE` with `NotRegistered` stored (as Python
+/// does), then dead-lettered.
+pub(crate) async fn unregistered(
+    ctx: &Context,
+    delivery: &Delivery,
+    message: &TaskMessage,
+) -> Settle {
+    let name = &message.headers.task;
+    warn!(task = %name, id = %message.headers.id, "received an unregistered task; dead-lettering it");
+    let request = ctx.request_for(delivery, message);
+    let exc = ExceptionInfo::new("celery.exceptions", "NotRegistered", name.clone());
+    let meta = ResultMeta::new(&request.id, State::Failure, exc.to_json());
+    ctx.outbox.store(&request, message, meta).await;
+    let detail = format!("task {name} is not registered on this worker");
+    let reason = DeadLetterReason::UnknownTask;
+    dead_letter(ctx, delivery, reason, Some("NotRegistered"), detail).await
+}
+
+/// `REVOKED` with `TaskRevokedError('expired')`, then ack (§3.5).
+pub(crate) async fn revoke_expired(
+    ctx: &Context,
+    request: &Request,
+    message: &TaskMessage,
+) -> Settle {
+    info!(task = %message.headers.task, id = %request.id, "task expired before it started; revoking it");
+    let exc = ExceptionInfo::new("celery.exceptions", "TaskRevokedError", "expired");
+    let mut meta = ResultMeta::new(&request.id, State::Revoked, exc.to_json());
+    meta.date_done = Some(now());
+    ctx.outbox.store(request, message, meta).await;
+    ctx.stats.revoked();
+    Settle::Ack
+}
+
+/// A long ETA leaves through the delay topology; acked once confirmed.
+pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration) -> Settle {
+    match ctx.outbox.postpone(delivery, wait).await {
+        Ok(()) => {
+            debug!(queue = %delivery.queue, ?wait, "ETA beyond the horizon: moved to the delay queues");
+            Settle::AckNow
+        }
+        Err(e) => {
+            error!(error = %e, "moving a long ETA to the delay queues failed; requeueing it");
+            Settle::Reject { requeue: true }
+        }
+    }
+}
+
+/// A redelivered message is counted in a header (so the count survives a
+/// worker that crashes on it): republished with the count and acked, or
+/// dead-lettered once the count passes the limit.
+pub(crate) async fn count_redelivery(
+    ctx: &Context,
+    delivery: &Delivery,
+    message: &TaskMessage,
+) -> Settle {
+    let count = match delivery.message.headers.get(REDELIVERIES_HEADER) {
+        Some(HeaderValue::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX).saturating_add(1),
+        _ => 1,
+    };
+    ctx.stats.redelivered();
+    let limit = ctx.config.redelivery_limit;
+    if count > limit {
+        warn!(id = %message.headers.id, count, "message redelivered too often (crash loop?); dead-lettering it");
+        let detail = format!("delivered {count} times without finishing; limit {limit}");
+        return dead_letter(
+            ctx,
+            delivery,
+            DeadLetterReason::RedeliveryLimit,
+            None,
+            detail,
+        )
+        .await;
+    }
+    let mut copy = delivery.message.clone();
+    copy.headers.insert(
+        REDELIVERIES_HEADER.into(),
+        HeaderValue::Int(i64::from(count)),
+    );
+    match ctx.outbox.republish("", &delivery.queue, &copy).await {
+        Ok(()) => Settle::AckNow,
+        Err(e) => {
+            error!(error = %e, "re-queueing a redelivered message failed");
+            Settle::Reject { requeue: true }
+        }
+    }
+}
+
+/// Dead-letters the delivery (confirmed), then it is acked.
+pub(crate) async fn dead_letter(
+    ctx: &Context,
+    delivery: &Delivery,
+    reason: DeadLetterReason,
+    exception_type: Option<&str>,
+    detail: String,
+) -> Settle {
+    let mut letter = DeadLetter::new(reason, detail);
+    letter.exception_type = exception_type.map(str::to_owned);
+    letter.hostname.clone_from(&ctx.config.hostname);
+    match ctx.outbox.dead_letter(delivery, &letter).await {
+        Ok(()) => {
+            ctx.stats.dead_lettered();
+            Settle::AckNow
+        }
+        Err(e) => {
+            error!(error = %e, "dead-lettering failed; leaving the message on its queue");
+            Settle::Reject { requeue: true }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! What follows a task's run: success (callbacks, next chain step, result),
+//! retry (republished, then `RETRY` stored), or failure (`FAILURE` stored,
+//! errbacks sent, dead-lettered). Each returns how the delivery is settled,
+//! and only once what it published is confirmed.
+
+use std::time::Duration;
+
+use celeriac::broker::{DeadLetterReason, Delivery, delay};
+use celeriac::protocol::TaskMessage;
+use celeriac::protocol::time::now;
+use celeriac::{Apply, Request, ResultMeta, State, TaskError, TaskErrorKind, TaskOptions};
+use serde_json::{Value, json};
+use tracing::{error, info, warn};
+
+use crate::context::Context;
+use crate::divert::{REDELIVERIES_HEADER, dead_letter};
+use crate::settle::Settle;
+
+/// Settles a finished run by its result.
+pub(crate) async fn finish(
+    ctx: &Context,
+    delivery: &Delivery,
+    request: &Request,
+    message: &TaskMessage,
+    options: &TaskOptions,
+    result: Result<Value, TaskError>,
+) -> Settle {
+    let err = match result {
+        Ok(value) => return succeed(ctx, request, message, value).await,
+        Err(err) => err,
+    };
+    match err.kind() {
+        TaskErrorKind::Retry(_) => {
+            Box::pin(retry(ctx, delivery, request, message, options, err)).await
+        }
+        TaskErrorKind::Reject { requeue: true } => {
+            warn!(task = %message.headers.task, id = %request.id, "task rejected its message; requeueing it");
+            Settle::Reject { requeue: true }
+        }
+        TaskErrorKind::Reject { requeue: false } => {
+            warn!(task = %message.headers.task, id = %request.id, "task rejected its message");
+            let reason = DeadLetterReason::Other("rejected".into());
+            Box::pin(fail(ctx, delivery, request, message, &err, reason)).await
+        }
+        TaskErrorKind::Failure if options.should_autoretry(&err) => {
+            Box::pin(retry(ctx, delivery, request, message, options, err)).await
+        }
+        TaskErrorKind::Failure => {
+            let reason = DeadLetterReason::Failed;
+            Box::pin(fail(ctx, delivery, request, message, &err, reason)).await
+        }
+    }
+}
+
+/// Success: callbacks and the next chain step are sent, then the result is
+/// stored. If a workflow message cannot be sent for a reason that may pass,
+/// the delivery is requeued rather than losing the rest of the workflow.
+async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value: Value) -> Settle {
+    info!(task = %message.headers.task, id = %request.id, "task succeeded");
+    let embed = &message.body.embed;
+    for callback in embed.callbacks.iter().flatten() {
+        let apply = Apply {
+            prepend: vec![value.clone()],
+            parent: Some(request),
+            chain: None,
+        };
+        if let Err(e) = ctx.outbox.apply(callback, apply).await {
+            error!(id = %request.id, callback = %callback.task, error = %e, "sending a callback failed");
+            if e.is_retryable() {
+                return Settle::Reject { requeue: true };
+            }
+        }
+    }
+    if let Some((next, rest)) = embed.chain.as_deref().and_then(<[_]>::split_last) {
+        let apply = Apply {
+            prepend: vec![value.clone()],
+            parent: Some(request),
+            chain: (!rest.is_empty()).then(|| rest.to_vec()),
+        };
+        if let Err(e) = ctx.outbox.apply(next, apply).await {
+            error!(id = %request.id, next = %next.task, error = %e, "sending the next chain step failed");
+            if e.is_retryable() {
+                return Settle::Reject { requeue: true };
+            }
+        }
+    }
+    if !ctx.ignores_result(message) {
+        let mut meta = ResultMeta::new(&request.id, State::Success, value);
+        meta.date_done = Some(now());
+        ctx.outbox.store(request, message, meta).await;
+    }
+    ctx.stats.succeeded();
+    Settle::Ack
+}
+
+/// Retry: a new message (same id, `retries + 1`, new eta, same headers and
+/// routing) is published and confirmed before the original is acked; then
+/// `RETRY` is stored. Past `max_retries`, the task fails for good.
+async fn retry(
+    ctx: &Context,
+    delivery: &Delivery,
+    request: &Request,
+    message: &TaskMessage,
+    options: &TaskOptions,
+    err: TaskError,
+) -> Settle {
+    let asked = match err.kind() {
+        TaskErrorKind::Retry(asked) => asked.clone(),
+        _ => celeriac::RetryRequest::default(),
+    };
+    let max = asked.max_retries.or(options.max_retries).unwrap_or(3);
+    if request.retries >= max {
+        warn!(task = %message.headers.task, id = %request.id, max, "task used up its retries");
+        let reason = DeadLetterReason::MaxRetriesExceeded;
+        return fail(ctx, delivery, request, message, &err, reason).await;
+    }
+    let delay = match (asked.eta, asked.countdown) {
+        (Some(eta), _) => (eta - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+        (None, Some(countdown)) => countdown,
+        (None, None) => options.retry_delay(request.retries),
+    };
+    let raw = match retry_message(message, delay).encode() {
+        Ok(raw) => raw,
+        Err(e) => {
+            let err = TaskError::new(e.to_string());
+            return fail(
+                ctx,
+                delivery,
+                request,
+                message,
+                &err,
+                DeadLetterReason::Failed,
+            )
+            .await;
+        }
+    };
+    let (exchange, routing_key) = retry_route(delivery);
+    if let Err(e) = ctx.outbox.republish(&exchange, &routing_key, &raw).await {
+        error!(id = %request.id, error = %e, "publishing the retry failed; requeueing the original");
+        return Settle::Reject { requeue: true };
+    }
+    info!(task = %message.headers.task, id = %request.id, retry = request.retries + 1, ?delay, "task will be retried");
+    if !ctx.ignores_result(message) {
+        let meta = ResultMeta::new(&request.id, State::Retry, err.exception_info().to_json());
+        ctx.outbox.store(request, message, meta).await;
+    }
+    ctx.stats.retried();
+    Settle::AckNow
+}
+
+/// The retry of `message` (§3.7): same id, `retries + 1`, due after `delay`,
+/// without the broker's dead-letter history or our redelivery count.
+fn retry_message(message: &TaskMessage, delay: Duration) -> TaskMessage {
+    let mut next = message.clone();
+    next.headers.retries += 1;
+    next.headers.eta =
+        Some(now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+    next.headers.extra.retain(|key, _| {
+        !key.starts_with("x-death")
+            && !key.starts_with("x-first-death")
+            && !key.starts_with("x-last-death")
+            && key != REDELIVERIES_HEADER
+    });
+    if let Some(expires) = next.headers.expires {
+        next.properties.expiration = Some((expires - now()).num_milliseconds().max(0).to_string());
+    }
+    next
+}
+
+/// Where a retry goes (§3.7, as Celery's `Task.retry`): back where the
+/// delivery came from. From the default exchange (or the delay topology),
+/// to its queue; otherwise to the same exchange and routing key, without a
+/// delay prefix.
+fn retry_route(delivery: &Delivery) -> (String, String) {
+    if delivery.exchange.is_empty() || delay::is_delay_exchange(&delivery.exchange) {
+        (String::new(), delivery.queue.clone())
+    } else {
+        (
+            delivery.exchange.clone(),
+            delay::strip_prefix(&delivery.routing_key).to_owned(),
+        )
+    }
+}
+
+/// Final failure: `FAILURE` stored (also for the remaining chain steps, so
+/// a client waiting on the chain's id hears of it), errbacks sent with the
+/// task id, then the message dead-lettered with the error.
+pub(crate) async fn fail(
+    ctx: &Context,
+    delivery: &Delivery,
+    request: &Request,
+    message: &TaskMessage,
+    err: &TaskError,
+    reason: DeadLetterReason,
+) -> Settle {
+    warn!(task = %message.headers.task, id = %request.id, error = %err, "task failed");
+    let exc = err.exception_info();
+    let mut meta = ResultMeta::new(&request.id, State::Failure, exc.to_json());
+    meta.date_done = Some(now());
+    ctx.outbox.store(request, message, meta.clone()).await;
+    for step in message.body.embed.chain.iter().flatten() {
+        if let Some(id) = step.task_id() {
+            let mut step_meta = meta.clone();
+            id.clone_into(&mut step_meta.task_id);
+            let mut step_request = request.clone();
+            id.clone_into(&mut step_request.id);
+            step_request.correlation_id = Some(id.to_owned());
+            if let Some(reply_to) = step.options.get("reply_to").and_then(Value::as_str) {
+                step_request.reply_to = Some(reply_to.to_owned());
+            }
+            ctx.outbox.store(&step_request, message, step_meta).await;
+        }
+    }
+    for errback in message.body.embed.errbacks.iter().flatten() {
+        let apply = Apply {
+            prepend: vec![json!(request.id)],
+            parent: Some(request),
+            chain: None,
+        };
+        if let Err(e) = ctx.outbox.apply(errback, apply).await {
+            error!(id = %request.id, errback = %errback.task, error = %e, "sending an errback failed");
+        }
+    }
+    ctx.stats.failed();
+    if !ctx.config.dead_letter_failures {
+        return Settle::Ack;
+    }
+    if ctx.native_dead_lettering(&delivery.queue) {
+        return Settle::Reject { requeue: false };
+    }
+    dead_letter(ctx, delivery, reason, Some(&exc.exc_type), exc.message()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celeriac::protocol::HeaderValue;
+
+    #[test]
+    fn a_retry_keeps_the_id_and_headers_and_drops_broker_history() {
+        let mut message = TaskMessage::new("t", "id-1");
+        message
+            .headers
+            .extra
+            .insert("x-custom".into(), HeaderValue::Str("v".into()));
+        message
+            .headers
+            .extra
+            .insert("x-death".into(), HeaderValue::Array(Vec::new()));
+        message
+            .headers
+            .extra
+            .insert(REDELIVERIES_HEADER.into(), HeaderValue::Int(2));
+        let next = retry_message(&message, Duration::from_secs(5));
+        assert_eq!(next.headers.id, "id-1");
+        assert_eq!(next.headers.retries, 1);
+        assert!(next.headers.eta.is_some_and(|eta| eta > now()));
+        assert!(next.headers.extra.contains_key("x-custom"));
+        assert!(!next.headers.extra.contains_key("x-death"));
+        assert!(!next.headers.extra.contains_key(REDELIVERIES_HEADER));
+    }
+}

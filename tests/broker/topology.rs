@@ -1,0 +1,255 @@
+//! Declarations (and their compatibility with Python's, in both orders),
+//! topic routing and both dead-letter paths.
+
+use anyhow::{Context as _, Result, bail, ensure};
+use celeriac_broker::dead_letter::{ORIGIN_QUEUE_HEADER, REASON_HEADER};
+use celeriac_broker::{
+    BrokerError, ConsumeOptions, DeadLetter, DeadLetterReason, DeadLetterTopology, Exchange,
+    Inequivalent, Queue, QueueArguments, QueueType, RouteOptions, Router,
+};
+use celeriac_protocol::HeaderValue;
+use celeriac_tests::{broker_url, connect, interop_python, repo_root, unique};
+
+use crate::{Cleanup, next, task};
+
+#[tokio::test]
+async fn an_inequivalent_declaration_names_the_argument_and_the_fix() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("inequivalent");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let priority = Queue::celery_default(name.clone()).with_arguments(QueueArguments {
+        max_priority: Some(10),
+        ..QueueArguments::default()
+    });
+    broker.declare(&priority).await?;
+    let err = broker
+        .declare(&Queue::celery_default(name.clone()))
+        .await
+        .unwrap_err();
+    let BrokerError::Inequivalent(details) = &err else {
+        bail!("expected Inequivalent, got {err:?}");
+    };
+    let Inequivalent {
+        argument,
+        broker_has,
+        we_asked,
+        python,
+        ..
+    } = details.as_ref();
+    ensure!(argument == "x-max-priority", "{err}");
+    ensure!(
+        broker_has.contains("10") && we_asked.contains("none"),
+        "{err}"
+    );
+    ensure!(python.starts_with(&format!("Queue('{name}'")), "{err}");
+    ensure!(err.to_string().contains("task_queues"), "{err}");
+    println!("{err}");
+    // The connection survives the refusal.
+    broker.publish("", &name, &task("t").encode()?).await?;
+    Ok(())
+}
+
+/// Declares with Python's kombu (through Celery's own `task_queues`
+/// handling) and with Celeriac, in both orders.
+
+#[tokio::test]
+async fn declarations_match_python_celery_in_both_orders() -> Result<()> {
+    let python = interop_python()?;
+    let script = repo_root().join("tests/interop/declare_with_kombu.py");
+    let kombu = |queue: String, variant: &'static str| {
+        let python = python.clone();
+        let script = script.clone();
+        async move {
+            let out = tokio::process::Command::new(&python)
+                .arg(&script)
+                .args([broker_url(), queue, variant.to_owned()])
+                .output()
+                .await?;
+            Ok::<_, anyhow::Error>((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ))
+        }
+    };
+    let broker = connect().await?;
+    let variants: [(&str, QueueArguments); 3] = [
+        ("default", QueueArguments::default()),
+        (
+            "priority",
+            QueueArguments {
+                max_priority: Some(10),
+                ..QueueArguments::default()
+            },
+        ),
+        (
+            "quorum",
+            QueueArguments {
+                queue_type: Some(QueueType::Quorum),
+                ..QueueArguments::default()
+            },
+        ),
+    ];
+    let mut names = Vec::new();
+    for (variant, arguments) in variants {
+        // Python first, then Celeriac.
+        let first = unique(&format!("kombu-first-{variant}"));
+        names.push(first.clone());
+        let (code, out) = kombu(first.clone(), variant).await?;
+        ensure!(code == Some(0), "kombu declare {variant}: {out}");
+        broker
+            .declare(&Queue::celery_default(first).with_arguments(arguments.clone()))
+            .await
+            .with_context(|| format!("Celeriac after kombu ({variant})"))?;
+        // Celeriac first, then Python.
+        let second = unique(&format!("celeriac-first-{variant}"));
+        names.push(second.clone());
+        broker
+            .declare(&Queue::celery_default(second.clone()).with_arguments(arguments))
+            .await?;
+        let (code, out) = kombu(second, variant).await?;
+        ensure!(code == Some(0), "kombu after Celeriac ({variant}): {out}");
+    }
+    // Control: a mismatch is caught, so the checks above can fail.
+    let mismatch = unique("mismatch");
+    names.push(mismatch.clone());
+    broker
+        .declare(
+            &Queue::celery_default(mismatch.clone()).with_arguments(QueueArguments {
+                max_priority: Some(10),
+                ..QueueArguments::default()
+            }),
+        )
+        .await?;
+    let (code, out) = kombu(mismatch, "default").await?;
+    ensure!(
+        code == Some(3) && out.contains("PRECONDITION_FAILED"),
+        "kombu accepted a mismatch: {out}"
+    );
+    let _cleanup = Cleanup(names);
+    Ok(())
+}
+
+#[tokio::test]
+async fn topic_routes_publish_to_their_exchange() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("images");
+    let exchange = unique("tasks-exchange");
+    let _cleanup = Cleanup(vec![name.clone(), exchange.clone()]);
+    let queue =
+        Queue::celery_default(name.clone()).bound_to(Exchange::topic(exchange.clone()), "images.#");
+    let router = Router::default().queue(queue.clone()).route(
+        "images.*",
+        RouteOptions {
+            queue: Some(name.clone()),
+            routing_key: Some("images.resize".into()),
+            ..RouteOptions::default()
+        },
+    )?;
+    let destination = router.resolve("images.resize", &RouteOptions::default())?;
+    ensure!(destination.exchange == exchange, "{destination:?}");
+    broker
+        .send(&destination, &task("images.resize").encode()?)
+        .await?;
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    let delivery = next(&mut consumer).await?;
+    ensure!(delivery.exchange == exchange && delivery.routing_key == "images.resize");
+    delivery.ack().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn worker_published_dead_letters_keep_the_message_and_say_why() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("dlq-worker");
+    let dead = DeadLetterTopology::default().queue_for(&name);
+    let _cleanup = Cleanup(vec![name.clone(), dead.name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    broker.declare(&queue).await?;
+    let sent = task("proj.unknown").encode()?;
+    broker.publish("", &name, &sent).await?;
+
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    let delivery = next(&mut consumer).await?;
+    let letter = DeadLetter::new(
+        DeadLetterReason::UnknownTask,
+        "task proj.unknown is not registered",
+    );
+    broker.dead_letter(&delivery, &letter).await?;
+    delivery.ack().await?;
+
+    let mut dlq = broker
+        .consume(ConsumeOptions {
+            queues: vec![dead],
+            prefetch: 1,
+        })
+        .await?;
+    let lettered = next(&mut dlq).await?;
+    ensure!(lettered.message.body == sent.body, "body changed");
+    let h = &lettered.message.headers;
+    ensure!(
+        h[REASON_HEADER] == HeaderValue::Str("unknown_task".into()),
+        "{h:?}"
+    );
+    ensure!(h[ORIGIN_QUEUE_HEADER] == HeaderValue::Str(name.clone()));
+    ensure!(
+        h["task"] == HeaderValue::Str("proj.unknown".into()),
+        "Celery headers kept"
+    );
+    lettered.ack().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn broker_native_dead_lettering_routes_rejects_to_the_same_queue() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("dlq-native");
+    let topology = DeadLetterTopology::default();
+    let dead = topology.queue_for(&name);
+    let _cleanup = Cleanup(vec![name.clone(), dead.name.clone()]);
+    broker.declare(&dead).await?;
+    let queue = topology.enable_native(Queue::celery_default(name.clone()));
+    broker.declare(&queue).await?;
+    broker.publish("", &name, &task("t").encode()?).await?;
+
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    next(&mut consumer).await?.reject(false).await?;
+
+    let mut dlq = broker
+        .consume(ConsumeOptions {
+            queues: vec![dead],
+            prefetch: 1,
+        })
+        .await?;
+    let lettered = next(&mut dlq).await?;
+    let Some(HeaderValue::Array(deaths)) = lettered.message.headers.get("x-death") else {
+        bail!("no x-death header: {:?}", lettered.message.headers);
+    };
+    let HeaderValue::Table(first) = &deaths[0] else {
+        bail!("x-death entry is not a table")
+    };
+    ensure!(
+        first["reason"] == HeaderValue::Str("rejected".into()),
+        "{first:?}"
+    );
+    ensure!(
+        first["queue"] == HeaderValue::Str(name.clone()),
+        "{first:?}"
+    );
+    lettered.ack().await?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The worker under broker conditions that break Celery deployments.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use celeriac::App;
+use celeriac_broker::{AckOutcome, ConsumeOptions, Queue};
+use celeriac_demo::tasks as demo;
+use celeriac_protocol::TaskMessage;
+use celeriac_tests::worker::RunningWorker;
+use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, rabbitmqctl, unique};
+use celeriac_worker::WorkerConfig;
+
+fn delayed_messages() -> Result<u64> {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages",
+    ])?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.split_once(char::is_whitespace))
+        .filter(|(name, _)| name.starts_with("celery_delayed_"))
+        .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_eta_survives_a_short_consumer_timeout() -> Result<()> {
+    let _serial = disturbing().await;
+    let _timeout = ConsumerTimeout::set(2_000)?;
+    let queue = Queue::celery_default(unique("worker-consumer-timeout"));
+    let client = App::builder()
+        .broker_url(broker_url())
+        .result_backend("rpc://")
+        .default_queue(queue.name.clone())
+        .build()
+        .await?;
+    client.broker().declare(&queue).await?;
+    let delayed_before = delayed_messages()?;
+
+    // Control: a delivery held unacked past the timeout loses its channel,
+    // which is what kills Celery workers holding long ETAs.
+    let control = Queue::celery_default(unique("consumer-timeout-control"));
+    client.broker().declare(&control).await?;
+    client
+        .broker()
+        .publish("", &control.name, &TaskMessage::new("x", "held").encode()?)
+        .await?;
+    let mut holder = client
+        .broker()
+        .consume(ConsumeOptions {
+            queues: vec![control.clone()],
+            prefetch: 1,
+        })
+        .await?;
+    let held = tokio::time::timeout(Duration::from_secs(10), holder.next())
+        .await?
+        .context("no delivery")?;
+
+    let app = demo::register(App::builder())
+        .broker_url(broker_url())
+        .result_backend("rpc://")
+        .build()
+        .await?;
+    let config = WorkerConfig {
+        queues: vec![queue.name.clone()],
+        concurrency: 2,
+        ..WorkerConfig::default()
+    };
+    let worker = RunningWorker::run(app, config);
+
+    let far = client
+        .send_task("demo.now")
+        .eta(chrono::Utc::now() + chrono::Duration::hours(2))
+        .apply()
+        .await?;
+    // Well past the consumer timeout (checked every 500 ms here).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        held.ack().await? == AckOutcome::Void,
+        "control: the broker did not enforce the shortened consumer_timeout"
+    );
+
+    let sum: i64 = client
+        .send_task("demo.add")
+        .args((20, 22))
+        .apply()
+        .await?
+        .get_as(Duration::from_secs(30))
+        .await?;
+    ensure!(sum == 42, "the worker stopped working");
+    ensure!(!far.ready(), "the 2-hour ETA task ran early");
+    ensure!(
+        delayed_messages()? == delayed_before + 1,
+        "the far ETA is not waiting in the delay queues"
+    );
+    let summary = worker.stop().await?;
+    ensure!(
+        summary.redelivered == 0,
+        "messages were redelivered (a channel was closed): {summary:?}"
+    );
+
+    // Leave nothing behind: the delayed copy would come back in two hours.
+    for level in 0..28 {
+        let _ = rabbitmqctl(&["purge_queue", &format!("celery_delayed_{level}")]);
+    }
+    holder.stop();
+    for name in [&queue.name, &control.name] {
+        client.broker().delete_queue(name).await?;
+        client.broker().delete_exchange(name).await?;
+    }
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The pinned Python Celery: the interop virtualenv, Python scripts and
+//! Python Celery workers.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{broker_url, repo_root};
+
+/// The interop virtualenv's Python, or an error that says how to create it.
+pub fn interop_python() -> Result<PathBuf> {
+    let python = repo_root().join(".venv-interop/bin/python");
+    let works = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import celery, kombu, amqp"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !works {
+        bail!(
+            "the Python interop environment is missing: run `scripts/setup-interop` \
+             (it creates .venv-interop with the Celery pinned in tests/interop/requirements.txt)"
+        );
+    }
+    Ok(python)
+}
+
+/// A Python Celery worker consuming `queue`, killed on drop (and exiting by
+/// itself if the test process dies first).
+#[derive(Debug)]
+pub struct PythonWorker {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl PythonWorker {
+    /// Starts a Celery 5.7 worker for `tests/interop/tasks.py` on `queue`.
+    pub async fn start(queue: &str) -> Result<PythonWorker> {
+        PythonWorker::start_with_routes(queue, &serde_json::json!({})).await
+    }
+
+    /// Like [`start`](Self::start), with Celery `task_routes` (as JSON) for
+    /// the workflow steps this worker sends on.
+    pub async fn start_with_routes(
+        queue: &str,
+        routes: &serde_json::Value,
+    ) -> Result<PythonWorker> {
+        let python = interop_python()?;
+        let log = std::env::temp_dir().join(format!("{queue}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(python)
+            .args([
+                "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-P", "threads", "-c", "8",
+            ])
+            .args([
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "--loglevel",
+                "INFO",
+            ])
+            .args(["-n", &format!("{queue}@%h")])
+            .current_dir(repo_root().join("tests/interop"))
+            .env("CELERIAC_TEST_BROKER", broker_url())
+            .env("CELERIAC_TEST_ROUTES", routes.to_string())
+            .env("CELERIAC_EXIT_WITH_PARENT", "1")
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the Python Celery worker")?;
+        Ok(PythonWorker { child, log })
+    }
+
+    /// The worker's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

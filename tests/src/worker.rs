@@ -1,0 +1,174 @@
+//! Celeriac apps and workers for the tests: producer apps, workers running
+//! in the test's process or as `celeriac-demo worker` processes, reading
+//! dead letters, and cleaning up a test's queues.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use celeriac::broker::{ConsumeOptions, Delivery};
+use celeriac::protocol::HeaderValue;
+use celeriac::{App, AppBuilder, Queue, ResultError, TaskFailure};
+use celeriac_worker::{Summary, Worker, WorkerConfig, WorkerError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker_url;
+
+/// An app on the test broker with `rpc://` results whose default queue is
+/// `queue` (declared as given).
+pub async fn client(queue: &Queue) -> Result<App> {
+    Ok(App::builder()
+        .broker_url(broker_url())
+        .result_backend("rpc://")
+        .queue(queue.clone())
+        .default_queue(queue.name.clone())
+        .build()
+        .await?)
+}
+
+/// A worker running in the test's process; stopped gracefully by `stop()`.
+#[derive(Debug)]
+pub struct RunningWorker {
+    stop: CancellationToken,
+    handle: JoinHandle<Result<Summary, WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Starts a worker for the demo tasks plus those on `builder`, consuming
+    /// `queue` (concurrency 4, `rpc://` results); `configure` adjusts the
+    /// settings.
+    pub async fn start(
+        builder: AppBuilder,
+        queue: &Queue,
+        configure: impl FnOnce(&mut WorkerConfig),
+    ) -> Result<RunningWorker> {
+        let app = celeriac_demo::tasks::register(builder)
+            .broker_url(broker_url())
+            .result_backend("rpc://")
+            .queue(queue.clone())
+            .default_queue(queue.name.clone())
+            .build()
+            .await?;
+        let mut config = WorkerConfig {
+            queues: vec![queue.name.clone()],
+            concurrency: 4,
+            hostname: format!("test@{}", queue.name),
+            ..WorkerConfig::default()
+        };
+        configure(&mut config);
+        Ok(RunningWorker::run(app, config))
+    }
+
+    /// Runs a worker over `app` with `config`; the app is closed when the
+    /// worker stops.
+    pub fn run(app: App, config: WorkerConfig) -> RunningWorker {
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let worker = Worker::new(app.clone(), config);
+        let handle = tokio::spawn(async move {
+            let summary = worker.run_until(shutdown).await;
+            app.close().await;
+            summary
+        });
+        RunningWorker { stop, handle }
+    }
+
+    /// Stops the worker gracefully and returns what it did.
+    pub async fn stop(self) -> Result<Summary> {
+        self.stop.cancel();
+        Ok(self.handle.await??)
+    }
+}
+
+/// A Celeriac binary built in this workspace (`celeriac-demo`,
+/// `celeriac-beat`, `celeriac`), next to the test executable.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable is not in target/<profile>/deps")?;
+    let binary = profile_dir.join(name);
+    if !binary.exists() {
+        bail!(
+            "{} is missing: build the binaries first with `cargo build --workspace --bins` \
+             (scripts/test does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A `celeriac-demo worker` process on the test broker consuming `queue`
+/// with `rpc://` results, quiet, killed when dropped; `extra` adds flags.
+pub fn demo_worker(queue: &str, extra: &[&str]) -> Result<tokio::process::Child> {
+    tokio::process::Command::new(binary("celeriac-demo")?)
+        .args([
+            "worker",
+            "--broker",
+            &broker_url(),
+            "--result-backend",
+            "rpc://",
+        ])
+        .args(["-Q", queue, "--loglevel", "error"])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `celeriac-demo worker`")
+}
+
+/// Reads `count` dead letters of `queue`, acking them; fails if they do
+/// not all arrive within 15 s of each other.
+pub async fn dead_letters(app: &App, queue: &str, count: usize) -> Result<Vec<Delivery>> {
+    let dead = app.broker().config().dead_letter.queue_for(queue);
+    let mut consumer = app
+        .broker()
+        .consume(ConsumeOptions {
+            queues: vec![dead],
+            prefetch: 50,
+        })
+        .await?;
+    let mut letters = Vec::new();
+    while letters.len() < count {
+        match tokio::time::timeout(Duration::from_secs(15), consumer.next()).await {
+            Ok(Some(letter)) => {
+                letter.ack().await?;
+                letters.push(letter);
+            }
+            _ => bail!("only {} of {count} dead letters arrived", letters.len()),
+        }
+    }
+    consumer.stop();
+    Ok(letters)
+}
+
+/// A string header of a delivery (`""` if absent).
+pub fn header(letter: &Delivery, name: &str) -> String {
+    letter
+        .message
+        .headers
+        .get(name)
+        .and_then(HeaderValue::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Deletes a test's queue, its dead-letter queue and its exchange, and
+/// closes the app.
+pub async fn cleanup(app: &App, queue: &str) {
+    let dead = app.broker().config().dead_letter.queue_for(queue);
+    let _ = app.broker().delete_queue(queue).await;
+    let _ = app.broker().delete_queue(&dead.name).await;
+    let _ = app.broker().delete_exchange(queue).await;
+    app.close().await;
+}
+
+/// The remote failure in `result`, or an error if it is not one.
+pub fn failure<T: std::fmt::Debug>(result: Result<T, ResultError>) -> Result<TaskFailure> {
+    match result {
+        Err(ResultError::Failed(failure)) => Ok(failure),
+        other => bail!("expected a failure, got {other:?}"),
+    }
+}

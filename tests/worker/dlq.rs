@@ -1,0 +1,125 @@
+//! The operator commands behind `celeriac dlq ...` and `celeriac queues`,
+//! against the real RabbitMQ.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use celeriac_broker::dead_letter::REASON_HEADER;
+use celeriac_broker::{ConsumeOptions, DeadLetter, DeadLetterReason, Queue};
+use celeriac_cli::dlq::{self, Filter};
+use celeriac_protocol::{DecodeOptions, HeaderValue, TaskMessage};
+use celeriac_tests::{connect, unique};
+use serde_json::json;
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
+    let broker = connect().await?;
+    let queue = Queue::celery_default(unique("admin"));
+    broker.declare(&queue).await?;
+    let mut sent = Vec::new();
+    for (i, task) in ["proj.fails", "proj.fails", "proj.unknown"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut message = TaskMessage::new(task, format!("admin-{i}")).with_args(vec![json!(i)]);
+        message.headers.retries = 3;
+        broker.publish("", &queue.name, &message.encode()?).await?;
+        sent.push(message.headers.id);
+    }
+    // Dead-letter them as a worker would.
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue.clone()],
+            prefetch: 10,
+        })
+        .await?;
+    for _ in 0..3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await?
+            .context("no delivery")?;
+        let task = delivery.task(&DecodeOptions::default())?;
+        let reason = if task.headers.task == "proj.unknown" {
+            DeadLetterReason::UnknownTask
+        } else {
+            DeadLetterReason::Failed
+        };
+        broker
+            .dead_letter(&delivery, &DeadLetter::new(reason, "boom"))
+            .await?;
+        delivery.ack().await?;
+    }
+    consumer.stop();
+
+    let listed = dlq::list(&broker, &queue.name, 100).await?;
+    ensure!(listed.len() == 3, "{listed:?}");
+    ensure!(
+        listed.iter().filter(|l| l.reason == "failed").count() == 2,
+        "{listed:?}"
+    );
+    ensure!(
+        listed
+            .iter()
+            .all(|l| l.origin_queue == queue.name && l.error == "boom"),
+        "{listed:?}"
+    );
+    // Listing leaves them in place.
+    ensure!(dlq::list(&broker, &queue.name, 100).await?.len() == 3);
+
+    let (view, raw) = dlq::show(&broker, &queue.name, "admin-2")
+        .await?
+        .context("admin-2 not found")?;
+    ensure!(
+        view.task == "proj.unknown" && view.args.starts_with("(2,)"),
+        "{view:?}"
+    );
+    ensure!(raw.headers[REASON_HEADER] == HeaderValue::Str("unknown_task".into()));
+
+    let report = dlq::requeue(&broker, &queue.name, &Filter::Reason("unknown_task".into())).await?;
+    ensure!(report.requeued == 1 && report.kept == 2, "{report:?}");
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue.clone()],
+            prefetch: 10,
+        })
+        .await?;
+    let back = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await?
+        .context("not requeued")?;
+    let task = back.task(&DecodeOptions::default())?;
+    ensure!(
+        task.headers.id == "admin-2" && task.headers.retries == 0,
+        "retries reset: {:?}",
+        task.headers
+    );
+    ensure!(
+        !back
+            .message
+            .headers
+            .keys()
+            .any(|k| k.starts_with("x-celeriac-")),
+        "dead-letter headers removed"
+    );
+    back.ack().await?;
+    consumer.stop();
+
+    ensure!(
+        broker
+            .queue_counts(&dlq::dead_letter_queue(&broker, &queue.name).name)
+            .await?
+            == Some((2, 0))
+    );
+    ensure!(dlq::purge(&broker, &queue.name).await? == 2);
+    ensure!(dlq::list(&broker, &queue.name, 100).await?.is_empty());
+    ensure!(
+        broker.queue_counts(&unique("absent")).await?.is_none(),
+        "absent queues are reported as such"
+    );
+
+    let _ = broker.delete_queue(&queue.name).await;
+    let _ = broker
+        .delete_queue(&dlq::dead_letter_queue(&broker, &queue.name).name)
+        .await;
+    let _ = broker.delete_exchange(&queue.name).await;
+    broker.close().await;
+    Ok(())
+}

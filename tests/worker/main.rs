@@ -1,0 +1,11 @@
+//! The worker against the real RabbitMQ: every outcome of a task, messages
+//! that cannot run, time limits, ETAs, priorities, graceful shutdown,
+//! configuration, the embedded worker and test harness, dead letters through
+//! the admin library, and a Python app using Rust tasks.
+
+mod config;
+mod dlq;
+mod embedded;
+mod outcomes;
+mod python;
+mod shutdown;
