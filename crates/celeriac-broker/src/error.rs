@@ -153,8 +153,10 @@ impl std::fmt::Display for Inequivalent {
              {broker_has}, we asked for {we_asked}. Declarations must match exactly on every \
              side (Python producers and workers declare it too). To reconcile, either \
              configure the same on the Python side:\n    task_queues = [{python}]\n\
-             or change this queue's arguments in Celeriac to match the broker, or delete the \
-             {entity} (e.g. `rabbitmqctl delete_queue {name}`) if nothing depends on it"
+             or declare it in Celeriac the way the broker has it (its task_queues entry: \
+             `[task_queues.\"{name}\"]` in the worker's config file, `--task-queue {name}:...`, \
+             or `AppBuilder::queue`; see docs/worker.md), or delete the {entity} \
+             (e.g. `rabbitmqctl delete_queue {name}`) if nothing depends on it"
         )
     }
 }

@@ -18,6 +18,9 @@ use crate::tasks as demo;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The quick start's settings.
+// These doc comments are the `--help` text; their `[default: ...]` notes
+// are not intra-doc links.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Broker URL(s), `;`-separated for failover [default: Celery's

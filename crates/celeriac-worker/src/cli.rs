@@ -25,6 +25,9 @@ use crate::{Worker, WorkerConfig};
 ///
 /// Every setting comes from, in this order: its flag, its environment
 /// variable, the --config file, the program's own code, the default shown.
+// These doc comments are the `--help` text; their `[default: ...]` notes
+// are not intra-doc links.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, Parser)]
 #[command(version, about, long_about)]
 pub struct Args {

@@ -22,7 +22,7 @@
 //! on the same [`celeriac::App`]; [`testing::TestWorker`] does that for
 //! integration tests of your own tasks.
 //!
-//! How a delivery flows: [`admission`](crate) checks (decode, registry,
+//! How a delivery flows: admission checks (decode, registry,
 //! expiry, ETA), then the task runs, then its outcome is published through
 //! one outbox and the delivery settled.
 

@@ -105,14 +105,43 @@ impl Arguments {
     }
 
     fn convert<T: DeserializeOwned>(&self, value: Value, name: &str) -> Result<T, TaskError> {
+        let received = describe(&value);
         serde_json::from_value(value).map_err(|e| {
             TaskError::type_error(format!(
-                "{}() argument '{name}' must be {}: {e}",
+                "{}() argument '{name}' must be {}, got {received}: {e}",
                 self.task,
                 type_label::<T>()
             ))
         })
     }
+}
+
+/// A value as a Python caller would recognise it: a short repr and its
+/// Python type, e.g. `-1 (int)`, `2.5 (float)`, `'two' (str)`.
+fn describe(value: &Value) -> String {
+    const LONGEST: usize = 40;
+    let (repr, kind) = match value {
+        Value::Null => ("None".to_owned(), "NoneType"),
+        Value::Bool(b) => ((if *b { "True" } else { "False" }).to_owned(), "bool"),
+        Value::Number(n) => {
+            let text = n.to_string();
+            let kind = if text.contains(['.', 'e', 'E']) {
+                "float"
+            } else {
+                "int"
+            };
+            (text, kind)
+        }
+        Value::String(s) => (format!("{s:?}").replace('"', "'"), "str"),
+        Value::Array(_) => (value.to_string(), "list"),
+        Value::Object(_) => (value.to_string(), "dict"),
+    };
+    let repr = if repr.chars().count() > LONGEST {
+        format!("{}...", repr.chars().take(LONGEST).collect::<String>())
+    } else {
+        repr
+    };
+    format!("{repr} ({kind})")
 }
 
 /// A readable name for `T`: `u32`, `String`, `Vec<Option<u8>>`.
@@ -172,9 +201,20 @@ mod tests {
         );
         let wrong = message(args(json!(["wide"]), json!({})).take::<u32>(0, "width"));
         assert!(
-            wrong.starts_with("t() argument 'width' must be u32: invalid type: string \"wide\""),
+            wrong.starts_with("t() argument 'width' must be u32, got 'wide' (str): invalid type"),
             "{wrong}"
         );
+        for (value, shown) in [
+            (json!(-1), "got -1 (int)"),
+            (json!(2.5), "got 2.5 (float)"),
+            (json!(99_999_999_999_u64), "got 99999999999 (int)"),
+        ] {
+            let numeric = message(args(json!([value]), json!({})).take::<u32>(0, "n"));
+            assert!(
+                numeric.starts_with(&format!("t() argument 'n' must be u32, {shown}")),
+                "{numeric}"
+            );
+        }
         assert_eq!(
             message(args(json!([1]), json!({"x": 1})).take::<u32>(0, "x")),
             "t() got multiple values for argument 'x'"

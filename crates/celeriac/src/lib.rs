@@ -34,6 +34,8 @@
 //! - [`App`] holds the broker connection, the [`Registry`], routes and the
 //!   result backend.
 //! - [`AsyncResult`] reads results through the `rpc://` backend.
+//! - [`testing::apply`] runs a task eagerly, through the real argument and
+//!   result serialization, for unit tests without a broker.
 //!
 //! Guides: `docs/tasks.md` (defining and sending tasks) and
 //! `docs/interop-python.md` (calling Rust from Python and back).
@@ -49,6 +51,7 @@ pub mod request;
 pub mod result;
 mod task;
 mod task_error;
+pub mod testing;
 
 /// The RabbitMQ layer (`celeriac-broker`), for workers and tools built on
 /// the app: deliveries, consumers, dead letters, topology.
@@ -73,7 +76,9 @@ pub use registry::Registry;
 pub use request::{DeliveryInfo, Request, Retry, SoftLimit};
 pub use result::{AsyncResult, ResultBackend};
 pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
-pub use task_error::{RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind};
+pub use task_error::{
+    RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind, python_exception,
+};
 
 /// What a task returns: its value, or a [`TaskError`].
 pub type TaskResult<T> = Result<T, TaskError>;

@@ -80,12 +80,26 @@ impl TaskError {
         }))
     }
 
-    /// A failure wrapping any error; Python sees its Rust type name.
+    /// A failure wrapping any error. Common standard errors become the
+    /// Python exception a Python caller would catch (see
+    /// [`python_exception`]): an `std::io::Error` of kind `NotFound` is a
+    /// `FileNotFoundError`, any other an `OSError`, a failed number parse
+    /// a `ValueError`. Other errors keep their Rust type name, in module
+    /// [`RUST_EXCEPTION_MODULE`].
+    ///
+    /// ```
+    /// use celeriac::TaskError;
+    /// let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file: a.png");
+    /// let info = TaskError::from_error(missing).exception_info();
+    /// assert_eq!((info.exc_module.as_deref(), info.exc_type.as_str()), (Some("builtins"), "FileNotFoundError"));
+    /// ```
     pub fn from_error<E: StdError + Send + Sync + 'static>(error: E) -> TaskError {
+        let (exc_module, exc_type) =
+            python_exception(&error).unwrap_or((RUST_EXCEPTION_MODULE, short_type_name::<E>()));
         TaskError(Box::new(Inner {
             kind: TaskErrorKind::Failure,
-            exc_type: short_type_name::<E>().to_owned(),
-            exc_module: RUST_EXCEPTION_MODULE.to_owned(),
+            exc_type: exc_type.to_owned(),
+            exc_module: exc_module.to_owned(),
             message: error.to_string(),
             source: Some(Box::new(error)),
         }))
@@ -181,6 +195,52 @@ impl fmt::Display for TaskError {
     }
 }
 
+/// The Python exception (module, type) for a standard Rust error, where a
+/// Python caller would expect one:
+///
+/// | Rust | Python |
+/// |---|---|
+/// | `std::io::Error` of kind `NotFound`, `PermissionDenied`, `AlreadyExists`, `TimedOut`, `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`, `BrokenPipe`, `Interrupted`, `WouldBlock`, `IsADirectory`, `NotADirectory` | `FileNotFoundError`, `PermissionError`, `FileExistsError`, `TimeoutError`, `ConnectionRefusedError`, `ConnectionResetError`, `ConnectionAbortedError`, `BrokenPipeError`, `InterruptedError`, `BlockingIOError`, `IsADirectoryError`, `NotADirectoryError` |
+/// | any other `std::io::Error` | `OSError` |
+/// | `ParseIntError`, `ParseFloatError`, `ParseBoolError`, `Utf8Error`, `FromUtf8Error`, `serde_json::Error` | `ValueError` |
+/// | `tokio::time::error::Elapsed` | `TimeoutError` |
+///
+/// All in module `builtins`. `None` for any other error.
+pub fn python_exception(error: &(dyn StdError + 'static)) -> Option<(&'static str, &'static str)> {
+    use std::io::ErrorKind;
+    let python = |exc_type| Some(("builtins", exc_type));
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        return python(match io.kind() {
+            ErrorKind::NotFound => "FileNotFoundError",
+            ErrorKind::PermissionDenied => "PermissionError",
+            ErrorKind::AlreadyExists => "FileExistsError",
+            ErrorKind::TimedOut => "TimeoutError",
+            ErrorKind::ConnectionRefused => "ConnectionRefusedError",
+            ErrorKind::ConnectionReset => "ConnectionResetError",
+            ErrorKind::ConnectionAborted => "ConnectionAbortedError",
+            ErrorKind::BrokenPipe => "BrokenPipeError",
+            ErrorKind::Interrupted => "InterruptedError",
+            ErrorKind::WouldBlock => "BlockingIOError",
+            ErrorKind::IsADirectory => "IsADirectoryError",
+            ErrorKind::NotADirectory => "NotADirectoryError",
+            _ => "OSError",
+        });
+    }
+    let value_error = error.is::<std::num::ParseIntError>()
+        || error.is::<std::num::ParseFloatError>()
+        || error.is::<std::str::ParseBoolError>()
+        || error.is::<std::str::Utf8Error>()
+        || error.is::<std::string::FromUtf8Error>()
+        || error.is::<serde_json::Error>();
+    if value_error {
+        return python("ValueError");
+    }
+    if error.is::<tokio::time::error::Elapsed>() {
+        return python("TimeoutError");
+    }
+    None
+}
+
 /// `my_crate::errors::ImageError` → `ImageError` (generic arguments dropped).
 fn short_type_name<T: ?Sized>() -> &'static str {
     let full = std::any::type_name::<T>();
@@ -212,6 +272,33 @@ mod tests {
         assert_eq!(info.exc_module.as_deref(), Some(RUST_EXCEPTION_MODULE));
         assert!(err.is::<ImageError>());
         assert!(!err.is::<std::io::Error>());
+    }
+
+    #[test]
+    fn standard_errors_become_the_python_exception_a_caller_expects() {
+        use std::io::{Error, ErrorKind};
+        let info = |err: TaskError| {
+            let info = err.exception_info();
+            (info.exc_module.unwrap_or_default(), info.exc_type)
+        };
+        let builtin = |t: &str| ("builtins".to_owned(), t.to_owned());
+        assert_eq!(
+            info(Error::new(ErrorKind::NotFound, "x").into()),
+            builtin("FileNotFoundError")
+        );
+        assert_eq!(
+            info(Error::other("disk on fire").into()),
+            builtin("OSError")
+        );
+        assert_eq!(
+            info("x".parse::<u8>().unwrap_err().into()),
+            builtin("ValueError")
+        );
+        let json = serde_json::from_str::<u8>("[").unwrap_err();
+        assert_eq!(info(json.into()), builtin("ValueError"));
+        let io: TaskError = Error::new(ErrorKind::TimedOut, "slow").into();
+        assert!(io.is::<Error>(), "the source stays inspectable");
+        assert_eq!(io.message(), "slow");
     }
 
     #[test]

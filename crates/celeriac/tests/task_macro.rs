@@ -192,7 +192,9 @@ async fn bound_tasks_see_their_request_and_can_retry() {
 #[tokio::test]
 async fn errors_keep_their_type_and_autoretry_matches_them() {
     let err = run(&flaky, json!([]), json!({})).await.unwrap_err();
-    assert_eq!(err.exception_info().exc_type, "Error");
+    // An io::Error reaches Python as the OSError a Python caller expects,
+    // and stays an io::Error for retry policies.
+    assert_eq!(err.exception_info().exc_type, "OSError");
     assert!(err.is::<std::io::Error>());
     assert!(flaky.options().should_autoretry(&err));
     assert!(!resize.options().should_autoretry(&err));
