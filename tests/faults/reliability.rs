@@ -10,7 +10,7 @@ use celeriac::{App, AsyncResult, BrokerConfig, State};
 use celeriac_broker::dead_letter::REASON_HEADER;
 use celeriac_broker::{BrokerError, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
-use celeriac_tests::worker::{cleanup, demo_worker};
+use celeriac_tests::worker::{cleanup, count_ready, demo_worker};
 use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, rabbitmqctl, unique};
 use serde_json::{Value, json};
 use tokio::process::Child;
@@ -63,9 +63,7 @@ async fn account(label: &str, results: &[AsyncResult<Value>], dead_lettered: usi
 
 async fn wait_done(results: &[AsyncResult<Value>], at_least: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while results.iter().filter(|r| r.ready()).count() < at_least
-        && tokio::time::Instant::now() < deadline
-    {
+    while count_ready(results).await < at_least && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -109,7 +107,7 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
             .ok()
             .flatten()
             .is_some_and(|(n, _)| n >= 1);
-        if lettered && results.iter().all(AsyncResult::ready) {
+        if lettered && count_ready(&results).await == results.len() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -138,15 +136,15 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(120), supervise)
-        .await
-        .map_err(|_| {
-            let missing = results.iter().filter(|r| !r.ready()).count();
-            anyhow::anyhow!(
-                "not settled within 120 s: {missing} of 10 healthy tasks without a result \
-                 (dead-lettered with the crashing one?)"
-            )
-        })??;
+    if let Ok(supervised) = tokio::time::timeout(Duration::from_secs(120), supervise).await {
+        supervised?;
+    } else {
+        let missing = results.len() - count_ready(&results).await;
+        anyhow::bail!(
+            "not settled within 120 s: {missing} of 10 healthy tasks without a result \
+             (dead-lettered with the crashing one?)"
+        );
+    }
     let (letters, _) = app
         .broker()
         .queue_counts(&dlq.name)

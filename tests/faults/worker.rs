@@ -92,7 +92,7 @@ async fn a_far_eta_survives_a_short_consumer_timeout() -> Result<()> {
         .get_as(Duration::from_secs(30))
         .await?;
     ensure!(sum == 42, "the worker stopped working");
-    ensure!(!far.ready(), "the 2-hour ETA task ran early");
+    ensure!(!far.ready().await?, "the 2-hour ETA task ran early");
     ensure!(
         delayed_messages()? == delayed_before + 1,
         "the far ETA is not waiting in the delay queues"

@@ -4,8 +4,9 @@ Started by the tests as a real Celery 5.7 worker::
 
     celery -A tasks worker -Q <queue> -P threads -c 8
 
-with ``CELERIAC_TEST_BROKER`` naming the broker and ``CELERIAC_TEST_ROUTES``
-(optional) holding ``task_routes`` as JSON. Results go back through the
+with ``CELERIAC_TEST_BROKER`` naming the broker, ``CELERIAC_TEST_BACKEND`` the
+result backend (default ``rpc://``) and ``CELERIAC_TEST_ROUTES`` (optional)
+``task_routes`` as JSON. Results go back through the
 ``rpc://`` backend, as in a default Python deployment.
 """
 
@@ -21,8 +22,9 @@ from celery import Celery
 app = Celery(
     'interop',
     broker=os.environ.get('CELERIAC_TEST_BROKER', 'amqp://guest:guest@127.0.0.1:5672//'),
-    backend='rpc://',
+    backend=os.environ.get('CELERIAC_TEST_BACKEND', 'rpc://'),
 )
+app.conf.result_extended = True
 app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
 # Routes for the workflow steps this worker sends on (a JSON task_routes).
@@ -31,6 +33,19 @@ app.conf.task_routes = json.loads(os.environ.get('CELERIAC_TEST_ROUTES', '{}'))
 
 @app.task(name='interop.add')
 def add(x, y):
+    return x + y
+
+
+@app.task(name='interop.tsum')
+def tsum(values):
+    """The sum of a list (a chord body)."""
+    return sum(values)
+
+
+@app.task(name='interop.slow_add')
+def slow_add(x, y, pause):
+    """``x + y`` after ``pause`` seconds (a chord member that finishes last)."""
+    time.sleep(pause)
     return x + y
 
 

@@ -19,7 +19,7 @@ pub use fixtures::{Fixture, all_fixtures, fixture, typed_header};
 pub use python::{PythonWorker, interop_python};
 pub use rabbit::{
     ConsumerTimeout, broker_url, connect, delete_queue, disturbing, queue_stats, rabbitmqctl,
-    unique,
+    redis_url, require_redis, unique,
 };
 
 /// The repository root.

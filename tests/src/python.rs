@@ -45,6 +45,16 @@ impl PythonWorker {
         queue: &str,
         routes: &serde_json::Value,
     ) -> Result<PythonWorker> {
+        PythonWorker::start_with(queue, routes, "rpc://").await
+    }
+
+    /// Like [`start_with_routes`](Self::start_with_routes), storing results
+    /// in `backend` (a Celery `result_backend` URL).
+    pub async fn start_with(
+        queue: &str,
+        routes: &serde_json::Value,
+        backend: &str,
+    ) -> Result<PythonWorker> {
         let python = interop_python()?;
         let log = std::env::temp_dir().join(format!("{queue}.log"));
         let log_file = std::fs::File::create(&log)?;
@@ -63,6 +73,7 @@ impl PythonWorker {
             .current_dir(repo_root().join("tests/interop"))
             .env("CELERIAC_TEST_BROKER", broker_url())
             .env("CELERIAC_TEST_ROUTES", routes.to_string())
+            .env("CELERIAC_TEST_BACKEND", backend)
             .env("CELERIAC_EXIT_WITH_PARENT", "1")
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

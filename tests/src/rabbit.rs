@@ -13,6 +13,32 @@ pub fn broker_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672//".into())
 }
 
+/// The Redis the tests store results in: `CELERIAC_TEST_REDIS`, default
+/// `redis://127.0.0.1:6379/0`.
+pub fn redis_url() -> String {
+    std::env::var("CELERIAC_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// [`redis_url`], or an error saying what to start if nothing answers there.
+pub fn require_redis() -> Result<String> {
+    let url = redis_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let address = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    std::net::TcpStream::connect(&address).with_context(|| {
+        format!(
+            "these tests need Redis at {address} (set CELERIAC_TEST_REDIS, or run \
+             scripts/ensure-redis, which starts `redis-server --daemonize yes`)"
+        )
+    })?;
+    Ok(url)
+}
+
 /// A name no other test (or test run) uses: `celeriac-test.<what>.<random>`.
 pub fn unique(what: &str) -> String {
     format!("celeriac-test.{what}.{:016x}", fastrand::u64(..))

@@ -103,13 +103,22 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 /// A `celeriac-demo worker` process on the test broker consuming `queue`
 /// with `rpc://` results, quiet, killed when dropped; `extra` adds flags.
 pub fn demo_worker(queue: &str, extra: &[&str]) -> Result<tokio::process::Child> {
+    demo_worker_with(queue, "rpc://", extra)
+}
+
+/// Like [`demo_worker`], storing results in `backend`.
+pub fn demo_worker_with(
+    queue: &str,
+    backend: &str,
+    extra: &[&str],
+) -> Result<tokio::process::Child> {
     tokio::process::Command::new(binary("celeriac-demo")?)
         .args([
             "worker",
             "--broker",
             &broker_url(),
             "--result-backend",
-            "rpc://",
+            backend,
         ])
         .args(["-Q", queue, "--loglevel", "error"])
         .args(extra)
@@ -165,10 +174,23 @@ pub async fn cleanup(app: &App, queue: &str) {
     app.close().await;
 }
 
+/// How many of `results` are finished.
+pub async fn count_ready<T: serde::de::DeserializeOwned>(
+    results: &[celeriac::AsyncResult<T>],
+) -> usize {
+    let mut ready = 0;
+    for result in results {
+        if result.ready().await.unwrap_or(false) {
+            ready += 1;
+        }
+    }
+    ready
+}
+
 /// The remote failure in `result`, or an error if it is not one.
 pub fn failure<T: std::fmt::Debug>(result: Result<T, ResultError>) -> Result<TaskFailure> {
     match result {
-        Err(ResultError::Failed(failure)) => Ok(failure),
+        Err(ResultError::Failed(failure)) => Ok(*failure),
         other => bail!("expected a failure, got {other:?}"),
     }
 }

@@ -377,7 +377,7 @@ async fn a_cpu_bound_task_does_not_stall_other_tasks() -> Result<()> {
         .await?;
     // Short tasks keep flowing while the CPU-bound one runs.
     let mut flowed = 0;
-    while !cpu.ready() {
+    while !cpu.ready().await? {
         let sum: i64 = app
             .send_task("demo.add")
             .args((flowed, 1))

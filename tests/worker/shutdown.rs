@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use celeriac::{App, AsyncResult, State};
 use celeriac_tests::broker_url;
-use celeriac_tests::worker::binary;
+use celeriac_tests::worker::{binary, count_ready};
 use serde_json::Value;
 
 fn start_worker(queue: &str) -> Child {
@@ -76,7 +76,7 @@ async fn sigterm_during_a_batch_loses_and_duplicates_nothing() {
         );
     }
     // Let the first worker get going, then stop it mid-batch.
-    while results.iter().filter(|r| r.ready()).count() < 8 {
+    while count_ready(&results).await < 8 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     terminate(&first);
@@ -84,7 +84,7 @@ async fn sigterm_during_a_batch_loses_and_duplicates_nothing() {
         .await
         .expect("joined");
     assert!(status.success(), "the worker exited with {status}");
-    let done_by_first = results.iter().filter(|r| r.ready()).count();
+    let done_by_first = count_ready(&results).await;
     assert!(
         done_by_first < 40,
         "the batch finished before SIGTERM; the test proves nothing"

@@ -50,6 +50,30 @@ pub async fn echo(value: Value) -> Value {
     value
 }
 
+/// `demo.tsum(values)`: the sum of a list (a chord body).
+#[task(name = "demo.tsum")]
+pub async fn tsum(values: Vec<i64>) -> i64 {
+    values.iter().sum()
+}
+
+/// `demo.progress(steps, pause)`: reports `PROGRESS` with
+/// `{"done": i, "total": steps}` after each step (`pause` seconds each),
+/// then returns `steps`.
+#[task(name = "demo.progress", bind = true)]
+pub async fn progress(request: Request, steps: u32, pause: f64) -> TaskResult<u32> {
+    for done in 1..=steps {
+        tokio::time::sleep(Duration::from_secs_f64(pause.max(0.0))).await;
+        request
+            .update_state(
+                "PROGRESS",
+                serde_json::json!({"done": done, "total": steps}),
+            )
+            .await
+            .map_err(TaskError::from_error)?;
+    }
+    Ok(steps)
+}
+
 /// `demo.cpu(iterations)`: CPU-bound busy work on the blocking pool.
 #[task(name = "demo.cpu")]
 pub fn cpu(iterations: u64) -> u64 {
@@ -83,4 +107,6 @@ pub fn register(app: AppBuilder) -> AppBuilder {
         .task(cpu)
         .task(now)
         .task(crash)
+        .task(tsum)
+        .task(progress)
 }

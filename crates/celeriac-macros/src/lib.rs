@@ -36,7 +36,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 const OPTIONS: &str = "name, max_retries, default_retry_delay, retry_backoff, retry_backoff_max, \
                        retry_jitter, autoretry_for, time_limit, soft_time_limit, acks_late, \
-                       ignore_result, queue, priority, expires, bind";
+                       ignore_result, track_started, queue, priority, expires, bind";
 
 /// The parsed `#[task(...)]` options.
 #[derive(Default)]
@@ -96,7 +96,7 @@ fn parse_options(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Options> {
                     quote!(retry_backoff: ::core::option::Option::Some(#n))
                 }
             },
-            "retry_jitter" | "acks_late" | "ignore_result" => {
+            "retry_jitter" | "acks_late" | "ignore_result" | "track_started" => {
                 let b = boolean(value, &key.to_string(), &format!("{key} = true"))?;
                 quote!(#key: ::core::option::Option::Some(#b))
             }
@@ -288,9 +288,7 @@ fn expand(metas: Punctuated<Meta, Token![,]>, mut function: ItemFn) -> syn::Resu
     let invoke = if is_async {
         quote!(#run.await)
     } else {
-        quote!(::celeriac::__private::tokio::task::spawn_blocking(move || #run)
-            .await
-            .map_err(::celeriac::__private::join_error)?)
+        quote!(::celeriac::__private::run_blocking(move || #run).await?)
     };
     let convert = if returns_result {
         quote!(::celeriac::__private::output(out.map_err(
@@ -327,6 +325,18 @@ fn expand(metas: Punctuated<Meta, Token![,]>, mut function: ItemFn) -> syn::Resu
                 )
             }
 
+            /// A signature of this task (Celery's `.s()`): for chains,
+            /// groups, chords and links. The same as `new`.
+            #[allow(clippy::too_many_arguments)]
+            #vis fn s(#(#param_idents: #param_types),*) -> ::celeriac::TaskCall<#output> {
+                #ident::new(#(#param_idents),*)
+            }
+            /// An immutable signature (Celery's `.si()`): a parent's result
+            /// is not prepended to its arguments.
+            #[allow(clippy::too_many_arguments)]
+            #vis fn si(#(#param_idents: #param_types),*) -> ::celeriac::TaskCall<#output> {
+                #ident::new(#(#param_idents),*).immutable()
+            }
             /// The task's body, callable directly (no broker involved).
             #run_fn
         }

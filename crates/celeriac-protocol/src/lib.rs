@@ -11,7 +11,9 @@
 //!   detected the way the Python worker detects them.
 //! - [`Signature`] is a canvas signature (task, chain, group, chord) that
 //!   re-encodes to the JSON text Python wrote.
-//! - [`ResultMeta`] and [`State`] are the result document and task states.
+//! - [`ResultMeta`] and [`State`] are the result document and task states;
+//!   [`store`] is how key/value result stores (Redis) lay out results, groups
+//!   and chords, with the chord join decision.
 //! - [`json`] writes JSON exactly as Python's `json.dumps` does and [`kombu`]
 //!   handles kombu's `{"__type__", "__value__"}` envelopes.
 //! - [`Compression`] and [`content`] decide which bodies we accept: JSON only,
@@ -43,6 +45,7 @@ mod message;
 pub mod repr;
 mod result;
 mod signature;
+pub mod store;
 mod task_headers;
 pub mod time;
 mod v1;

@@ -38,6 +38,39 @@ pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
     truncate(out)
 }
 
+/// `repr(value)`, e.g. `'a'`, `[1, None]`, cut at 1024 characters (the
+/// `result` of a `task-succeeded` event).
+///
+/// ```
+/// use celeriac_protocol::repr::value_repr;
+/// assert_eq!(value_repr(&serde_json::json!([1, null, "a"])), "[1, None, 'a']");
+/// ```
+pub fn value_repr(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
+    truncate(out)
+}
+
+/// `repr(exc)` for an exception of `exc_type` with these args, as Python
+/// prints it: `ValueError('boom')`, `KeyError('a', 1)`, `TimeoutError()`.
+///
+/// ```
+/// use celeriac_protocol::repr::exception_repr;
+/// assert_eq!(exception_repr("ValueError", &["boom".into()]), "ValueError('boom')");
+/// ```
+pub fn exception_repr(exc_type: &str, args: &[Value]) -> String {
+    let mut out = String::from(exc_type);
+    out.push('(');
+    for (i, arg) in args.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_value(&mut out, arg);
+    }
+    out.push(')');
+    truncate(out)
+}
+
 fn truncate(mut s: String) -> String {
     if s.chars().count() > MAX_LEN {
         s = s.chars().take(MAX_LEN).collect();

@@ -98,9 +98,64 @@ impl Signature {
         self
     }
 
-    /// Makes the signature immutable (Python's `.si()`).
+    /// Makes the signature immutable (Python's `.si()`): a parent's result
+    /// is not prepended to its args.
     pub fn immutable(mut self) -> Signature {
         self.immutable = true;
+        self
+    }
+
+    /// Adds a positional argument.
+    pub fn with_arg(mut self, arg: impl Into<Value>) -> Signature {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Fixes the task id (`options.task_id`).
+    pub fn with_task_id(self, id: impl Into<String>) -> Signature {
+        self.with_option("task_id", id.into())
+    }
+
+    /// Sends it to `queue` (`options.queue`).
+    pub fn with_queue(self, queue: impl Into<String>) -> Signature {
+        self.with_option("queue", queue.into())
+    }
+
+    /// Sets its message priority (`options.priority`).
+    pub fn with_priority(self, priority: u8) -> Signature {
+        self.with_option("priority", priority)
+    }
+
+    /// Runs it no earlier than `seconds` after it is sent
+    /// (`options.countdown`).
+    pub fn with_countdown(self, seconds: f64) -> Signature {
+        self.with_option("countdown", seconds)
+    }
+
+    /// Applies `callback` to its result on success (appended to
+    /// `options.link`).
+    pub fn with_link(self, callback: Signature) -> Signature {
+        self.push_option("link", callback)
+    }
+
+    /// Applies `errback` with its task id on failure (appended to
+    /// `options.link_error`).
+    pub fn with_link_error(self, errback: Signature) -> Signature {
+        self.push_option("link_error", errback)
+    }
+
+    fn push_option(mut self, key: &str, signature: Signature) -> Signature {
+        let entry = self
+            .options
+            .entry(key)
+            .or_insert_with(|| Value::Array(Vec::new()));
+        match entry {
+            Value::Array(items) => items.push(signature.to_json()),
+            other => {
+                let previous = other.take();
+                *other = Value::Array(vec![previous, signature.to_json()]);
+            }
+        }
         self
     }
 

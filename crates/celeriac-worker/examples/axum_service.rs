@@ -62,7 +62,13 @@ async fn status(State(app): State<App>, Path(id): Path<String>) -> Json<Value> {
     let result = app.async_result::<String>(id);
     match result.get(Duration::from_secs(5)).await {
         Ok(value) => Json(json!({ "state": "SUCCESS", "result": value })),
-        Err(e) => Json(json!({ "state": result.state().to_string(), "error": e.to_string() })),
+        Err(e) => {
+            let state = result
+                .state()
+                .await
+                .map_or_else(|_| "UNKNOWN".into(), |s| s.to_string());
+            Json(json!({ "state": state, "error": e.to_string() }))
+        }
     }
 }
 

@@ -96,6 +96,31 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_ACK_FLUSH_MS")]
     pub ack_flush_ms: Option<u64>,
 
+    /// Store STARTED when a task starts, for tasks that do not say
+    /// otherwise (Celery's task_track_started) [default: false]
+    #[arg(long, env = "CELERIAC_TRACK_STARTED")]
+    pub track_started: Option<bool>,
+
+    /// Seconds a task's result may keep retrying an unreachable result
+    /// store before its message goes back to the queue [default: 60]
+    #[arg(long, env = "CELERIAC_RESULT_STORE_TIMEOUT")]
+    pub result_store_timeout: Option<f64>,
+
+    /// Seconds results are kept (Celery's result_expires; 0: until
+    /// forgotten) [default: the app's, else 86400]
+    #[arg(long, env = "CELERIAC_RESULT_EXPIRES")]
+    pub result_expires: Option<f64>,
+
+    /// Store the task's name, args, kwargs, worker, retries and queue with
+    /// its result (Celery's result_extended) [default: the app's, else true]
+    #[arg(long, env = "CELERIAC_RESULT_EXTENDED")]
+    pub result_extended: Option<bool>,
+
+    /// A prefix for every result store key (Celery's global_keyprefix)
+    /// [default: the app's, else none]
+    #[arg(long, env = "CELERIAC_RESULT_KEY_PREFIX")]
+    pub result_key_prefix: Option<String>,
+
     /// A queue definition, as an entry of Celery's task_queues:
     /// NAME[:key=value,...] with the keys of the config file's
     /// [task_queues] (queue_type, max_priority, dead_letter, exchange,
@@ -167,6 +192,12 @@ pub struct AppSettings {
     pub create_missing_queues: Option<bool>,
     /// The delay queues' type.
     pub delay_queue_type: Option<QueueType>,
+    /// `result_expires`.
+    pub result_expires: Option<Duration>,
+    /// `result_extended`.
+    pub result_extended: Option<bool>,
+    /// `global_keyprefix`.
+    pub result_key_prefix: Option<String>,
 }
 
 impl AppSettings {
@@ -193,6 +224,15 @@ impl AppSettings {
         }
         if let Some(t) = self.delay_queue_type {
             app = app.delay_queue_type(t);
+        }
+        if let Some(expires) = self.result_expires {
+            app = app.result_expires(expires);
+        }
+        if let Some(extended) = self.result_extended {
+            app = app.result_extended(extended);
+        }
+        if let Some(prefix) = self.result_key_prefix {
+            app = app.result_key_prefix(prefix);
         }
         app
     }
@@ -256,6 +296,15 @@ impl Args {
                 .ack_flush_ms
                 .or(file.ack_flush_ms)
                 .map_or(defaults.ack_flush, Duration::from_millis),
+            result_store_timeout: secs(
+                self.result_store_timeout.or(file.result_store_timeout),
+                "result_store_timeout",
+                defaults.result_store_timeout,
+            )?,
+            track_started: self
+                .track_started
+                .or(file.track_started)
+                .unwrap_or(defaults.track_started),
         };
         if worker.queues.is_empty() || worker.queues.iter().any(String::is_empty) {
             return Err("queues must name at least one queue".into());
@@ -309,6 +358,20 @@ impl Args {
             delay_queue_type: self
                 .delay_queue_type
                 .or(parse_type(&file.delay_queue_type, "delay_queue_type")?),
+            result_expires: match self.result_expires.or(file.result_expires) {
+                Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+                Some(s) => {
+                    return Err(format!(
+                        "result_expires must be a non-negative number of seconds, got {s}"
+                    ));
+                }
+                None => None,
+            },
+            result_extended: self.result_extended.or(file.result_extended),
+            result_key_prefix: self
+                .result_key_prefix
+                .clone()
+                .or_else(|| file.result_key_prefix.clone()),
         })
     }
 }

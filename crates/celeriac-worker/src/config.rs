@@ -33,6 +33,14 @@ pub struct WorkerConfig {
     pub ack_batch: u16,
     /// Longest wait before coalesced acks are sent. Default 5 ms.
     pub ack_flush: Duration,
+    /// How long storing a task's result may keep retrying an unreachable
+    /// result store before the delivery goes back to its queue (to run
+    /// again). Default 60 s.
+    pub result_store_timeout: Duration,
+    /// Store `STARTED` (with the worker's pid and hostname) when a task
+    /// starts, for tasks that do not say otherwise (Celery's
+    /// `task_track_started`). Default false.
+    pub track_started: bool,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +56,8 @@ impl Default for WorkerConfig {
             dead_letter_failures: true,
             ack_batch: 32,
             ack_flush: Duration::from_millis(5),
+            result_store_timeout: Duration::from_secs(60),
+            track_started: false,
         }
     }
 }

@@ -59,6 +59,16 @@ pub struct ConfigFile {
     pub ack_batch: Option<u16>,
     /// Ack flush interval in milliseconds.
     pub ack_flush_ms: Option<u64>,
+    /// Store `STARTED` when tasks start.
+    pub track_started: Option<bool>,
+    /// Seconds storing a result may retry an unreachable store.
+    pub result_store_timeout: Option<f64>,
+    /// Seconds results are kept.
+    pub result_expires: Option<f64>,
+    /// Store extended result fields.
+    pub result_extended: Option<bool>,
+    /// A prefix for result store keys.
+    pub result_key_prefix: Option<String>,
     /// `x-queue-type` of queues that set none (`classic` or `quorum`).
     pub default_queue_type: Option<String>,
     /// `x-max-priority` of queues that set none.

@@ -43,7 +43,14 @@ impl Context {
             priority: delivery.priority(),
             redelivered: delivery.redelivered,
         };
-        Request::from_message(message, info, self.config.hostname.clone())
+        let request = Request::from_message(message, info, self.config.hostname.clone());
+        match self.app.result_backend() {
+            Some(backend) => {
+                let extended = self.app.result_settings().extended;
+                request.with_results(backend.clone(), message, extended)
+            }
+            None => request,
+        }
     }
 
     /// Whether the task of `message` stores no result.

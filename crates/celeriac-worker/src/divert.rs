@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use celeriac::broker::{DeadLetter, DeadLetterReason, Delivery};
-use celeriac::protocol::time::now;
 use celeriac::protocol::{HeaderValue, TaskMessage};
-use celeriac::{ExceptionInfo, Request, ResultMeta, State};
+use celeriac::{ExceptionInfo, Request, State};
 use tracing::{debug, error, info, warn};
 
+use crate::chord;
 use crate::context::Context;
 use crate::settle::Settle;
 
@@ -28,8 +28,14 @@ pub(crate) async fn unregistered(
     warn!(task = %name, id = %message.headers.id, "received an unregistered task; dead-lettering it");
     let request = ctx.request_for(delivery, message);
     let exc = ExceptionInfo::new("celery.exceptions", "NotRegistered", name.clone());
-    let meta = ResultMeta::new(&request.id, State::Failure, exc.to_json());
-    ctx.outbox.store(&request, message, meta).await;
+    let meta = request.result_meta(State::Failure, exc.to_json());
+    let told = match ctx.outbox.store(&request, &meta).await {
+        Ok(()) => chord::part_return(ctx, &request, message, State::Failure, &exc.to_json()).await,
+        Err(e) => Err(e),
+    };
+    if told.is_err() {
+        return Settle::Reject { requeue: true };
+    }
     let detail = format!("task {name} is not registered on this worker");
     let reason = DeadLetterReason::UnknownTask;
     dead_letter(ctx, delivery, reason, Some("NotRegistered"), detail).await
@@ -43,9 +49,14 @@ pub(crate) async fn revoke_expired(
 ) -> Settle {
     info!(task = %message.headers.task, id = %request.id, "task expired before it started; revoking it");
     let exc = ExceptionInfo::new("celery.exceptions", "TaskRevokedError", "expired");
-    let mut meta = ResultMeta::new(&request.id, State::Revoked, exc.to_json());
-    meta.date_done = Some(now());
-    ctx.outbox.store(request, message, meta).await;
+    let meta = request.result_meta(State::Revoked, exc.to_json());
+    let told = match ctx.outbox.store(request, &meta).await {
+        Ok(()) => chord::part_return(ctx, request, message, State::Revoked, &exc.to_json()).await,
+        Err(e) => Err(e),
+    };
+    if told.is_err() {
+        return Settle::Reject { requeue: true };
+    }
     ctx.stats.revoked();
     Settle::Ack
 }
@@ -114,6 +125,15 @@ pub(crate) async fn dead_letter(
 ) -> Settle {
     let mut letter = DeadLetter::new(reason, detail);
     letter.exception_type = exception_type.map(str::to_owned);
+    dead_letter_with(ctx, delivery, letter).await
+}
+
+/// Dead-letters the delivery with `letter`'s details, then it is acked.
+pub(crate) async fn dead_letter_with(
+    ctx: &Context,
+    delivery: &Delivery,
+    mut letter: DeadLetter,
+) -> Settle {
     letter.hostname.clone_from(&ctx.config.hostname);
     match ctx.outbox.dead_letter(delivery, &letter).await {
         Ok(()) => {

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac::Task;
 use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
 use celeriac::protocol::time::now;
+use celeriac::{State, Task};
+use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Gate, admit, is_expired};
@@ -99,6 +100,12 @@ async fn run_admitted(
         let _ = delivery.ack_now().await;
     }
     info!(task = %message.headers.task, id = %request.id, retries = request.retries, "task started");
+    if options.track_started.unwrap_or(ctx.config.track_started) && !ctx.ignores_result(&message) {
+        let started = json!({"pid": std::process::id(), "hostname": ctx.config.hostname});
+        ctx.outbox
+            .store_progress(&request, &request.result_meta(State::Started, started))
+            .await;
+    }
     let result = execute(task, &request, &message, &options).await;
     drop(permit);
     let settle = finish(ctx, delivery, &request, &message, &options, result).await;

@@ -27,6 +27,7 @@
 //! one outbox and the delivery settled.
 
 mod admission;
+mod chord;
 pub mod cli;
 mod config;
 mod config_file;

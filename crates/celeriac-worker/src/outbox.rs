@@ -1,21 +1,26 @@
 //! Everything the worker publishes goes through the [`Outbox`], each publish
 //! confirmed before the delivery it belongs to is settled:
 //!
-//! - results, through the app's result backend ([`Outbox::store`]);
-//! - workflow messages (callbacks, errbacks, chain steps), through the app's
-//!   canvas, so the app's routes apply to them ([`Outbox::apply`]);
+//! - results, through the app's result backend ([`Outbox::store`]): while
+//!   the store is unreachable the outbox retries with backoff, up to the
+//!   worker's `result_store_timeout`; only then does it give up, and the
+//!   delivery goes back to the queue instead of being acked;
+//! - workflow messages (callbacks, errbacks, chain steps, chord bodies),
+//!   through the app's canvas, so the app's routes apply to them
+//!   ([`Outbox::apply`]);
 //! - copies of a delivery: retries and requeues back to a queue
 //!   ([`Outbox::republish`]), long ETAs through the delay topology
 //!   ([`Outbox::postpone`]) and dead letters ([`Outbox::dead_letter`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use celeriac::broker::{BrokerError, DeadLetter, Delivery};
-use celeriac::protocol::{RawMessage, TaskMessage};
-use celeriac::{App, Apply, Request, ResultMeta, Signature};
-use tracing::{debug, warn};
+use celeriac::protocol::RawMessage;
+use celeriac::{App, Apply, BackendError, Request, ResultMeta, Signature};
+use tracing::{debug, error, warn};
 
 /// How long a result waits for a missing `rpc://` reply queue to reappear.
 const REPLY_QUEUE_WAIT: Duration = Duration::from_secs(10);
@@ -23,76 +28,136 @@ const REPLY_QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// results for it are tried once, without waiting (a client that sent tasks
 /// and exited must not slow every one of its tasks down by the wait).
 const GONE_REPLY_QUEUE_MEMORY: Duration = Duration::from_secs(300);
+/// The first wait between attempts to reach an unreachable result store;
+/// it doubles up to [`STORE_RETRY_MAX`].
+const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between attempts to reach the result store.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A result that could not be stored within the worker's
+/// `result_store_timeout` (the error is logged): the delivery must go back
+/// to its queue.
+#[derive(Debug)]
+pub(crate) struct NotStored;
 
 /// The worker's one way out to the broker and the result backend.
 pub(crate) struct Outbox {
     app: App,
+    /// How long storing a result may keep retrying an unreachable store.
+    store_timeout: Duration,
     /// Reply queues a result already waited for in vain, and when.
     gone_reply_queues: Mutex<HashMap<String, Instant>>,
 }
 
 impl Outbox {
     /// An outbox publishing through `app`.
-    pub(crate) fn new(app: App) -> Outbox {
+    pub(crate) fn new(app: App, store_timeout: Duration) -> Outbox {
         Outbox {
             app,
+            store_timeout,
             gone_reply_queues: Mutex::default(),
         }
     }
 
-    /// Stores a result through the app's backend (if any). A result that
-    /// cannot be delivered (e.g. the caller's reply queue is gone) is logged,
-    /// not fatal: the task's outcome stands.
+    /// Stores a result through the app's backend (if any), retrying while
+    /// the store is unreachable. A result for an `rpc://` caller that has
+    /// gone is dropped with a log line (nobody can read it).
     pub(crate) async fn store(
         &self,
         request: &Request,
-        message: &TaskMessage,
-        mut meta: ResultMeta,
-    ) {
+        meta: &ResultMeta,
+    ) -> Result<(), NotStored> {
         let Some(backend) = self.app.result_backend() else {
-            return;
+            return Ok(());
         };
-        if meta.parent_id.is_none() {
-            meta.parent_id.clone_from(&message.headers.parent_id);
-        }
-        if meta.group_id.is_none() {
-            meta.group_id.clone_from(&message.headers.group);
-        }
         let reply_to = request.reply_to.clone().unwrap_or_default();
         let gone = self.reply_queue_gone(&reply_to);
-        let wait = if gone {
-            Duration::ZERO
-        } else {
-            REPLY_QUEUE_WAIT
-        };
-        let deadline = tokio::time::Instant::now() + wait;
+        let reply_deadline = tokio::time::Instant::now()
+            + if gone {
+                Duration::ZERO
+            } else {
+                REPLY_QUEUE_WAIT
+            };
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        let mut pause = STORE_RETRY_MIN;
         loop {
-            match backend.store(&meta, request).await {
+            let error = match backend.store(meta, request).await {
                 Ok(()) => {
                     if gone {
                         self.gone().remove(&reply_to);
                     }
-                    return;
+                    return Ok(());
                 }
+                Err(error) => error,
+            };
+            let now = tokio::time::Instant::now();
+            match &error {
                 // An rpc:// reply queue is auto-delete: it vanishes while its
                 // client reconnects and comes back when the client re-declares it.
-                Err(BrokerError::Unroutable { .. }) if tokio::time::Instant::now() < deadline => {
+                BackendError::Broker(BrokerError::Unroutable { .. }) if now < reply_deadline => {
                     debug!(id = %request.id, "the reply queue is missing; waiting for its client to re-declare it");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => {
-                    if matches!(e, BrokerError::Unroutable { .. }) {
-                        self.gone().insert(reply_to, Instant::now());
-                    }
-                    warn!(id = %request.id, state = %meta.status, error = %e, "could not deliver the result");
-                    return;
+                BackendError::Broker(BrokerError::Unroutable { .. }) => {
+                    self.gone().insert(reply_to, Instant::now());
+                    warn!(id = %request.id, state = %meta.status, error = %error, "the caller's reply queue is gone; dropping its result");
+                    return Ok(());
+                }
+                e if e.is_retryable() && now + pause < deadline => {
+                    warn!(id = %request.id, state = %meta.status, error = %e, retry_in = ?pause, "the result store is unreachable; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
+                }
+                _ => {
+                    error!(id = %request.id, state = %meta.status, error = %error, "could not store the result");
+                    return Err(NotStored);
                 }
             }
         }
     }
 
-    /// Sends a callback, errback or chain step through the app's canvas
-    /// (the app's routes choose its queue unless the signature names one).
+    /// Runs a result-store operation `what` (chord bookkeeping), retrying it
+    /// while the store is unreachable, as [`store`](Self::store) does.
+    pub(crate) async fn with_store<T, F, Fut>(
+        &self,
+        what: &str,
+        mut operation: F,
+    ) -> Result<T, NotStored>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        let mut pause = STORE_RETRY_MIN;
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + pause < deadline => {
+                    warn!(error = %e, retry_in = ?pause, "{what}: the result store is unreachable; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
+                }
+                Err(e) => {
+                    error!(error = %e, "{what} failed");
+                    return Err(NotStored);
+                }
+            }
+        }
+    }
+
+    /// Stores a state that is not the task's outcome (`STARTED`, `RETRY`):
+    /// a failure is logged, and the task goes on.
+    pub(crate) async fn store_progress(&self, request: &Request, meta: &ResultMeta) {
+        if let Some(backend) = self.app.result_backend()
+            && let Err(e) = backend.store(meta, request).await
+        {
+            warn!(id = %request.id, state = %meta.status, error = %e, "could not store the task's state");
+        }
+    }
+
+    /// Sends a callback, errback, chain step or chord body through the
+    /// app's canvas (the app's routes choose its queue unless the signature
+    /// names one).
     pub(crate) async fn apply(
         &self,
         signature: &Signature,

@@ -5,15 +5,16 @@
 
 use std::time::Duration;
 
-use celeriac::broker::{DeadLetterReason, Delivery, delay};
-use celeriac::protocol::TaskMessage;
+use celeriac::broker::{DeadLetter, DeadLetterReason, Delivery, delay};
 use celeriac::protocol::time::now;
-use celeriac::{Apply, Request, ResultMeta, State, TaskError, TaskErrorKind, TaskOptions};
+use celeriac::protocol::{Signature, SignatureKind, TaskMessage};
+use celeriac::{Apply, Request, State, TaskError, TaskErrorKind, TaskOptions};
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
+use crate::chord;
 use crate::context::Context;
-use crate::divert::{REDELIVERIES_HEADER, dead_letter};
+use crate::divert::{REDELIVERIES_HEADER, dead_letter_with};
 use crate::settle::Settle;
 
 /// Settles a finished run by its result.
@@ -85,9 +86,16 @@ async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value:
         }
     }
     if !ctx.ignores_result(message) {
-        let mut meta = ResultMeta::new(&request.id, State::Success, value);
-        meta.date_done = Some(now());
-        ctx.outbox.store(request, message, meta).await;
+        let meta = request.result_meta(State::Success, value.clone());
+        if ctx.outbox.store(request, &meta).await.is_err() {
+            return Settle::Reject { requeue: true };
+        }
+    }
+    if chord::part_return(ctx, request, message, State::Success, &value)
+        .await
+        .is_err()
+    {
+        return Settle::Reject { requeue: true };
     }
     ctx.stats.succeeded();
     Settle::Ack
@@ -143,8 +151,9 @@ async fn retry(
     }
     info!(task = %message.headers.task, id = %request.id, retry = request.retries + 1, ?delay, "task will be retried");
     if !ctx.ignores_result(message) {
-        let meta = ResultMeta::new(&request.id, State::Retry, err.exception_info().to_json());
-        ctx.outbox.store(request, message, meta).await;
+        let mut meta = request.result_meta(State::Retry, err.exception_info().to_json());
+        meta.traceback = Some(err.traceback(&message.headers.task));
+        ctx.outbox.store_progress(request, &meta).await;
     }
     ctx.stats.retried();
     Settle::AckNow
@@ -184,9 +193,11 @@ fn retry_route(delivery: &Delivery) -> (String, String) {
     }
 }
 
-/// Final failure: `FAILURE` stored (also for the remaining chain steps, so
-/// a client waiting on the chain's id hears of it), errbacks sent with the
-/// task id, then the message dead-lettered with the error.
+/// Final failure: `FAILURE` stored with a traceback (also under the ids of
+/// the chain's remaining steps, so a client waiting on the chain's id hears
+/// of it), the chord told, errbacks sent with the task id, then the message
+/// dead-lettered with the error. A result that cannot be stored sends the
+/// delivery back to its queue instead.
 pub(crate) async fn fail(
     ctx: &Context,
     delivery: &Delivery,
@@ -197,21 +208,37 @@ pub(crate) async fn fail(
 ) -> Settle {
     warn!(task = %message.headers.task, id = %request.id, error = %err, "task failed");
     let exc = err.exception_info();
-    let mut meta = ResultMeta::new(&request.id, State::Failure, exc.to_json());
-    meta.date_done = Some(now());
-    ctx.outbox.store(request, message, meta.clone()).await;
-    for step in message.body.embed.chain.iter().flatten() {
-        if let Some(id) = step.task_id() {
-            let mut step_meta = meta.clone();
-            id.clone_into(&mut step_meta.task_id);
-            let mut step_request = request.clone();
-            id.clone_into(&mut step_request.id);
-            step_request.correlation_id = Some(id.to_owned());
-            if let Some(reply_to) = step.options.get("reply_to").and_then(Value::as_str) {
-                step_request.reply_to = Some(reply_to.to_owned());
-            }
-            ctx.outbox.store(&step_request, message, step_meta).await;
+    let traceback = err.traceback(&message.headers.task);
+    let mut meta = request.result_meta(State::Failure, exc.to_json());
+    meta.traceback = Some(traceback.clone());
+    if ctx.outbox.store(request, &meta).await.is_err() {
+        return Settle::Reject { requeue: true };
+    }
+    for (id, reply_to) in message
+        .body
+        .embed
+        .chain
+        .iter()
+        .flatten()
+        .filter_map(result_of_step)
+    {
+        let mut step = request.clone();
+        step.id.clone_from(&id);
+        step.correlation_id = Some(id.clone());
+        if reply_to.is_some() {
+            step.reply_to = reply_to;
         }
+        let mut step_meta = meta.clone();
+        step_meta.task_id = id;
+        if ctx.outbox.store(&step, &step_meta).await.is_err() {
+            return Settle::Reject { requeue: true };
+        }
+    }
+    if chord::part_return(ctx, request, message, State::Failure, &exc.to_json())
+        .await
+        .is_err()
+    {
+        return Settle::Reject { requeue: true };
     }
     for errback in message.body.embed.errbacks.iter().flatten() {
         let apply = Apply {
@@ -230,7 +257,26 @@ pub(crate) async fn fail(
     if ctx.native_dead_lettering(&delivery.queue) {
         return Settle::Reject { requeue: false };
     }
-    dead_letter(ctx, delivery, reason, Some(&exc.exc_type), exc.message()).await
+    let mut letter = DeadLetter::new(reason, exc.message());
+    letter.exception_type = Some(exc.exc_type.clone());
+    letter.traceback = Some(traceback);
+    dead_letter_with(ctx, delivery, letter).await
+}
+
+/// The id (and reply queue) a remaining chain step's result is read by: a
+/// task's own, a chord's body's (Celery fails what a waiter waits on).
+fn result_of_step(step: &Signature) -> Option<(String, Option<String>)> {
+    let target = match step.kind().ok()? {
+        SignatureKind::Chord { body, .. } => *body,
+        _ => step.clone(),
+    };
+    let id = target.task_id()?.to_owned();
+    let reply_to = target
+        .options
+        .get("reply_to")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Some((id, reply_to))
 }
 
 #[cfg(test)]

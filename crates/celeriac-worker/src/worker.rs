@@ -102,7 +102,7 @@ impl Worker {
         let ctx = Arc::new(Context {
             permits: Arc::new(Semaphore::new(self.config.concurrency)),
             shutdown: CancellationToken::new(),
-            outbox: Outbox::new(self.app.clone()),
+            outbox: Outbox::new(self.app.clone(), self.config.result_store_timeout),
             stats: self.stats.clone(),
             app: self.app.clone(),
             config: self.config.clone(),

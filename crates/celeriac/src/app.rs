@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{SendTask, TaskCall};
 use crate::registry::Registry;
-use crate::result::{ResultBackend, RpcBackend};
+use crate::result::{ResultBackend, ResultSettings, open_backend};
 use crate::{AsyncResult, Error, Task, TaskOptions, request};
 
 /// Environment variables read for the broker URL, in order.
@@ -32,6 +32,7 @@ struct Inner {
     registry: Registry,
     router: Router,
     backend: Option<Arc<dyn ResultBackend>>,
+    result_settings: ResultSettings,
     task_defaults: TaskOptions,
     compression: Option<Compression>,
     origin: String,
@@ -70,6 +71,25 @@ impl App {
     /// The result backend, if one is configured.
     pub fn result_backend(&self) -> Option<&Arc<dyn ResultBackend>> {
         self.inner.backend.as_ref()
+    }
+
+    /// How results are kept (expiry, extended fields, key prefix).
+    pub fn result_settings(&self) -> &ResultSettings {
+        &self.inner.result_settings
+    }
+
+    /// A group saved with [`GroupResult::save`](crate::GroupResult::save)
+    /// (by Rust or Python), by id; `None` if none is saved under it.
+    pub async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<crate::GroupResult>, crate::ResultError> {
+        let backend = self
+            .inner
+            .backend
+            .clone()
+            .ok_or_else(|| crate::ResultError::NoBackend(group_id.to_owned()))?;
+        crate::GroupResult::restore(backend, group_id).await
     }
 
     /// The app-wide task defaults.
@@ -185,9 +205,10 @@ impl App {
         }
         if let Some((group, index)) = workflow.group {
             headers.group = Some(group);
-            headers.group_index = Some(index);
+            headers.group_index = index;
         }
         message.body.embed.chain = workflow.chain;
+        message.body.embed.chord = workflow.chord.map(Box::new);
         headers.shadow = options.shadow;
         headers.extra = options.headers;
         headers.compression = self.inner.compression;
@@ -287,7 +308,7 @@ pub struct AppBuilder {
     broker_url: Option<String>,
     broker_config: Option<BrokerConfig>,
     result_backend: Option<String>,
-    result_expires: Option<Duration>,
+    result_settings: ResultSettings,
     default_queue: Option<Queue>,
     queues: Vec<Queue>,
     queue_defaults: QueueDefaults,
@@ -343,16 +364,35 @@ impl AppBuilder {
         self
     }
 
-    /// The result backend: `rpc://`. Default: `CELERIAC_RESULT_BACKEND` or
-    /// `CELERY_RESULT_BACKEND`, else none (results are not stored, as in Celery).
+    /// The result backend: `redis://host:6379/0` (also `rediss://`,
+    /// `redis+socket://`, `sentinel://`, as Celery spells them) or `rpc://`;
+    /// `disabled` for none. Default: `CELERIAC_RESULT_BACKEND` or
+    /// `CELERY_RESULT_BACKEND`, else none (results are not stored, as in
+    /// Celery).
     pub fn result_backend(mut self, url: impl Into<String>) -> Self {
         self.result_backend = Some(url.into());
         self
     }
 
-    /// How long unread results are kept (Celery's `result_expires`, 1 day).
+    /// How long results are kept (Celery's `result_expires`, 1 day); zero
+    /// keeps them until forgotten.
     pub fn result_expires(mut self, expires: Duration) -> Self {
-        self.result_expires = Some(expires);
+        self.result_settings.expires = (!expires.is_zero()).then_some(expires);
+        self
+    }
+
+    /// Whether results carry the task's name, args, kwargs, worker, retries
+    /// and queue (Celery's `result_extended`). Default **true** (Celery's
+    /// default is false).
+    pub fn result_extended(mut self, extended: bool) -> Self {
+        self.result_settings.extended = extended;
+        self
+    }
+
+    /// A prefix for every result store key (Celery's
+    /// `result_backend_transport_options = {"global_keyprefix": ...}`).
+    pub fn result_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.result_settings.key_prefix = Some(prefix.into());
         self
     }
 
@@ -487,19 +527,11 @@ impl AppBuilder {
         let backend_url = self
             .result_backend
             .or_else(|| env_first(&RESULT_BACKEND_VARS));
-        let backend: Option<Arc<dyn ResultBackend>> = match backend_url.as_deref() {
-            None | Some("" | "disabled") => None,
-            Some(url) if url.starts_with("rpc://") => Some(Arc::new(RpcBackend::new(
-                broker.clone(),
-                self.result_expires.unwrap_or(Duration::from_secs(86_400)),
-            ))),
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "result backend {:?} is not supported; use rpc:// (Redis comes later)",
-                    celeriac_broker::url::redact(other)
-                )));
-            }
-        };
+        let backend = open_backend(
+            backend_url.as_deref().unwrap_or(""),
+            &broker,
+            &self.result_settings,
+        )?;
         let mut task_defaults = self.task_defaults;
         task_defaults.acks_late.get_or_insert(true);
         task_defaults.max_retries.get_or_insert(3);
@@ -509,6 +541,7 @@ impl AppBuilder {
                 registry,
                 router,
                 backend,
+                result_settings: self.result_settings,
                 task_defaults,
                 compression: self.compression,
                 origin: format!(

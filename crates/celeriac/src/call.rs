@@ -56,8 +56,11 @@ pub struct SendOptions {
 pub(crate) struct Workflow {
     /// Remaining chain steps, in reverse order (embed `chain`).
     pub(crate) chain: Option<Vec<Signature>>,
-    /// Group id and index of this call.
-    pub(crate) group: Option<(String, i64)>,
+    /// Group id and index of this call (the index is absent for a chord's
+    /// body, which carries its header's group id).
+    pub(crate) group: Option<(String, Option<i64>)>,
+    /// The chord body, for a member of a chord's header (embed `chord`).
+    pub(crate) chord: Option<Signature>,
     /// The reply queue named in the signature's options.
     pub(crate) reply_to: Option<String>,
     /// The task that sent this one, when not the current task.
@@ -177,6 +180,7 @@ pub struct TaskCall<O = Value> {
     pub(crate) options: SendOptions,
     pub(crate) error: Option<String>,
     pub(crate) workflow: Workflow,
+    pub(crate) immutable: bool,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -190,6 +194,7 @@ impl<O: DeserializeOwned> TaskCall<O> {
             options: SendOptions::default(),
             error: None,
             workflow: Workflow::default(),
+            immutable: false,
             _output: PhantomData,
         }
     }
@@ -240,19 +245,19 @@ impl<O: DeserializeOwned> TaskCall<O> {
 
     /// The call as a Celery signature, for `link`, chains and Python tools.
     pub fn signature(&self) -> Signature {
-        let mut sig = Signature::new(self.name.clone())
-            .with_args(self.args.clone())
-            .with_kwargs(self.kwargs.clone());
-        if let Some(id) = &self.options.task_id {
-            sig = sig.with_option("task_id", id.clone());
-        }
-        if let Some(queue) = &self.options.queue {
-            sig = sig.with_option("queue", queue.clone());
-        }
-        if let Some(priority) = self.options.priority {
-            sig = sig.with_option("priority", priority);
-        }
-        sig
+        self.options.to_signature(
+            Signature::new(self.name.clone())
+                .with_args(self.args.clone())
+                .with_kwargs(self.kwargs.clone()),
+            self.immutable,
+        )
+    }
+
+    /// Makes the call immutable when used as a callback or chain step: the
+    /// parent's result is not prepended to its args (Celery's `.si()`).
+    pub fn immutable(mut self) -> Self {
+        self.immutable = true;
+        self
     }
 
     /// Sends the call and returns once the broker has confirmed it.
@@ -263,13 +268,80 @@ impl<O: DeserializeOwned> TaskCall<O> {
 
 impl<O> From<TaskCall<O>> for Signature {
     fn from(call: TaskCall<O>) -> Signature {
-        let mut sig = Signature::new(call.name)
-            .with_args(call.args)
-            .with_kwargs(call.kwargs);
-        if let Some(id) = call.options.task_id {
-            sig = sig.with_option("task_id", id);
+        call.options.to_signature(
+            Signature::new(call.name)
+                .with_args(call.args)
+                .with_kwargs(call.kwargs),
+            call.immutable,
+        )
+    }
+}
+
+impl SendOptions {
+    /// `signature` with these options in its `options`, named as Celery's
+    /// `apply_async` names them.
+    fn to_signature(&self, mut signature: Signature, immutable: bool) -> Signature {
+        let mut set = |key: &str, value: Value| {
+            signature.options.insert(key.to_owned(), value);
+        };
+        let text = |v: &Option<String>| v.clone().map(Value::String);
+        for (key, value) in [
+            ("task_id", text(&self.task_id)),
+            ("queue", text(&self.queue)),
+            ("exchange", text(&self.exchange)),
+            ("routing_key", text(&self.routing_key)),
+            ("shadow", text(&self.shadow)),
+            ("priority", self.priority.map(Value::from)),
+            (
+                "countdown",
+                self.countdown.map(|d| Value::from(d.as_secs_f64())),
+            ),
+            (
+                "eta",
+                self.eta
+                    .map(|t| Value::String(celeriac_protocol::time::format_time(&t))),
+            ),
+            (
+                "expires",
+                self.expires_in
+                    .map(|d| Value::from(d.as_secs_f64()))
+                    .or_else(|| {
+                        self.expires_at
+                            .map(|t| Value::String(celeriac_protocol::time::format_time(&t)))
+                    }),
+            ),
+            ("ignore_result", self.ignore_result.map(Value::Bool)),
+            (
+                "time_limit",
+                self.time_limit.map(|d| Value::from(d.as_secs_f64())),
+            ),
+            (
+                "soft_time_limit",
+                self.soft_time_limit.map(|d| Value::from(d.as_secs_f64())),
+            ),
+        ] {
+            if let Some(value) = value {
+                set(key, value);
+            }
         }
-        sig
+        if !self.headers.is_empty() {
+            let headers = self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect();
+            set("headers", Value::Object(headers));
+        }
+        for link in &self.link {
+            signature = signature.with_link(link.clone());
+        }
+        for errback in &self.link_error {
+            signature = signature.with_link_error(errback.clone());
+        }
+        if immutable {
+            signature = signature.immutable();
+        }
+        signature
     }
 }
 

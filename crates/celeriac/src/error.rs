@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use celeriac_broker::{BrokerError, RouteError, UrlError};
+
+use crate::result::BackendError;
 use celeriac_protocol::{EncodeError, State};
 use serde_json::Value;
 use thiserror::Error;
@@ -26,6 +28,10 @@ pub enum Error {
     /// The message could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The result backend could not do what sending needs of it (prepare a
+    /// reply queue, record a chord's size).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// Arguments given to `send_task` are not what Celery expects.
     #[error("invalid arguments for task {task}: {detail}")]
     Arguments {
@@ -40,7 +46,11 @@ impl Error {
     /// Whether trying again later can succeed (the broker was unreachable
     /// or did not confirm in time).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Broker(e) if e.is_retryable())
+        match self {
+            Error::Broker(e) => e.is_retryable(),
+            Error::Backend(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -51,7 +61,8 @@ pub enum ResultError {
     /// The app has no result backend.
     #[error(
         "no result backend is configured, so results of task {0} cannot be read; \
-         set `.result_backend(\"rpc://\")` on the App (or CELERIAC_RESULT_BACKEND=rpc://)"
+         set `.result_backend(\"redis://...\")` or `.result_backend(\"rpc://\")` on the App \
+         (or CELERIAC_RESULT_BACKEND)"
     )]
     NoBackend(String),
     /// The task did not finish in time.
@@ -66,7 +77,7 @@ pub enum ResultError {
     },
     /// The task failed (or was revoked); carries the remote error.
     #[error("{0}")]
-    Failed(TaskFailure),
+    Failed(Box<TaskFailure>),
     /// The result is not of the type asked for.
     #[error("task {id} returned {value}, which is not a {expected}: {detail}")]
     Decode {
@@ -75,13 +86,13 @@ pub enum ResultError {
         /// The type asked for.
         expected: &'static str,
         /// The returned JSON.
-        value: Value,
+        value: Box<Value>,
         /// The deserializer's message.
         detail: String,
     },
     /// The result backend failed.
     #[error("result backend: {0}")]
-    Backend(#[from] BrokerError),
+    Backend(#[from] BackendError),
 }
 
 /// A remote task's failure, reconstructed from its result document.

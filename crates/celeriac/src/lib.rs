@@ -62,7 +62,7 @@ pub use celeriac_protocol as protocol;
 pub use app::{App, AppBuilder, BROKER_URL_VARS, RESULT_BACKEND_VARS};
 pub use arguments::Arguments;
 pub use call::{SendOptions, SendTask, TaskCall};
-pub use canvas::Apply;
+pub use canvas::{Apply, Chain, Chord, Group, Step, chain, chord, group};
 pub use celeriac_broker::{
     BrokerConfig, Exchange, ExchangeKind, Queue, QueueArguments, QueueDefaults, QueueType,
     RouteOptions,
@@ -74,7 +74,7 @@ pub use error::{Error, ResultError, TaskFailure};
 pub use panic::catch_panic;
 pub use registry::Registry;
 pub use request::{DeliveryInfo, Request, Retry, SoftLimit};
-pub use result::{AsyncResult, ResultBackend};
+pub use result::{AsyncResult, BackendError, GroupResult, ResultBackend, ResultSettings};
 pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
 pub use task_error::{
     RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind, python_exception,
@@ -90,7 +90,7 @@ pub mod __private {
     pub use tokio;
 
     use crate::TaskError;
-    pub use crate::panic::{catch_panic, join_error};
+    pub use crate::panic::{catch_panic, join_error, run_blocking};
 
     /// Serializes a task's return value.
     pub fn output<T: serde::Serialize>(value: T) -> Result<serde_json::Value, TaskError> {

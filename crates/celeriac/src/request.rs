@@ -5,11 +5,15 @@
 //! [`current`], so tasks sent from inside a task get `parent_id` and `root_id`
 //! automatically, as in Celery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_protocol::{Headers, TaskMessage};
+use celeriac_protocol::time::now;
+use celeriac_protocol::{ExtendedMeta, Headers, ResultMeta, State, TaskMessage};
 use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::Value;
 
+use crate::result::{BackendError, ResultBackend};
 use crate::task_error::{RetryRequest, TaskError};
 
 /// Where a message came from.
@@ -56,6 +60,16 @@ pub struct Request {
     pub headers: Headers,
     /// Signalled when the task's soft time limit passes.
     pub soft_limit: SoftLimit,
+    /// Where this task's states are stored, set by the worker.
+    results: Option<Arc<ResultContext>>,
+}
+
+/// What a task's stored states carry beyond the state itself.
+#[derive(Debug)]
+struct ResultContext {
+    backend: Arc<dyn ResultBackend>,
+    /// `result_extended` fields, when they are on.
+    extended: Option<ExtendedMeta>,
 }
 
 /// The soft time limit of a running task: the worker signals it when the
@@ -113,7 +127,68 @@ impl Request {
             correlation_id: message.properties.correlation_id.clone(),
             headers: h.extra.clone(),
             soft_limit: SoftLimit::default(),
+            results: None,
         }
+    }
+
+    /// Stores this task's states in `backend` (the worker sets this), with
+    /// the `result_extended` fields of `message` when `extended` is on.
+    pub fn with_results(
+        mut self,
+        backend: Arc<dyn ResultBackend>,
+        message: &TaskMessage,
+        extended: bool,
+    ) -> Request {
+        let extended = extended.then(|| ExtendedMeta {
+            name: Some(message.headers.task.clone()),
+            args: Value::Array(message.body.args.clone()),
+            kwargs: Value::Object(message.body.kwargs.clone()),
+            worker: Some(self.hostname.clone()),
+            retries: Some(i64::from(self.retries)),
+            queue: Some(self.delivery_info.routing_key.clone()),
+        });
+        self.results = Some(Arc::new(ResultContext { backend, extended }));
+        self
+    }
+
+    /// The result document this task stores for `status` with `result`:
+    /// its parent, group and (when on) `result_extended` fields filled in,
+    /// and `date_done` for ready states.
+    pub fn result_meta(&self, status: State, result: Value) -> ResultMeta {
+        let ready = status.is_ready();
+        let mut meta = ResultMeta::new(&self.id, status, result);
+        meta.parent_id.clone_from(&self.parent_id);
+        meta.group_id.clone_from(&self.group);
+        meta.extended = self.results.as_ref().and_then(|r| r.extended.clone());
+        if ready {
+            meta.date_done = Some(now());
+        }
+        meta
+    }
+
+    /// Stores a custom state with metadata, e.g. progress, while the task
+    /// runs (Celery's `self.update_state(state="PROGRESS", meta={...})`).
+    /// Python reads it as `AsyncResult.state == "PROGRESS"` and
+    /// `AsyncResult.info`.
+    ///
+    /// ```no_run
+    /// # async fn demo(request: celeriac::Request) -> Result<(), celeriac::BackendError> {
+    /// request.update_state("PROGRESS", serde_json::json!({"done": 40, "total": 100})).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`BackendError::Unsupported`] when the worker stores no
+    /// results for this task (no backend, or results ignored).
+    pub async fn update_state(&self, state: &str, meta: Value) -> Result<(), BackendError> {
+        let Some(context) = &self.results else {
+            return Err(BackendError::Unsupported {
+                backend: "absent",
+                what: "update_state for this task",
+                fix: "configure a result backend (and do not ignore this task's results)",
+            });
+        };
+        let meta = self.result_meta(State::parse(state), meta);
+        context.backend.store(&meta, self).await
     }
 
     /// A request for calling a task directly (tests, tools).
@@ -134,6 +209,7 @@ impl Request {
             correlation_id: None,
             headers: Headers::new(),
             soft_limit: SoftLimit::default(),
+            results: None,
         }
     }
 

@@ -102,6 +102,8 @@ pub struct TaskOptions {
     pub acks_late: Option<bool>,
     /// Store no result.
     pub ignore_result: Option<bool>,
+    /// Store `STARTED` when the task starts (Celery's `track_started`).
+    pub track_started: Option<bool>,
     /// Queue to send this task to.
     pub queue: Option<String>,
     /// Default message priority.
@@ -123,6 +125,7 @@ impl std::fmt::Debug for TaskOptions {
             .field("soft_time_limit", &self.soft_time_limit)
             .field("acks_late", &self.acks_late)
             .field("ignore_result", &self.ignore_result)
+            .field("track_started", &self.track_started)
             .field("queue", &self.queue)
             .field("priority", &self.priority)
             .field("expires", &self.expires)
@@ -178,6 +181,7 @@ impl TaskOptions {
             soft_time_limit,
             acks_late,
             ignore_result,
+            track_started,
             queue,
             priority,
             expires

@@ -9,6 +9,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::panic::Location;
 use std::time::Duration;
 
 use celeriac_protocol::ExceptionInfo;
@@ -55,6 +56,31 @@ struct Inner {
     exc_module: String,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    /// Where the error was made (the `?` or the constructor call), or where
+    /// the task panicked.
+    location: Option<SourceLocation>,
+}
+
+/// A place in the source: where a task's error was raised or its panic
+/// happened, for the traceback stored with its failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLocation {
+    /// The source file, as the compiler names it.
+    pub file: String,
+    /// The line.
+    pub line: u32,
+    /// The column.
+    pub column: u32,
+}
+
+impl From<&Location<'_>> for SourceLocation {
+    fn from(location: &Location<'_>) -> SourceLocation {
+        SourceLocation {
+            file: location.file().to_owned(),
+            line: location.line(),
+            column: location.column(),
+        }
+    }
 }
 
 impl TaskError {
@@ -64,12 +90,14 @@ impl TaskError {
     /// let err = celeriac::TaskError::new("image too large");
     /// assert_eq!(err.exception_info().message(), "image too large");
     /// ```
+    #[track_caller]
     pub fn new(message: impl Into<String>) -> TaskError {
         TaskError::python(RUST_EXCEPTION_MODULE, "TaskError", message)
     }
 
     /// A failure that Python raises as `exc_module.exc_type(message)`, e.g.
     /// `TaskError::python("builtins", "ValueError", "bad width")`.
+    #[track_caller]
     pub fn python(exc_module: &str, exc_type: &str, message: impl Into<String>) -> TaskError {
         TaskError(Box::new(Inner {
             kind: TaskErrorKind::Failure,
@@ -77,6 +105,7 @@ impl TaskError {
             exc_module: exc_module.to_owned(),
             message: message.into(),
             source: None,
+            location: Some(Location::caller().into()),
         }))
     }
 
@@ -93,6 +122,7 @@ impl TaskError {
     /// let info = TaskError::from_error(missing).exception_info();
     /// assert_eq!((info.exc_module.as_deref(), info.exc_type.as_str()), (Some("builtins"), "FileNotFoundError"));
     /// ```
+    #[track_caller]
     pub fn from_error<E: StdError + Send + Sync + 'static>(error: E) -> TaskError {
         let (exc_module, exc_type) =
             python_exception(&error).unwrap_or((RUST_EXCEPTION_MODULE, short_type_name::<E>()));
@@ -102,22 +132,37 @@ impl TaskError {
             exc_module: exc_module.to_owned(),
             message: error.to_string(),
             source: Some(Box::new(error)),
+            location: Some(Location::caller().into()),
         }))
     }
 
     /// A failure from anything displayable (e.g. an `anyhow::Error`).
+    #[track_caller]
     pub fn from_display(error: impl fmt::Display) -> TaskError {
         TaskError::new(error.to_string())
     }
 
     /// A retry request; usually built with [`crate::Request::retry`].
+    #[track_caller]
     pub fn retry(request: RetryRequest, cause: Option<TaskError>) -> TaskError {
-        let (exc_type, exc_module, message) = match cause {
-            Some(c) => (c.0.exc_type, c.0.exc_module, c.0.message),
+        let here = Some(Location::caller().into());
+        let (exc_type, exc_module, message, source, location) = match cause {
+            Some(c) => {
+                let c = *c.0;
+                (
+                    c.exc_type,
+                    c.exc_module,
+                    c.message,
+                    c.source,
+                    c.location.or(here),
+                )
+            }
             None => (
                 "Retry".to_owned(),
                 "celery.exceptions".to_owned(),
                 "Retry requested".to_owned(),
+                None,
+                here,
             ),
         };
         TaskError(Box::new(Inner {
@@ -125,12 +170,14 @@ impl TaskError {
             exc_type,
             exc_module,
             message,
-            source: None,
+            source,
+            location,
         }))
     }
 
     /// Asks for the message to be rejected; `requeue` puts it back on the
     /// queue, otherwise it is dead-lettered with this error.
+    #[track_caller]
     pub fn reject(requeue: bool, message: impl Into<String>) -> TaskError {
         TaskError(Box::new(Inner {
             kind: TaskErrorKind::Reject { requeue },
@@ -138,10 +185,18 @@ impl TaskError {
             exc_module: "celery.exceptions".to_owned(),
             message: message.into(),
             source: None,
+            location: Some(Location::caller().into()),
         }))
     }
 
+    /// This error as raised at `location` instead (a panic's location).
+    pub fn at(mut self, location: SourceLocation) -> TaskError {
+        self.0.location = Some(location);
+        self
+    }
+
     /// The argument-binding failure Python callers expect: a `TypeError`.
+    #[track_caller]
     pub(crate) fn type_error(message: impl Into<String>) -> TaskError {
         TaskError::python("builtins", "TypeError", message)
     }
@@ -166,6 +221,46 @@ impl TaskError {
         &self.0.message
     }
 
+    /// Where the error was raised: the `?` that converted it, the call that
+    /// built it, or where the task panicked.
+    pub fn location(&self) -> Option<&SourceLocation> {
+        self.0.location.as_ref()
+    }
+
+    /// A traceback for Python's `AsyncResult.traceback`, in Python's layout:
+    /// where the error was raised in task `task`, the exception, and the
+    /// chain of Rust errors that caused it.
+    ///
+    /// ```text
+    /// Traceback (most recent call last):
+    ///   File "src/tasks.rs", line 12, column 9, in images.resize
+    /// ImageError: cannot decode image
+    /// Caused by: invalid PNG header
+    /// ```
+    pub fn traceback(&self, task: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from("Traceback (most recent call last):\n");
+        match &self.0.location {
+            Some(at) => {
+                let _ = writeln!(
+                    out,
+                    "  File \"{}\", line {}, column {}, in {task}",
+                    at.file, at.line, at.column
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  (in the Rust task {task}; location unknown)");
+            }
+        }
+        let _ = writeln!(out, "{}: {}", self.0.exc_type, self.0.message);
+        let mut cause = self.0.source.as_deref().and_then(StdError::source);
+        while let Some(error) = cause {
+            let _ = writeln!(out, "Caused by: {error}");
+            cause = error.source();
+        }
+        out
+    }
+
     /// The exception as Celery stores it in a result.
     pub fn exception_info(&self) -> ExceptionInfo {
         ExceptionInfo::new(&self.0.exc_module, &self.0.exc_type, self.0.message.clone())
@@ -173,6 +268,7 @@ impl TaskError {
 }
 
 impl<E: StdError + Send + Sync + 'static> From<E> for TaskError {
+    #[track_caller]
     fn from(error: E) -> TaskError {
         TaskError::from_error(error)
     }
@@ -299,6 +395,22 @@ mod tests {
         let io: TaskError = Error::new(ErrorKind::TimedOut, "slow").into();
         assert!(io.is::<Error>(), "the source stays inspectable");
         assert_eq!(io.message(), "slow");
+    }
+
+    #[test]
+    fn tracebacks_say_where_the_error_was_raised() {
+        fn fails() -> Result<(), TaskError> {
+            Err(std::io::Error::other("disk full"))?;
+            Ok(())
+        }
+        let err = fails().unwrap_err();
+        let location = err.location().expect("the ? records where");
+        assert!(location.file.ends_with("task_error.rs"), "{location:?}");
+        let traceback = err.traceback("files.save");
+        assert!(traceback.starts_with("Traceback (most recent call last):\n"));
+        assert!(traceback.contains(&format!("line {}", location.line)));
+        assert!(traceback.contains("in files.save"));
+        assert!(traceback.contains("OSError: disk full"), "{traceback}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub async fn apply<O: DeserializeOwned>(
         ResultError::Decode {
             id,
             expected: std::any::type_name::<O>(),
-            value: meta.result,
+            value: Box::new(meta.result),
             detail: e.to_string(),
         }
         .into()

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use celeriac_broker::{Broker, BrokerError, ConsumeOptions, Queue};
+use celeriac_protocol::store::ResultTuple;
 use celeriac_protocol::{DecodeOptions, ResultMeta, State};
 use tokio::sync::{OnceCell, watch};
 use tracing::warn;
 
-use super::{BoxFuture, ResultBackend};
+use super::{BackendError, BoxFuture, ResultBackend};
 use crate::Request;
 
 /// How many tasks' results are remembered; the oldest unwatched ones go first.
@@ -143,12 +144,24 @@ impl RpcBackend {
     }
 }
 
+/// Groups are kept by the client that sent them; the rpc:// store has no
+/// place to save one.
+const NO_SAVED_GROUPS: BackendError = BackendError::Unsupported {
+    backend: "rpc://",
+    what: "saving or restoring groups",
+    fix: "keep the GroupResult in the process that sent the group, or use a Redis backend",
+};
+
 impl ResultBackend for RpcBackend {
+    fn url(&self) -> String {
+        "rpc://".into()
+    }
+
     fn reply_to(&self) -> Option<&str> {
         Some(&self.queue.name)
     }
 
-    fn prepare<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn prepare<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.consumer
                 .get_or_try_init(|| self.start_consumer())
@@ -158,11 +171,23 @@ impl ResultBackend for RpcBackend {
         })
     }
 
+    fn get<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(async move {
+            Ok(lock(&self.results)
+                .entries
+                .get(task_id)
+                .and_then(|e| e.latest.borrow().clone()))
+        })
+    }
+
     fn wait<'a>(
         &'a self,
         task_id: &'a str,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BrokerError>> {
+    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
         Box::pin(async move {
             self.consumer
                 .get_or_try_init(|| self.start_consumer())
@@ -174,13 +199,6 @@ impl ResultBackend for RpcBackend {
                 Ok(Err(_)) | Err(_) => Ok(None),
             }
         })
-    }
-
-    fn latest(&self, task_id: &str) -> Option<ResultMeta> {
-        lock(&self.results)
-            .entries
-            .get(task_id)
-            .and_then(|e| e.latest.borrow().clone())
     }
 
     fn history(&self, task_id: &str) -> Vec<State> {
@@ -195,23 +213,42 @@ impl ResultBackend for RpcBackend {
         &'a self,
         meta: &'a ResultMeta,
         request: &'a Request,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             let Some(reply_to) = request.reply_to.as_deref().filter(|r| !r.is_empty()) else {
                 return Ok(());
             };
-            let mut raw = meta.encode().map_err(|e| BrokerError::Channel {
-                operation: "encoding a result",
-                code: None,
-                detail: e.to_string(),
-            })?;
+            let mut raw = meta
+                .encode()
+                .map_err(|e| BackendError::Document(e.to_string()))?;
             raw.properties.correlation_id = Some(
                 request
                     .correlation_id
                     .clone()
                     .unwrap_or_else(|| request.id.clone()),
             );
-            self.broker.publish("", reply_to, &raw).await
+            Ok(self.broker.publish("", reply_to, &raw).await?)
         })
+    }
+
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            lock(&self.results).entries.remove(task_id);
+            Ok(())
+        })
+    }
+
+    fn save_group<'a>(
+        &'a self,
+        _group: &'a ResultTuple,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Err(NO_SAVED_GROUPS) })
+    }
+
+    fn restore_group<'a>(
+        &'a self,
+        _group_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ResultTuple>, BackendError>> {
+        Box::pin(async { Err(NO_SAVED_GROUPS) })
     }
 }

@@ -1,18 +1,23 @@
-//! Applying canvas signatures (§5): callbacks, errbacks and chain steps a
-//! worker sends on a task's behalf, in the dict form Python writes them.
+//! Applying a signature in the dict form Python writes it (§5): what a
+//! worker does for callbacks, errbacks, chain steps and chord bodies, and
+//! what the builders do once they have fixed every id.
 //!
 //! - A task signature is sent with the parent's result prepended to its args
 //!   (unless it is immutable) and its own options (`task_id`, `queue`,
 //!   `countdown`, `reply_to`, `link`, ...).
 //! - `celery.chain` sends its first step carrying the rest, reversed, in
-//!   `embed.chain`; `celery.group` sends each member with a group id and
-//!   index. `celery.chord` needs a backend that counts chord parts, which
-//!   `rpc://` cannot do (Python refuses it too), so it is an error.
+//!   `embed.chain`; `celery.group` sends each member with the group id and
+//!   its index.
+//! - `celery.chord` records the header's size in the result store, then
+//!   sends each header task with the group id, its index and the body in
+//!   `embed.chord`. Only a backend that counts chord results (Redis) can;
+//!   over `rpc://` it is an error, as in Python.
 
 use celeriac_protocol::{HeaderValue, Signature, SignatureKind};
 use serde_json::Value;
 
 use crate::call::{TaskCall, Workflow};
+use crate::result::BackendError;
 use crate::{App, Error, Request};
 
 /// How to apply a signature: the values to prepend to its args and the
@@ -28,8 +33,16 @@ pub struct Apply<'a> {
     pub chain: Option<Vec<Signature>>,
 }
 
+/// Chords over a backend that cannot count their results.
+pub(crate) const NO_CHORDS: BackendError = BackendError::Unsupported {
+    backend: "configured",
+    what: "chords",
+    fix: "chords need a result backend that counts the header's results: use a Redis backend \
+          (redis://...); rpc:// cannot, and Python refuses chords over rpc:// too",
+};
+
 impl App {
-    /// Sends a signature (task, chain or group) as a worker does for
+    /// Sends a signature (task, chain, group or chord) as a worker does for
     /// callbacks and chain steps. Returns the ids of the messages sent.
     pub async fn apply_signature(
         &self,
@@ -41,7 +54,11 @@ impl App {
             .map_err(|e| signature_error(signature, &e.to_string()))?
         {
             SignatureKind::Task => {
-                let call = call_for(signature, apply.prepend, apply.parent, apply.chain, None)?;
+                let workflow = Workflow {
+                    chain: apply.chain,
+                    ..Workflow::default()
+                };
+                let call = call_for(signature, apply.prepend, apply.parent, workflow)?;
                 let result = self.send_call::<Value>(call).await?;
                 Ok(vec![result.id().to_owned()])
             }
@@ -57,24 +74,96 @@ impl App {
                 Box::pin(self.apply_signature(first, Apply { chain, ..apply })).await
             }
             SignatureKind::Group(members) => {
-                let group_id = signature
-                    .task_id()
-                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-                let mut ids = Vec::with_capacity(members.len());
-                for (index, member) in members.iter().enumerate() {
-                    let group = Some((group_id.clone(), i64::try_from(index).unwrap_or(i64::MAX)));
-                    let call = call_for(member, apply.prepend.clone(), apply.parent, None, group)?;
-                    ids.push(self.send_call::<Value>(call).await?.id().to_owned());
-                }
-                Ok(ids)
+                let group_id = group_id(signature);
+                self.apply_members(&members, &group_id, None, &apply).await
             }
-            SignatureKind::Chord { .. } => Err(signature_error(
-                signature,
-                "chords need a result backend that counts the header's results (Redis); \
-                 rpc:// cannot, and Python refuses chords over rpc:// too",
-            )),
+            SignatureKind::Chord { header, body } => {
+                self.apply_chord(signature, header, *body, apply).await
+            }
         }
     }
+
+    /// Sends a group's (or a chord header's) members with the group id and
+    /// their index; `chord` is the body each header task carries.
+    async fn apply_members(
+        &self,
+        members: &[Signature],
+        group_id: &str,
+        chord: Option<&Signature>,
+        apply: &Apply<'_>,
+    ) -> Result<Vec<String>, Error> {
+        let mut calls = Vec::with_capacity(members.len());
+        for (index, member) in members.iter().enumerate() {
+            if !matches!(member.kind(), Ok(SignatureKind::Task)) {
+                return Err(signature_error(
+                    member,
+                    "a group or chord header member must be a task signature (nest chains in \
+                     a chord's body instead)",
+                ));
+            }
+            let workflow = Workflow {
+                group: Some((
+                    group_id.to_owned(),
+                    Some(i64::try_from(index).unwrap_or(i64::MAX)),
+                )),
+                chord: chord.cloned(),
+                ..Workflow::default()
+            };
+            calls.push(call_for(
+                member,
+                apply.prepend.clone(),
+                apply.parent,
+                workflow,
+            )?);
+        }
+        let sent = self.send_many::<Value>(calls).await?;
+        Ok(sent.iter().map(|r| r.id().to_owned()).collect())
+    }
+
+    /// Applies a chord: the header's size first, then its tasks, each
+    /// carrying the body; an empty header applies the body at once with `[]`.
+    async fn apply_chord(
+        &self,
+        signature: &Signature,
+        header: Vec<Signature>,
+        body: Signature,
+        apply: Apply<'_>,
+    ) -> Result<Vec<String>, Error> {
+        let chords = self
+            .result_backend()
+            .and_then(|b| b.chords())
+            .ok_or(Error::Backend(NO_CHORDS))?;
+        let group_id = signature
+            .options
+            .get("group_id")
+            .and_then(Value::as_str)
+            .map_or_else(new_id, str::to_owned);
+        let mut body = body;
+        if body.task_id().is_none() {
+            body = body.with_task_id(new_id());
+        }
+        body = body.with_option("group_id", group_id.clone());
+        if header.is_empty() {
+            let empty = Apply {
+                prepend: vec![Value::Array(Vec::new())],
+                parent: apply.parent,
+                chain: None,
+            };
+            return Box::pin(self.apply_signature(&body, empty)).await;
+        }
+        chords.set_chord_size(&group_id, header.len()).await?;
+        self.apply_members(&header, &group_id, Some(&body), &apply)
+            .await
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A group signature's id: its `task_id` option, else a new one.
+fn group_id(signature: &Signature) -> String {
+    signature.task_id().map_or_else(new_id, str::to_owned)
 }
 
 fn signature_error(signature: &Signature, detail: &str) -> Error {
@@ -89,8 +178,7 @@ fn call_for(
     signature: &Signature,
     prepend: Vec<Value>,
     parent: Option<&Request>,
-    chain: Option<Vec<Signature>>,
-    group: Option<(String, i64)>,
+    workflow: Workflow,
 ) -> Result<TaskCall<Value>, Error> {
     let mut args = signature.args.clone();
     if !signature.immutable {
@@ -141,21 +229,15 @@ fn call_for(
     }
     o.link = signatures(options.get("link"), signature)?;
     o.link_error = signatures(options.get("link_error"), signature)?;
-    let group = group.or_else(|| {
+    let group = workflow.group.or_else(|| {
         let id = text("group_id")?;
-        Some((
-            id,
-            options
-                .get("group_index")
-                .and_then(Value::as_i64)
-                .unwrap_or(0),
-        ))
+        Some((id, options.get("group_index").and_then(Value::as_i64)))
     });
     call.workflow = Workflow {
-        chain,
         group,
         reply_to: text("reply_to"),
         parent: parent.map(|p| (p.id.clone(), p.root_id.clone())),
+        ..workflow
     };
     Ok(call)
 }

@@ -1,0 +1,177 @@
+//! The [`ResultBackend`] trait every result store implements, and the
+//! chord bookkeeping a store with a native counter offers ([`ChordStore`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use celeriac_protocol::store::{ChordPart, ResultTuple};
+use celeriac_protocol::{ResultMeta, State};
+
+use super::BackendError;
+use crate::Request;
+
+/// A boxed future, as trait objects need.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How results are kept, whichever backend keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultSettings {
+    /// How long results are kept (Celery's `result_expires`, default one
+    /// day); `None` keeps them until forgotten.
+    pub expires: Option<Duration>,
+    /// Store the task's name, args, kwargs, worker, retries and queue with
+    /// its result (Celery's `result_extended`). Default **true** in
+    /// Celeriac (Celery's default is false), so operators reading results
+    /// from Python see what ran.
+    pub extended: bool,
+    /// A prefix for every key (Celery's
+    /// `result_backend_transport_options['global_keyprefix']`).
+    pub key_prefix: Option<String>,
+    /// How long a worker completing a chord may take to read the header's
+    /// results before another may take over (Celery's
+    /// `result_chord_join_timeout`, 3 s).
+    pub chord_join_timeout: Duration,
+}
+
+impl Default for ResultSettings {
+    fn default() -> Self {
+        ResultSettings {
+            expires: Some(Duration::from_secs(86_400)),
+            extended: true,
+            key_prefix: None,
+            chord_join_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Where results are stored and read.
+///
+/// Producers call [`prepare`](Self::prepare) before publishing a task whose
+/// result they want, and read with [`get`](Self::get) and
+/// [`wait`](Self::wait); workers [`store`](Self::store) outcomes. Backends
+/// that can count a chord's results natively offer [`chords`](Self::chords).
+pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// The backend's URL, password redacted, for logs and errors.
+    fn url(&self) -> String;
+
+    /// The `reply_to` to put on task messages whose result is wanted
+    /// (`rpc://` only).
+    fn reply_to(&self) -> Option<&str> {
+        None
+    }
+
+    /// Gets ready to receive the result of `task_id`; called before the task
+    /// is published.
+    fn prepare<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The task's current result document; `None` while there is none
+    /// (`PENDING`).
+    fn get<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>>;
+
+    /// Waits up to `timeout` for the task to reach a ready state; `None` on
+    /// timeout.
+    fn wait<'a>(
+        &'a self,
+        task_id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>>;
+
+    /// Every state this process has seen for `task_id`, in order.
+    fn history(&self, task_id: &str) -> Vec<State>;
+
+    /// Stores a result for the task `request` describes (worker side). A
+    /// stored `SUCCESS` is never overwritten.
+    fn store<'a>(
+        &'a self,
+        meta: &'a ResultMeta,
+        request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Deletes the task's result.
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Saves a group's members, so any process can restore it by id
+    /// (Celery's `GroupResult.save`).
+    fn save_group<'a>(&'a self, group: &'a ResultTuple) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// A saved group, by id.
+    fn restore_group<'a>(
+        &'a self,
+        group_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ResultTuple>, BackendError>>;
+
+    /// The chord bookkeeping, if this backend counts chord results itself
+    /// (Redis); `None` for backends that cannot run chords (`rpc://`).
+    fn chords(&self) -> Option<&dyn ChordStore> {
+        None
+    }
+}
+
+/// Chord bookkeeping in the store (§4.5), the same protocol Python's
+/// workers follow, so a header may run on any mix of Python and Rust
+/// workers.
+pub trait ChordStore: Send + Sync {
+    /// Records the header's size before the header is published (the
+    /// producer's `set_chord_size`); a chord never completes without it.
+    fn set_chord_size<'a>(
+        &'a self,
+        group_id: &'a str,
+        size: usize,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Records one header task's final result and says whether the chord
+    /// is now complete and this worker must apply the body. A header task
+    /// recorded before (a redelivery) is not counted twice.
+    fn part_return<'a>(
+        &'a self,
+        group_id: &'a str,
+        group_index: Option<i64>,
+        part: &'a ChordPart,
+    ) -> BoxFuture<'a, Result<ChordJoin, BackendError>>;
+
+    /// Extends the claim before the body is published, so no other worker
+    /// takes over meanwhile; `false` if the claim was lost (then the body
+    /// must not be published).
+    fn extend_claim<'a>(
+        &'a self,
+        group_id: &'a str,
+        claim: &'a ChordClaim,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Removes the chord's bookkeeping after its body was applied (or
+    /// failed), leaving a marker so late copies of header tasks do nothing.
+    fn finish<'a>(
+        &'a self,
+        group_id: &'a str,
+        claim: &'a ChordClaim,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+}
+
+/// What recording a chord part decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChordJoin {
+    /// More header results are due, the chord already finished, or another
+    /// worker holds the claim to apply the body.
+    Waiting,
+    /// Every header result is in and this worker holds the claim: join
+    /// `parts` (in header order) and apply the body, then
+    /// [`ChordStore::finish`].
+    Complete {
+        /// The header's results, in `group_index` order.
+        parts: Vec<ChordPart>,
+        /// This worker's claim on applying the body.
+        claim: ChordClaim,
+    },
+}
+
+/// A worker's claim on applying one chord's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChordClaim {
+    /// A token only this claim holds.
+    pub token: String,
+}

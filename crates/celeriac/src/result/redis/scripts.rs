@@ -1,0 +1,124 @@
+//! The Lua scripts that make each store operation atomic on the server.
+//!
+//! They implement the protocol Celery 5.7's Redis backend follows (§4.5,
+//! and `celery/backends/redis.py` of the pinned version), so Python and
+//! Rust workers can store results for, and join, the same chords:
+//!
+//! - a result is written with its expiry and published on its key's
+//!   channel in one step, unless a `SUCCESS` is already stored;
+//! - a chord header result is recorded once per `<task id>:<group index>`
+//!   (`.d`), in the sorted set `.j` scored by its index; when `.j` holds
+//!   `.s` + `.t` entries, the first worker to `SET .c <token> NX EX` applies
+//!   the body; `.c` then reads `done`, and late copies change nothing.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: the result key. ARGV: the document, its expiry in seconds (0:
+/// none). Returns 1 if stored, 0 if a `SUCCESS` was already there.
+pub(crate) static STORE_RESULT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+    local decoded, document = pcall(cjson.decode, current)
+    local succeeded
+    if decoded and type(document) == 'table' then
+        succeeded = document['status'] == 'SUCCESS'
+    else
+        succeeded = string.sub(current, 1, 21) == '{"status": "SUCCESS",'
+    end
+    if succeeded then
+        return 0
+    end
+end
+local expires = tonumber(ARGV[2])
+if expires > 0 then
+    redis.call('SETEX', KEYS[1], expires, ARGV[1])
+else
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS: `.j`, `.t`, `.s`, `.d`, `.c`, the saved group. ARGV: task id,
+/// encoded part, group index (or `+inf`), chord expiry (0: none), saved
+/// group expiry (0: leave), claim lease in seconds, claim token.
+/// Returns `[count, size + adjustment (or -1 while unknown), claimed]`, or
+/// `[-1, 0, 0]` once the chord is done.
+pub(crate) static CHORD_PART: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[5]) == 'done' then
+    return {-1, 0, 0}
+end
+if redis.call('SADD', KEYS[4], ARGV[1] .. ':' .. ARGV[3]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+end
+local count = redis.call('ZCARD', KEYS[1])
+local expires = tonumber(ARGV[4])
+if expires > 0 then
+    for i = 1, 4 do
+        redis.call('EXPIRE', KEYS[i], expires)
+    end
+    local group_expires = tonumber(ARGV[5])
+    if group_expires > 0 then
+        redis.call('EXPIRE', KEYS[6], group_expires)
+    end
+end
+local size = redis.call('GET', KEYS[3])
+if not size then
+    return {count, -1, 0}
+end
+local total = tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0')
+local claimed = 0
+if count == total and redis.call('SET', KEYS[5], ARGV[7], 'NX', 'EX', tonumber(ARGV[6])) then
+    claimed = 1
+end
+return {count, total, claimed}
+"#,
+    )
+});
+
+/// KEYS: `.c`, `.s`. ARGV: claim token, lease in seconds. Extends our
+/// claim, or takes an expired one while the chord is unfinished. Returns 1
+/// if we hold the claim.
+pub(crate) static EXTEND_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    return redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+if not holder and redis.call('EXISTS', KEYS[2]) == 1 then
+    if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
+        return 1
+    end
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: `.c`, `.j`, `.t`, `.s`, `.d`. ARGV: claim token, how long `done`
+/// stays. Removes the chord's bookkeeping if we hold the claim. Returns 1
+/// if it did.
+pub(crate) static FINISH_CHORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+local keep = tonumber(ARGV[2])
+if keep > 0 then
+    redis.call('SET', KEYS[1], 'done', 'EX', keep)
+end
+return 1
+"#,
+    )
+});

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Drive a Celeriac (Rust) worker from Python Celery with the Redis backend.
+
+Usage::
+
+    drive_redis.py <broker-url> <redis-url> <RQ> <PQ>
+
+A Rust worker must consume queue ``RQ`` with the ``demo.*`` tasks and
+``--result-backend <redis-url>``, and a Python Celery worker running
+``tasks.py`` (this directory) must consume ``PQ`` with the same backend.
+This process is a plain Celery application configured the usual way
+(``backend='redis://...'``): nothing in it knows the worker is Rust.
+
+Output: one ``ok <name>`` or ``FAIL <name>: <detail>`` line per scenario,
+then ``N passed, M failed``.  Exit status 1 if any scenario failed.
+"""
+
+import sys
+import time
+import traceback
+
+import redis
+from celery import Celery, chain, chord, group, states
+from celery.result import AsyncResult, GroupResult
+
+TIMEOUT = 60
+SCENARIOS = []
+
+
+class Mismatch(Exception):
+    """A scenario saw something other than what it expected."""
+
+
+def scenario(fn):
+    SCENARIOS.append(fn)
+    return fn
+
+
+def expect(condition, detail):
+    if not condition:
+        raise Mismatch(detail)
+
+
+class Context:
+    def __init__(self, broker, backend, rq, pq):
+        self.broker, self.backend, self.rq, self.pq = broker, backend, rq, pq
+        self.app = self.make_app()
+        self.redis = redis.Redis.from_url(backend)
+
+    def make_app(self):
+        app = Celery('driver', broker=self.broker, backend=self.backend)
+        app.conf.task_routes = {'demo.*': {'queue': self.rq}, 'interop.*': {'queue': self.pq}}
+        app.conf.result_extended = True
+        return app
+
+    def send(self, name, *args, **options):
+        return self.app.send_task(name, args=args, **options)
+
+    def sig(self, name, *args, **options):
+        return self.app.signature(name, args=args, **options)
+
+
+# -- results -----------------------------------------------------------------
+
+@scenario
+def result(ctx):
+    got = ctx.send('demo.add', 2, 3).get(timeout=TIMEOUT)
+    expect(got == 5, f'demo.add(2, 3) returned {got!r}')
+
+
+@scenario
+def stored_as_celery_stores_it(ctx):
+    r = ctx.send('demo.add', 20, 22)
+    r.get(timeout=TIMEOUT)
+    key = f'celery-task-meta-{r.id}'
+    ttl = ctx.redis.ttl(key)
+    expect(0 < ttl <= 86400, f'{key} has TTL {ttl}, expected result_expires (1 day)')
+    raw = ctx.redis.get(key).decode()
+    expect(raw.startswith('{"status": "SUCCESS", "result": 42'), f'stored {raw[:80]}')
+
+
+@scenario
+def failure(ctx):
+    r = ctx.send('demo.fail', 'boom')
+    try:
+        r.get(timeout=TIMEOUT)
+    except ValueError as exc:
+        expect(str(exc) == 'boom', f'ValueError carries {exc!r}')
+    else:
+        raise Mismatch('demo.fail did not raise')
+    expect(r.state == states.FAILURE, f'state {r.state}')
+    tb = r.traceback or ''
+    expect(tb.startswith('Traceback (most recent call last):'), f'traceback {tb!r}')
+    expect('in demo.fail' in tb and 'ValueError: boom' in tb, f'traceback {tb!r}')
+
+
+@scenario
+def extended_fields(ctx):
+    r = ctx.send('demo.add', 4, 5)
+    r.get(timeout=TIMEOUT)
+    fresh = AsyncResult(r.id, app=ctx.app)
+    expect(fresh.name == 'demo.add', f'name {fresh.name!r}')
+    expect(list(fresh.args) == [4, 5], f'args {fresh.args!r}')
+    expect(fresh.kwargs == {}, f'kwargs {fresh.kwargs!r}')
+    expect((fresh.worker or '').startswith('celeriac@'), f'worker {fresh.worker!r}')
+    expect(fresh.queue == ctx.rq, f'queue {fresh.queue!r}')
+    expect(fresh.retries == 0, f'retries {fresh.retries!r}')
+    expect(fresh.date_done is not None, 'no date_done')
+
+
+@scenario
+def forget(ctx):
+    r = ctx.send('demo.add', 1, 1)
+    r.get(timeout=TIMEOUT)
+    r.forget()
+    expect(ctx.redis.get(f'celery-task-meta-{r.id}') is None, 'the key survived forget()')
+    expect(AsyncResult(r.id, app=ctx.app).state == states.PENDING, 'not PENDING after forget')
+
+
+@scenario
+def read_by_two_clients(ctx):
+    r = ctx.send('demo.add', 7, 8)
+    first = r.get(timeout=TIMEOUT)
+    other = ctx.make_app()
+    try:
+        second = other.AsyncResult(r.id).get(timeout=TIMEOUT)
+        third = other.AsyncResult(r.id).get(timeout=TIMEOUT)
+    finally:
+        other.close()
+    expect(first == second == third == 15, f'read {first!r}, {second!r}, {third!r}')
+
+
+@scenario
+def progress(ctx):
+    r = ctx.send('demo.progress', 3, 0.4)
+    seen = []
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and r.state != states.SUCCESS:
+        if r.state == 'PROGRESS' and r.info not in seen:
+            seen.append(r.info)
+        time.sleep(0.02)
+    expect(r.get(timeout=TIMEOUT) == 3, 'demo.progress did not return 3')
+    expect(seen and all(i['total'] == 3 for i in seen), f'PROGRESS infos {seen!r}')
+    expect(seen == sorted(seen, key=lambda i: i['done']), f'out of order: {seen!r}')
+
+
+@scenario
+def started(ctx):
+    r = ctx.send('demo.sleep', 1.0)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and r.state == states.PENDING:
+        time.sleep(0.02)
+    expect(r.state == states.STARTED, f'state {r.state} while running (--track-started)')
+    expect(r.info.get('hostname', '').startswith('celeriac@'), f'STARTED info {r.info!r}')
+    r.get(timeout=TIMEOUT)
+
+
+# -- groups and chords -------------------------------------------------------
+
+@scenario
+def group_of_rust_tasks(ctx):
+    g = group(ctx.sig('demo.add', i, i) for i in range(10)).apply_async()
+    got = g.get(timeout=TIMEOUT)
+    expect(got == [2 * i for i in range(10)], f'group returned {got!r}')
+    g.save()
+    restored = GroupResult.restore(g.id, app=ctx.app)
+    expect([r.id for r in restored.results] == [r.id for r in g.results], 'restore differs')
+
+
+@scenario
+def group_of_python_and_rust(ctx):
+    g = group([ctx.sig('demo.add', 1, 2), ctx.sig('interop.add', 3, 4),
+               ctx.sig('demo.add', 5, 6)]).apply_async()
+    got = g.get(timeout=TIMEOUT)
+    expect(got == [3, 7, 11], f'mixed group returned {got!r}')
+
+
+@scenario
+def chord_with_rust_body(ctx):
+    c = chord([ctx.sig('demo.add', i, i) for i in range(20)], ctx.sig('demo.tsum'))
+    got = c.apply_async().get(timeout=TIMEOUT)
+    expect(got == sum(2 * i for i in range(20)), f'chord returned {got!r}')
+
+
+@scenario
+def chord_with_python_body(ctx):
+    c = chord([ctx.sig('demo.add', i, 1) for i in range(5)], ctx.sig('interop.tsum'))
+    got = c.apply_async().get(timeout=TIMEOUT)
+    expect(got == sum(i + 1 for i in range(5)), f'chord returned {got!r}')
+
+
+@scenario
+def chord_python_header_rust_body(ctx):
+    c = chord([ctx.sig('interop.add', i, 10) for i in range(5)], ctx.sig('demo.tsum'))
+    got = c.apply_async().get(timeout=TIMEOUT)
+    expect(got == sum(i + 10 for i in range(5)), f'chord returned {got!r}')
+
+
+@scenario
+def chord_python_finishes_last(ctx):
+    header = [ctx.sig('demo.add', i, 0) for i in range(4)] + [ctx.sig('interop.slow_add', 100, 0, 1.0)]
+    got = chord(header, ctx.sig('demo.tsum')).apply_async().get(timeout=TIMEOUT)
+    expect(got == 106, f'chord returned {got!r}')
+
+
+@scenario
+def chord_rust_finishes_last(ctx):
+    header = [ctx.sig('interop.add', i, 0) for i in range(4)] + [ctx.sig('demo.sleep', 1.0)]
+    got = chord(header, ctx.sig('interop.tsum')).apply_async().get(timeout=TIMEOUT)
+    expect(got == 7.0, f'chord returned {got!r}')
+
+
+@scenario
+def chord_member_fails(ctx):
+    header = [ctx.sig('demo.add', 1, 1), ctx.sig('demo.fail', 'member broke')]
+    r = chord(header, ctx.sig('demo.tsum')).apply_async()
+    # r.get() raises the failed member's own error (Celery checks the
+    # header first); the body itself must be stored as a ChordError.
+    body = AsyncResult(r.id, app=ctx.app)
+    try:
+        body.get(timeout=TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 -- the class is what we check
+        expect(type(exc).__name__ == 'ChordError', f'raised {type(exc).__name__}: {exc!r}')
+        expect('member broke' in str(exc), f'ChordError says {exc}')
+    else:
+        raise Mismatch('the chord did not fail')
+    expect(body.state == states.FAILURE, f'the body is {body.state}')
+
+
+@scenario
+def chain_ending_in_a_chord(ctx):
+    workflow = chain(ctx.sig('demo.add', 1, 1),
+                     chord([ctx.sig('demo.add', 10), ctx.sig('interop.add', 20)],
+                           ctx.sig('demo.tsum')))
+    got = workflow.apply_async().get(timeout=TIMEOUT)
+    expect(got == 34, f'chain into chord returned {got!r}')
+
+
+# -- runner ------------------------------------------------------------------
+
+def run(ctx, selected):
+    passed = failed = 0
+    for fn in SCENARIOS:
+        if selected and fn.__name__ not in selected:
+            continue
+        try:
+            fn(ctx)
+        except Mismatch as exc:
+            print(f'FAIL {fn.__name__}: {exc}', flush=True)
+            failed += 1
+        except Exception as exc:  # noqa: BLE001 -- report and keep going
+            detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            print(f'FAIL {fn.__name__}: {detail}', flush=True)
+            failed += 1
+        else:
+            print(f'ok {fn.__name__}', flush=True)
+            passed += 1
+    print(f'{passed} passed, {failed} failed', flush=True)
+    return failed
+
+
+def main(argv):
+    if len(argv) < 5:
+        sys.exit(f'usage: {argv[0]} <broker-url> <redis-url> <RQ> <PQ> [scenario ...]')
+    ctx = Context(*argv[1:5])
+    try:
+        failed = run(ctx, set(argv[5:]))
+    finally:
+        ctx.app.close()
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__':
+    main(sys.argv)

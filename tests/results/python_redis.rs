@@ -1,0 +1,126 @@
+//! Python Celery with `backend='redis://...'` on both sides of a Rust
+//! worker: a Python app using Rust tasks unchanged
+//! (`tests/interop/drive_redis.py`), and a Rust app using Python tasks.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use celeriac::{App, RouteOptions, Signature, chord, group};
+use celeriac_demo::tasks as demo;
+use celeriac_tests::worker::{RunningWorker, cleanup};
+use celeriac_tests::{PythonWorker, broker_url, interop_python, repo_root, require_redis, unique};
+use celeriac_worker::WorkerConfig;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn route(queue: &str) -> RouteOptions {
+    RouteOptions {
+        queue: Some(queue.to_owned()),
+        ..RouteOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_with_a_redis_backend_uses_rust_workers_unchanged() -> Result<()> {
+    let redis = require_redis()?;
+    let rust_queue = unique("redis-rust");
+    let python_queue = unique("redis-python");
+    let routes = json!({"demo.*": {"queue": rust_queue}, "interop.*": {"queue": python_queue}});
+    let python = PythonWorker::start_with(&python_queue, &routes, &redis).await?;
+    let app = demo::register(App::builder())
+        .broker_url(broker_url())
+        .result_backend(redis.clone())
+        .route("demo.*", route(&rust_queue))
+        .route("interop.*", route(&python_queue))
+        .build()
+        .await?;
+    let config = WorkerConfig {
+        queues: vec![rust_queue.clone()],
+        concurrency: 8,
+        track_started: true,
+        ..WorkerConfig::default()
+    };
+    let worker = RunningWorker::run(app, config);
+
+    let output = tokio::process::Command::new(interop_python()?)
+        .arg(repo_root().join("tests/interop/drive_redis.py"))
+        .args([
+            broker_url(),
+            redis.clone(),
+            rust_queue.clone(),
+            python_queue.clone(),
+        ])
+        .output()
+        .await
+        .context("running the Python driver")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        println!("--- Python worker log ---\n{}", python.log());
+    }
+    let summary = worker.stop().await?;
+    println!("Rust worker: {summary:?}");
+    drop(python);
+    let admin = App::builder().broker_url(broker_url()).build().await?;
+    cleanup(&admin, &python_queue).await;
+    let admin = App::builder().broker_url(broker_url()).build().await?;
+    cleanup(&admin, &rust_queue).await;
+    ensure!(
+        output.status.success(),
+        "the Python app saw Rust tasks misbehave with the Redis backend; see the FAIL lines above"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_app_uses_python_workers_on_the_same_redis() -> Result<()> {
+    let redis = require_redis()?;
+    let python_queue = unique("redis-python-worker");
+    // The Python worker applies the chord's body, so it routes it (as a
+    // Python deployment would).
+    let routes = json!({"interop.*": {"queue": python_queue}});
+    let python = PythonWorker::start_with(&python_queue, &routes, &redis).await?;
+    let app = App::builder()
+        .broker_url(broker_url())
+        .result_backend(redis)
+        .route("interop.*", route(&python_queue))
+        .build()
+        .await?;
+
+    let sum: i64 = app
+        .send_task("interop.add")
+        .args((40, 2))
+        .apply()
+        .await?
+        .get_as(WAIT)
+        .await?;
+    ensure!(sum == 42, "interop.add returned {sum}");
+
+    let add = |x: i64, y: i64| Signature::new("interop.add").with_arg(x).with_arg(y);
+    let members = group((0..5).map(|i| add(i, i))).apply_async(&app).await?;
+    members.save().await?;
+    let values: Vec<i64> = members.join(WAIT).await?;
+    ensure!(values == [0, 2, 4, 6, 8], "group returned {values:?}");
+    let restored = app
+        .restore_group(members.id())
+        .await?
+        .context("the saved group is restorable")?;
+    ensure!(restored.results().len() == 5);
+
+    let total = chord((0..5).map(|i| add(i, 1)), Signature::new("interop.tsum"))
+        .apply_async(&app)
+        .await?
+        .get_as::<i64>(WAIT)
+        .await;
+    if total.is_err() {
+        println!("--- Python worker log ---\n{}", python.log());
+    }
+    ensure!(
+        total? == 15,
+        "the chord's body did not get every header result"
+    );
+    drop(python);
+    cleanup(&app, &python_queue).await;
+    Ok(())
+}
