@@ -5,6 +5,7 @@
 //! - [`python`]: the interop virtualenv, Python scripts and Celery workers;
 //! - [`rabbit`]: the test broker, `rabbitmqctl`, and the guard for tests
 //!   that disturb the broker;
+//! - [`redis_server`]: a private Redis, for tests that restart it;
 //! - [`worker`]: apps, in-process and out-of-process Celeriac workers, dead
 //!   letters and cleanup.
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub mod fixtures;
 pub mod python;
 pub mod rabbit;
+pub mod redis_server;
 pub mod worker;
 
 pub use fixtures::{Fixture, all_fixtures, fixture, typed_header};
