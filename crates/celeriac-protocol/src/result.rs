@@ -4,6 +4,7 @@
 use std::fmt;
 
 use chrono::{DateTime, FixedOffset};
+use serde::ser::{Serialize, SerializeMap as _, Serializer};
 use serde_json::{Map, Value};
 
 use crate::message::{DecodeOptions, RawMessage};
@@ -250,7 +251,7 @@ impl ResultMeta {
                 ..crate::Properties::default()
             },
             headers: crate::Headers::new(),
-            body: json::to_python_json(&self.to_json()).into_bytes(),
+            body: json::to_python_json(self).into_bytes(),
         })
     }
 
@@ -324,44 +325,63 @@ impl ResultMeta {
         })
     }
 
-    /// Writes the document with Python's key order.
+    /// The document as JSON, with Python's key order (the same as its
+    /// [`Serialize`] output).
     pub fn to_json(&self) -> Value {
-        let mut map = Map::with_capacity(14);
-        map.insert(
-            "status".into(),
-            Value::String(self.status.as_str().to_owned()),
-        );
-        map.insert("result".into(), self.result.clone());
-        map.insert("traceback".into(), opt_value(&self.traceback));
-        map.insert("children".into(), Value::Array(self.children.clone()));
-        map.insert(
-            "date_done".into(),
-            self.date_done
-                .as_ref()
-                .map_or(Value::Null, |t| Value::String(format_time(t))),
-        );
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Keys [`ResultMeta`] writes itself; an `extra` key of the same name is
+/// left out rather than written twice.
+const DOCUMENT_KEYS: [&str; 14] = [
+    "status",
+    "result",
+    "traceback",
+    "children",
+    "date_done",
+    "group_id",
+    "parent_id",
+    "name",
+    "args",
+    "kwargs",
+    "worker",
+    "retries",
+    "queue",
+    "task_id",
+];
+
+/// Writes the document straight from its fields, in Python's key order, so
+/// storing a result clones nothing.
+impl Serialize for ResultMeta {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("status", self.status.as_str())?;
+        map.serialize_entry("result", &self.result)?;
+        map.serialize_entry("traceback", &self.traceback)?;
+        map.serialize_entry("children", &self.children)?;
+        map.serialize_entry("date_done", &self.date_done.as_ref().map(format_time))?;
         if let Some(group_id) = &self.group_id {
-            map.insert("group_id".into(), Value::String(group_id.clone()));
+            map.serialize_entry("group_id", group_id)?;
         }
         if let Some(parent_id) = &self.parent_id {
-            map.insert("parent_id".into(), Value::String(parent_id.clone()));
+            map.serialize_entry("parent_id", parent_id)?;
         }
         if let Some(ext) = &self.extended {
-            map.insert("name".into(), opt_value(&ext.name));
-            map.insert("args".into(), ext.args.clone());
-            map.insert("kwargs".into(), ext.kwargs.clone());
-            map.insert("worker".into(), opt_value(&ext.worker));
-            map.insert(
-                "retries".into(),
-                ext.retries.map_or(Value::Null, Value::from),
-            );
-            map.insert("queue".into(), opt_value(&ext.queue));
+            map.serialize_entry("name", &ext.name)?;
+            map.serialize_entry("args", &ext.args)?;
+            map.serialize_entry("kwargs", &ext.kwargs)?;
+            map.serialize_entry("worker", &ext.worker)?;
+            map.serialize_entry("retries", &ext.retries)?;
+            map.serialize_entry("queue", &ext.queue)?;
         }
         for (key, value) in &self.extra {
-            map.insert(key.clone(), value.clone());
+            if !DOCUMENT_KEYS.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
         }
-        map.insert("task_id".into(), Value::String(self.task_id.clone()));
-        Value::Object(map)
+        map.serialize_entry("task_id", &self.task_id)?;
+        map.end()
     }
 }
 
@@ -376,14 +396,23 @@ fn opt_string(value: Option<Value>, name: &str) -> Result<Option<String>, Decode
     }
 }
 
-fn opt_value(value: &Option<String>) -> Value {
-    value.clone().map_or(Value::Null, Value::String)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::json::{from_slice, to_python_json};
+    use serde_json::json;
+
+    #[test]
+    fn extra_keys_never_shadow_the_documents_own() {
+        let mut meta = ResultMeta::new("id-1", State::Success, json!(3));
+        meta.extra.insert("status".into(), json!("PENDING"));
+        meta.extra.insert("custom".into(), json!(1));
+        let text = to_python_json(&meta);
+        assert_eq!(text.matches("\"status\"").count(), 1, "{text}");
+        let back = ResultMeta::from_json(from_slice(text.as_bytes()).unwrap()).unwrap();
+        assert_eq!(back.status, State::Success);
+        assert_eq!(back.extra.get("custom"), Some(&json!(1)));
+    }
 
     #[test]
     fn celery_documents_round_trip_exactly() {

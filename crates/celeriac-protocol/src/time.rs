@@ -9,7 +9,10 @@
 //! non-zero, and `+00:00` rather than `Z`, so every Celery version (including
 //! Python < 3.11 `fromisoformat`) reads what we write.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone as _, Timelike as _, Utc};
+use chrono::{
+    DateTime, Datelike as _, FixedOffset, NaiveDate, NaiveDateTime, TimeZone as _, Timelike as _,
+    Utc,
+};
 
 /// Parses an ISO 8601 date-time the way Celery's worker does.
 ///
@@ -58,22 +61,51 @@ where
     Tz::Offset: std::fmt::Display,
 {
     let fixed = time.fixed_offset();
-    let base = fixed.format("%Y-%m-%dT%H:%M:%S");
-    let micros = fixed.nanosecond() / 1_000 % 1_000_000;
-    let offset = format_offset(fixed.offset().local_minus_utc());
-    if micros == 0 {
-        format!("{base}{offset}")
-    } else {
-        format!("{base}.{micros:06}{offset}")
-    }
+    let mut text = format_naive(&fixed.naive_local());
+    push_offset(&mut text, fixed.offset().local_minus_utc());
+    text
 }
 
 /// Formats a naive date-time as Python's `isoformat()` does (no offset).
+///
+/// Written digit by digit: every result document carries one, and
+/// formatting machinery costs thousands of instructions a call.
 pub fn format_naive(time: &NaiveDateTime) -> String {
-    let base = time.format("%Y-%m-%dT%H:%M:%S");
-    match time.nanosecond() / 1_000 % 1_000_000 {
-        0 => base.to_string(),
-        micros => format!("{base}.{micros:06}"),
+    let mut text = String::with_capacity(32);
+    match u32::try_from(time.year()) {
+        Ok(year) if year <= 9999 => push_digits(&mut text, year, 4),
+        // Outside Python's datetime range; chrono spells it.
+        _ => text.push_str(&time.format("%Y").to_string()),
+    }
+    for (separator, value) in [
+        ('-', time.month()),
+        ('-', time.day()),
+        ('T', time.hour()),
+        (':', time.minute()),
+        (':', time.second()),
+    ] {
+        text.push(separator);
+        push_digits(&mut text, value, 2);
+    }
+    let micros = time.nanosecond() / 1_000 % 1_000_000;
+    if micros != 0 {
+        text.push('.');
+        push_digits(&mut text, micros, 6);
+    }
+    text
+}
+
+/// Appends `value` in decimal, zero-padded to `width` digits.
+fn push_digits(text: &mut String, value: u32, width: u32) {
+    let mut divisor = 10u32.pow(width.saturating_sub(1));
+    // Wider values than `width` keep all their digits.
+    while divisor.checked_mul(10).is_some_and(|d| d <= value) {
+        divisor *= 10;
+    }
+    while divisor > 0 {
+        let digit = u8::try_from(value / divisor % 10).unwrap_or(0);
+        text.push(char::from(b'0' + digit));
+        divisor /= 10;
     }
 }
 
@@ -107,14 +139,17 @@ fn normalize(text: &str) -> String {
     s
 }
 
-fn format_offset(seconds: i32) -> String {
-    let sign = if seconds < 0 { '-' } else { '+' };
+/// Appends a UTC offset as Python writes it: `+HH:MM`, or `+HH:MM:SS`
+/// when it has seconds.
+fn push_offset(text: &mut String, seconds: i32) {
+    text.push(if seconds < 0 { '-' } else { '+' });
     let abs = seconds.unsigned_abs();
-    let (hours, minutes, secs) = (abs / 3600, abs % 3600 / 60, abs % 60);
-    if secs == 0 {
-        format!("{sign}{hours:02}:{minutes:02}")
-    } else {
-        format!("{sign}{hours:02}:{minutes:02}:{secs:02}")
+    push_digits(text, abs / 3600, 2);
+    text.push(':');
+    push_digits(text, abs % 3600 / 60, 2);
+    if !abs.is_multiple_of(60) {
+        text.push(':');
+        push_digits(text, abs % 60, 2);
     }
 }
 
@@ -157,6 +192,37 @@ mod tests {
             "2026-11-28T25:00",
         ] {
             assert!(parse_time(input).is_none(), "{input} parsed");
+        }
+    }
+
+    #[test]
+    fn formats_like_chrono_spells_isoformat() {
+        let offsets = [0, 3600, -18_000, 19_800, 3661, -86_399];
+        let stamps = [
+            "0001-01-01T00:00:00",
+            "1999-12-31T23:59:59.000001",
+            "2026-06-07T08:09:10.5",
+            "9999-12-31T23:59:59.999999",
+        ];
+        for stamp in stamps {
+            let naive = NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%.f").unwrap();
+            let micros = naive.nanosecond() / 1_000;
+            let mut expected = naive.format("%Y-%m-%dT%H:%M:%S").to_string();
+            if micros != 0 {
+                expected.push_str(&format!(".{micros:06}"));
+            }
+            assert_eq!(format_naive(&naive), expected);
+            for offset in offsets {
+                let zone = FixedOffset::east_opt(offset).unwrap();
+                let time = zone.from_local_datetime(&naive).unwrap();
+                let abs = offset.unsigned_abs();
+                let sign = if offset < 0 { '-' } else { '+' };
+                let mut zone_text = format!("{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60);
+                if abs % 60 != 0 {
+                    zone_text.push_str(&format!(":{:02}", abs % 60));
+                }
+                assert_eq!(format_time(&time), format!("{expected}{zone_text}"));
+            }
         }
     }
 

@@ -208,7 +208,7 @@ impl ResultBackend for RedisBackend {
         _request: &'a Request,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let document = to_python_json(&meta.to_json());
+            let document = to_python_json(meta);
             let mut connection = self.store.connection().await?;
             let stored = scripts::STORE_RESULT
                 .key(self.keys.task(&meta.task_id))
