@@ -5,9 +5,9 @@ Started by the tests as a real Celery 5.7 worker::
     celery -A tasks worker -Q <queue> -P threads -c 8
 
 with ``CELERIAC_TEST_BROKER`` naming the broker, ``CELERIAC_TEST_BACKEND`` the
-result backend (default ``rpc://``) and ``CELERIAC_TEST_ROUTES`` (optional)
-``task_routes`` as JSON. Results go back through the
-``rpc://`` backend, as in a default Python deployment.
+result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
+(optional) ``result_expires`` in seconds and ``CELERIAC_TEST_ROUTES``
+(optional) ``task_routes`` as JSON.
 """
 
 import json
@@ -25,6 +25,8 @@ app = Celery(
     backend=os.environ.get('CELERIAC_TEST_BACKEND', 'rpc://'),
 )
 app.conf.result_extended = True
+if 'CELERIAC_TEST_RESULT_EXPIRES' in os.environ:
+    app.conf.result_expires = int(os.environ['CELERIAC_TEST_RESULT_EXPIRES'])
 app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
 # Routes for the workflow steps this worker sends on (a JSON task_routes).

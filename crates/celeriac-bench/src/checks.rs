@@ -15,6 +15,12 @@ pub(crate) fn checks(
             .find(|t| t.scenario == scenario && t.variant.starts_with(prefix))
             .map(|t| t.median_per_s)
     };
+    let cpu_of = |scenario: &str, variant: &str| {
+        throughput
+            .iter()
+            .find(|t| t.scenario == scenario && t.variant == variant)
+            .and_then(Throughput::cpu_us_per_task_median)
+    };
     let mut checks = Vec::new();
     let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, at_least: f64| {
         if let (Some(a), Some(b)) = (a, b) {
@@ -66,6 +72,12 @@ pub(crate) fn checks(
         rate("publish", "python"),
         3.0,
     );
+    ratio(
+        "worker drain, redis results / Python Celery prefork, redis results",
+        rate("redis drain", "celeriac worker, redis results"),
+        rate("redis drain", "python"),
+        5.0,
+    );
     if let Some(trickle) = latency.first() {
         checks.push(Check::at_most(
             "enqueue→start p99 at a trickle",
@@ -74,16 +86,23 @@ pub(crate) fn checks(
             "ms",
         ));
     }
-    if let Some(cpu) = throughput
-        .iter()
-        .find(|t| t.variant == "celeriac worker, ack_batch 32")
-        .and_then(Throughput::cpu_us_per_task_median)
-    {
+    if let Some(cpu) = cpu_of("drain", "celeriac worker, ack_batch 32") {
         checks.push(Check::at_most(
             "process CPU per no-op task in the worker",
             cpu,
             20.0,
             "µs",
+        ));
+    }
+    if let (Some(stored), Some(ignored)) = (
+        cpu_of("redis drain", "celeriac worker, redis results"),
+        cpu_of("redis drain", "celeriac worker, results ignored"),
+    ) {
+        checks.push(Check::at_most(
+            "worker CPU per task, redis results / results ignored",
+            stored / ignored,
+            1.5,
+            "×",
         ));
     }
     if let Some(memory) = memory {

@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A producer app whose default queue is `queue`, with `rpc://` results
-/// when `results` is set.
-pub(crate) async fn producer(url: &str, queue: &str, results: bool) -> anyhow::Result<App> {
+/// A producer app whose default queue is `queue`, reading results from
+/// `results` (a result backend URL) if given.
+pub(crate) async fn producer(url: &str, queue: &str, results: Option<&str>) -> anyhow::Result<App> {
     let mut builder = App::builder().broker_url(url).default_queue(queue);
-    if results {
-        builder = builder.result_backend("rpc://");
+    if let Some(backend) = results {
+        builder = builder.result_backend(backend);
     }
     Ok(builder.build().await?)
 }
@@ -78,19 +78,26 @@ pub(crate) struct InProcessWorker {
 }
 
 /// How the in-process worker is configured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct WorkerShape {
     pub(crate) concurrency: usize,
     pub(crate) ack_batch: u16,
-    pub(crate) results: bool,
+    /// The result backend URL results are stored in, if any.
+    pub(crate) results: Option<String>,
 }
+
+/// How long the benchmark's stored results live: long enough to be read,
+/// short enough that a run leaves nothing behind for long.
+const BENCH_RESULT_EXPIRES: Duration = Duration::from_secs(600);
 
 impl InProcessWorker {
     /// Starts a worker with the demo tasks consuming `queue`.
     pub(crate) async fn start(url: &str, queue: &str, shape: WorkerShape) -> anyhow::Result<Self> {
         let mut builder = App::builder().broker_url(url).default_queue(queue);
-        if shape.results {
-            builder = builder.result_backend("rpc://");
+        if let Some(backend) = &shape.results {
+            builder = builder
+                .result_backend(backend.clone())
+                .result_expires(BENCH_RESULT_EXPIRES);
         }
         let app = celeriac_demo::tasks::register(builder).build().await?;
         let config = WorkerConfig {

@@ -54,6 +54,14 @@ struct Args {
     /// Scenarios to run, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Vec<plan::Scenario>,
+    /// The Redis the `redis` scenario stores results in (a Redis the
+    /// benchmark may write to; its keys expire after ten minutes).
+    #[arg(
+        long,
+        env = "CELERIAC_BENCH_REDIS",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    redis: String,
     /// Skip the Python Celery baselines even if the interop venv exists.
     #[arg(long)]
     no_python: bool,
@@ -79,7 +87,8 @@ async fn main() -> anyhow::Result<()> {
         found
     };
     let mut bench =
-        scenarios::Bench::connect(&args.broker, sizes, args.concurrency, python).await?;
+        scenarios::Bench::connect(&args.broker, sizes, args.concurrency, python, &args.redis)
+            .await?;
     let outcome = bench.run(&args.scenarios).await;
     bench.clean_up().await;
     outcome?;

@@ -20,6 +20,9 @@ pub(crate) enum Scenario {
     Latency,
     /// How late a beat's sends arrive, many every-second entries at once.
     Beat,
+    /// Results stored in Redis: drain and round trips, beside ignoring
+    /// results, `rpc://`, and Python Celery with the same Redis.
+    Redis,
 }
 
 /// How much work each measurement does.

@@ -62,17 +62,19 @@ impl PythonCelery {
     }
 
     /// Starts a prefork worker with `concurrency` processes on a backlog in
-    /// `queue` and measures from its consumer appearing until the queue has
-    /// no ready message left. Returns the duration and the CPU time the
-    /// worker's processes used meanwhile.
+    /// `queue`, storing results in `backend` (none if `None`), and measures
+    /// from its consumer appearing until the queue has no ready message
+    /// left. Returns the duration and the CPU time the worker's processes
+    /// used meanwhile.
     pub(crate) async fn drain(
         &self,
         broker: &Broker,
         url: &str,
         queue: &str,
         concurrency: usize,
+        backend: Option<&str>,
     ) -> anyhow::Result<(Duration, Duration)> {
-        let mut worker = self.start_worker(url, queue, concurrency)?;
+        let mut worker = self.start_worker(url, queue, concurrency, backend)?;
         let pid = worker.id().context("the Python worker has no pid")?;
         let outcome = async {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -106,8 +108,23 @@ impl PythonCelery {
         outcome
     }
 
-    fn start_worker(&self, url: &str, queue: &str, concurrency: usize) -> anyhow::Result<Child> {
-        Command::new(self.venv_bin.join("celery"))
+    fn start_worker(
+        &self,
+        url: &str,
+        queue: &str,
+        concurrency: usize,
+        backend: Option<&str>,
+    ) -> anyhow::Result<Child> {
+        let mut command = Command::new(self.venv_bin.join("celery"));
+        if let Some(backend) = backend {
+            command
+                .env("CELERIAC_TEST_BACKEND", backend)
+                .env("CELERIAC_TEST_RESULT_EXPIRES", "600");
+        } else {
+            // Celery's default: a worker with no backend stores nothing.
+            command.env("CELERIAC_TEST_BACKEND", "disabled://");
+        }
+        command
             .args(["-A", "tasks", "worker", "-P", "prefork", "-Q", queue])
             .args(["-c", &concurrency.to_string(), "--loglevel", "WARNING"])
             .args([

@@ -19,6 +19,8 @@ use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
 use crate::report::{BeatRow, LatencyRow, Percentiles, Results, Throughput};
 
+mod redis;
+
 /// Transmit window of the raw publisher, and of the backlog fills.
 const FILL_WINDOW: usize = 5_000;
 /// Raw consumers ack every this many deliveries in the multi-ack baseline,
@@ -38,6 +40,8 @@ pub(crate) struct Bench {
     latency: Vec<LatencyRow>,
     memory: Option<MemoryReport>,
     beat: Vec<BeatRow>,
+    /// The Redis the `redis` scenario stores results in.
+    redis: String,
 }
 
 impl Bench {
@@ -47,6 +51,7 @@ impl Bench {
         sizes: Sizes,
         concurrency: usize,
         python: Option<PythonCelery>,
+        redis: &str,
     ) -> anyhow::Result<Bench> {
         let config = BrokerConfig::from_url(url).context("the broker URL")?;
         let broker = Broker::connect(config)
@@ -64,10 +69,10 @@ impl Bench {
             latency: Vec::new(),
             memory: None,
             beat: Vec::new(),
+            redis: redis.to_owned(),
         })
     }
 
-    /// Runs every scenario.
     /// Runs the `selected` scenarios (all if empty). Latency needs the
     /// round-trip rate, so selecting it runs the round trips too.
     pub(crate) async fn run(&mut self, selected: &[Scenario]) -> anyhow::Result<()> {
@@ -89,6 +94,9 @@ impl Bench {
         }
         if wants(Scenario::Beat) {
             self.beat().await?;
+        }
+        if wants(Scenario::Redis) {
+            self.redis().await?;
         }
         Ok(())
     }
@@ -162,7 +170,7 @@ impl Bench {
     /// Scenario 1: publishing with confirms.
     async fn publish(&mut self) -> anyhow::Result<()> {
         let queue = self.queue("publish").await?;
-        let app = library::producer(&self.url, &queue, false).await?;
+        let app = library::producer(&self.url, &queue, None).await?;
         let message = task_message("demo.add")?;
         let n = self.sizes.messages;
         for round in 1..=self.sizes.rounds {
@@ -250,36 +258,69 @@ impl Bench {
                 ("celeriac worker, ack_batch 32", 32),
                 ("celeriac worker, ack_batch 1", 1),
             ] {
-                self.fill(&queue, "demo.add", n).await?;
                 let shape = WorkerShape {
                     concurrency: self.concurrency,
                     ack_batch,
-                    results: false,
+                    results: None,
                 };
-                let cpu = measure::own_cpu();
-                let start = std::time::Instant::now();
-                let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
-                worker.wait_for_successes(n).await?;
-                let took = start.elapsed();
-                let cpu = measure::own_cpu().saturating_sub(cpu);
-                worker.stop().await?;
+                let (took, cpu) = self.worker_drain(&queue, shape).await?;
                 self.record("drain", variant, n, took.as_secs_f64(), Some(cpu));
             }
-            if let Some(python) = self.python.clone() {
-                let n = self.sizes.python_messages;
-                let cores = std::thread::available_parallelism().map_or(1, usize::from);
-                self.fill(&queue, "interop.add", n).await?;
-                let (took, cpu) = python.drain(&self.broker, &self.url, &queue, cores).await?;
-                self.record(
-                    "drain",
-                    &format!("python celery prefork -c {cores}"),
-                    n,
-                    took.as_secs_f64(),
-                    Some(cpu),
-                );
-            }
+            self.python_drain(&queue, "drain", None).await?;
         }
         self.broker.purge_queue(&queue).await?;
+        Ok(())
+    }
+
+    /// Fills `queue` with `sizes.messages` no-op tasks and drains them with
+    /// an in-process worker of `shape`; returns the time from the worker's
+    /// start to the last success, and the process CPU used meanwhile.
+    async fn worker_drain(
+        &self,
+        queue: &str,
+        shape: WorkerShape,
+    ) -> anyhow::Result<(Duration, Duration)> {
+        let n = self.sizes.messages;
+        self.fill(queue, "demo.add", n).await?;
+        let cpu = measure::own_cpu();
+        let start = std::time::Instant::now();
+        let worker = InProcessWorker::start(&self.url, queue, shape).await?;
+        worker.wait_for_successes(n).await?;
+        let took = start.elapsed();
+        let cpu = measure::own_cpu().saturating_sub(cpu);
+        worker.stop().await?;
+        Ok((took, cpu))
+    }
+
+    /// If the Python baselines are on: fills `queue` with Python no-op tasks
+    /// and drains them with a prefork worker (one process a core) storing
+    /// results in `backend` (none if `None`); records the rate in `scenario`.
+    async fn python_drain(
+        &mut self,
+        queue: &str,
+        scenario: &str,
+        backend: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let Some(python) = self.python.clone() else {
+            return Ok(());
+        };
+        let n = self.sizes.python_messages;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        self.fill(queue, "interop.add", n).await?;
+        let (took, cpu) = python
+            .drain(&self.broker, &self.url, queue, cores, backend)
+            .await?;
+        let with = match backend {
+            Some(_) => ", redis results",
+            None => "",
+        };
+        self.record(
+            scenario,
+            &format!("python celery prefork -c {cores}{with}"),
+            n,
+            took.as_secs_f64(),
+            Some(cpu),
+        );
         Ok(())
     }
 
@@ -322,17 +363,18 @@ impl Bench {
         Ok(())
     }
 
-    /// A producer and an in-process worker on `queue`, both with `rpc://`
-    /// results (the worker acks as by default).
+    /// A producer and an in-process worker on `queue`, both with results in
+    /// `backend` (the worker acks as by default).
     async fn producer_and_worker_with_results(
         &self,
         queue: &str,
+        backend: &str,
     ) -> anyhow::Result<(celeriac::App, InProcessWorker)> {
-        let app = library::producer(&self.url, queue, true).await?;
+        let app = library::producer(&self.url, queue, Some(backend)).await?;
         let shape = WorkerShape {
             concurrency: self.concurrency,
             ack_batch: 32,
-            results: true,
+            results: Some(backend.to_owned()),
         };
         let worker = InProcessWorker::start(&self.url, queue, shape).await?;
         Ok((app, worker))
@@ -342,7 +384,9 @@ impl Bench {
     /// Returns the median rate.
     async fn round_trips(&mut self) -> anyhow::Result<f64> {
         let queue = self.queue("results").await?;
-        let (app, worker) = self.producer_and_worker_with_results(&queue).await?;
+        let (app, worker) = self
+            .producer_and_worker_with_results(&queue, "rpc://")
+            .await?;
         let n = self.sizes.round_trips;
         let callers = self.concurrency as u64;
         let variant = format!("celeriac, rpc:// results, {callers} callers");
@@ -365,7 +409,9 @@ impl Bench {
     /// Scenario 4: latency at a trickle and at half the round-trip rate.
     async fn latencies(&mut self, round_trip_rate: f64) -> anyhow::Result<()> {
         let queue = self.queue("latency").await?;
-        let (app, worker) = self.producer_and_worker_with_results(&queue).await?;
+        let (app, worker) = self
+            .producer_and_worker_with_results(&queue, "rpc://")
+            .await?;
         // Warm up the connections and the reply queue.
         library::latencies(&app, 10, 100.0).await?;
         let loaded_rate = (round_trip_rate / 2.0).max(1.0);
