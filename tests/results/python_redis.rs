@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use celeriac::{App, RouteOptions, Signature, chord, group};
 use celeriac_demo::tasks as demo;
-use celeriac_tests::worker::{RunningWorker, cleanup};
-use celeriac_tests::{PythonWorker, broker_url, interop_python, repo_root, require_redis, unique};
+use celeriac_tests::worker::{RunningWorker, binary, cleanup};
+use celeriac_tests::{
+    PythonWorker, broker_url, delete_queue, interop_python, repo_root, require_redis, unique,
+};
 use celeriac_worker::WorkerConfig;
 use serde_json::json;
 
@@ -122,5 +124,37 @@ async fn a_rust_app_uses_python_workers_on_the_same_redis() -> Result<()> {
     );
     drop(python);
     cleanup(&app, &python_queue).await;
+    Ok(())
+}
+
+/// The canvas tour of docs/tasks.md (`celeriac-demo canvas`), with its
+/// chord whose header runs on a Python worker and body on the Rust one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canvas_tour_runs_a_chord_across_python_and_rust() -> Result<()> {
+    let redis = require_redis()?;
+    let python_queue = unique("redis-canvas-tour");
+    let python = PythonWorker::start_with(&python_queue, &json!({}), &redis).await?;
+    let output = tokio::process::Command::new(binary("celeriac-demo")?)
+        .args(["canvas", "--python-queue", &python_queue])
+        .args(["--broker", &broker_url(), "--result-backend", &redis])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!(
+        "{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(python);
+    delete_queue(&python_queue);
+    ensure!(output.status.success(), "celeriac-demo canvas failed");
+    for line in [
+        "add(4))  -> 14",
+        "for i in 0..5)           -> [0, 2, 4, 6, 8]",
+        "(tsum)        -> 55",
+        "celery.exceptions.ChordError: Dependency",
+        "chord(Python interop.add)(Rust tsum)     -> 30",
+    ] {
+        ensure!(stdout.contains(line), "the tour did not print {line:?}");
+    }
     Ok(())
 }

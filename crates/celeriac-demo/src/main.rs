@@ -3,6 +3,8 @@
 //! - `celeriac-demo` (or `celeriac-demo quickstart`): a worker with the demo
 //!   tasks and a producer in one process against RabbitMQ, printing what
 //!   happens;
+//! - `celeriac-demo canvas`: chains, groups and chords from Rust, results
+//!   in Redis (`--python-queue` adds a chord across Python and Rust);
 //! - `celeriac-demo worker [flags]`: the standard worker CLI (the flags of
 //!   `celeriac_worker::cli::Args`) over the demo tasks, for Python callers
 //!   and the tests.
@@ -33,6 +35,8 @@ struct Cli {
 enum Command {
     /// The quick start (the default): worker and producer in one process
     Quickstart(celeriac_demo::quickstart::Args),
+    /// Chains, groups and chords built in Rust, with results in Redis
+    Canvas(celeriac_demo::canvas::Args),
     /// A worker over the demo tasks, with the standard worker flags
     Worker(Box<celeriac_worker::cli::Args>),
 }
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => celeriac_demo::quickstart::run(cli.quickstart),
         Some(Command::Quickstart(args)) => celeriac_demo::quickstart::run(args),
+        Some(Command::Canvas(args)) => celeriac_demo::canvas::run(args),
         Some(Command::Worker(args)) => celeriac_worker::cli::run_with(
             *args,
             celeriac_demo::tasks::register(celeriac::App::builder()),
