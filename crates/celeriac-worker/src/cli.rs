@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(short = 'b', long, env = "CELERIAC_BROKER_URL")]
     pub broker: Option<String>,
 
-    /// Result backend: rpc://, or `disabled` [default: the app's, else
+    /// Result backend: redis://, rediss://, redis+socket://, sentinel://,
+    /// rpc://, or `disabled` [default: the app's, else
     /// CELERY_RESULT_BACKEND, else none]
     #[arg(long, env = "CELERIAC_RESULT_BACKEND")]
     pub result_backend: Option<String>,
