@@ -8,6 +8,11 @@ with ``CELERIAC_TEST_BROKER`` naming the broker, ``CELERIAC_TEST_BACKEND`` the
 result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
 (optional) ``result_expires`` in seconds and ``CELERIAC_TEST_ROUTES``
 (optional) ``task_routes`` as JSON.
+
+``interop.sleep``, ``interop.value_error`` and ``interop.cpu`` are the Python
+twins of the Rust worker's ``demo.sleep``, ``demo.fail`` and ``demo.cpu``: the
+remote-control and Flower checks (``drive_control.py``, ``flower_check.py``)
+are validated against a Python worker running them.
 """
 
 import json
@@ -88,6 +93,28 @@ def special():
     from datetime import date, datetime, timezone
     return [datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc), date(2024, 1, 2),
             Decimal('1.10'), UUID('12345678-1234-5678-1234-567812345678'), b'\xff\x00']
+
+
+@app.task(name='interop.sleep')
+def sleep(seconds):
+    """Sleeps ``seconds`` and returns them (``demo.sleep``)."""
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name='interop.value_error')
+def value_error(message):
+    """Raises ``ValueError(message)`` (``demo.fail``)."""
+    raise ValueError(message)
+
+
+@app.task(name='interop.cpu')
+def cpu(iterations):
+    """A CPU-bound loop of ``iterations`` steps (``demo.cpu``)."""
+    acc = 0
+    for i in range(int(iterations)):
+        acc = (acc * 31 + i) % 1000003
+    return acc
 
 
 def _exit_with_parent():

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) delay_declared: tokio::sync::OnceCell<()>,
     /// Queues bound to the delay topology's delivery exchange.
     delay_bound: Mutex<HashSet<String>>,
+    /// Exchanges transient publishes declared, by connection generation.
+    exchanges_ready: Mutex<HashSet<(u64, String)>>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -116,6 +118,7 @@ impl Broker {
             blocked: Mutex::new(None),
             delay_declared: tokio::sync::OnceCell::new(),
             delay_bound: Mutex::default(),
+            exchanges_ready: Mutex::default(),
             shutdown: CancellationToken::new(),
         });
         let (session, events) =
@@ -156,6 +159,19 @@ impl Broker {
     /// Whether `queue` is bound to the delay topology's delivery exchange.
     pub(crate) fn delay_bound(&self, queue: &str) -> bool {
         lock(&self.shared.delay_bound).contains(queue)
+    }
+
+    /// Whether a transient publish already declared `exchange` on the
+    /// connection of `generation`.
+    pub(crate) fn exchange_ready(&self, generation: u64, exchange: &str) -> bool {
+        lock(&self.shared.exchanges_ready).contains(&(generation, exchange.to_owned()))
+    }
+
+    /// Records that `exchange` is declared on the connection of `generation`.
+    pub(crate) fn mark_exchange_ready(&self, generation: u64, exchange: &str) {
+        let mut ready = lock(&self.shared.exchanges_ready);
+        ready.retain(|(g, _)| *g == generation);
+        ready.insert((generation, exchange.to_owned()));
     }
 
     /// Records that `queue` is bound to the delay topology.

@@ -43,13 +43,18 @@ pub struct ConsumeOptions {
     pub prefetch: u16,
 }
 
-/// The live subscription's channel and consumer tags, so [`Consumer::cancel`]
-/// can stop deliveries without closing the channel.
+/// The live subscription: its session, channel and consumer tags (by
+/// queue), so [`Consumer::cancel`] can stop deliveries without closing the
+/// channel and a [`ConsumerHandle`] can add and cancel queues.
 #[derive(Default)]
 struct Subscriptions {
+    session: Option<Arc<Session>>,
     channel: Option<Channel>,
     window: Option<Arc<AckWindow>>,
-    tags: Vec<String>,
+    /// `(queue, consumer tag)` of every live `basic.consume`.
+    tags: Vec<(String, String)>,
+    /// The queues consumed, in order; re-subscriptions consume these.
+    queues: Vec<Queue>,
     cancelled: bool,
 }
 
@@ -67,6 +72,7 @@ pub struct Consumer {
     deliveries: mpsc::Receiver<Delivery>,
     stop: CancellationToken,
     subscriptions: SharedSubscriptions,
+    sender: mpsc::Sender<Delivery>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -90,6 +96,16 @@ impl Consumer {
         self.deliveries.try_recv().ok()
     }
 
+    /// A handle that adds and cancels queues of this consumer while it runs
+    /// (Celery's `add_consumer` / `cancel_consumer`).
+    pub fn handle(&self) -> ConsumerHandle {
+        ConsumerHandle {
+            subscriptions: self.subscriptions.clone(),
+            sender: self.sender.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
     /// Sends every coalesced ack still pending (call before [`stop`](Self::stop)).
     pub async fn flush_acks(&self) {
         let window = lock(&self.subscriptions).window.clone();
@@ -108,7 +124,7 @@ impl Consumer {
             (subs.channel.clone(), std::mem::take(&mut subs.tags))
         };
         if let Some(channel) = channel {
-            for tag in tags {
+            for (_, tag) in tags {
                 let _ = channel
                     .basic_cancel(tag.as_str().into(), Default::default())
                     .await;
@@ -150,13 +166,14 @@ impl Broker {
         let (sender, deliveries) = mpsc::channel(capacity);
         let stop = self.shared.shutdown.child_token();
         let subscriptions = SharedSubscriptions::default();
+        lock(&subscriptions).queues.clone_from(&options.queues);
         let session = self.session().await?;
         let channel = subscribe(&session, &options, policy, &sender, &stop, &subscriptions).await?;
         let keep_subscribed = Subscriber {
             broker: self.clone(),
             options,
             policy,
-            sender,
+            sender: sender.clone(),
             stop: stop.clone(),
             subscriptions: subscriptions.clone(),
         };
@@ -165,6 +182,7 @@ impl Broker {
             deliveries,
             stop,
             subscriptions,
+            sender,
         })
     }
 }
@@ -259,8 +277,12 @@ impl Subscriber {
                 if stop.is_cancelled() || lock(&subscriptions).cancelled {
                     return;
                 }
+                let current = ConsumeOptions {
+                    queues: lock(&subscriptions).queues.clone(),
+                    prefetch: options.prefetch,
+                };
                 let attempt_to_subscribe =
-                    subscribe(&session, &options, policy, &sender, &stop, &subscriptions);
+                    subscribe(&session, &current, policy, &sender, &stop, &subscriptions);
                 match bounded("subscribing", attempt_to_subscribe).await {
                     Ok(c) => {
                         info!(generation = session.generation, "consumer re-subscribed");
@@ -305,6 +327,7 @@ async fn subscribe(
         .map_err(|e| channel_error("basic.qos", &e))?;
     {
         let mut subs = lock(subscriptions);
+        subs.session = Some(session.clone());
         subs.channel = Some(channel.clone());
         subs.tags.clear();
     }
@@ -317,11 +340,6 @@ async fn subscribe(
     };
     lock(subscriptions).window.clone_from(&window);
     for queue in &options.queues {
-        declare_queue(&channel, queue).await?;
-        let consumer = start_consumer(&channel, &queue.name).await?;
-        lock(subscriptions)
-            .tags
-            .push(consumer.tag().as_str().to_owned());
         let forwarder = QueueForwarder {
             session: session.clone(),
             channel: channel.clone(),
@@ -331,7 +349,7 @@ async fn subscribe(
             subscriptions: subscriptions.clone(),
             window: window.clone(),
         };
-        tokio::spawn(forwarder.run(consumer));
+        forwarder.start().await?;
     }
     Ok(channel)
 }
@@ -361,6 +379,23 @@ struct QueueForwarder {
 }
 
 impl QueueForwarder {
+    /// Declares and consumes the queue, then forwards its deliveries.
+    async fn start(self) -> Result<(), BrokerError> {
+        declare_queue(&self.channel, &self.queue).await?;
+        let consumer = start_consumer(&self.channel, &self.queue.name).await?;
+        lock(&self.subscriptions)
+            .tags
+            .push((self.queue.name.clone(), consumer.tag().as_str().to_owned()));
+        tokio::spawn(self.run(consumer));
+        Ok(())
+    }
+
+    /// Whether this queue is still one the consumer wants.
+    fn wanted(&self) -> bool {
+        let subs = lock(&self.subscriptions);
+        !subs.cancelled && subs.queues.iter().any(|q| q.name == self.queue.name)
+    }
+
     async fn run(self, mut consumer: lapin::Consumer) {
         let mut attempt = 0;
         loop {
@@ -386,8 +421,7 @@ impl QueueForwarder {
                     debug!(queue = %self.queue.name, error = %e, "consumer stream error");
                 }
                 None => {
-                    let cancelled = lock(&self.subscriptions).cancelled;
-                    if cancelled
+                    if !self.wanted()
                         || self.stop.is_cancelled()
                         || !self.channel.status().connected()
                         || !self.session.is_connected()
@@ -408,7 +442,7 @@ impl QueueForwarder {
                         Ok(c) => {
                             lock(&self.subscriptions)
                                 .tags
-                                .push(c.tag().as_str().to_owned());
+                                .push((self.queue.name.clone(), c.tag().as_str().to_owned()));
                             consumer = c;
                         }
                         Err(e) => {
@@ -418,5 +452,92 @@ impl QueueForwarder {
                 }
             }
         }
+    }
+}
+
+/// Adds and cancels queues of a running [`Consumer`]; cheap to clone.
+#[derive(Clone)]
+pub struct ConsumerHandle {
+    subscriptions: SharedSubscriptions,
+    sender: mpsc::Sender<Delivery>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for ConsumerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("queues", &self.queues())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerHandle {
+    /// The queues consumed now.
+    pub fn queues(&self) -> Vec<Queue> {
+        lock(&self.subscriptions).queues.clone()
+    }
+
+    /// Declares and starts consuming `queue` on the consumer's channel (with
+    /// its prefetch); after a reconnect it is consumed again like the
+    /// others. `Ok(false)` if it is consumed already.
+    pub async fn add_queue(&self, queue: Queue) -> Result<bool, BrokerError> {
+        let (session, channel, window) = {
+            let subs = lock(&self.subscriptions);
+            if subs.queues.iter().any(|q| q.name == queue.name) {
+                return Ok(false);
+            }
+            match (&subs.session, &subs.channel) {
+                (Some(session), Some(channel)) if !subs.cancelled => {
+                    (session.clone(), channel.clone(), subs.window.clone())
+                }
+                _ => return Err(BrokerError::Closed),
+            }
+        };
+        lock(&self.subscriptions).queues.push(queue.clone());
+        let forwarder = QueueForwarder {
+            session,
+            channel,
+            queue: queue.clone(),
+            sender: self.sender.clone(),
+            stop: self.stop.clone(),
+            subscriptions: self.subscriptions.clone(),
+            window,
+        };
+        if let Err(error) = bounded("basic.consume", forwarder.start()).await {
+            lock(&self.subscriptions)
+                .queues
+                .retain(|q| q.name != queue.name);
+            return Err(error);
+        }
+        Ok(true)
+    }
+
+    /// Stops consuming the queue named `name` (`basic.cancel`); deliveries
+    /// already received stay valid. `false` if it was not consumed.
+    pub async fn cancel_queue(&self, name: &str) -> bool {
+        let (channel, tags) = {
+            let mut subs = lock(&self.subscriptions);
+            let before = subs.queues.len();
+            subs.queues.retain(|q| q.name != name);
+            if subs.queues.len() == before {
+                return false;
+            }
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut subs.tags)
+                .into_iter()
+                .partition(|(q, _)| q == name);
+            subs.tags = kept;
+            (subs.channel.clone(), gone)
+        };
+        if let Some(channel) = channel {
+            for (_, tag) in tags {
+                if let Err(e) = channel
+                    .basic_cancel(tag.as_str().into(), Default::default())
+                    .await
+                {
+                    debug!(queue = name, error = %e, "basic.cancel failed; the channel is going away");
+                }
+            }
+        }
+        true
     }
 }

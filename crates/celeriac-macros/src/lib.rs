@@ -285,6 +285,7 @@ fn expand(metas: Punctuated<Meta, Token![,]>, mut function: ItemFn) -> syn::Resu
         Some(RequestParam::ByRef) => quote!(&request,),
     };
     let run = quote!(#ident::run(#request_arg #(#param_idents),*));
+    let blocking = !is_async;
     let invoke = if is_async {
         quote!(#run.await)
     } else {
@@ -355,6 +356,10 @@ fn expand(metas: Punctuated<Meta, Token![,]>, mut function: ItemFn) -> syn::Resu
 
             fn parameters(&self) -> &[&'static str] {
                 &[#(#param_names),*]
+            }
+
+            fn is_blocking(&self) -> bool {
+                #blocking
             }
 
             fn call(&self, request: ::celeriac::Request, mut args: ::celeriac::Arguments) -> ::celeriac::TaskFuture {

@@ -131,6 +131,12 @@ pub enum DecodeError {
     /// A result document is malformed.
     #[error("invalid result document: {0}")]
     Result(String),
+    /// A control request or reply is not shaped as kombu's pidbox writes it.
+    #[error("invalid control message: {0}")]
+    Control(String),
+    /// An event is not shaped as Celery's event dispatcher writes it.
+    #[error("invalid event: {0}")]
+    Event(String),
 }
 
 impl DecodeError {
@@ -160,7 +166,9 @@ impl DecodeError {
             | DecodeError::InvalidTime { .. }
             | DecodeError::UnknownMessage
             | DecodeError::Signature { .. }
-            | DecodeError::Result(_) => "invalid_message",
+            | DecodeError::Result(_)
+            | DecodeError::Control(_)
+            | DecodeError::Event(_) => "invalid_message",
         }
     }
 }

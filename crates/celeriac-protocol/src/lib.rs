@@ -14,6 +14,9 @@
 //! - [`ResultMeta`] and [`State`] are the result document and task states;
 //!   [`store`] is how key/value result stores (Redis) lay out results, groups
 //!   and chords, with the chord join decision.
+//! - [`control`] is remote control (the pidbox): requests, who they are for,
+//!   and the typed documents replies carry; [`event`] is what Flower reads,
+//!   with the Lamport clock both share.
 //! - [`json`] writes JSON exactly as Python's `json.dumps` does and [`kombu`]
 //!   handles kombu's `{"__type__", "__value__"}` envelopes.
 //! - [`Compression`] and [`content`] decide which bodies we accept: JSON only,
@@ -37,7 +40,9 @@
 mod body;
 mod compression;
 pub mod content;
+pub mod control;
 mod error;
+pub mod event;
 mod header;
 pub mod json;
 pub mod kombu;

@@ -15,6 +15,7 @@ use clap::Parser;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
+pub use crate::cli_monitoring::MonitoringArgs;
 use crate::config::expand_hostname;
 use crate::config_file::{ConfigFile, QueueSpec, RouteSpec};
 use crate::{Worker, WorkerConfig};
@@ -96,6 +97,10 @@ pub struct Args {
     /// [default: 5]
     #[arg(long, env = "CELERIAC_ACK_FLUSH_MS")]
     pub ack_flush_ms: Option<u64>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub monitoring: MonitoringArgs,
 
     /// Store STARTED when a task starts, for tasks that do not say
     /// otherwise (Celery's task_track_started) [default: false]
@@ -257,6 +262,9 @@ impl Args {
                 )),
             }
         };
+        // Events, heartbeats, remote control, mingle and the state db.
+        let mut monitored = WorkerConfig::default();
+        self.monitoring.apply(&file, &mut monitored)?;
         let worker = WorkerConfig {
             queues: self.queues.or(file.queues).unwrap_or(defaults.queues),
             concurrency: self
@@ -306,6 +314,7 @@ impl Args {
                 .track_started
                 .or(file.track_started)
                 .unwrap_or(defaults.track_started),
+            ..monitored
         };
         if worker.queues.is_empty() || worker.queues.iter().any(String::is_empty) {
             return Err("queues must name at least one queue".into());

@@ -3,6 +3,7 @@
 //! backend, queues and routes, live on the `celeriac::AppBuilder`; the CLI
 //! and the TOML file set both, see [`crate::cli`].)
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the worker runs.
@@ -41,6 +42,21 @@ pub struct WorkerConfig {
     /// starts, for tasks that do not say otherwise (Celery's
     /// `task_track_started`). Default false.
     pub track_started: bool,
+    /// Send task events (`-E`, Celery's `worker_send_task_events`); remote
+    /// control may turn them on and off. Default false, as in Celery.
+    pub task_events: bool,
+    /// Seconds between `worker-heartbeat` events; `None` sends none
+    /// (`--without-heartbeat`). Default 2 s, as in Celery.
+    pub heartbeat: Option<Duration>,
+    /// Answer remote control (`inspect`, `control`) on the worker's pidbox
+    /// queue. Default true (Celery's `worker_enable_remote_control`).
+    pub remote_control: bool,
+    /// Ask other workers for revoked ids at start-up. Default true
+    /// (`--without-mingle` turns it off).
+    pub mingle: bool,
+    /// Keep revoked ids (and the clock) in this file across restarts
+    /// (`--statedb`). Default none.
+    pub statedb: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +74,11 @@ impl Default for WorkerConfig {
             ack_flush: Duration::from_millis(5),
             result_store_timeout: Duration::from_secs(60),
             track_started: false,
+            task_events: false,
+            heartbeat: Some(Duration::from_secs(2)),
+            remote_control: true,
+            mingle: true,
+            statedb: None,
         }
     }
 }

@@ -75,6 +75,16 @@ pub struct ConfigFile {
     pub queue_max_priority: Option<u8>,
     /// Whether queues that are not configured are created on first use.
     pub create_missing_queues: Option<bool>,
+    /// Send task events.
+    pub task_events: Option<bool>,
+    /// Seconds between heartbeats (0: none).
+    pub heartbeat_interval: Option<f64>,
+    /// Answer remote control.
+    pub remote_control: Option<bool>,
+    /// Ask other workers for revoked ids at start-up.
+    pub mingle: Option<bool>,
+    /// The state db file.
+    pub statedb: Option<std::path::PathBuf>,
     /// Queue definitions by name (Celery's `task_queues`).
     #[serde(default)]
     pub task_queues: toml::Table,

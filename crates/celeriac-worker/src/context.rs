@@ -1,36 +1,55 @@
-//! What every delivery's handler shares: the app, the settings, the
-//! concurrency permits, the shutdown signal, the outbox and the counts.
+//! What every delivery's handler shares: the app, the settings, the pool
+//! of slots, the shutdown signals, the outbox, what the worker holds and
+//! has revoked, the events, the runtime limits and the counts.
 
 use std::sync::Arc;
 
-use celeriac::broker::{Delivery, Queue};
+use std::time::Instant;
+
+use celeriac::broker::{ConsumerHandle, Delivery};
 use celeriac::protocol::TaskMessage;
 use celeriac::{App, DeliveryInfo, Request};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Events;
+use crate::limits::{Limits, Pool};
 use crate::outbox::Outbox;
+use crate::revoked::Revoked;
+use crate::tracker::Tracker;
 use crate::{Stats, WorkerConfig};
 
 /// Shared by every delivery's handler.
 pub(crate) struct Context {
     pub(crate) app: App,
     pub(crate) config: WorkerConfig,
-    /// One permit per task allowed to run at once.
-    pub(crate) permits: Arc<Semaphore>,
+    /// One slot per task allowed to run at once.
+    pub(crate) pool: Pool,
     /// Cancelled when the worker starts shutting down.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled to ask the worker to shut down (the `shutdown` command).
+    pub(crate) stop: CancellationToken,
     /// Everything the worker publishes goes through here.
     pub(crate) outbox: Outbox,
     pub(crate) stats: Arc<Stats>,
-    /// The queues consumed, as declared.
-    pub(crate) queues: Vec<Queue>,
+    /// Adds and cancels consumed queues (`add_consumer`).
+    pub(crate) consumer: ConsumerHandle,
+    /// The tasks held now, and the counts since start.
+    pub(crate) tracker: Arc<Tracker>,
+    /// Revoked ids and stamps.
+    pub(crate) revoked: Revoked,
+    /// Task and worker events.
+    pub(crate) events: Arc<Events>,
+    /// Rate and time limits set by remote control.
+    pub(crate) limits: Limits,
+    /// When the worker started.
+    pub(crate) started: Instant,
 }
 
 impl Context {
     /// Whether `queue` is configured for broker-native dead-lettering.
     pub(crate) fn native_dead_lettering(&self, queue: &str) -> bool {
-        self.queues
+        self.consumer
+            .queues()
             .iter()
             .any(|q| q.name == queue && q.arguments.dead_letter_exchange.is_some())
     }

@@ -1,13 +1,17 @@
 //! Deliveries that do not run now, each with its one outcome: unregistered
-//! (`FAILURE` stored, dead-lettered), expired (`REVOKED` stored, acked),
+//! (`FAILURE` stored, dead-lettered), revoked or expired (`REVOKED` stored,
+//! acked),
 //! postponed (moved to the delay topology), redelivered (counted, or
 //! dead-lettered as a crash loop), or dead-lettered with a reason.
 
 use std::time::Duration;
 
 use celeriac::broker::{DeadLetter, DeadLetterReason, Delivery};
+use celeriac::protocol::event::Event;
+use celeriac::protocol::repr::value_repr;
 use celeriac::protocol::{HeaderValue, TaskMessage};
 use celeriac::{ExceptionInfo, Request, State};
+use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use crate::chord;
@@ -36,19 +40,51 @@ pub(crate) async fn unregistered(
     if told.is_err() {
         return Settle::Reject { requeue: true };
     }
+    ctx.events.task(|| {
+        let exception = format!(
+            "NotRegistered({})",
+            value_repr(&Value::String(name.clone()))
+        );
+        Event::task_failed(&message.headers.id, &exception, None)
+    });
     let detail = format!("task {name} is not registered on this worker");
     let reason = DeadLetterReason::UnknownTask;
     dead_letter(ctx, delivery, reason, Some("NotRegistered"), detail).await
 }
 
-/// `REVOKED` with `TaskRevokedError('expired')`, then ack (§3.5).
-pub(crate) async fn revoke_expired(
+/// Why a task is revoked instead of run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revocation {
+    /// Its `expires` passed before it started (§3.5).
+    Expired,
+    /// Revoked by remote control (by id or stamp) before it started.
+    Revoked,
+    /// Terminated by remote control while it ran.
+    Terminated,
+}
+
+impl Revocation {
+    /// The reason Celery stores in `TaskRevokedError`.
+    fn reason(self) -> &'static str {
+        match self {
+            Revocation::Expired => "expired",
+            Revocation::Revoked => "revoked",
+            Revocation::Terminated => "terminated",
+        }
+    }
+}
+
+/// `REVOKED` with `TaskRevokedError(<reason>)` stored (and a chord told),
+/// a `task-revoked` event, then ack: a revoked task is not dead-lettered.
+pub(crate) async fn revoke(
     ctx: &Context,
     request: &Request,
     message: &TaskMessage,
+    why: Revocation,
 ) -> Settle {
-    info!(task = %message.headers.task, id = %request.id, "task expired before it started; revoking it");
-    let exc = ExceptionInfo::new("celery.exceptions", "TaskRevokedError", "expired");
+    let reason = why.reason();
+    info!(task = %message.headers.task, id = %request.id, reason, "task revoked");
+    let exc = ExceptionInfo::new("celery.exceptions", "TaskRevokedError", reason);
     let meta = request.result_meta(State::Revoked, exc.to_json());
     let told = match ctx.outbox.store(request, &meta).await {
         Ok(()) => chord::part_return(ctx, request, message, State::Revoked, &exc.to_json()).await,
@@ -57,6 +93,15 @@ pub(crate) async fn revoke_expired(
     if told.is_err() {
         return Settle::Reject { requeue: true };
     }
+    ctx.events.task(|| {
+        let terminated = why == Revocation::Terminated;
+        Event::task_revoked(
+            &request.id,
+            terminated,
+            terminated.then_some("SIGTERM"),
+            why == Revocation::Expired,
+        )
+    });
     ctx.stats.revoked();
     Settle::Ack
 }

@@ -1,30 +1,49 @@
 //! Running one task: its arguments bound, its request in scope, its soft
-//! limit signalled and its hard limit enforced; a panic is a failure.
+//! limit signalled and its hard limit enforced; a panic is a failure; a
+//! terminate (remote control) drops it at its next await.
 
 use std::sync::Arc;
 
 use celeriac::protocol::TaskMessage;
 use celeriac::{Arguments, Request, Task, TaskError, TaskOptions};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-/// Runs `task` for `message`. The hard limit (the message's, else the
-/// task's) drops the task's future when it passes; the soft limit signals
-/// [`Request::soft_limit`].
+use crate::limits::TimeLimits;
+
+/// How a run ended.
+pub(crate) enum Ran {
+    /// The task returned (or failed, panicked, ran out of time).
+    Finished(Result<Value, TaskError>),
+    /// Remote control terminated it.
+    Terminated,
+}
+
+/// Runs `task` for `message`. The hard limit (the message's, else one set
+/// by remote control, else the task's) drops the task's future when it
+/// passes; the soft limit signals [`Request::soft_limit`]; `terminate`
+/// drops it too.
 pub(crate) async fn execute(
     task: Arc<dyn Task>,
     request: &Request,
     message: &TaskMessage,
     options: &TaskOptions,
-) -> Result<Value, TaskError> {
+    overrides: Option<TimeLimits>,
+    terminate: &CancellationToken,
+) -> Ran {
     let limits = &message.headers.timelimit;
+    let overrides = overrides.unwrap_or(TimeLimits {
+        soft: options.soft_time_limit,
+        hard: options.time_limit,
+    });
     let hard = limits
         .hard
         .and_then(celeriac::protocol::Seconds::as_duration)
-        .or(options.time_limit);
+        .or(overrides.hard);
     let soft = limits
         .soft
         .and_then(celeriac::protocol::Seconds::as_duration)
-        .or(options.soft_time_limit);
+        .or(overrides.soft);
     let args = Arguments::new(
         &message.headers.task,
         message.body.args.clone(),
@@ -41,20 +60,26 @@ pub(crate) async fn execute(
             signal.signal();
         })
     });
-    let result = match hard {
-        Some(limit) => tokio::time::timeout(limit, future)
-            .await
-            .unwrap_or_else(|_| {
-                Err(TaskError::python(
-                    "celery.exceptions",
-                    "TimeLimitExceeded",
-                    format!("TimeLimitExceeded({})", limit.as_secs_f64()),
-                ))
-            }),
-        None => future.await,
+    let limited = async {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, future)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TaskError::python(
+                        "celery.exceptions",
+                        "TimeLimitExceeded",
+                        format!("TimeLimitExceeded({})", limit.as_secs_f64()),
+                    ))
+                }),
+            None => future.await,
+        }
+    };
+    let ran = tokio::select! {
+        result = limited => Ran::Finished(result),
+        () = terminate.cancelled() => Ran::Terminated,
     };
     if let Some(timer) = soft_timer {
         timer.abort();
     }
-    result
+    ran
 }

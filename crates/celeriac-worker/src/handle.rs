@@ -1,6 +1,7 @@
 //! What happens to one delivery, from its admission to its single outcome:
 //! success, retry, failure (dead-lettered), dead letter for a message that
-//! cannot run, revoked (expired), postponed, or requeued at shutdown. Every
+//! cannot run, revoked (expired, revoked or terminated by remote control),
+//! postponed, or requeued at shutdown. Every
 //! path ends in exactly one settlement of the delivery, and only after its
 //! outcome is durable (result stored, retry or dead letter confirmed).
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
+use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
 use celeriac::{State, Task};
 use serde_json::json;
@@ -17,9 +19,9 @@ use tracing::{debug, info, warn};
 use crate::admission::{Admission, Gate, admit, is_expired};
 use crate::context::Context;
 use crate::divert::{
-    REDELIVERIES_HEADER, count_redelivery, dead_letter, postpone, revoke_expired, unregistered,
+    REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, postpone, revoke, unregistered,
 };
-use crate::execute::execute;
+use crate::execute::{Ran, execute};
 use crate::outcome::finish;
 use crate::settle::{Settle, settle};
 
@@ -54,15 +56,16 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
         Admission::Unregistered(message) => Box::pin(unregistered(ctx, delivery, &message)).await,
         Admission::Expired(message) => {
             let request = ctx.request_for(delivery, &message);
-            Box::pin(revoke_expired(ctx, &request, &message)).await
+            Box::pin(revoke(ctx, &request, &message, Revocation::Expired)).await
         }
         Admission::Postpone(wait) => Box::pin(postpone(ctx, delivery, wait)).await,
     }
 }
 
-/// Runs an admitted task: waits for its ETA and a permit (handing it back
-/// unstarted if the worker shuts down meanwhile), then runs it and settles
-/// by its result.
+/// Runs an admitted task: waits for its ETA, its rate limit and a slot
+/// (handing it back unstarted if the worker shuts down meanwhile, settling
+/// it as revoked if it is revoked meanwhile), then runs it and settles by
+/// its result. While it is held, `inspect` sees it.
 async fn run_admitted(
     ctx: &Context,
     delivery: &Delivery,
@@ -70,23 +73,42 @@ async fn run_admitted(
     task: Arc<dyn Task>,
     wait: Duration,
 ) -> Settle {
+    let message = Arc::new(message);
     let request = ctx.request_for(delivery, &message);
+    if ctx.revoked.contains(&message) {
+        return Box::pin(revoke(ctx, &request, &message, Revocation::Revoked)).await;
+    }
+    let tracked = ctx.tracker.accept(delivery, &message, task.is_blocking());
+    ctx.events.task(|| Event::task_received(&message));
+    let revoked = || Box::pin(revoke(ctx, &request, &message, Revocation::Revoked));
     if !wait.is_zero() {
         debug!(id = %request.id, ?wait, "holding an ETA task until it is due");
+        if let Some(eta) = message.headers.eta {
+            tracked.scheduled(eta);
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = ctx.shutdown.cancelled() => return Settle::Requeue,
+            () = tracked.revoked.cancelled() => return revoked().await,
         }
+        tracked.reserved();
     }
     let permit = tokio::select! {
-        permit = ctx.permits.clone().acquire_owned() => match permit {
+        permit = async {
+            ctx.limits.admit(&message.headers.task).await;
+            ctx.pool.permits().clone().acquire_owned().await
+        } => match permit {
             Ok(permit) => permit,
             Err(_) => return Settle::Requeue,
         },
         () = ctx.shutdown.cancelled() => return Settle::Requeue,
+        () = tracked.revoked.cancelled() => return revoked().await,
     };
     if is_expired(&message, now()) {
-        return Box::pin(revoke_expired(ctx, &request, &message)).await;
+        return Box::pin(revoke(ctx, &request, &message, Revocation::Expired)).await;
+    }
+    if tracked.revoked.is_cancelled() {
+        return revoked().await;
     }
     if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
         // This message was running when a worker died. Should it take this
@@ -100,15 +122,35 @@ async fn run_admitted(
         let _ = delivery.ack_now().await;
     }
     info!(task = %message.headers.task, id = %request.id, retries = request.retries, "task started");
+    tracked.started();
+    ctx.events.task(|| Event::task_started(&request.id));
     if options.track_started.unwrap_or(ctx.config.track_started) && !ctx.ignores_result(&message) {
         let started = json!({"pid": std::process::id(), "hostname": ctx.config.hostname});
         ctx.outbox
             .store_progress(&request, &request.result_meta(State::Started, started))
             .await;
     }
-    let result = execute(task, &request, &message, &options).await;
+    let overrides = ctx.limits.time_limits(&message.headers.task);
+    let ran = execute(
+        task,
+        &request,
+        &message,
+        &options,
+        overrides,
+        &tracked.terminate,
+    )
+    .await;
     drop(permit);
-    let settle = finish(ctx, delivery, &request, &message, &options, result).await;
+    let settle = match ran {
+        Ran::Finished(result) => {
+            let runtime = tracked.runtime();
+            finish(ctx, delivery, &request, &message, &options, result, runtime).await
+        }
+        Ran::Terminated => {
+            warn!(task = %message.headers.task, id = %request.id, "task terminated by remote control");
+            Box::pin(revoke(ctx, &request, &message, Revocation::Terminated)).await
+        }
+    };
     if acks_late {
         settle
     } else {

@@ -29,17 +29,23 @@
 mod admission;
 mod chord;
 pub mod cli;
+mod cli_monitoring;
 mod config;
 mod config_file;
 mod context;
+mod control;
 mod divert;
+mod events;
 mod execute;
 mod handle;
+mod limits;
 mod outbox;
 mod outcome;
+mod revoked;
 mod settle;
 mod stats;
 pub mod testing;
+mod tracker;
 mod worker;
 
 pub use cli::main;

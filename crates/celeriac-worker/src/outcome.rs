@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use celeriac::broker::{DeadLetter, DeadLetterReason, Delivery, delay};
+use celeriac::protocol::event::Event;
+use celeriac::protocol::repr::exception_repr;
 use celeriac::protocol::time::now;
 use celeriac::protocol::{Signature, SignatureKind, TaskMessage};
 use celeriac::{Apply, Request, State, TaskError, TaskErrorKind, TaskOptions};
@@ -13,11 +15,17 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::chord;
+
+/// The Python repr of a task's error, as events show it: `ValueError('boom')`.
+fn exception_repr_of(err: &TaskError) -> String {
+    let info = err.exception_info();
+    exception_repr(&info.exc_type, &info.exc_message)
+}
 use crate::context::Context;
 use crate::divert::{REDELIVERIES_HEADER, dead_letter_with};
 use crate::settle::Settle;
 
-/// Settles a finished run by its result.
+/// Settles a finished run (of `runtime` seconds) by its result.
 pub(crate) async fn finish(
     ctx: &Context,
     delivery: &Delivery,
@@ -25,9 +33,10 @@ pub(crate) async fn finish(
     message: &TaskMessage,
     options: &TaskOptions,
     result: Result<Value, TaskError>,
+    runtime: f64,
 ) -> Settle {
     let err = match result {
-        Ok(value) => return succeed(ctx, request, message, value).await,
+        Ok(value) => return succeed(ctx, request, message, value, runtime).await,
         Err(err) => err,
     };
     match err.kind() {
@@ -36,6 +45,7 @@ pub(crate) async fn finish(
         }
         TaskErrorKind::Reject { requeue: true } => {
             warn!(task = %message.headers.task, id = %request.id, "task rejected its message; requeueing it");
+            ctx.events.task(|| Event::task_rejected(&request.id, true));
             Settle::Reject { requeue: true }
         }
         TaskErrorKind::Reject { requeue: false } => {
@@ -56,7 +66,13 @@ pub(crate) async fn finish(
 /// Success: callbacks and the next chain step are sent, then the result is
 /// stored. If a workflow message cannot be sent for a reason that may pass,
 /// the delivery is requeued rather than losing the rest of the workflow.
-async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value: Value) -> Settle {
+async fn succeed(
+    ctx: &Context,
+    request: &Request,
+    message: &TaskMessage,
+    value: Value,
+    runtime: f64,
+) -> Settle {
     info!(task = %message.headers.task, id = %request.id, "task succeeded");
     let embed = &message.body.embed;
     for callback in embed.callbacks.iter().flatten() {
@@ -97,6 +113,8 @@ async fn succeed(ctx: &Context, request: &Request, message: &TaskMessage, value:
     {
         return Settle::Reject { requeue: true };
     }
+    ctx.events
+        .task(|| Event::task_succeeded(&request.id, &value, runtime));
     ctx.stats.succeeded();
     Settle::Ack
 }
@@ -150,6 +168,10 @@ async fn retry(
         return Settle::Reject { requeue: true };
     }
     info!(task = %message.headers.task, id = %request.id, retry = request.retries + 1, ?delay, "task will be retried");
+    ctx.events.task(|| {
+        let traceback = err.traceback(&message.headers.task);
+        Event::task_retried(&request.id, &exception_repr_of(&err), &traceback)
+    });
     if !ctx.ignores_result(message) {
         let mut meta = request.result_meta(State::Retry, err.exception_info().to_json());
         meta.traceback = Some(err.traceback(&message.headers.task));
@@ -209,6 +231,8 @@ pub(crate) async fn fail(
     warn!(task = %message.headers.task, id = %request.id, error = %err, "task failed");
     let exc = err.exception_info();
     let traceback = err.traceback(&message.headers.task);
+    ctx.events
+        .task(|| Event::task_failed(&request.id, &exception_repr_of(err), Some(&traceback)));
     let mut meta = request.result_meta(State::Failure, exc.to_json());
     meta.traceback = Some(traceback.clone());
     if ctx.outbox.store(request, &meta).await.is_err() {

@@ -16,16 +16,21 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use celeriac::App;
 use celeriac::broker::{ConsumeOptions, Queue};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::context::Context;
+use crate::control;
+use crate::events::Events;
 use crate::handle::handle;
+use crate::limits::{Limits, Pool};
 use crate::outbox::Outbox;
+use crate::revoked::Revoked;
 use crate::{Stats, Summary, WorkerConfig};
 
 /// A worker over an [`App`]'s registered tasks.
@@ -93,26 +98,43 @@ impl Worker {
             .broker()
             .consume_with(
                 ConsumeOptions {
-                    queues: queues.clone(),
+                    queues,
                     prefetch: self.config.prefetch(),
                 },
                 self.config.ack_policy(),
             )
             .await?;
+        let (revoked, clock) =
+            Revoked::open(self.config.statedb.clone()).map_err(WorkerError::Config)?;
+        self.app.clock().adjust(clock);
         let ctx = Arc::new(Context {
-            permits: Arc::new(Semaphore::new(self.config.concurrency)),
+            pool: Pool::new(self.config.concurrency),
             shutdown: CancellationToken::new(),
+            stop: CancellationToken::new(),
             outbox: Outbox::new(self.app.clone(), self.config.result_store_timeout),
             stats: self.stats.clone(),
+            consumer: consumer.handle(),
+            tracker: Arc::default(),
+            revoked,
+            events: Arc::new(Events::new(
+                self.app.clone(),
+                &self.config.hostname,
+                self.config.task_events,
+                self.config.heartbeat,
+            )),
+            limits: Limits::default(),
+            started: Instant::now(),
             app: self.app.clone(),
             config: self.config.clone(),
-            queues,
         });
+        let services = Services::start(&ctx).await?;
         info!(
             hostname = %self.config.hostname,
             queues = ?self.config.queues,
             concurrency = self.config.concurrency,
             prefetch = self.config.prefetch(),
+            task_events = self.config.task_events,
+            remote_control = self.config.remote_control,
             tasks = ?self.app.registry().names().collect::<Vec<_>>(),
             "worker ready"
         );
@@ -122,6 +144,7 @@ impl Worker {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                () = ctx.stop.cancelled() => break,
                 delivery = consumer.next() => match delivery {
                     Some(delivery) => {
                         running.spawn(handle(ctx.clone(), delivery));
@@ -162,8 +185,70 @@ impl Worker {
         }
         consumer.flush_acks().await;
         consumer.stop();
+        services.stop(&ctx).await;
         let summary = self.stats.summary();
         info!(?summary, "worker stopped");
         Ok(summary)
+    }
+}
+
+/// How often the state db is written while it changes.
+const STATEDB_SYNC: Duration = Duration::from_secs(1);
+
+/// What runs beside the task loop: remote control, events and the state
+/// db's writer, stopped after the tasks.
+struct Services {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Services {
+    /// Subscribes to the control queue, mingles, starts the event
+    /// dispatcher and the state db's writer.
+    async fn start(ctx: &Arc<Context>) -> Result<Services, WorkerError> {
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if ctx.config.remote_control {
+            let pidbox = control::subscribe(ctx).await?;
+            if ctx.config.mingle {
+                control::mingle(ctx).await;
+            }
+            tasks.push(tokio::spawn(control::serve(
+                ctx.clone(),
+                pidbox,
+                stop.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(
+            ctx.events.clone().run(ctx.tracker.clone(), stop.clone()),
+        ));
+        if ctx.revoked.persistent() {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(STATEDB_SYNC);
+                while !stop.is_cancelled() {
+                    tokio::select! {
+                        _ = every.tick() => save_statedb(&ctx),
+                        () = stop.cancelled() => {}
+                    }
+                }
+            }));
+        }
+        Ok(Services { stop, tasks })
+    }
+
+    /// Stops them (sending `worker-offline`) and writes the state db.
+    async fn stop(self, ctx: &Context) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        save_statedb(ctx);
+    }
+}
+
+fn save_statedb(ctx: &Context) {
+    if let Err(e) = ctx.revoked.save_if_changed(ctx.app.clock().value()) {
+        warn!(error = %e, "could not save the state db");
     }
 }

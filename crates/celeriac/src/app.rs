@@ -6,6 +6,7 @@ use std::time::Duration;
 use celeriac_broker::{
     Broker, BrokerConfig, Destination, Queue, QueueDefaults, QueueType, RouteOptions, Router,
 };
+use celeriac_protocol::event::LamportClock;
 use celeriac_protocol::time::now;
 use celeriac_protocol::{Compression, RawMessage, Seconds, TaskMessage};
 use serde::de::DeserializeOwned;
@@ -36,6 +37,9 @@ struct Inner {
     task_defaults: TaskOptions,
     compression: Option<Compression>,
     origin: String,
+    /// The Lamport clock control messages and events carry.
+    clock: Arc<LamportClock>,
+    mailbox: crate::control::Mailbox,
 }
 
 impl std::fmt::Debug for App {
@@ -119,6 +123,16 @@ impl App {
     /// (`gen<pid>@<host>`, as Python writes it).
     pub fn origin(&self) -> &str {
         &self.inner.origin
+    }
+
+    /// The app's Lamport clock (§7.5), shared by its control messages and
+    /// events.
+    pub fn clock(&self) -> &Arc<LamportClock> {
+        &self.inner.clock
+    }
+
+    pub(crate) fn mailbox(&self) -> &crate::control::Mailbox {
+        &self.inner.mailbox
     }
 
     /// Closes the broker connection.
@@ -535,8 +549,11 @@ impl AppBuilder {
         let mut task_defaults = self.task_defaults;
         task_defaults.acks_late.get_or_insert(true);
         task_defaults.max_retries.get_or_insert(3);
+        let clock = Arc::new(LamportClock::new());
         Ok(App {
             inner: Arc::new(Inner {
+                mailbox: crate::control::Mailbox::new(broker.clone(), clock.clone()),
+                clock,
                 broker,
                 registry,
                 router,

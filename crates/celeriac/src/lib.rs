@@ -44,6 +44,7 @@ mod app;
 mod arguments;
 mod call;
 mod canvas;
+pub mod control;
 mod error;
 mod panic;
 mod registry;
@@ -70,6 +71,7 @@ pub use celeriac_broker::{
 pub use celeriac_macros::task;
 pub use celeriac_protocol::kombu;
 pub use celeriac_protocol::{ExceptionInfo, HeaderValue, Headers, ResultMeta, Signature, State};
+pub use control::{Control, Reply, ReplyError};
 pub use error::{Error, ResultError, TaskFailure};
 pub use panic::catch_panic;
 pub use registry::Registry;

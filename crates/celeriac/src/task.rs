@@ -51,6 +51,13 @@ pub trait Task: Send + Sync + 'static {
         &[]
     }
 
+    /// Whether the task's body runs on a blocking thread (a plain `fn`
+    /// task): such a task cannot be terminated while it runs, only its
+    /// future dropped; remote control says so.
+    fn is_blocking(&self) -> bool {
+        false
+    }
+
     /// Binds `args`, runs the task and serializes its result.
     ///
     /// CPU-bound or blocking work belongs on `tokio::task::spawn_blocking`
@@ -67,6 +74,9 @@ impl<T: Task + ?Sized> Task for Arc<T> {
     }
     fn parameters(&self) -> &[&'static str] {
         (**self).parameters()
+    }
+    fn is_blocking(&self) -> bool {
+        (**self).is_blocking()
     }
     fn call(&self, request: Request, args: Arguments) -> TaskFuture {
         (**self).call(request, args)
