@@ -55,6 +55,29 @@ impl PythonWorker {
         routes: &serde_json::Value,
         backend: &str,
     ) -> Result<PythonWorker> {
+        let node = format!("{queue}@%h");
+        let quiet = [
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ];
+        PythonWorker::spawn(queue, &node, routes, backend, &quiet)
+    }
+
+    /// A worker named `node` on `queue` that mingles and sends heartbeats
+    /// as a default Celery worker does: for remote control and event tests.
+    pub async fn start_node(queue: &str, node: &str, backend: &str) -> Result<PythonWorker> {
+        let routes = serde_json::json!({});
+        PythonWorker::spawn(queue, node, &routes, backend, &["--without-gossip"])
+    }
+
+    fn spawn(
+        queue: &str,
+        node: &str,
+        routes: &serde_json::Value,
+        backend: &str,
+        flags: &[&str],
+    ) -> Result<PythonWorker> {
         let python = interop_python()?;
         let log = std::env::temp_dir().join(format!("{queue}.log"));
         let log_file = std::fs::File::create(&log)?;
@@ -62,14 +85,8 @@ impl PythonWorker {
             .args([
                 "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-P", "threads", "-c", "8",
             ])
-            .args([
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-                "--loglevel",
-                "INFO",
-            ])
-            .args(["-n", &format!("{queue}@%h")])
+            .args(flags)
+            .args(["--loglevel", "INFO", "-n", node])
             .current_dir(repo_root().join("tests/interop"))
             .env("CELERIAC_TEST_BROKER", broker_url())
             .env("CELERIAC_TEST_ROUTES", routes.to_string())

@@ -9,10 +9,12 @@ pub(crate) fn checks(
     latency: &[LatencyRow],
     memory: Option<&MemoryReport>,
 ) -> Vec<Check> {
+    // A variant by its exact name, else the first whose name starts so.
     let rate = |scenario: &str, prefix: &str| {
-        throughput
-            .iter()
-            .find(|t| t.scenario == scenario && t.variant.starts_with(prefix))
+        let rows = || throughput.iter().filter(|t| t.scenario == scenario);
+        rows()
+            .find(|t| t.variant == prefix)
+            .or_else(|| rows().find(|t| t.variant.starts_with(prefix)))
             .map(|t| t.median_per_s)
     };
     let cpu_of = |scenario: &str, variant: &str| {
@@ -28,6 +30,12 @@ pub(crate) fn checks(
         }
     };
     let worker = rate("drain", "celeriac worker, ack_batch 32");
+    ratio(
+        "worker drain with task events / without",
+        rate("drain", "celeriac worker, ack_batch 32, task events"),
+        worker,
+        0.9,
+    );
     ratio(
         "worker drain / raw multi-ack consume",
         worker,

@@ -84,6 +84,8 @@ pub(crate) struct WorkerShape {
     pub(crate) ack_batch: u16,
     /// The result backend URL results are stored in, if any.
     pub(crate) results: Option<String>,
+    /// Send task events (`-E`).
+    pub(crate) task_events: bool,
 }
 
 /// How long the benchmark's stored results live: long enough to be read,
@@ -104,6 +106,7 @@ impl InProcessWorker {
             queues: vec![queue.to_owned()],
             concurrency: shape.concurrency,
             ack_batch: shape.ack_batch,
+            task_events: shape.task_events,
             hostname: format!("celeriac-bench@{}", std::process::id()),
             ..WorkerConfig::default()
         };

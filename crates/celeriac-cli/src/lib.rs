@@ -6,8 +6,11 @@
 //! - [`dlq`]: dead letters: list, show, requeue and purge them without ever
 //!   losing one;
 //! - `celeriac queues`: ready messages and consumers per queue;
-//! - `celeriac send`: send a task by name.
+//! - `celeriac send`: send a task by name;
+//! - [`remote`]: `celeriac inspect` and `celeriac control`, Celery's remote
+//!   control, answered by Python and Rust workers.
 //!
 //! Install it with `cargo install celeriac-cli`; guide: `docs/operations.md`.
 
 pub mod dlq;
+pub mod remote;

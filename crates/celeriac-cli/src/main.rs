@@ -1,5 +1,6 @@
 //! `celeriac`: operator commands. Dead letters (`dlq list|show|requeue|purge`),
-//! queue counts (`queues`), and sending a task by name (`send`).
+//! queue counts (`queues`), sending a task by name (`send`), and Celery's
+//! remote control (`inspect`, `control`).
 
 use std::io::{BufRead as _, Write as _};
 use std::process::ExitCode;
@@ -7,11 +8,12 @@ use std::time::Duration;
 
 use celeriac::App;
 use celeriac_cli::dlq::{self, Filter};
+use celeriac_cli::remote;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 /// Operate a Celeriac (or Celery) deployment on RabbitMQ: dead letters,
-/// queue counts, sending tasks.
+/// queue counts, sending tasks, inspecting and controlling workers.
 #[derive(Debug, Parser)]
 #[command(name = "celeriac", version, about, long_about = None)]
 struct Args {
@@ -55,6 +57,20 @@ enum Command {
         /// Wait this many seconds for the result (uses rpc://)
         #[arg(long)]
         wait: Option<f64>,
+    },
+    /// Ask workers (Python or Rust) what they are doing, as `celery inspect`
+    Inspect {
+        #[command(subcommand)]
+        command: remote::Inspect,
+        #[command(flatten)]
+        target: remote::Target,
+    },
+    /// Steer workers (Python or Rust), as `celery control`
+    Control {
+        #[command(subcommand)]
+        command: remote::Control,
+        #[command(flatten)]
+        target: remote::Target,
     },
 }
 
@@ -132,6 +148,8 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let app = builder.build().await?;
     let broker = app.broker();
     let code = match args.command {
+        Command::Inspect { command, target } => remote::inspect(&app, &command, &target).await?,
+        Command::Control { command, target } => remote::control(&app, &command, &target).await?,
         Command::Dlq {
             action: Dlq::List { queue, limit },
         } => {

@@ -45,27 +45,29 @@ struct Saved {
 }
 
 impl State {
+    /// Adds `id` (again): it is remembered from `at`; an older entry of
+    /// it in `order` is stale and skipped from then on.
     fn add(&mut self, id: String, at: Instant) {
-        if self.ids.insert(id.clone(), at).is_none() {
-            self.order.push_back((id, at));
-        }
+        self.ids.insert(id.clone(), at);
+        self.order.push_back((id, at));
         self.dirty = true;
         self.purge(Instant::now());
     }
 
-    /// Drops expired ids and, past the limit, the oldest.
+    /// Drops expired ids and, past the limit, the oldest; and stale
+    /// entries of ids revoked again since.
     fn purge(&mut self, now: Instant) {
         while let Some((id, at)) = self.order.front() {
+            let live = self.ids.get(id) == Some(at);
             let expired = now.duration_since(*at) > REVOKE_EXPIRES;
-            if !expired && self.order.len() <= REVOKES_MAX {
+            if live && !expired && self.ids.len() <= REVOKES_MAX {
                 break;
             }
-            // An id revoked again later has a newer entry further back.
-            if self.ids.get(id) == Some(at) {
+            if live {
                 self.ids.remove(id);
+                self.dirty = true;
             }
             self.order.pop_front();
-            self.dirty = true;
         }
     }
 }
@@ -233,9 +235,14 @@ mod tests {
         revoked.state().add("old".into(), expired);
         revoked.add(["a".to_owned(), "b".to_owned()]);
         assert!(revoked.contains(&message("a")));
+        revoked.add(["a".to_owned()]);
         assert!(!revoked.contains(&message("old")), "expired");
         assert!(!revoked.contains(&message("c")));
-        assert_eq!(revoked.ids(), vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(
+            revoked.ids(),
+            vec!["b".to_owned(), "a".to_owned()],
+            "revoked again: listed once, as the newest"
+        );
         let mut state = revoked.state();
         for i in 0..REVOKES_MAX {
             state.add(format!("x{i}"), Instant::now());

@@ -254,14 +254,16 @@ impl Bench {
                 let cpu = measure::own_cpu().saturating_sub(cpu);
                 self.record("drain", &variant, n, took.as_secs_f64(), Some(cpu));
             }
-            for (variant, ack_batch) in [
-                ("celeriac worker, ack_batch 32", 32),
-                ("celeriac worker, ack_batch 1", 1),
+            for (variant, ack_batch, task_events) in [
+                ("celeriac worker, ack_batch 32", 32, false),
+                ("celeriac worker, ack_batch 32, task events", 32, true),
+                ("celeriac worker, ack_batch 1", 1, false),
             ] {
                 let shape = WorkerShape {
                     concurrency: self.concurrency,
                     ack_batch,
                     results: None,
+                    task_events,
                 };
                 let (took, cpu) = self.worker_drain(&queue, shape).await?;
                 self.record("drain", variant, n, took.as_secs_f64(), Some(cpu));
@@ -375,6 +377,7 @@ impl Bench {
             concurrency: self.concurrency,
             ack_batch: 32,
             results: Some(backend.to_owned()),
+            task_events: false,
         };
         let worker = InProcessWorker::start(&self.url, queue, shape).await?;
         Ok((app, worker))

@@ -24,6 +24,7 @@ impl Bench {
                     concurrency: self.concurrency,
                     ack_batch: 32,
                     results,
+                    task_events: false,
                 };
                 let (took, cpu) = self.worker_drain(&queue, shape).await?;
                 self.record("redis drain", variant, n, took.as_secs_f64(), Some(cpu));

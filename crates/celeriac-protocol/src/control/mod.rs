@@ -299,7 +299,11 @@ fn invalid(detail: String) -> DecodeError {
 }
 
 /// A JSON message as kombu publishes control documents and events.
-pub(crate) fn json_message(body: &Value, headers: Headers, delivery_mode: u8) -> RawMessage {
+pub(crate) fn json_message<T: serde::Serialize + ?Sized>(
+    body: &T,
+    headers: Headers,
+    delivery_mode: u8,
+) -> RawMessage {
     RawMessage {
         properties: Properties {
             content_type: Some(content::JSON.into()),
