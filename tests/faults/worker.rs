@@ -11,7 +11,12 @@ use celeriac_tests::worker::RunningWorker;
 use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, rabbitmqctl, unique};
 use celeriac_worker::WorkerConfig;
 
-fn delayed_messages() -> Result<u64> {
+/// Messages waiting in delay level `level` (`celery_delayed_<level>`, where
+/// a delay of 2^level up to 2^(level+1) seconds spends its first 2^level
+/// seconds). One level only: other tests' short delays pass through the low
+/// levels while this runs.
+fn delayed_messages(level: u32) -> Result<u64> {
+    let wanted = format!("celery_delayed_{level}");
     let listing = rabbitmqctl(&[
         "list_queues",
         "-q",
@@ -22,7 +27,7 @@ fn delayed_messages() -> Result<u64> {
     Ok(listing
         .lines()
         .filter_map(|line| line.split_once(char::is_whitespace))
-        .filter(|(name, _)| name.starts_with("celery_delayed_"))
+        .filter(|(name, _)| *name == wanted)
         .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
         .sum())
 }
@@ -39,7 +44,9 @@ async fn a_far_eta_survives_a_short_consumer_timeout() -> Result<()> {
         .build()
         .await?;
     client.broker().declare(&queue).await?;
-    let delayed_before = delayed_messages()?;
+    // Two hours (7,200 s, just under 2^13) wait in level 12 first.
+    let far_level = 12;
+    let delayed_before = delayed_messages(far_level)?;
 
     // Control: a delivery held unacked past the timeout loses its channel,
     // which is what kills Celery workers holding long ETAs.
@@ -94,7 +101,7 @@ async fn a_far_eta_survives_a_short_consumer_timeout() -> Result<()> {
     ensure!(sum == 42, "the worker stopped working");
     ensure!(!far.ready().await?, "the 2-hour ETA task ran early");
     ensure!(
-        delayed_messages()? == delayed_before + 1,
+        delayed_messages(far_level)? == delayed_before + 1,
         "the far ETA is not waiting in the delay queues"
     );
     let summary = worker.stop().await?;

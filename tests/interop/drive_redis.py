@@ -5,8 +5,8 @@ Usage::
 
     drive_redis.py <broker-url> <redis-url> <RQ> <PQ>
 
-A Rust worker must consume queue ``RQ`` with the ``demo.*`` tasks and
-``--result-backend <redis-url>``, and a Python Celery worker running
+A Rust worker named ``celeriac@RQ`` must consume queue ``RQ`` with the
+``demo.*`` tasks and ``--result-backend <redis-url>``, and a Python Celery worker running
 ``tasks.py`` (this directory) must consume ``PQ`` with the same backend.
 This process is a plain Celery application configured the usual way
 (``backend='redis://...'``): nothing in it knows the worker is Rust.
@@ -102,7 +102,7 @@ def extended_fields(ctx):
     expect(fresh.name == 'demo.add', f'name {fresh.name!r}')
     expect(list(fresh.args) == [4, 5], f'args {fresh.args!r}')
     expect(fresh.kwargs == {}, f'kwargs {fresh.kwargs!r}')
-    expect((fresh.worker or '').startswith('celeriac@'), f'worker {fresh.worker!r}')
+    expect(fresh.worker == f'celeriac@{ctx.rq}', f'worker {fresh.worker!r}')
     expect(fresh.queue == ctx.rq, f'queue {fresh.queue!r}')
     expect(fresh.retries == 0, f'retries {fresh.retries!r}')
     expect(fresh.date_done is not None, 'no date_done')
@@ -151,7 +151,7 @@ def started(ctx):
     while time.monotonic() < deadline and r.state == states.PENDING:
         time.sleep(0.02)
     expect(r.state == states.STARTED, f'state {r.state} while running (--track-started)')
-    expect(r.info.get('hostname', '').startswith('celeriac@'), f'STARTED info {r.info!r}')
+    expect(r.info.get('hostname') == f'celeriac@{ctx.rq}', f'STARTED info {r.info!r}')
     r.get(timeout=TIMEOUT)
 
 

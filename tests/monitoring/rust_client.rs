@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use celeriac::ReplyError;
 use celeriac::protocol::control::ControlOutcome;
-use celeriac_tests::worker::demo_worker_with;
+use celeriac_tests::worker::{demo_worker, demo_worker_with};
 use celeriac_tests::{PythonWorker, delete_queue, require_redis, unique};
 
 use super::{client, node, wait_for_node};
@@ -111,5 +111,38 @@ async fn typed_replies_from_python_and_rust_workers() -> Result<()> {
     );
     delete_queue(&rust_queue);
     delete_queue(&python_queue);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_with_the_same_name_runs_tasks_but_not_remote_control() -> Result<()> {
+    let twin = node("twin");
+    let (first_queue, second_queue) = (unique("twin-1"), unique("twin-2"));
+    let _first = demo_worker(&first_queue, &["-n", &twin])?;
+    let app = client("rpc://").await?;
+    wait_for_node(&app, &twin).await?;
+    let _second = demo_worker(&second_queue, &["-n", &twin])?;
+    let sum: i64 = app
+        .send_task("demo.add")
+        .args((1, 2))
+        .queue(second_queue.clone())
+        .apply()
+        .await?
+        .get_as(Duration::from_secs(30))
+        .await?;
+    ensure!(sum == 3, "the second worker runs its tasks");
+    let pongs = app
+        .control()
+        .to([twin.as_str()])
+        .timeout(Duration::from_secs(2))
+        .ping()
+        .await?;
+    ensure!(
+        pongs.len() == 1,
+        "one control queue per node name: {pongs:?}"
+    );
+    app.control().to([twin.as_str()]).shutdown().await?;
+    delete_queue(&first_queue);
+    delete_queue(&second_queue);
     Ok(())
 }

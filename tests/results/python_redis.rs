@@ -41,11 +41,13 @@ async fn a_python_app_with_a_redis_backend_uses_rust_workers_unchanged() -> Resu
         queues: vec![rust_queue.clone()],
         concurrency: 8,
         track_started: true,
+        // The driver checks that results name this worker.
+        hostname: format!("celeriac@{rust_queue}"),
         ..WorkerConfig::default()
     };
-    let worker = RunningWorker::run(app, config);
+    let mut worker = RunningWorker::run(app, config);
 
-    let output = tokio::process::Command::new(interop_python()?)
+    let driver = tokio::process::Command::new(interop_python()?)
         .arg(repo_root().join("tests/interop/drive_redis.py"))
         .args([
             broker_url(),
@@ -53,8 +55,11 @@ async fn a_python_app_with_a_redis_backend_uses_rust_workers_unchanged() -> Resu
             rust_queue.clone(),
             python_queue.clone(),
         ])
-        .output()
-        .await
+        .kill_on_drop(true)
+        .output();
+    let output = worker
+        .while_running(driver)
+        .await?
         .context("running the Python driver")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));

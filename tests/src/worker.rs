@@ -54,6 +54,7 @@ impl RunningWorker {
             queues: vec![queue.name.clone()],
             concurrency: 4,
             hostname: format!("test@{}", queue.name),
+            mingle: false,
             ..WorkerConfig::default()
         };
         configure(&mut config);
@@ -61,8 +62,14 @@ impl RunningWorker {
     }
 
     /// Runs a worker over `app` with `config`; the app is closed when the
-    /// worker stops.
-    pub fn run(app: App, config: WorkerConfig) -> RunningWorker {
+    /// worker stops. A config that keeps the default node name gets one of
+    /// its own (`test@<first queue>`), so workers of tests running at once
+    /// each hold their own control queue.
+    pub fn run(app: App, mut config: WorkerConfig) -> RunningWorker {
+        if config.hostname == WorkerConfig::default().hostname {
+            let queue = config.queues.first().map_or("celery", String::as_str);
+            config.hostname = format!("test@{queue}");
+        }
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let worker = Worker::new(app.clone(), config);
@@ -72,6 +79,20 @@ impl RunningWorker {
             summary
         });
         RunningWorker { stop, handle }
+    }
+
+    /// Awaits `work` (a driver talking to this worker) unless the worker
+    /// stops first: then `work` is dropped and the worker's own error is
+    /// returned, instead of every scenario of the driver timing out one
+    /// after another.
+    pub async fn while_running<T>(&mut self, work: impl Future<Output = T>) -> Result<T> {
+        tokio::select! {
+            output = work => Ok(output),
+            ended = &mut self.handle => match ended? {
+                Ok(summary) => bail!("the worker stopped before the test was done: {summary:?}"),
+                Err(e) => Err(anyhow::Error::new(e).context("the worker stopped with an error")),
+            },
+        }
     }
 
     /// Stops the worker gracefully and returns what it did.

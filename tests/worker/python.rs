@@ -29,13 +29,16 @@ async fn a_python_app_uses_rust_tasks_like_its_own() -> Result<()> {
         concurrency: 8,
         ..WorkerConfig::default()
     };
-    let worker = RunningWorker::run(app, config);
+    let mut worker = RunningWorker::run(app, config);
 
-    let output = tokio::process::Command::new(interop_python()?)
+    let driver = tokio::process::Command::new(interop_python()?)
         .arg(repo_root().join("tests/interop/drive_rust_worker.py"))
         .args([broker_url(), rust_queue.clone(), python_queue.clone()])
-        .output()
-        .await
+        .kill_on_drop(true)
+        .output();
+    let output = worker
+        .while_running(driver)
+        .await?
         .context("running the Python driver")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));

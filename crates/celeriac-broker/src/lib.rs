@@ -22,8 +22,9 @@
 //!   correctly (wire reference §1.6.5).
 //!
 //! Every queue and exchange Celeriac declares is declared here: task queues,
-//! dead-letter queues, the delay topology, locks and `rpc://` reply queues
-//! ([`Queue::rpc_reply`]). No lapin type appears in this crate's public API
+//! dead-letter queues, the delay topology, locks, `rpc://` reply queues
+//! ([`Queue::rpc_reply`]), and the remote-control and event topology
+//! ([`control`]). No lapin type appears in this crate's public API
 //! (a workspace clippy rule keeps lapin out of every other crate).
 //!
 //! ```no_run

@@ -84,6 +84,9 @@ async fn tour(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>
     let stop = CancellationToken::new();
     let config = WorkerConfig {
         queues: vec![queue.clone()],
+        // Its own node name, so a `celeriac-demo worker` running beside it
+        // keeps answering remote control under the default one.
+        hostname: celeriac_worker::expand_hostname(&format!("canvas-{}@%h", std::process::id())),
         concurrency: 8,
         ..WorkerConfig::default()
     };

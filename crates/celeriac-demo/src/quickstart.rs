@@ -86,6 +86,12 @@ async fn quickstart(
     let stop = CancellationToken::new();
     let config = WorkerConfig {
         queues: vec![queue.clone()],
+        // Its own node name, so a `celeriac-demo worker` running beside it
+        // keeps answering remote control under the default one.
+        hostname: celeriac_worker::expand_hostname(&format!(
+            "quickstart-{}@%h",
+            std::process::id()
+        )),
         concurrency: 4,
         ..WorkerConfig::default()
     };

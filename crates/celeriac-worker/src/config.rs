@@ -106,8 +106,14 @@ impl WorkerConfig {
     }
 }
 
-/// Expands Celery's `%h` (host name) and `%n` (short host name) in a node name.
-pub(crate) fn expand_hostname(name: &str) -> String {
+/// Expands Celery's `%h` (host name) and `%n` (short host name) in a node
+/// name, as `-n` does.
+///
+/// ```
+/// let node = celeriac_worker::expand_hostname("reports@%h");
+/// assert!(node.starts_with("reports@") && !node.contains('%'));
+/// ```
+pub fn expand_hostname(name: &str) -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let short = host.split('.').next().unwrap_or(&host).to_owned();
     name.replace("%h", &host).replace("%n", &short)

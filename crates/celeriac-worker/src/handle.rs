@@ -14,6 +14,7 @@ use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
 use celeriac::{State, Task};
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Gate, admit, is_expired};
@@ -24,6 +25,7 @@ use crate::divert::{
 use crate::execute::{Ran, execute};
 use crate::outcome::finish;
 use crate::settle::{Settle, settle};
+use crate::tracker::Tracked;
 
 /// Handles one delivery to the end and settles it.
 pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery) {
@@ -62,10 +64,9 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     }
 }
 
-/// Runs an admitted task: waits for its ETA, its rate limit and a slot
-/// (handing it back unstarted if the worker shuts down meanwhile, settling
-/// it as revoked if it is revoked meanwhile), then runs it and settles by
-/// its result. While it is held, `inspect` sees it.
+/// Runs an admitted task: waits for its turn (its ETA, its rate limit and
+/// a slot), then runs it and settles by its result. While it is held,
+/// `inspect` sees it.
 async fn run_admitted(
     ctx: &Context,
     delivery: &Delivery,
@@ -80,36 +81,16 @@ async fn run_admitted(
     }
     let tracked = ctx.tracker.accept(delivery, &message, task.is_blocking());
     ctx.events.task(|| Event::task_received(&message));
-    let revoked = || Box::pin(revoke(ctx, &request, &message, Revocation::Revoked));
-    if !wait.is_zero() {
-        debug!(id = %request.id, ?wait, "holding an ETA task until it is due");
-        if let Some(eta) = message.headers.eta {
-            tracked.scheduled(eta);
+    let permit = match wait_turn(ctx, &message, &tracked, wait).await {
+        Ok(permit) => permit,
+        Err(Turn::Shutdown) => return Settle::Requeue,
+        Err(Turn::Revoked) => {
+            return Box::pin(revoke(ctx, &request, &message, Revocation::Revoked)).await;
         }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = ctx.shutdown.cancelled() => return Settle::Requeue,
-            () = tracked.revoked.cancelled() => return revoked().await,
+        Err(Turn::Expired) => {
+            return Box::pin(revoke(ctx, &request, &message, Revocation::Expired)).await;
         }
-        tracked.reserved();
-    }
-    let permit = tokio::select! {
-        permit = async {
-            ctx.limits.admit(&message.headers.task).await;
-            ctx.pool.permits().clone().acquire_owned().await
-        } => match permit {
-            Ok(permit) => permit,
-            Err(_) => return Settle::Requeue,
-        },
-        () = ctx.shutdown.cancelled() => return Settle::Requeue,
-        () = tracked.revoked.cancelled() => return revoked().await,
     };
-    if is_expired(&message, now()) {
-        return Box::pin(revoke(ctx, &request, &message, Revocation::Expired)).await;
-    }
-    if tracked.revoked.is_cancelled() {
-        return revoked().await;
-    }
     if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
         // This message was running when a worker died. Should it take this
         // one down too, finished tasks must not go with it.
@@ -156,4 +137,51 @@ async fn run_admitted(
     } else {
         Settle::AckedEarly
     }
+}
+
+/// Why a held task will not run now.
+enum Turn {
+    /// The worker is shutting down: hand it back unstarted.
+    Shutdown,
+    /// It was revoked while it waited.
+    Revoked,
+    /// Its `expires` passed while it waited.
+    Expired,
+}
+
+/// Waits for the task's ETA (`wait`), its rate limit and a slot; the slot,
+/// or why it must not run.
+async fn wait_turn(
+    ctx: &Context,
+    message: &TaskMessage,
+    tracked: &Tracked<'_>,
+    wait: Duration,
+) -> Result<OwnedSemaphorePermit, Turn> {
+    if !wait.is_zero() {
+        debug!(id = %message.headers.id, ?wait, "holding an ETA task until it is due");
+        if let Some(eta) = message.headers.eta {
+            tracked.scheduled(eta);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
+            () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
+        }
+        tracked.reserved();
+    }
+    let permit = tokio::select! {
+        permit = async {
+            ctx.limits.admit(&message.headers.task).await;
+            ctx.pool.permits().clone().acquire_owned().await
+        } => permit.map_err(|_| Turn::Shutdown)?,
+        () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
+        () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
+    };
+    if is_expired(message, now()) {
+        return Err(Turn::Expired);
+    }
+    if tracked.revoked.is_cancelled() {
+        return Err(Turn::Revoked);
+    }
+    Ok(permit)
 }

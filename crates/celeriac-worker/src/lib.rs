@@ -14,7 +14,10 @@
 //!   Celery's delay topology instead of tripping RabbitMQ's
 //!   `consumer_timeout`;
 //! - **time limits** (soft: signalled; hard: the future is dropped) and
-//!   **graceful shutdown**.
+//!   **graceful shutdown**;
+//! - **remote control and events**: `celery inspect`, `celery control` and
+//!   Flower see and steer it as a Python worker (revocation, rate and time
+//!   limits, consumers, pool size, shutdown; worker and task events).
 //!
 //! As a program: `celeriac_worker::main(App::builder().task(...))` gives any
 //! binary the standard CLI (see [`cli::Args`]). Inside a program that does
@@ -49,7 +52,7 @@ mod tracker;
 mod worker;
 
 pub use cli::main;
-pub use config::WorkerConfig;
+pub use config::{WorkerConfig, expand_hostname};
 pub use config_file::{ConfigFile, QueueSpec, RouteSpec, RouteTable};
 pub use divert::REDELIVERIES_HEADER;
 pub use stats::{Stats, Summary};

@@ -47,13 +47,18 @@ impl TestWorker {
     pub async fn start(builder: AppBuilder) -> Result<TestWorker, WorkerError> {
         let config = WorkerConfig {
             concurrency: 4,
+            // A test worker starts at once: no second spent asking peers
+            // for revoked ids.
+            mingle: false,
             ..WorkerConfig::default()
         };
         TestWorker::start_with(builder, config).await
     }
 
     /// Like [`start`](Self::start) with worker settings of your own (its
-    /// `queues` are replaced by the fresh queue).
+    /// `queues` are replaced by the fresh queue, and the default node name
+    /// by one of its own, so test workers running at once each answer
+    /// remote control).
     pub async fn start_with(
         builder: AppBuilder,
         config: WorkerConfig,
@@ -64,8 +69,14 @@ impl TestWorker {
             builder = builder.broker_url(url);
         }
         let app = builder.build().await?;
+        let hostname = if config.hostname == WorkerConfig::default().hostname {
+            format!("test@{queue}")
+        } else {
+            config.hostname.clone()
+        };
         let config = WorkerConfig {
             queues: vec![queue.clone()],
+            hostname,
             ..config
         };
         let stop = CancellationToken::new();

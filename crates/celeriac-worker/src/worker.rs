@@ -208,8 +208,9 @@ impl Services {
     async fn start(ctx: &Arc<Context>) -> Result<Services, WorkerError> {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
-        if ctx.config.remote_control {
-            let pidbox = control::subscribe(ctx).await?;
+        if ctx.config.remote_control
+            && let Some(pidbox) = control::subscribe(ctx).await?
+        {
             if ctx.config.mingle {
                 control::mingle(ctx).await;
             }

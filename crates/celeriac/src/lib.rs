@@ -33,7 +33,10 @@
 //!   prefer: see [`Task`]), and `my_task::new(...)` into a typed [`TaskCall`].
 //! - [`App`] holds the broker connection, the [`Registry`], routes and the
 //!   result backend.
-//! - [`AsyncResult`] reads results through the `rpc://` backend.
+//! - [`AsyncResult`] reads results (Redis or `rpc://`); [`chain`],
+//!   [`group`] and [`chord`] build workflows.
+//! - [`App::control`] is remote control: Celery's inspect and control
+//!   commands, answered by Python and Rust workers.
 //! - [`testing::apply`] runs a task eagerly, through the real argument and
 //!   result serialization, for unit tests without a broker.
 //!

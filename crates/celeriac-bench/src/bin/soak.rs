@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac_broker::{Broker, BrokerConfig, ConsumeOptions, Exchange, Queue, QueueArguments};
@@ -49,7 +49,11 @@ fn worker_binary() -> std::path::PathBuf {
     exe.with_file_name("celeriac-demo")
 }
 
+/// Numbers the worker processes, so each has its own node name.
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(1);
+
 fn start_worker(args: &Args, queue: &str) -> Child {
+    let number = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
     Command::new(worker_binary())
         .args([
             "worker",
@@ -61,6 +65,7 @@ fn start_worker(args: &Args, queue: &str) -> Child {
             queue,
         ])
         .args(["-c", &args.concurrency.to_string(), "--loglevel", "error"])
+        .args(["-n", &format!("soak{number}-{}@%h", std::process::id())])
         .stdin(Stdio::null())
         .spawn()
         .expect("build the worker first: cargo build --release -p celeriac-demo")

@@ -11,25 +11,41 @@ mod mingle;
 use std::sync::Arc;
 
 use celeriac::broker::control::reply_exchange;
-use celeriac::broker::{BrokerError, ConsumeOptions, Consumer, Exchange, ExchangeKind, Queue};
+use celeriac::broker::{ConsumeOptions, Consumer, Exchange, ExchangeKind, Queue, ReplyCode};
 use celeriac::protocol::DecodeOptions;
 use celeriac::protocol::control::{ControlOutcome, ControlReply, ControlRequest};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub(crate) use mingle::mingle;
 
+use crate::WorkerError;
 use crate::context::Context;
 
 /// Subscribes to this worker's pidbox queue (before the worker says it is
-/// ready, so the first broadcast after that reaches it).
-pub(crate) async fn subscribe(ctx: &Context) -> Result<Consumer, BrokerError> {
+/// ready, so the first broadcast after that reaches it). `None` if another
+/// worker with the same node name holds the queue: this one then runs its
+/// tasks without answering remote control, and says so loudly.
+pub(crate) async fn subscribe(ctx: &Context) -> Result<Option<Consumer>, WorkerError> {
+    let node = &ctx.config.hostname;
     let options = ConsumeOptions {
-        queues: vec![Queue::control(&ctx.config.hostname)],
+        queues: vec![Queue::control(node)],
         prefetch: 100,
     };
-    ctx.app.broker().consume(options).await
+    match ctx.app.broker().consume(options).await {
+        Ok(consumer) => Ok(Some(consumer)),
+        Err(e) if e.reply_code() == Some(ReplyCode::ResourceLocked) => {
+            error!(
+                node = %node,
+                "another worker is running with this node name (it holds the control queue \
+                 {node}.celery.pidbox): this worker runs tasks but will not answer inspect or \
+                 control commands; give each worker its own name with -n/--hostname"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Answers control requests until `stop`.

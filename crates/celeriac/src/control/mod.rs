@@ -9,7 +9,7 @@
 //! for reply in control.ping().await? {
 //!     println!("{}: {:?}", reply.node, reply.value);
 //! }
-//! control.to(["celeriac@w1"]).rate_limit("images.resize", "10/m").await?;
+//! control.clone().to(["celeriac@w1"]).rate_limit("images.resize", "10/m").await?;
 //! control.revoke(&["d9c1f0c2-…"], false).await?;
 //! # Ok(()) }
 //! ```
