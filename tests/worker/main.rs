@@ -1,11 +1,13 @@
 //! The worker against the real RabbitMQ: every outcome of a task, messages
-//! that cannot run, time limits, ETAs, priorities, graceful shutdown,
-//! configuration, the embedded worker and test harness, dead letters through
-//! the admin library, and a Python app using Rust tasks.
+//! that cannot run, time limits, ETAs (and bursts of them that must not
+//! stall other tasks), priorities, graceful shutdown, configuration, the
+//! embedded worker and test harness, dead letters through the admin
+//! library, and a Python app using Rust tasks.
 
 mod config;
 mod dlq;
 mod embedded;
+mod eta_burst;
 mod outcomes;
 mod python;
 mod shutdown;

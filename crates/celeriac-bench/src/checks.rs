@@ -1,13 +1,15 @@
 //! The targets, as ratios between rows of one run.
 
+use crate::measure::median;
 use crate::memory::MemoryReport;
-use crate::report::{Check, LatencyRow, Throughput};
+use crate::report::{Check, EtaRow, LatencyRow, Throughput};
 
 /// The targets, as ratios between rows of this run.
 pub(crate) fn checks(
     throughput: &[Throughput],
     latency: &[LatencyRow],
     memory: Option<&MemoryReport>,
+    eta: &[EtaRow],
 ) -> Vec<Check> {
     // A variant by its exact name, else the first whose name starts so.
     let rate = |scenario: &str, prefix: &str| {
@@ -125,6 +127,33 @@ pub(crate) fn checks(
             "worker RSS growth across the tasks (last / first)",
             memory.growth(),
             1.1,
+            "×",
+        ));
+    }
+    for row in eta {
+        let worst = |samples: &[f64]| samples.iter().copied().fold(0.0, f64::max);
+        checks.push(Check::at_most(
+            &format!(
+                "ordinary tasks behind {} countdown tasks: send → done, worst round",
+                row.burst
+            ),
+            worst(&row.ordinary_done_s),
+            1.0,
+            "s",
+        ));
+        checks.push(Check::at_most(
+            &format!(
+                "the last of {} countdown tasks: done after due, worst round",
+                row.burst
+            ),
+            worst(&row.last_late_s),
+            1.0,
+            "s",
+        ));
+        checks.push(Check::at_least(
+            &format!("{} countdown tasks cleared / raw publish", row.burst),
+            median(&row.cleared_per_s) / median(&row.raw_publish_per_s),
+            0.5,
             "×",
         ));
     }

@@ -23,6 +23,8 @@ pub(crate) enum Scenario {
     /// Results stored in Redis: drain and round trips, beside ignoring
     /// results, `rpc://`, and Python Celery with the same Redis.
     Redis,
+    /// A burst of countdown tasks with ordinary tasks behind it.
+    Eta,
 }
 
 /// How much work each measurement does.
@@ -48,6 +50,8 @@ pub(crate) struct Sizes {
     pub(crate) beat_entries: usize,
     /// Sends the beat scenario measures.
     pub(crate) beat_sends: u64,
+    /// Countdown tasks in each burst of the ETA scenario.
+    pub(crate) eta_bursts: &'static [u64],
 }
 
 impl Sizes {
@@ -65,6 +69,7 @@ impl Sizes {
                 memory_total: 20_000,
                 beat_entries: 50,
                 beat_sends: 100,
+                eta_bursts: &[500],
             }
         } else {
             Sizes {
@@ -78,6 +83,7 @@ impl Sizes {
                 memory_total: 1_000_000,
                 beat_entries: 100,
                 beat_sends: 1_000,
+                eta_bursts: &[2_000, 100_000],
             }
         };
         Sizes {

@@ -24,6 +24,7 @@ pub(crate) struct Results {
     pub(crate) latency: Vec<LatencyRow>,
     pub(crate) memory: Option<MemoryReport>,
     pub(crate) beat: Vec<BeatRow>,
+    pub(crate) eta: Vec<EtaRow>,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -79,6 +80,42 @@ pub(crate) struct BeatRow {
     pub(crate) sends: u64,
     /// From each send's due time to its delivery to a consumer.
     pub(crate) due_to_delivered_ms: Percentiles,
+}
+
+/// One burst size of the ETA scenario, over all rounds.
+#[derive(Debug, Serialize)]
+pub(crate) struct EtaRow {
+    /// Countdown tasks in the burst.
+    pub(crate) burst: u64,
+    /// Their countdown.
+    pub(crate) due_in_s: f64,
+    /// From sending the ordinary tasks behind the burst to all of them done.
+    pub(crate) ordinary_done_s: Vec<f64>,
+    /// The burst's size over the time from its first send until the
+    /// ordinary tasks behind it were done (sent, moved out, run).
+    pub(crate) cleared_per_s: Vec<f64>,
+    /// Raw lapin publishing as many messages with confirms, 1000 in flight.
+    pub(crate) raw_publish_per_s: Vec<f64>,
+    /// From the burst's due time (one instant for all) until all had run.
+    pub(crate) last_late_s: Vec<f64>,
+    /// The benchmark process's RSS (producer and worker) while the burst
+    /// waited in the delay queues, highest of the rounds.
+    pub(crate) rss_waiting_kib: u64,
+}
+
+impl EtaRow {
+    /// An empty row for a burst of `burst` tasks due in `due_in`.
+    pub(crate) fn new(burst: u64, due_in: std::time::Duration) -> EtaRow {
+        EtaRow {
+            burst,
+            due_in_s: due_in.as_secs_f64(),
+            ordinary_done_s: Vec::new(),
+            cleared_per_s: Vec::new(),
+            raw_publish_per_s: Vec::new(),
+            last_late_s: Vec::new(),
+            rss_waiting_kib: 0,
+        }
+    }
 }
 
 /// p50, p99 and max of a sample.
@@ -199,6 +236,33 @@ pub(crate) fn table(results: &Results) -> String {
                 out,
                 "| {} | {} | {:.2} / {:.2} / {:.2} |",
                 row.variant, row.sends, p.p50, p.p99, p.max
+            );
+        }
+    }
+    if !results.eta.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n| countdown burst | due in (s) | ordinary behind it: send → done (s) | burst cleared / s | raw publish / s | all done after due (s) | RSS waiting (MiB) |"
+        );
+        let _ = writeln!(out, "|---:|---:|---|---:|---:|---|---:|");
+        for row in &results.eta {
+            let rounds = |samples: &[f64]| {
+                samples
+                    .iter()
+                    .map(|s| format!("{s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {} | {:.0} | {:.0} | {} | {:.1} |",
+                row.burst,
+                row.due_in_s,
+                rounds(&row.ordinary_done_s),
+                median(&row.cleared_per_s),
+                median(&row.raw_publish_per_s),
+                rounds(&row.last_late_s),
+                row.rss_waiting_kib as f64 / 1024.0
             );
         }
     }

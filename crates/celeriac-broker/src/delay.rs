@@ -13,6 +13,14 @@
 //! message into its queue when its bit is 1, or straight to the next level
 //! when it is 0, so it waits exactly its delay.
 //!
+//! Celeriac publishes to the exchange of the delay's highest set bit
+//! instead ([`entry_exchange`]): the levels above it would only pass the
+//! message down, and each of those topic-exchange hops costs the broker. On
+//! RabbitMQ 3.10 here, 2,000 concurrent confirmed publishes of a 3 s delay
+//! ran at about 400/s through `celery_delayed_27` and 6,000/s through
+//! `celery_delayed_1`. The message, its routing key and where it waits are
+//! the same either way.
+//!
 //! Celery binds *topic* application exchanges to `celery_delayed_delivery`;
 //! Celeriac's default queues are direct (as Python's are), so each queue a
 //! delayed message returns to is bound with `#.<queue>` the first time.
@@ -72,6 +80,22 @@ pub fn routing_key(delay: Duration, destination: &str) -> String {
     key
 }
 
+/// The exchange a message delayed by `delay` enters the topology through:
+/// the level of its highest set bit (level 0 for less than 2 s).
+///
+/// ```
+/// use std::time::Duration;
+/// use celeriac_broker::delay::entry_exchange;
+/// assert_eq!(entry_exchange(Duration::from_secs(10)), "celery_delayed_3");
+/// assert_eq!(entry_exchange(Duration::from_secs(1)), "celery_delayed_0");
+/// assert_eq!(entry_exchange(Duration::ZERO), "celery_delayed_0");
+/// assert_eq!(entry_exchange(Duration::from_secs(u64::MAX)), "celery_delayed_27");
+/// ```
+pub fn entry_exchange(delay: Duration) -> String {
+    let seconds = delay.as_secs().min((1 << LEVELS) - 1);
+    level_name(seconds.checked_ilog2().unwrap_or(0))
+}
+
 /// Removes a delay prefix (28 binary words) from a routing key, so retries
 /// of a delayed message route to the plain destination (§9 item 9).
 pub fn strip_prefix(routing_key: &str) -> &str {
@@ -123,6 +147,17 @@ impl Broker {
         delay: Duration,
         message: &RawMessage,
     ) -> Result<(), BrokerError> {
+        self.prepare_delayed_delivery(queue).await?;
+        self.publish(&entry_exchange(delay), &routing_key(delay, queue), message)
+            .await
+    }
+
+    /// Declares the delay topology (once per handle) and binds `queue` to
+    /// it, as the first [`publish_delayed`](Self::publish_delayed) to
+    /// `queue` would. Declaring the 28 levels takes the broker about a
+    /// second; a worker calls this in the background as it starts, so the
+    /// first burst of ETA tasks does not wait for it.
+    pub async fn prepare_delayed_delivery(&self, queue: &str) -> Result<(), BrokerError> {
         self.shared
             .delay_declared
             .get_or_try_init(|| self.declare_delay_topology())
@@ -132,8 +167,7 @@ impl Broker {
                 .await?;
             self.mark_delay_bound(queue);
         }
-        self.publish(&level_name(LEVELS - 1), &routing_key(delay, queue), message)
-            .await
+        Ok(())
     }
 
     async fn declare_delay_topology(&self) -> Result<(), BrokerError> {

@@ -43,6 +43,20 @@ pub async fn flaky(request: Request, failures: u32) -> TaskResult<String> {
     Ok(format!("succeeded after {} retries", request.retries))
 }
 
+/// `demo.retry_once(seconds)`: asks to be retried once, `seconds` later (a
+/// backoff), then returns when it ran (Unix seconds).
+#[task(name = "demo.retry_once", bind = true, max_retries = 1)]
+pub async fn retry_once(request: Request, seconds: f64) -> TaskResult<f64> {
+    if request.retries == 0 {
+        let cause = TaskError::python("builtins", "ConnectionError", "first attempt fails");
+        return Err(request
+            .retry()
+            .countdown(Duration::from_secs_f64(seconds.max(0.0)))
+            .because(cause));
+    }
+    Ok(chrono::Utc::now().timestamp_micros() as f64 / 1e6)
+}
+
 /// `demo.echo(value)`: returns any JSON value unchanged (kombu envelopes
 /// included).
 #[task(name = "demo.echo")]
@@ -103,6 +117,7 @@ pub fn register(app: AppBuilder) -> AppBuilder {
         .task(sleep)
         .task(fail)
         .task(flaky)
+        .task(retry_once)
         .task(echo)
         .task(cpu)
         .task(now)

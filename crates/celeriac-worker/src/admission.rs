@@ -1,8 +1,9 @@
 //! The checks a delivery passes before its task may run, in Celery's order
-//! (§3.2): decode, redelivery count, registry, expiry, ETA. Pure: given the
-//! message, what the worker knows and the clock, [`admit`] says what to do;
-//! the handler does it. The concurrency permit is taken afterwards, so a
-//! delivery waiting for its ETA holds none.
+//! (§3.2): decode, redelivery count, registry, expiry, ETA. Given the
+//! message, what the worker knows and the clock, [`admit`] says what to do
+//! (taking a hold slot for an ETA task it keeps); the handler does it. The
+//! concurrency permit is taken afterwards, so a delivery waiting for its
+//! ETA holds none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,10 @@ use celeriac::protocol::{DecodeOptions, RawMessage, TaskMessage};
 use celeriac::{Registry, Task};
 use chrono::{DateTime, FixedOffset};
 
+use crate::eta_holds::{DELAY_RESOLUTION, EtaHold, EtaHolds};
+
 /// What to do with a delivery before anything runs.
-pub(crate) enum Admission {
+pub(crate) enum Admission<'a> {
     /// It is not a task message we can read: dead-letter it.
     Undecodable {
         /// Why, as a dead-letter reason.
@@ -28,8 +31,9 @@ pub(crate) enum Admission {
     Unregistered(TaskMessage),
     /// It expired before it could start.
     Expired(TaskMessage),
-    /// It is due further out than the ETA horizon: move it to the delay
-    /// topology for this long rather than hold it unacked.
+    /// It is due further out than the ETA horizon, or every hold slot is
+    /// taken: move it to the delay topology for this long rather than hold
+    /// it unacked.
     Postpone(Duration),
     /// Run it once `wait` has passed (zero: at once).
     Run {
@@ -39,6 +43,8 @@ pub(crate) enum Admission {
         task: Arc<dyn Task>,
         /// How long until its ETA.
         wait: Duration,
+        /// The hold slot it waits in (none if due within a second).
+        hold: Option<EtaHold<'a>>,
     },
 }
 
@@ -48,12 +54,14 @@ pub(crate) struct Gate<'a> {
     pub(crate) registry: &'a Registry,
     /// ETAs further out than this are postponed.
     pub(crate) eta_horizon: Duration,
+    /// The slots for ETA tasks held within the horizon.
+    pub(crate) holds: &'a EtaHolds,
     /// The current time.
     pub(crate) now: DateTime<FixedOffset>,
 }
 
 /// Decides what happens to a delivery of `raw` before its task runs.
-pub(crate) fn admit(raw: &RawMessage, redelivered: bool, gate: &Gate<'_>) -> Admission {
+pub(crate) fn admit<'a>(raw: &RawMessage, redelivered: bool, gate: &Gate<'a>) -> Admission<'a> {
     let message = match TaskMessage::decode(raw, &DecodeOptions::default()) {
         Ok(message) => message,
         Err(err) => {
@@ -80,10 +88,19 @@ pub(crate) fn admit(raw: &RawMessage, redelivered: bool, gate: &Gate<'_>) -> Adm
     if wait > gate.eta_horizon {
         return Admission::Postpone(wait);
     }
+    let hold = if wait < DELAY_RESOLUTION {
+        None
+    } else {
+        match gate.holds.try_hold() {
+            Some(hold) => Some(hold),
+            None => return Admission::Postpone(wait),
+        }
+    };
     Admission::Run {
         message,
         task,
         wait,
+        hold,
     }
 }
 
@@ -122,11 +139,20 @@ mod tests {
         TaskMessage::new(name, "11111111-1111-4111-8111-111111111111")
     }
 
-    fn decide(message: TaskMessage, redelivered: bool) -> Admission {
-        let registry = registry();
+    /// Admits `message` with room to hold 10 ETA tasks.
+    fn decide(message: TaskMessage, redelivered: bool) -> Admission<'static> {
+        static HOLDS: std::sync::LazyLock<EtaHolds> =
+            std::sync::LazyLock::new(|| EtaHolds::new(10));
+        decide_with(message, redelivered, &HOLDS)
+    }
+
+    fn decide_with(message: TaskMessage, redelivered: bool, holds: &EtaHolds) -> Admission<'_> {
+        // The admission may borrow the gate's registry as long as the hold.
+        let registry: &'static Registry = Box::leak(Box::new(registry()));
         let gate = Gate {
-            registry: &registry,
+            registry,
             eta_horizon: Duration::from_secs(600),
+            holds,
             now: now(),
         };
         admit(&message.encode().unwrap(), redelivered, &gate)
@@ -150,9 +176,11 @@ mod tests {
             ..message("tests.noop").encode().unwrap()
         };
         let registry = registry();
+        let holds = EtaHolds::new(1);
         let gate = Gate {
             registry: &registry,
             eta_horizon: Duration::from_secs(600),
+            holds: &holds,
             now: now(),
         };
         match admit(&raw, false, &gate) {
@@ -208,6 +236,31 @@ mod tests {
         assert!(matches!(
             decide(past, false),
             Admission::Run { wait, .. } if wait.is_zero()
+        ));
+    }
+
+    #[test]
+    fn etas_beyond_the_hold_slots_are_postponed_unless_due_within_a_second() {
+        let holds = EtaHolds::new(1);
+        let in_30s = || message("tests.noop").with_eta(now() + chrono::Duration::seconds(30));
+        let held = decide_with(in_30s(), false, &holds);
+        assert!(matches!(held, Admission::Run { hold: Some(_), .. }));
+        assert!(matches!(
+            decide_with(in_30s(), false, &holds),
+            Admission::Postpone(wait) if wait > Duration::from_secs(25)
+        ));
+        let imminent = message("tests.noop").with_eta(now() + chrono::Duration::milliseconds(400));
+        assert!(
+            matches!(
+                decide_with(imminent, false, &holds),
+                Admission::Run { hold: None, .. }
+            ),
+            "an ETA due within the delay queues' resolution is held without a slot"
+        );
+        drop(held);
+        assert!(matches!(
+            decide_with(in_30s(), false, &holds),
+            Admission::Run { hold: Some(_), .. }
         ));
     }
 }

@@ -74,6 +74,11 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_ETA_HORIZON")]
     pub eta_horizon: Option<f64>,
 
+    /// ETA tasks held unacked at once; more leave through the delay queues
+    /// [default: half the prefetch window]
+    #[arg(long, env = "CELERIAC_ETA_HOLD_LIMIT")]
+    pub eta_hold_limit: Option<usize>,
+
     /// Deliveries of one message before it is dead-lettered as a crash loop
     /// [default: 10]
     #[arg(long, env = "CELERIAC_REDELIVERY_LIMIT")]
@@ -289,6 +294,7 @@ impl Args {
                 "eta_horizon",
                 defaults.eta_horizon,
             )?,
+            eta_hold_limit: self.eta_hold_limit.or(file.eta_hold_limit),
             redelivery_limit: self
                 .redelivery_limit
                 .or(file.redelivery_limit)

@@ -23,6 +23,11 @@ pub struct WorkerConfig {
     /// topology instead of being held unacked. Default 10 minutes (RabbitMQ's
     /// `consumer_timeout` is 30).
     pub eta_horizon: Duration,
+    /// ETA tasks (due in a second or more) held unacked at once; the rest
+    /// leave through the delay topology, so held ones never take the whole
+    /// prefetch window from the tasks queued behind them
+    /// (`--eta-hold-limit`). Default `None`: half the prefetch window.
+    pub eta_hold_limit: Option<usize>,
     /// Deliveries of one message before it is dead-lettered as a crash loop.
     /// Default 10.
     pub redelivery_limit: u32,
@@ -68,6 +73,7 @@ impl Default for WorkerConfig {
             hostname: format!("celeriac@{}", gethostname::gethostname().to_string_lossy()),
             shutdown_timeout: Duration::from_secs(30),
             eta_horizon: Duration::from_secs(600),
+            eta_hold_limit: None,
             redelivery_limit: 10,
             dead_letter_failures: true,
             ack_batch: 32,
@@ -94,6 +100,13 @@ impl WorkerConfig {
                 max_delay: self.ack_flush,
             }
         }
+    }
+
+    /// How many ETA tasks may be held at once: `eta_hold_limit`, else half
+    /// the prefetch window.
+    pub fn eta_holds(&self) -> usize {
+        self.eta_hold_limit
+            .unwrap_or(usize::from(self.prefetch()) / 2)
     }
 
     /// The prefetch count: concurrency × multiplier, capped at 65535

@@ -49,6 +49,8 @@ pub struct ConfigFile {
     pub shutdown_timeout: Option<f64>,
     /// ETA horizon in seconds.
     pub eta_horizon: Option<f64>,
+    /// ETA tasks held at once.
+    pub eta_hold_limit: Option<usize>,
     /// Redelivery limit.
     pub redelivery_limit: Option<u32>,
     /// Dead-letter final failures.

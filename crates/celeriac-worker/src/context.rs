@@ -11,6 +11,7 @@ use celeriac::protocol::TaskMessage;
 use celeriac::{App, DeliveryInfo, Request};
 use tokio_util::sync::CancellationToken;
 
+use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::limits::{Limits, Pool};
 use crate::outbox::Outbox;
@@ -39,6 +40,8 @@ pub(crate) struct Context {
     pub(crate) revoked: Revoked,
     /// Task and worker events.
     pub(crate) events: Arc<Events>,
+    /// The slots for ETA tasks held until due.
+    pub(crate) eta_holds: EtaHolds,
     /// Rate and time limits set by remote control.
     pub(crate) limits: Limits,
     /// When the worker started.

@@ -108,7 +108,11 @@ pub(crate) async fn revoke(
 
 /// A long ETA leaves through the delay topology; acked once confirmed.
 pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration) -> Settle {
-    match ctx.outbox.postpone(delivery, wait).await {
+    match ctx
+        .outbox
+        .delay(&delivery.queue, wait, &delivery.message)
+        .await
+    {
         Ok(()) => {
             debug!(queue = %delivery.queue, ?wait, "ETA beyond the horizon: moved to the delay queues");
             Settle::AckNow

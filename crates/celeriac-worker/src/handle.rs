@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::divert::{
     REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, postpone, revoke, unregistered,
 };
+use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
 use crate::outcome::finish;
 use crate::settle::{Settle, settle};
@@ -40,6 +41,7 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     let gate = Gate {
         registry: ctx.app.registry(),
         eta_horizon: ctx.config.eta_horizon,
+        holds: &ctx.eta_holds,
         now: now(),
     };
     match admit(&delivery.message, delivery.redelivered, &gate) {
@@ -47,7 +49,8 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
             message,
             task,
             wait,
-        } => run_admitted(ctx, delivery, message, task, wait).await,
+            hold,
+        } => run_admitted(ctx, delivery, message, task, wait, hold).await,
         Admission::Undecodable { reason, detail } => {
             warn!(queue = %delivery.queue, reason = %reason, error = %detail, "undecodable message; dead-lettering it");
             Box::pin(dead_letter(ctx, delivery, reason, None, detail)).await
@@ -64,15 +67,16 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     }
 }
 
-/// Runs an admitted task: waits for its turn (its ETA, its rate limit and
-/// a slot), then runs it and settles by its result. While it is held,
-/// `inspect` sees it.
+/// Runs an admitted task: waits for its turn (its ETA, in its hold slot,
+/// then its rate limit and a concurrency slot), then runs it and settles by
+/// its result. While it is held, `inspect` sees it.
 async fn run_admitted(
     ctx: &Context,
     delivery: &Delivery,
     message: TaskMessage,
     task: Arc<dyn Task>,
     wait: Duration,
+    hold: Option<EtaHold<'_>>,
 ) -> Settle {
     let message = Arc::new(message);
     let request = ctx.request_for(delivery, &message);
@@ -81,7 +85,7 @@ async fn run_admitted(
     }
     let tracked = ctx.tracker.accept(delivery, &message, task.is_blocking());
     ctx.events.task(|| Event::task_received(&message));
-    let permit = match wait_turn(ctx, &message, &tracked, wait).await {
+    let permit = match wait_turn(ctx, &message, &tracked, wait, hold).await {
         Ok(permit) => permit,
         Err(Turn::Shutdown) => return Settle::Requeue,
         Err(Turn::Revoked) => {
@@ -149,13 +153,14 @@ enum Turn {
     Expired,
 }
 
-/// Waits for the task's ETA (`wait`), its rate limit and a slot; the slot,
-/// or why it must not run.
+/// Waits for the task's ETA (`wait`, in its hold slot, freed when due),
+/// its rate limit and a slot; the slot, or why it must not run.
 async fn wait_turn(
     ctx: &Context,
     message: &TaskMessage,
     tracked: &Tracked<'_>,
     wait: Duration,
+    hold: Option<EtaHold<'_>>,
 ) -> Result<OwnedSemaphorePermit, Turn> {
     if !wait.is_zero() {
         debug!(id = %message.headers.id, ?wait, "holding an ETA task until it is due");
@@ -169,6 +174,7 @@ async fn wait_turn(
         }
         tracked.reserved();
     }
+    drop(hold);
     let permit = tokio::select! {
         permit = async {
             ctx.limits.admit(&message.headers.task).await;

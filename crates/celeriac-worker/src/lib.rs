@@ -10,9 +10,10 @@
 //!   dead-lettered with the error), a dead letter with a reason for messages
 //!   that cannot run (unknown task, undecodable, refused content, crash
 //!   loop), or revoked when expired;
-//! - **ETA**: short waits are held in the worker, long ones leave through
-//!   Celery's delay topology instead of tripping RabbitMQ's
-//!   `consumer_timeout`;
+//! - **ETA**: short waits are held in the worker (at most half the prefetch
+//!   window, so a burst of countdown tasks cannot stall the tasks behind
+//!   it), long ones and the rest leave through Celery's delay topology
+//!   instead of tripping RabbitMQ's `consumer_timeout`;
 //! - **time limits** (soft: signalled; hard: the future is dropped) and
 //!   **graceful shutdown**;
 //! - **remote control and events**: `celery inspect`, `celery control` and
@@ -38,6 +39,7 @@ mod config_file;
 mod context;
 mod control;
 mod divert;
+mod eta_holds;
 mod events;
 mod execute;
 mod handle;

@@ -9,8 +9,9 @@
 //!   through the app's canvas, so the app's routes apply to them
 //!   ([`Outbox::apply`]);
 //! - copies of a delivery: retries and requeues back to a queue
-//!   ([`Outbox::republish`]), long ETAs through the delay topology
-//!   ([`Outbox::postpone`]) and dead letters ([`Outbox::dead_letter`]).
+//!   ([`Outbox::republish`]), long ETAs and retry backoffs through the
+//!   delay topology ([`Outbox::delay`]) and dead letters
+//!   ([`Outbox::dead_letter`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -180,16 +181,18 @@ impl Outbox {
             .await
     }
 
-    /// Moves a delivery to the delay topology, to come back to its queue
-    /// after `wait`.
-    pub(crate) async fn postpone(
+    /// Publishes `message` through the delay topology, to come back to
+    /// `queue` after `wait` (a long ETA moved out of the worker, or a
+    /// retry's backoff).
+    pub(crate) async fn delay(
         &self,
-        delivery: &Delivery,
+        queue: &str,
         wait: Duration,
+        message: &RawMessage,
     ) -> Result<(), BrokerError> {
         self.app
             .broker()
-            .publish_delayed(&delivery.queue, wait, &delivery.message)
+            .publish_delayed(queue, wait, message)
             .await
     }
 

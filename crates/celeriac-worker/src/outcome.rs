@@ -23,6 +23,7 @@ fn exception_repr_of(err: &TaskError) -> String {
 }
 use crate::context::Context;
 use crate::divert::{REDELIVERIES_HEADER, dead_letter_with};
+use crate::eta_holds::DELAY_RESOLUTION;
 use crate::settle::Settle;
 
 /// Settles a finished run (of `runtime` seconds) by its result.
@@ -121,7 +122,9 @@ async fn succeed(
 
 /// Retry: a new message (same id, `retries + 1`, new eta, same headers and
 /// routing) is published and confirmed before the original is acked; then
-/// `RETRY` is stored. Past `max_retries`, the task fails for good.
+/// `RETRY` is stored. A delay of a second or more goes through the delay
+/// topology back to the delivery's queue. Past `max_retries`, the task
+/// fails for good.
 async fn retry(
     ctx: &Context,
     delivery: &Delivery,
@@ -162,8 +165,15 @@ async fn retry(
             .await;
         }
     };
-    let (exchange, routing_key) = retry_route(delivery);
-    if let Err(e) = ctx.outbox.republish(&exchange, &routing_key, &raw).await {
+    let published = if delay >= DELAY_RESOLUTION {
+        // The backoff waits in the delay queues, not in some worker's
+        // prefetch window where a retry storm would stall fresh tasks.
+        ctx.outbox.delay(&delivery.queue, delay, &raw).await
+    } else {
+        let (exchange, routing_key) = retry_route(delivery);
+        ctx.outbox.republish(&exchange, &routing_key, &raw).await
+    };
+    if let Err(e) = published {
         error!(id = %request.id, error = %e, "publishing the retry failed; requeueing the original");
         return Settle::Reject { requeue: true };
     }

@@ -22,10 +22,11 @@ use celeriac::App;
 use celeriac::broker::{ConsumeOptions, Queue};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::context::Context;
 use crate::control;
+use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::handle::handle;
 use crate::limits::{Limits, Pool};
@@ -122,6 +123,7 @@ impl Worker {
                 self.config.task_events,
                 self.config.heartbeat,
             )),
+            eta_holds: EtaHolds::new(self.config.eta_holds()),
             limits: Limits::default(),
             started: Instant::now(),
             app: self.app.clone(),
@@ -204,7 +206,8 @@ struct Services {
 
 impl Services {
     /// Subscribes to the control queue, mingles, starts the event
-    /// dispatcher and the state db's writer.
+    /// dispatcher and the state db's writer, and readies the delay
+    /// topology.
     async fn start(ctx: &Arc<Context>) -> Result<Services, WorkerError> {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -223,6 +226,10 @@ impl Services {
         tasks.push(tokio::spawn(
             ctx.events.clone().run(ctx.tracker.clone(), stop.clone()),
         ));
+        tasks.push(tokio::spawn(prepare_delayed_delivery(
+            ctx.clone(),
+            stop.clone(),
+        )));
         if ctx.revoked.persistent() {
             let (ctx, stop) = (ctx.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
@@ -245,6 +252,25 @@ impl Services {
             let _ = task.await;
         }
         save_statedb(ctx);
+    }
+}
+
+/// Declares the delay topology and binds the consumed queues to it, so
+/// the first ETA task moved out or retry with backoff does not wait for
+/// the broker to declare 28 levels. A failure is only logged: the first
+/// delayed publish tries again.
+async fn prepare_delayed_delivery(ctx: Arc<Context>, stop: CancellationToken) {
+    let broker = ctx.app.broker();
+    for queue in &ctx.config.queues {
+        tokio::select! {
+            prepared = broker.prepare_delayed_delivery(queue) => {
+                if let Err(e) = prepared {
+                    debug!(error = %e, "could not declare the delay topology yet");
+                    return;
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 

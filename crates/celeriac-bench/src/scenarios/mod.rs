@@ -17,8 +17,9 @@ use crate::memory::{MemoryReport, WorkerProcess};
 use crate::plan::{Scenario, Sizes, task_message};
 use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
-use crate::report::{BeatRow, LatencyRow, Percentiles, Results, Throughput};
+use crate::report::{BeatRow, EtaRow, LatencyRow, Percentiles, Results, Throughput};
 
+mod eta;
 mod redis;
 
 /// Transmit window of the raw publisher, and of the backlog fills.
@@ -40,6 +41,7 @@ pub(crate) struct Bench {
     latency: Vec<LatencyRow>,
     memory: Option<MemoryReport>,
     beat: Vec<BeatRow>,
+    eta: Vec<EtaRow>,
     /// The Redis the `redis` scenario stores results in.
     redis: String,
 }
@@ -69,6 +71,7 @@ impl Bench {
             latency: Vec::new(),
             memory: None,
             beat: Vec::new(),
+            eta: Vec::new(),
             redis: redis.to_owned(),
         })
     }
@@ -98,6 +101,9 @@ impl Bench {
         if wants(Scenario::Redis) {
             self.redis().await?;
         }
+        if wants(Scenario::Eta) {
+            self.eta().await?;
+        }
         Ok(())
     }
 
@@ -112,7 +118,12 @@ impl Bench {
 
     /// The collected results and the targets they are checked against.
     pub(crate) fn into_results(self) -> Results {
-        let checks = checks(&self.throughput, &self.latency, self.memory.as_ref());
+        let checks = checks(
+            &self.throughput,
+            &self.latency,
+            self.memory.as_ref(),
+            &self.eta,
+        );
         Results {
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             worker_concurrency: self.concurrency,
@@ -124,6 +135,7 @@ impl Bench {
             latency: self.latency,
             memory: self.memory,
             beat: self.beat,
+            eta: self.eta,
             checks,
         }
     }
