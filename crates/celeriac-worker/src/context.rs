@@ -11,6 +11,7 @@ use celeriac::protocol::TaskMessage;
 use celeriac::{App, DeliveryInfo, Request};
 use tokio_util::sync::CancellationToken;
 
+use crate::burst::Bursts;
 use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::limits::{Limits, Pool};
@@ -42,6 +43,8 @@ pub(crate) struct Context {
     pub(crate) events: Arc<Events>,
     /// The slots for ETA tasks held until due.
     pub(crate) eta_holds: EtaHolds,
+    /// Moves to the delay topology in flight, and burst consumers.
+    pub(crate) bursts: Bursts,
     /// Rate and time limits set by remote control.
     pub(crate) limits: Limits,
     /// When the worker started.

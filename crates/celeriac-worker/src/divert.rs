@@ -108,6 +108,7 @@ pub(crate) async fn revoke(
 
 /// A long ETA leaves through the delay topology; acked once confirmed.
 pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration) -> Settle {
+    let _moving = ctx.bursts.moving(&delivery.queue);
     match ctx
         .outbox
         .delay(&delivery.queue, wait, &delivery.message)

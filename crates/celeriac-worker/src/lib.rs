@@ -31,6 +31,7 @@
 //! one outbox and the delivery settled.
 
 mod admission;
+mod burst;
 mod chord;
 pub mod cli;
 mod cli_monitoring;

@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use celeriac::App;
 use celeriac::broker::{ConsumeOptions, Queue};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::burst::{self, Bursts};
 use crate::context::Context;
 use crate::control;
 use crate::eta_holds::EtaHolds;
@@ -108,6 +110,7 @@ impl Worker {
         let (revoked, clock) =
             Revoked::open(self.config.statedb.clone()).map_err(WorkerError::Config)?;
         self.app.clock().adjust(clock);
+        let (bursts, burst_requests) = Bursts::new(self.config.prefetch());
         let ctx = Arc::new(Context {
             pool: Pool::new(self.config.concurrency),
             shutdown: CancellationToken::new(),
@@ -124,12 +127,13 @@ impl Worker {
                 self.config.heartbeat,
             )),
             eta_holds: EtaHolds::new(self.config.eta_holds()),
+            bursts,
             limits: Limits::default(),
             started: Instant::now(),
             app: self.app.clone(),
             config: self.config.clone(),
         });
-        let services = Services::start(&ctx).await?;
+        let services = Services::start(&ctx, burst_requests).await?;
         info!(
             hostname = %self.config.hostname,
             queues = ?self.config.queues,
@@ -206,9 +210,12 @@ struct Services {
 
 impl Services {
     /// Subscribes to the control queue, mingles, starts the event
-    /// dispatcher and the state db's writer, and readies the delay
-    /// topology.
-    async fn start(ctx: &Arc<Context>) -> Result<Services, WorkerError> {
+    /// dispatcher and the state db's writer, readies the delay topology
+    /// and runs burst consumers when asked.
+    async fn start(
+        ctx: &Arc<Context>,
+        burst_requests: mpsc::Receiver<String>,
+    ) -> Result<Services, WorkerError> {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         if ctx.config.remote_control
@@ -230,6 +237,7 @@ impl Services {
             ctx.clone(),
             stop.clone(),
         )));
+        tasks.push(tokio::spawn(burst::serve(ctx.clone(), burst_requests)));
         if ctx.revoked.persistent() {
             let (ctx, stop) = (ctx.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {

@@ -1,0 +1,205 @@
+//! Moving a burst of ETA tasks out at the broker's pace.
+//!
+//! A task moved to the delay topology keeps its delivery unacked until the
+//! copy is confirmed, so the worker moves at most as many at once as its
+//! prefetch window has free deliveries: at `-c 8` that is 16, and a quorum
+//! confirm takes milliseconds, so a burst of thousands of countdown tasks
+//! would leave the queue slowly and the tasks queued behind it would wait.
+//!
+//! When moves crowd the window (a quarter of it, and at least
+//! [`MIN_CROWD`], moving at once), the worker opens a second, temporary consumer on that queue with a window of
+//! [`BURST_WINDOW`] and handles its deliveries exactly as the main
+//! consumer's. It ends at the first delivery that is not a task due a
+//! second or more from now (the burst is over; that one and any already
+//! received are handled here), or when the queue has been quiet for
+//! [`BURST_IDLE`]. So the burst leaves at up to `BURST_WINDOW` moves in
+//! flight, and the cost is bounded: at the end of a burst this worker may
+//! have taken up to `BURST_WINDOW` of the tasks behind it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use celeriac::broker::{ConsumeOptions, Delivery};
+use celeriac::protocol::HeaderValue;
+use celeriac::protocol::time::{now, parse_time};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use crate::context::Context;
+use crate::eta_holds::DELAY_RESOLUTION;
+use crate::handle::handle;
+
+/// Deliveries the burst consumer may hold at once.
+pub(crate) const BURST_WINDOW: u16 = 500;
+/// Moves in flight that make a burst however small the window: a few far
+/// ETA tasks now and then in a busy queue are not one.
+pub(crate) const MIN_CROWD: usize = 8;
+/// A burst consumer that receives nothing for this long ends.
+pub(crate) const BURST_IDLE: Duration = Duration::from_millis(200);
+
+/// Counts the moves in flight and asks for a burst consumer when they
+/// crowd the window.
+#[derive(Debug)]
+pub(crate) struct Bursts {
+    moving: AtomicUsize,
+    /// Moves in flight at which a burst consumer is asked for.
+    crowded: usize,
+    requests: mpsc::Sender<String>,
+}
+
+impl Bursts {
+    /// Burst detection for a window of `prefetch`; requests go to the
+    /// returned receiver (for [`serve`]).
+    pub(crate) fn new(prefetch: u16) -> (Bursts, mpsc::Receiver<String>) {
+        let (requests, received) = mpsc::channel(16);
+        let bursts = Bursts {
+            moving: AtomicUsize::new(0),
+            crowded: (usize::from(prefetch) / 4).max(MIN_CROWD),
+            requests,
+        };
+        (bursts, received)
+    }
+
+    /// Marks one move from `queue` as started until the guard drops; asks
+    /// for a burst consumer on `queue` if moves now crowd the window.
+    pub(crate) fn moving(&self, queue: &str) -> Moving<'_> {
+        let now_moving = self.moving.fetch_add(1, Ordering::AcqRel) + 1;
+        if now_moving >= self.crowded {
+            // Full means a request is already waiting: nothing lost.
+            let _ = self.requests.try_send(queue.to_owned());
+        }
+        Moving { bursts: self }
+    }
+}
+
+/// One move in flight.
+#[derive(Debug)]
+pub(crate) struct Moving<'a> {
+    bursts: &'a Bursts,
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.bursts.moving.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs burst consumers as they are asked for, one per queue at a time,
+/// until the worker shuts down and every burst has settled its deliveries.
+pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<String>) {
+    let mut active = HashSet::new();
+    let mut bursts = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            request = requests.recv() => match request {
+                Some(queue) => {
+                    if active.insert(queue.clone()) {
+                        bursts.spawn(drain_burst(ctx.clone(), queue));
+                    }
+                }
+                None => break,
+            },
+            Some(Ok(queue)) = bursts.join_next(), if !bursts.is_empty() => {
+                active.remove(&queue);
+            }
+        }
+    }
+    while bursts.join_next().await.is_some() {}
+}
+
+/// Consumes `queue` with a wide window while the burst lasts; returns the
+/// queue's name once every delivery it took is settled.
+async fn drain_burst(ctx: Arc<Context>, queue: String) -> String {
+    let Some(spec) = ctx.consumer.queues().into_iter().find(|q| q.name == queue) else {
+        return queue;
+    };
+    let options = ConsumeOptions {
+        queues: vec![spec],
+        prefetch: BURST_WINDOW,
+    };
+    let mut consumer = match ctx
+        .app
+        .broker()
+        .consume_with(options, ctx.config.ack_policy())
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            debug!(queue = %queue, error = %e, "could not open a burst consumer");
+            return queue;
+        }
+    };
+    info!(queue = %queue, window = BURST_WINDOW, "moving a burst of ETA tasks to the delay queues");
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            next = tokio::time::timeout(BURST_IDLE, consumer.next()) => match next {
+                Ok(Some(delivery)) => {
+                    let burst_goes_on = is_due_later(&delivery);
+                    running.spawn(handle(ctx.clone(), delivery));
+                    if !burst_goes_on {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    consumer.cancel().await;
+    while let Some(delivery) = consumer.try_next() {
+        running.spawn(handle(ctx.clone(), delivery));
+    }
+    while running.join_next().await.is_some() {}
+    consumer.flush_acks().await;
+    consumer.stop();
+    debug!(queue = %queue, "burst consumer ended");
+    queue
+}
+
+/// Whether `delivery` is a task due a second or more from now (by its
+/// protocol 2 `eta` header).
+fn is_due_later(delivery: &Delivery) -> bool {
+    let Some(HeaderValue::Str(eta)) = delivery.message.headers.get("eta") else {
+        return false;
+    };
+    parse_time(eta).is_some_and(|eta| {
+        (eta - now())
+            .to_std()
+            .is_ok_and(|wait| wait >= DELAY_RESOLUTION)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_consumer_is_asked_for_once_moves_fill_a_quarter_of_the_window() {
+        let (bursts, mut requests) = Bursts::new(64);
+        let first: Vec<_> = (0..15).map(|_| bursts.moving("q")).collect();
+        assert!(requests.try_recv().is_err(), "15 of 64 is not crowded");
+        let sixteenth = bursts.moving("q");
+        assert_eq!(requests.try_recv().ok().as_deref(), Some("q"));
+        drop((first, sixteenth));
+        let _one = bursts.moving("q");
+        assert!(
+            requests.try_recv().is_err(),
+            "moves that ended no longer count"
+        );
+    }
+
+    #[test]
+    fn a_small_window_needs_a_few_moves_at_once_to_make_a_burst() {
+        let (bursts, mut requests) = Bursts::new(8);
+        let few: Vec<_> = (0..MIN_CROWD - 1).map(|_| bursts.moving("q")).collect();
+        assert!(requests.try_recv().is_err());
+        let _more = (few, bursts.moving("q"));
+        assert!(requests.try_recv().is_ok());
+    }
+}
