@@ -106,7 +106,8 @@ pub(crate) async fn revoke(
     Settle::Ack
 }
 
-/// A long ETA leaves through the delay topology; acked once confirmed.
+/// An ETA task the worker does not hold (due beyond the horizon, or no hold
+/// slot free) leaves through the delay topology; acked once confirmed.
 pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration) -> Settle {
     let _moving = ctx.bursts.moving(&delivery.queue);
     match ctx
@@ -115,7 +116,7 @@ pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration)
         .await
     {
         Ok(()) => {
-            debug!(queue = %delivery.queue, ?wait, "ETA beyond the horizon: moved to the delay queues");
+            debug!(queue = %delivery.queue, ?wait, "ETA task not held: moved to the delay queues");
             Settle::AckNow
         }
         Err(e) => {
