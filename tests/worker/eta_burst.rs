@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, ensure};
 use celeriac::{App, State};
 use celeriac_demo::tasks as demo;
 use celeriac_tests::worker::{RunningWorker, cleanup};
-use celeriac_tests::{broker_url, interop_python, repo_root, require_redis, unique};
+use celeriac_tests::{broker_url, interop_python, rabbitmqctl, repo_root, require_redis, unique};
 use celeriac_worker::{Summary, WorkerConfig};
 use serde::Deserialize;
 
@@ -100,6 +100,26 @@ async fn run_times(app: &App, tasks: &[Sent], timeout: Duration) -> Result<Vec<f
     Ok(times)
 }
 
+/// What the broker holds for `queue` and in the delay levels (ready,
+/// unacked, consumers), for a failure message.
+fn where_tasks_are(queue: &str) -> String {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+    ])
+    .unwrap_or_else(|e| format!("(rabbitmqctl failed: {e})"));
+    let lines: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(queue) || line.starts_with("celery_delayed_"))
+        .filter(|line| !line.ends_with("\t0\t0\t0"))
+        .collect();
+    format!("the broker holds (name, ready, unacked, consumers): {lines:?}")
+}
+
 /// The latest of `times`.
 fn latest(times: &[f64]) -> f64 {
     times.iter().copied().fold(f64::NEG_INFINITY, f64::max)
@@ -133,7 +153,9 @@ async fn a_burst_of_countdown_tasks_does_not_hold_up_the_tasks_behind_it() -> Re
         .filter_map(|task| task.eta)
         .fold(f64::INFINITY, f64::min);
 
-    let ordinary_ran = run_times(&reader, &ordinary, Duration::from_secs(60)).await?;
+    let ordinary_ran = run_times(&reader, &ordinary, Duration::from_secs(60))
+        .await
+        .with_context(|| where_tasks_are(&queue))?;
     let last_ordinary = latest(&ordinary_ran);
     println!(
         "the last of {ORDINARY} ordinary tasks ran {:.2} s after it was sent; the first of \
@@ -192,7 +214,9 @@ async fn a_retry_storm_with_backoff_does_not_hold_up_fresh_tasks() -> Result<()>
     let first_retry_due = storm.iter().map(|t| t.sent).fold(f64::INFINITY, f64::min) + DUE_IN;
     let fresh = send_from_python(&queue, "demo.now", ORDINARY, None, None).await?;
 
-    let fresh_ran = run_times(&reader, &fresh, Duration::from_secs(60)).await?;
+    let fresh_ran = run_times(&reader, &fresh, Duration::from_secs(60))
+        .await
+        .with_context(|| where_tasks_are(&queue))?;
     let last_fresh = latest(&fresh_ran);
     ensure!(
         last_fresh < first_retry_due,

@@ -6,15 +6,17 @@
 //! confirm takes milliseconds, so a burst of thousands of countdown tasks
 //! would leave the queue slowly and the tasks queued behind it would wait.
 //!
-//! When moves crowd the window (a quarter of it, and at least
-//! [`MIN_CROWD`], moving at once), the worker opens a second, temporary consumer on that queue with a window of
+//! When deliveries keep being moved (a run of [`MIN_STREAK`] in a row, or a
+//! quarter of the window if that is more, with no other task between), the
+//! worker opens a second, temporary consumer on that queue with a window of
 //! [`BURST_WINDOW`] and handles its deliveries exactly as the main
 //! consumer's. It ends at the first delivery that is not a task due a
 //! second or more from now (the burst is over; that one and any already
 //! received are handled here), or when the queue has been quiet for
 //! [`BURST_IDLE`]. So the burst leaves at up to `BURST_WINDOW` moves in
 //! flight, and the cost is bounded: at the end of a burst this worker may
-//! have taken up to `BURST_WINDOW` of the tasks behind it.
+//! have taken up to `BURST_WINDOW` of the tasks behind it. A queue where an
+//! ETA task comes now and then between ordinary ones never makes a run.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,19 +36,18 @@ use crate::handle::handle;
 
 /// Deliveries the burst consumer may hold at once.
 pub(crate) const BURST_WINDOW: u16 = 500;
-/// Moves in flight that make a burst however small the window: a few far
-/// ETA tasks now and then in a busy queue are not one.
-pub(crate) const MIN_CROWD: usize = 8;
+/// Moved deliveries in a row that make a burst however small the window.
+pub(crate) const MIN_STREAK: usize = 8;
 /// A burst consumer that receives nothing for this long ends.
 pub(crate) const BURST_IDLE: Duration = Duration::from_millis(200);
 
-/// Counts the moves in flight and asks for a burst consumer when they
-/// crowd the window.
+/// Counts the deliveries moved in a row and asks for a burst consumer when
+/// the run is long enough.
 #[derive(Debug)]
 pub(crate) struct Bursts {
-    moving: AtomicUsize,
-    /// Moves in flight at which a burst consumer is asked for.
-    crowded: usize,
+    streak: AtomicUsize,
+    /// The run that makes a burst.
+    threshold: usize,
     requests: mpsc::Sender<String>,
 }
 
@@ -56,34 +57,28 @@ impl Bursts {
     pub(crate) fn new(prefetch: u16) -> (Bursts, mpsc::Receiver<String>) {
         let (requests, received) = mpsc::channel(16);
         let bursts = Bursts {
-            moving: AtomicUsize::new(0),
-            crowded: (usize::from(prefetch) / 4).max(MIN_CROWD),
+            streak: AtomicUsize::new(0),
+            threshold: (usize::from(prefetch) / 4).max(MIN_STREAK),
             requests,
         };
         (bursts, received)
     }
 
-    /// Marks one move from `queue` as started until the guard drops; asks
-    /// for a burst consumer on `queue` if moves now crowd the window.
-    pub(crate) fn moving(&self, queue: &str) -> Moving<'_> {
-        let now_moving = self.moving.fetch_add(1, Ordering::AcqRel) + 1;
-        if now_moving >= self.crowded {
+    /// A delivery from `queue` is being moved; asks for a burst consumer on
+    /// `queue` once the run is long enough.
+    pub(crate) fn moved(&self, queue: &str) {
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak >= self.threshold {
             // Full means a request is already waiting: nothing lost.
             let _ = self.requests.try_send(queue.to_owned());
         }
-        Moving { bursts: self }
     }
-}
 
-/// One move in flight.
-#[derive(Debug)]
-pub(crate) struct Moving<'a> {
-    bursts: &'a Bursts,
-}
-
-impl Drop for Moving<'_> {
-    fn drop(&mut self) {
-        self.bursts.moving.fetch_sub(1, Ordering::AcqRel);
+    /// A delivery was not moved: any run is over.
+    pub(crate) fn not_moved(&self) {
+        if self.streak.load(Ordering::Relaxed) != 0 {
+            self.streak.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -155,7 +150,19 @@ async fn drain_burst(ctx: Arc<Context>, queue: String) -> String {
     while let Some(delivery) = consumer.try_next() {
         running.spawn(handle(ctx.clone(), delivery));
     }
-    while running.join_next().await.is_some() {}
+    // As the main loop: on shutdown, tasks get the shutdown timeout and
+    // the rest go back to the queue when the channel closes.
+    let deadline = async {
+        ctx.shutdown.cancelled().await;
+        tokio::time::sleep(ctx.config.shutdown_timeout).await;
+    };
+    let timed_out = tokio::select! {
+        () = async { while running.join_next().await.is_some() {} } => false,
+        () = deadline => true,
+    };
+    if timed_out {
+        running.abort_all();
+    }
     consumer.flush_acks().await;
     consumer.stop();
     debug!(queue = %queue, "burst consumer ended");
@@ -180,26 +187,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_consumer_is_asked_for_once_moves_fill_a_quarter_of_the_window() {
+    fn a_burst_consumer_is_asked_for_after_a_quarter_window_of_moves_in_a_row() {
         let (bursts, mut requests) = Bursts::new(64);
-        let first: Vec<_> = (0..15).map(|_| bursts.moving("q")).collect();
-        assert!(requests.try_recv().is_err(), "15 of 64 is not crowded");
-        let sixteenth = bursts.moving("q");
+        (0..15).for_each(|_| bursts.moved("q"));
+        assert!(requests.try_recv().is_err(), "15 in a row of a 64 window");
+        bursts.moved("q");
         assert_eq!(requests.try_recv().ok().as_deref(), Some("q"));
-        drop((first, sixteenth));
-        let _one = bursts.moving("q");
-        assert!(
-            requests.try_recv().is_err(),
-            "moves that ended no longer count"
-        );
     }
 
     #[test]
-    fn a_small_window_needs_a_few_moves_at_once_to_make_a_burst() {
+    fn an_ordinary_task_between_moves_ends_the_run() {
         let (bursts, mut requests) = Bursts::new(8);
-        let few: Vec<_> = (0..MIN_CROWD - 1).map(|_| bursts.moving("q")).collect();
-        assert!(requests.try_recv().is_err());
-        let _more = (few, bursts.moving("q"));
+        for _ in 0..10 {
+            (0..MIN_STREAK - 1).for_each(|_| bursts.moved("q"));
+            bursts.not_moved();
+        }
+        assert!(requests.try_recv().is_err(), "no run reached {MIN_STREAK}");
+        (0..MIN_STREAK).for_each(|_| bursts.moved("q"));
         assert!(requests.try_recv().is_ok());
     }
 }

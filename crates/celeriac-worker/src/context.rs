@@ -43,7 +43,7 @@ pub(crate) struct Context {
     pub(crate) events: Arc<Events>,
     /// The slots for ETA tasks held until due.
     pub(crate) eta_holds: EtaHolds,
-    /// Moves to the delay topology in flight, and burst consumers.
+    /// Runs of deliveries moved to the delay topology, and burst consumers.
     pub(crate) bursts: Bursts,
     /// Rate and time limits set by remote control.
     pub(crate) limits: Limits,

@@ -109,7 +109,7 @@ pub(crate) async fn revoke(
 /// An ETA task the worker does not hold (due beyond the horizon, or no hold
 /// slot free) leaves through the delay topology; acked once confirmed.
 pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration) -> Settle {
-    let _moving = ctx.bursts.moving(&delivery.queue);
+    ctx.bursts.moved(&delivery.queue);
     match ctx
         .outbox
         .delay(&delivery.queue, wait, &delivery.message)

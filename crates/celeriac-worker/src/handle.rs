@@ -44,7 +44,11 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
         holds: &ctx.eta_holds,
         now: now(),
     };
-    match admit(&delivery.message, delivery.redelivered, &gate) {
+    let admission = admit(&delivery.message, delivery.redelivered, &gate);
+    if !matches!(admission, Admission::Postpone(_)) {
+        ctx.bursts.not_moved();
+    }
+    match admission {
         Admission::Run {
             message,
             task,
