@@ -11,16 +11,16 @@
 //! worker opens a second, temporary consumer on that queue with a window of
 //! [`BURST_WINDOW`] and handles its deliveries exactly as the main
 //! consumer's. It ends at the first delivery that is not a task due a
-//! second or more from now (the burst is over; that one and any already
-//! received are handled here), or when the queue has been quiet for
-//! [`BURST_IDLE`]. So the burst leaves at up to `BURST_WINDOW` moves in
+//! second or more from now (the burst is over; that one and any received
+//! after it are handled here, as they arrive), or when the queue has been
+//! quiet for [`BURST_IDLE`]. So the burst leaves at up to `BURST_WINDOW` moves in
 //! flight, and the cost is bounded: at the end of a burst this worker may
 //! have taken up to `BURST_WINDOW` of the tasks behind it. A queue where an
 //! ETA task comes now and then between ordinary ones never makes a run.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use celeriac::broker::{ConsumeOptions, Delivery};
@@ -82,35 +82,61 @@ impl Bursts {
     }
 }
 
-/// Runs burst consumers as they are asked for, one per queue at a time,
-/// until the worker shuts down and every burst has settled its deliveries.
+/// Runs burst consumers as they are asked for, at most one taking
+/// deliveries from a queue at a time (one that stopped taking may still be
+/// settling what it took, e.g. ETA tasks it holds), until the worker shuts
+/// down and every burst has settled its deliveries.
 pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<String>) {
-    let mut active = HashSet::new();
+    let taking = Arc::new(Mutex::new(HashSet::new()));
     let mut bursts = JoinSet::new();
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => break,
             request = requests.recv() => match request {
                 Some(queue) => {
-                    if active.insert(queue.clone()) {
-                        bursts.spawn(drain_burst(ctx.clone(), queue));
+                    if lock(&taking).insert(queue.clone()) {
+                        bursts.spawn(drain_burst(ctx.clone(), queue, taking.clone()));
                     }
                 }
                 None => break,
             },
-            Some(Ok(queue)) = bursts.join_next(), if !bursts.is_empty() => {
-                active.remove(&queue);
-            }
+            Some(_) = bursts.join_next(), if !bursts.is_empty() => {}
         }
     }
     while bursts.join_next().await.is_some() {}
 }
 
-/// Consumes `queue` with a wide window while the burst lasts; returns the
-/// queue's name once every delivery it took is settled.
-async fn drain_burst(ctx: Arc<Context>, queue: String) -> String {
+/// The queues with a burst consumer taking deliveries.
+type Taking = Arc<Mutex<HashSet<String>>>;
+
+fn lock(taking: &Taking) -> MutexGuard<'_, HashSet<String>> {
+    taking
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Marks a queue as having a burst consumer taking deliveries, until dropped.
+struct TakingFrom {
+    taking: Taking,
+    queue: String,
+}
+
+impl Drop for TakingFrom {
+    fn drop(&mut self) {
+        lock(&self.taking).remove(&self.queue);
+    }
+}
+
+/// Consumes `queue` with a wide window while the burst lasts (leaving
+/// `taking` when it stops taking), and returns once every delivery it took
+/// is settled.
+async fn drain_burst(ctx: Arc<Context>, queue: String, taking: Taking) {
+    let taking_from = TakingFrom {
+        taking,
+        queue: queue.clone(),
+    };
     let Some(spec) = ctx.consumer.queues().into_iter().find(|q| q.name == queue) else {
-        return queue;
+        return;
     };
     let options = ConsumeOptions {
         queues: vec![spec],
@@ -125,7 +151,7 @@ async fn drain_burst(ctx: Arc<Context>, queue: String) -> String {
         Ok(consumer) => consumer,
         Err(e) => {
             debug!(queue = %queue, error = %e, "could not open a burst consumer");
-            return queue;
+            return;
         }
     };
     info!(queue = %queue, window = BURST_WINDOW, "moving a burst of ETA tasks to the delay queues");
@@ -147,26 +173,32 @@ async fn drain_burst(ctx: Arc<Context>, queue: String) -> String {
         }
     }
     consumer.cancel().await;
-    while let Some(delivery) = consumer.try_next() {
-        running.spawn(handle(ctx.clone(), delivery));
-    }
-    // As the main loop: on shutdown, tasks get the shutdown timeout and
-    // the rest go back to the queue when the channel closes.
+    drop(taking_from);
+    // Deliveries already on their way still arrive after the cancel: each
+    // is handled as it comes, until nothing taken is unsettled and none came
+    // for BURST_IDLE. On shutdown, as in the main loop, tasks get the
+    // shutdown timeout and the rest go back to the queue with the channel.
     let deadline = async {
         ctx.shutdown.cancelled().await;
         tokio::time::sleep(ctx.config.shutdown_timeout).await;
     };
-    let timed_out = tokio::select! {
-        () = async { while running.join_next().await.is_some() {} } => false,
-        () = deadline => true,
-    };
-    if timed_out {
-        running.abort_all();
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            Some(delivery) = consumer.next() => {
+                running.spawn(handle(ctx.clone(), delivery));
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            () = tokio::time::sleep(BURST_IDLE), if running.is_empty() => break,
+            () = &mut deadline => {
+                running.abort_all();
+                break;
+            }
+        }
     }
     consumer.flush_acks().await;
     consumer.stop();
     debug!(queue = %queue, "burst consumer ended");
-    queue
 }
 
 /// Whether `delivery` is a task due a second or more from now (by its
