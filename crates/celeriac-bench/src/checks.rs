@@ -143,7 +143,7 @@ pub(crate) fn checks(
         ));
         checks.push(Check::at_most(
             &format!(
-                "the last of {} countdown tasks: done after due, worst round",
+                "{} countdown tasks due at once: all done after due, worst round",
                 row.burst
             ),
             worst(&row.last_late_s),

@@ -173,11 +173,6 @@ pub(crate) fn table(results: &Results) -> String {
     );
     let _ = writeln!(out, "|---|---|---:|---:|---|---:|");
     for row in &results.throughput {
-        let rounds: Vec<String> = row
-            .samples_per_s
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect();
         let cpu = row
             .cpu_us_per_task_median()
             .map_or("-".to_owned(), |c| format!("{c:.1}"));
@@ -188,7 +183,7 @@ pub(crate) fn table(results: &Results) -> String {
             row.variant,
             row.messages,
             row.median_per_s,
-            rounds.join(" "),
+            each_round(&row.samples_per_s, 0),
             cpu
         );
     }
@@ -246,22 +241,15 @@ pub(crate) fn table(results: &Results) -> String {
         );
         let _ = writeln!(out, "|---:|---:|---|---:|---:|---|---:|");
         for row in &results.eta {
-            let rounds = |samples: &[f64]| {
-                samples
-                    .iter()
-                    .map(|s| format!("{s:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
             let _ = writeln!(
                 out,
                 "| {} | {:.0} | {} | {:.0} | {:.0} | {} | {:.1} |",
                 row.burst,
                 row.due_in_s,
-                rounds(&row.ordinary_done_s),
+                each_round(&row.ordinary_done_s, 2),
                 median(&row.cleared_per_s),
                 median(&row.raw_publish_per_s),
-                rounds(&row.last_late_s),
+                each_round(&row.last_late_s, 2),
                 row.rss_waiting_kib as f64 / 1024.0
             );
         }
@@ -286,6 +274,15 @@ pub(crate) fn table(results: &Results) -> String {
         );
     }
     out
+}
+
+/// One figure per round, with `decimals` decimals, space-separated.
+fn each_round(samples: &[f64], decimals: usize) -> String {
+    samples
+        .iter()
+        .map(|s| format!("{s:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Percentiles {
