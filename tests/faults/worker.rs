@@ -15,6 +15,10 @@ use celeriac_worker::WorkerConfig;
 /// a delay of 2^level up to 2^(level+1) seconds spends its first 2^level
 /// seconds). One level only: other tests' short delays pass through the low
 /// levels while this runs.
+///
+/// The delay levels are quorum queues, whose `list_queues` count is the
+/// one their last metrics tick reported (every 5 s or so): a message that
+/// has arrived may not be counted yet; see [`wait_for_delayed`].
 fn delayed_messages(level: u32) -> Result<u64> {
     let wanted = format!("celery_delayed_{level}");
     let listing = rabbitmqctl(&[
@@ -30,6 +34,19 @@ fn delayed_messages(level: u32) -> Result<u64> {
         .filter(|(name, _)| *name == wanted)
         .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
         .sum())
+}
+
+/// Waits up to 30 s (several quorum metrics ticks) for delay level `level`
+/// to report `wanted` messages, and returns the last count seen.
+async fn wait_for_delayed(level: u32, wanted: u64) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = delayed_messages(level)?;
+        if count == wanted || tokio::time::Instant::now() >= deadline {
+            return Ok(count);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,9 +117,11 @@ async fn a_far_eta_survives_a_short_consumer_timeout() -> Result<()> {
         .await?;
     ensure!(sum == 42, "the worker stopped working");
     ensure!(!far.ready().await?, "the 2-hour ETA task ran early");
+    let delayed_after = wait_for_delayed(far_level, delayed_before + 1).await?;
     ensure!(
-        delayed_messages(far_level)? == delayed_before + 1,
-        "the far ETA is not waiting in the delay queues"
+        delayed_after == delayed_before + 1,
+        "the far ETA is not waiting in delay level {far_level}: \
+         {delayed_before} messages there before, {delayed_after} after"
     );
     let summary = worker.stop().await?;
     ensure!(
