@@ -57,6 +57,31 @@ async fn start(queue: &Queue, configure: impl FnOnce(&mut WorkerConfig)) -> Resu
     RunningWorker::start(builder, queue, configure).await
 }
 
+/// A retry without a countdown may run (and store its outcome) at once:
+/// the first run's `RETRY` must not land after it and hide the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_retry_outcome_is_not_hidden_by_the_retry_state() -> Result<()> {
+    let queue = Queue::celery_default(unique("worker-immediate-retry"));
+    let app = client(&queue).await?;
+    let worker = start(&queue, |_| {}).await?;
+    let mut retried = Vec::new();
+    for _ in 0..20 {
+        retried.push(app.send_task("demo.retry_once").args((0.0,)).apply().await?);
+    }
+    for result in &retried {
+        result.get_as::<f64>(WAIT).await?;
+        ensure!(
+            result.history() == [State::Retry, State::Success],
+            "{:?}",
+            result.history()
+        );
+    }
+    let summary = worker.stop().await?;
+    ensure!(summary.retried == 20 && summary.succeeded == 20, "{summary:?}");
+    cleanup(&app, &queue.name).await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_is_stored_and_settled() -> Result<()> {
     let queue = Queue::celery_default(unique("worker-outcomes"));

@@ -120,9 +120,9 @@ async fn succeed(
     Settle::Ack
 }
 
-/// Retry: a new message (same id, `retries + 1`, new eta, same headers and
-/// routing) is published and confirmed before the original is acked; then
-/// `RETRY` is stored. A delay of a second or more goes through the delay
+/// Retry: `RETRY` is stored, then a new message (same id, `retries + 1`,
+/// new eta, same headers and routing) is published and confirmed before
+/// the original is acked. A delay of a second or more goes through the delay
 /// topology back to the delivery's queue. Past `max_retries`, the task
 /// fails for good.
 async fn retry(
@@ -165,6 +165,14 @@ async fn retry(
             .await;
         }
     };
+    // RETRY is stored before the retry is published: published first, the
+    // retry could run and store its outcome before this RETRY lands, which
+    // would then hide that outcome from every reader.
+    if !ctx.ignores_result(message) {
+        let mut meta = request.result_meta(State::Retry, err.exception_info().to_json());
+        meta.traceback = Some(err.traceback(&message.headers.task));
+        ctx.outbox.store_progress(request, &meta).await;
+    }
     let published = if delay >= DELAY_RESOLUTION {
         // The backoff waits in the delay queues, not in some worker's
         // prefetch window where a retry storm would stall fresh tasks.
@@ -182,11 +190,6 @@ async fn retry(
         let traceback = err.traceback(&message.headers.task);
         Event::task_retried(&request.id, &exception_repr_of(&err), &traceback)
     });
-    if !ctx.ignores_result(message) {
-        let mut meta = request.result_meta(State::Retry, err.exception_info().to_json());
-        meta.traceback = Some(err.traceback(&message.headers.task));
-        ctx.outbox.store_progress(request, &meta).await;
-    }
     ctx.stats.retried();
     Settle::AckNow
 }
