@@ -7,6 +7,7 @@ use celeriac::App;
 use celeriac_broker::{AckOutcome, ConsumeOptions, Queue};
 use celeriac_demo::tasks as demo;
 use celeriac_protocol::TaskMessage;
+use celeriac_tests::scrape::{free_local_addr, http_get, sample, wait_for_listener};
 use celeriac_tests::worker::RunningWorker;
 use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, rabbitmqctl, unique};
 use celeriac_worker::WorkerConfig;
@@ -140,4 +141,74 @@ async fn a_far_eta_survives_a_short_consumer_timeout() -> Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+/// `/readyz` says not ready, with the reason, while RabbitMQ's connections
+/// are closed, and ready again once the worker has reconnected and consumes
+/// its queue again; the reconnect is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_broker_connection() -> Result<()> {
+    let _serial = disturbing().await;
+    let queue = Queue::celery_default(unique("worker-readyz"));
+    let addr = free_local_addr()?;
+    let mut worker = RunningWorker::start(App::builder(), &queue, |config| {
+        config.metrics_addr = Some(addr);
+    })
+    .await?;
+    worker.while_running(wait_for_listener(addr)).await??;
+    let (status, body) = http_get(addr, "/readyz").await?;
+    ensure!(status == 200, "before the outage: {status} {body}");
+
+    rabbitmqctl(&["close_all_connections", "celeriac readiness test"])?;
+    let not_ready = poll_readyz(addr, 503).await?;
+    ensure!(
+        not_ready.contains("not connected to RabbitMQ") || not_ready.contains("not consuming"),
+        "the not-ready body gives no reason: {not_ready}"
+    );
+    poll_readyz(addr, 200).await?;
+    let (_, metrics) = http_get(addr, "/metrics").await?;
+    let reconnects = sample(
+        &metrics,
+        &format!(
+            r#"celeriac_broker_reconnects_total{{hostname="{}"}}"#,
+            queue.name
+        ),
+    );
+    ensure!(
+        reconnects.is_some_and(|n| n >= 1.0),
+        "reconnects: {reconnects:?}\n{metrics}"
+    );
+
+    let client = celeriac_tests::worker::client(&queue).await?;
+    let sum: i64 = client
+        .send_task("demo.add")
+        .args((1, 2))
+        .apply()
+        .await?
+        .get_as(Duration::from_secs(30))
+        .await?;
+    ensure!(sum == 3, "the worker does not work after the reconnect");
+    worker.stop().await?;
+    celeriac_tests::worker::cleanup(&client, &queue.name).await;
+    Ok(())
+}
+
+/// Polls `/readyz` (every 100 ms, up to 60 s) until it answers `status`;
+/// returns that answer's body.
+async fn poll_readyz(addr: std::net::SocketAddr, status: u16) -> Result<String> {
+    let mut last = (0, String::new());
+    for _ in 0..600 {
+        if let Ok(answer) = http_get(addr, "/readyz").await {
+            if answer.0 == status {
+                return Ok(answer.1);
+            }
+            last = answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "/readyz never answered {status} in 60 s; last: {} {}",
+        last.0,
+        last.1
+    )
 }

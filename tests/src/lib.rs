@@ -6,6 +6,7 @@
 //! - [`rabbit`]: the test broker, `rabbitmqctl`, and the guard for tests
 //!   that disturb the broker;
 //! - [`redis_server`]: a private Redis, for tests that restart it;
+//! - [`scrape`]: a worker's metrics and probes over HTTP;
 //! - [`worker`]: apps, in-process and out-of-process Celeriac workers, dead
 //!   letters and cleanup.
 
@@ -15,6 +16,7 @@ pub mod fixtures;
 pub mod python;
 pub mod rabbit;
 pub mod redis_server;
+pub mod scrape;
 pub mod worker;
 
 pub use fixtures::{Fixture, all_fixtures, fixture, typed_header};

@@ -66,7 +66,12 @@ async fn an_immediate_retry_outcome_is_not_hidden_by_the_retry_state() -> Result
     let worker = start(&queue, |_| {}).await?;
     let mut retried = Vec::new();
     for _ in 0..20 {
-        retried.push(app.send_task("demo.retry_once").args((0.0,)).apply().await?);
+        retried.push(
+            app.send_task("demo.retry_once")
+                .args((0.0,))
+                .apply()
+                .await?,
+        );
     }
     for result in &retried {
         result.get_as::<f64>(WAIT).await?;
@@ -77,7 +82,10 @@ async fn an_immediate_retry_outcome_is_not_hidden_by_the_retry_state() -> Result
         );
     }
     let summary = worker.stop().await?;
-    ensure!(summary.retried == 20 && summary.succeeded == 20, "{summary:?}");
+    ensure!(
+        summary.retried == 20 && summary.succeeded == 20,
+        "{summary:?}"
+    );
     cleanup(&app, &queue.name).await;
     Ok(())
 }

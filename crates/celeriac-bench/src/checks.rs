@@ -39,6 +39,12 @@ pub(crate) fn checks(
         0.9,
     );
     ratio(
+        "worker drain with metrics / without",
+        rate("drain", "celeriac worker, ack_batch 32, metrics"),
+        worker,
+        0.97,
+    );
+    ratio(
         "worker drain / raw multi-ack consume",
         worker,
         rate("drain", "raw lapin, multi-ack"),

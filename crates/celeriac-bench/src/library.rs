@@ -86,6 +86,8 @@ pub(crate) struct WorkerShape {
     pub(crate) results: Option<String>,
     /// Send task events (`-E`).
     pub(crate) task_events: bool,
+    /// Record Prometheus metrics (as `--metrics-addr` does; nothing scrapes).
+    pub(crate) metrics: bool,
 }
 
 /// How long the benchmark's stored results live: long enough to be read,
@@ -111,6 +113,10 @@ impl InProcessWorker {
             ..WorkerConfig::default()
         };
         let worker = Worker::new(app, config);
+        if shape.metrics {
+            // Asking for the handle turns recording on.
+            let _ = worker.metrics();
+        }
         let stats = worker.stats();
         let (stop, stopped) = oneshot::channel();
         let run = tokio::spawn(worker.run_until(async {

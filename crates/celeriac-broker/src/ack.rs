@@ -117,6 +117,14 @@ impl AckWindow {
         window
     }
 
+    /// Finished deliveries whose ack has not been sent yet.
+    pub(crate) fn pending(&self) -> usize {
+        lock(&self.entries)
+            .values()
+            .filter(|e| e.finished.is_some())
+            .count()
+    }
+
     /// Registers a delivery as unacked.
     pub(crate) fn delivered(&self, tag: u64, acker: Acker) {
         lock(&self.entries).insert(

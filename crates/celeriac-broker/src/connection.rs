@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     delay_bound: Mutex<HashSet<String>>,
     /// Exchanges transient publishes declared, by connection generation.
     exchanges_ready: Mutex<HashSet<(u64, String)>>,
+    /// Connections opened after the first one (successful reconnects).
+    reconnects: AtomicU64,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -119,6 +122,7 @@ impl Broker {
             delay_declared: tokio::sync::OnceCell::new(),
             delay_bound: Mutex::default(),
             exchanges_ready: Mutex::default(),
+            reconnects: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         let (session, events) =
@@ -182,6 +186,22 @@ impl Broker {
     /// Whether the connection is up right now.
     pub fn is_connected(&self) -> bool {
         matches!(&*self.shared.link.borrow(), Link::Up(s) if s.is_connected())
+    }
+
+    /// Why the connection is down right now (the last error of the
+    /// reconnect attempts), `None` while it is up.
+    pub fn down_reason(&self) -> Option<String> {
+        match &*self.shared.link.borrow() {
+            Link::Up(s) if s.is_connected() => None,
+            Link::Up(_) => Some("the connection is closing".into()),
+            Link::Down(reason) => Some(reason.clone()),
+            Link::Closed => Some("the broker handle is closed".into()),
+        }
+    }
+
+    /// How many times the connection was lost and opened again.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// The broker's reason for blocking publishers (memory or disk alarm),
@@ -403,6 +423,7 @@ async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>, mut events: E
             }
         };
         *lock(&shared.blocked) = None;
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
         shared.link.send_replace(Link::Up(session.clone()));
     }
 }

@@ -429,6 +429,10 @@ impl QueueForwarder {
                         return;
                     }
                     warn!(queue = %self.queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
+                    let old_tag = consumer.tag().as_str().to_owned();
+                    lock(&self.subscriptions)
+                        .tags
+                        .retain(|(_, tag)| *tag != old_tag);
                     tokio::time::sleep(
                         Duration::from_millis(100).saturating_mul(1 << attempt.min(6)),
                     )
@@ -475,6 +479,30 @@ impl ConsumerHandle {
     /// The queues consumed now.
     pub fn queues(&self) -> Vec<Queue> {
         lock(&self.subscriptions).queues.clone()
+    }
+
+    /// The queues this consumer should consume but does not right now (its
+    /// channel is down, or a queue's subscription is being restored), by
+    /// name; empty while every queue is consumed.
+    pub fn not_consuming(&self) -> Vec<String> {
+        let subs = lock(&self.subscriptions);
+        let channel_up = subs
+            .channel
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+            && subs.session.as_ref().is_some_and(|s| s.is_connected());
+        subs.queues
+            .iter()
+            .filter(|q| !channel_up || !subs.tags.iter().any(|(name, _)| *name == q.name))
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
+    /// Finished deliveries whose ack waits in the coalescing window (0
+    /// when acks are not coalesced).
+    pub fn acks_pending(&self) -> usize {
+        let window = lock(&self.subscriptions).window.clone();
+        window.map_or(0, |w| w.pending())
     }
 
     /// Declares and starts consuming `queue` on the consumer's channel (with

@@ -64,4 +64,4 @@ pub use message::{
 };
 pub use result::{ExceptionInfo, ExtendedMeta, ResultMeta, State};
 pub use signature::{CHAIN, CHORD, GROUP, Signature, SignatureKind};
-pub use task_headers::{Seconds, TaskHeaders, TimeLimit};
+pub use task_headers::{ENQUEUED_AT_HEADER, Seconds, TaskHeaders, TimeLimit};

@@ -100,7 +100,28 @@ pub struct TaskHeaders {
     pub extra: Headers,
 }
 
+/// The header holding when a message was enqueued, in milliseconds since
+/// the epoch: RabbitMQ's `set_header_timestamp` message interceptor (3.12+)
+/// writes it, and Celeriac's producers set it. Python Celery ignores it.
+pub const ENQUEUED_AT_HEADER: &str = "timestamp_in_ms";
+
 impl TaskHeaders {
+    /// When the message was enqueued, if it says ([`ENQUEUED_AT_HEADER`]).
+    pub fn enqueued_at(&self) -> Option<DateTime<FixedOffset>> {
+        match self.extra.get(ENQUEUED_AT_HEADER)? {
+            HeaderValue::Int(ms) => Some(Utc.timestamp_millis_opt(*ms).single()?.fixed_offset()),
+            _ => None,
+        }
+    }
+
+    /// Records when the message is enqueued ([`ENQUEUED_AT_HEADER`]).
+    pub fn set_enqueued_at(&mut self, at: DateTime<FixedOffset>) {
+        self.extra.insert(
+            ENQUEUED_AT_HEADER.into(),
+            HeaderValue::Int(at.timestamp_millis()),
+        );
+    }
+
     /// Headers for a new top-level task, with the defaults Python uses.
     pub fn new(task: impl Into<String>, id: impl Into<String>) -> TaskHeaders {
         let id = id.into();
@@ -346,6 +367,22 @@ fn time_value(value: &Option<DateTime<FixedOffset>>) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_enqueue_time_round_trips_in_milliseconds() {
+        let mut headers = TaskHeaders::new("t", "id");
+        assert_eq!(headers.enqueued_at(), None);
+        let at = Utc
+            .timestamp_millis_opt(1_760_000_000_123)
+            .unwrap()
+            .fixed_offset();
+        headers.set_enqueued_at(at);
+        assert_eq!(headers.enqueued_at(), Some(at));
+        assert_eq!(
+            headers.extra.get(ENQUEUED_AT_HEADER),
+            Some(&HeaderValue::Int(1_760_000_000_123))
+        );
+    }
 
     fn minimal() -> Headers {
         let mut h = Headers::new();

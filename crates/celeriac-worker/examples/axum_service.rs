@@ -8,6 +8,8 @@
 //! # {"task_id":"..."}
 //! curl -s localhost:3000/thumbnails/<task_id>
 //! # {"state":"SUCCESS","result":"https://example.com/a.png@800w"}
+//! curl -s localhost:3000/metrics | grep celery_task_succeeded_total
+//! # the worker's Prometheus metrics, served by the service's own router
 //! ```
 //!
 //! `--once` starts the service on a free port, makes one request of each
@@ -25,7 +27,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use celeriac::{App, TaskResult, task};
-use celeriac_worker::{Worker, WorkerConfig};
+use celeriac_worker::{Metrics, Worker, WorkerConfig};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -89,13 +91,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         concurrency: 16,
         ..WorkerConfig::default()
     };
-    let worker =
-        tokio::spawn(Worker::new(app.clone(), config).run_until(stop.clone().cancelled_owned()));
+    let worker = Worker::new(app.clone(), config);
+    // The worker's metrics, mounted in this service's router (asking for
+    // the handle turns recording on).
+    let metrics = worker.metrics();
+    let worker = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
 
-    let api = Router::new()
-        .route("/thumbnails", post(enqueue))
-        .route("/thumbnails/{id}", get(status))
-        .with_state(app.clone());
+    let api =
+        Router::new()
+            .route("/thumbnails", post(enqueue))
+            .route("/thumbnails/{id}", get(status))
+            .route(
+                "/metrics",
+                get(move || async move {
+                    ([("content-type", Metrics::CONTENT_TYPE)], metrics.render())
+                }),
+            )
+            .with_state(app.clone());
     let listener = TcpListener::bind(if once {
         "127.0.0.1:0"
     } else {
@@ -144,7 +156,12 @@ async fn smoke_test(address: &str) -> Result<String, Box<dyn std::error::Error>>
     if !done.contains("SUCCESS") {
         return Err(format!("the task did not succeed: {done}").into());
     }
-    Ok(done)
+    let metrics = http(address, "GET", "/metrics", "").await?;
+    let succeeded = metrics
+        .lines()
+        .find(|line| line.starts_with("celery_task_succeeded_total{name=\"service.thumbnail\""))
+        .ok_or_else(|| format!("no succeeded count for the task in /metrics:\n{metrics}"))?;
+    Ok(format!("{done}\n{succeeded}"))
 }
 
 /// A minimal HTTP/1.1 request; returns the response body.

@@ -546,6 +546,31 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_address_comes_from_the_flag_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("celeriac-cli-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, "metrics_addr = \"0.0.0.0:9808\"\n").unwrap();
+        let config = path.to_str().unwrap();
+        let from_file = parse(&["--config", config]).settings().unwrap();
+        assert_eq!(
+            from_file.worker.metrics_addr,
+            Some(([0, 0, 0, 0], 9808).into())
+        );
+        let from_flag = parse(&["--config", config, "--metrics-addr", "127.0.0.1:9900"])
+            .settings()
+            .unwrap();
+        assert_eq!(
+            from_flag.worker.metrics_addr,
+            Some(([127, 0, 0, 1], 9900).into())
+        );
+        assert_eq!(parse(&[]).settings().unwrap().worker.metrics_addr, None);
+        let bad = parse(&["--metrics-addr", "9808"]).settings().unwrap_err();
+        assert!(bad.contains("0.0.0.0:9808"), "{bad}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn queue_flags_are_checked() {
         let err = parse(&["--task-queue", "q:queue_type=fast"])
             .settings()

@@ -1,6 +1,8 @@
 //! The worker's monitoring and remote-control flags (`-E`, heartbeats,
-//! mingle, the state db), flattened into [`crate::cli::Args`].
+//! mingle, the state db, the metrics listener), flattened into
+//! [`crate::cli::Args`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,6 +49,11 @@ pub struct MonitoringArgs {
     /// (Celery's --statedb) [default: none]
     #[arg(long, env = "CELERIAC_STATEDB")]
     pub statedb: Option<PathBuf>,
+
+    /// Serve Prometheus /metrics and the /healthz and /readyz probes on
+    /// this HOST:PORT, e.g. 0.0.0.0:9808 [default: none]
+    #[arg(long, env = "CELERIAC_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 impl MonitoringArgs {
@@ -80,6 +87,31 @@ impl MonitoringArgs {
         if let Some(path) = self.statedb.or_else(|| file.statedb.clone()) {
             worker.statedb = Some(path);
         }
+        if let Some(addr) = self.metrics_addr.or_else(|| file.metrics_addr.clone()) {
+            worker.metrics_addr = Some(parse_listen_addr(&addr)?);
+        }
         Ok(())
+    }
+}
+
+/// A `HOST:PORT` to listen on; the error says what a good one looks like.
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("metrics_addr must be an IP address and port such as 0.0.0.0:9808 or 127.0.0.1:9808, got {text:?}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_address_is_an_ip_and_port() {
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9808").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 9808))
+        );
+        let error = parse_listen_addr("localhost").unwrap_err();
+        assert!(error.contains("0.0.0.0:9808"), "{error}");
     }
 }

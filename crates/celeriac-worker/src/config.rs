@@ -3,6 +3,7 @@
 //! backend, queues and routes, live on the `celeriac::AppBuilder`; the CLI
 //! and the TOML file set both, see [`crate::cli`].)
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +63,9 @@ pub struct WorkerConfig {
     /// Keep revoked ids (and the clock) in this file across restarts
     /// (`--statedb`). Default none.
     pub statedb: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address
+    /// (`--metrics-addr`). Default none: no listener, no metrics recorded.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -85,6 +89,7 @@ impl Default for WorkerConfig {
             remote_control: true,
             mingle: true,
             statedb: None,
+            metrics_addr: None,
         }
     }
 }

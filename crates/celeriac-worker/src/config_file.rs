@@ -87,6 +87,8 @@ pub struct ConfigFile {
     pub mingle: Option<bool>,
     /// The state db file.
     pub statedb: Option<std::path::PathBuf>,
+    /// `HOST:PORT` of the metrics and probes listener.
+    pub metrics_addr: Option<String>,
     /// Queue definitions by name (Celery's `task_queues`).
     #[serde(default)]
     pub task_queues: toml::Table,

@@ -3,8 +3,8 @@
 //! has revoked, the events, the runtime limits and the counts.
 
 use std::sync::Arc;
-
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use celeriac::broker::{ConsumerHandle, Delivery};
 use celeriac::protocol::TaskMessage;
@@ -15,6 +15,7 @@ use crate::burst::Bursts;
 use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::limits::{Limits, Pool};
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::revoked::Revoked;
 use crate::tracker::Tracker;
@@ -49,9 +50,25 @@ pub(crate) struct Context {
     pub(crate) limits: Limits,
     /// When the worker started.
     pub(crate) started: Instant,
+    /// Prometheus metrics (disabled unless asked for).
+    pub(crate) metrics: Metrics,
+    /// Milliseconds after `started` when the worker loop last turned.
+    pub(crate) loop_turned: AtomicU64,
 }
 
 impl Context {
+    /// Marks that the worker loop is turning (for `/healthz`).
+    pub(crate) fn loop_turns(&self) {
+        let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.loop_turned.store(since, Ordering::Relaxed);
+    }
+
+    /// How long since the worker loop last turned.
+    pub(crate) fn loop_silence(&self) -> Duration {
+        let turned = Duration::from_millis(self.loop_turned.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(turned)
+    }
+
     /// Whether `queue` is configured for broker-native dead-lettering.
     pub(crate) fn native_dead_lettering(&self, queue: &str) -> bool {
         self.consumer

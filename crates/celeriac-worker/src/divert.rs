@@ -47,6 +47,7 @@ pub(crate) async fn unregistered(
         );
         Event::task_failed(&message.headers.id, &exception, None)
     });
+    ctx.metrics.failed(&delivery.queue, name, "NotRegistered");
     let detail = format!("task {name} is not registered on this worker");
     let reason = DeadLetterReason::UnknownTask;
     dead_letter(ctx, delivery, reason, Some("NotRegistered"), detail).await
@@ -78,6 +79,7 @@ impl Revocation {
 /// a `task-revoked` event, then ack: a revoked task is not dead-lettered.
 pub(crate) async fn revoke(
     ctx: &Context,
+    queue: &str,
     request: &Request,
     message: &TaskMessage,
     why: Revocation,
@@ -102,6 +104,7 @@ pub(crate) async fn revoke(
             why == Revocation::Expired,
         )
     });
+    ctx.metrics.revoked(queue, &message.headers.task);
     ctx.stats.revoked();
     Settle::Ack
 }
@@ -142,6 +145,7 @@ pub(crate) async fn count_redelivery(
     let limit = ctx.config.redelivery_limit;
     if count > limit {
         warn!(id = %message.headers.id, count, "message redelivered too often (crash loop?); dead-lettering it");
+        ctx.metrics.redelivery_limit(&delivery.queue);
         let detail = format!("delivered {count} times without finishing; limit {limit}");
         return dead_letter(
             ctx,
@@ -188,6 +192,8 @@ pub(crate) async fn dead_letter_with(
     letter.hostname.clone_from(&ctx.config.hostname);
     match ctx.outbox.dead_letter(delivery, &letter).await {
         Ok(()) => {
+            ctx.metrics
+                .dead_lettered(&delivery.queue, letter.reason.as_str());
             ctx.stats.dead_lettered();
             Settle::AckNow
         }

@@ -33,6 +33,11 @@ impl EtaHolds {
         }
     }
 
+    /// ETA tasks held now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
     /// A slot to hold one ETA task in, freed when the guard drops; `None`
     /// when all are taken.
     pub(crate) fn try_hold(&self) -> Option<EtaHold<'_>> {

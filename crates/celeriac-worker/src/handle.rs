@@ -13,6 +13,7 @@ use celeriac::protocol::TaskMessage;
 use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
 use celeriac::{State, Task};
+use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
@@ -65,7 +66,14 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
         Admission::Unregistered(message) => Box::pin(unregistered(ctx, delivery, &message)).await,
         Admission::Expired(message) => {
             let request = ctx.request_for(delivery, &message);
-            Box::pin(revoke(ctx, &request, &message, Revocation::Expired)).await
+            Box::pin(revoke(
+                ctx,
+                &delivery.queue,
+                &request,
+                &message,
+                Revocation::Expired,
+            ))
+            .await
         }
         Admission::Postpone(wait) => Box::pin(postpone(ctx, delivery, wait)).await,
     }
@@ -85,18 +93,40 @@ async fn run_admitted(
     let message = Arc::new(message);
     let request = ctx.request_for(delivery, &message);
     if ctx.revoked.contains(&message) {
-        return Box::pin(revoke(ctx, &request, &message, Revocation::Revoked)).await;
+        return Box::pin(revoke(
+            ctx,
+            &delivery.queue,
+            &request,
+            &message,
+            Revocation::Revoked,
+        ))
+        .await;
     }
     let tracked = ctx.tracker.accept(delivery, &message, task.is_blocking());
     ctx.events.task(|| Event::task_received(&message));
+    ctx.metrics.received(&delivery.queue, &message.headers.task);
     let permit = match wait_turn(ctx, &message, &tracked, wait, hold).await {
         Ok(permit) => permit,
         Err(Turn::Shutdown) => return Settle::Requeue,
         Err(Turn::Revoked) => {
-            return Box::pin(revoke(ctx, &request, &message, Revocation::Revoked)).await;
+            return Box::pin(revoke(
+                ctx,
+                &delivery.queue,
+                &request,
+                &message,
+                Revocation::Revoked,
+            ))
+            .await;
         }
         Err(Turn::Expired) => {
-            return Box::pin(revoke(ctx, &request, &message, Revocation::Expired)).await;
+            return Box::pin(revoke(
+                ctx,
+                &delivery.queue,
+                &request,
+                &message,
+                Revocation::Expired,
+            ))
+            .await;
         }
     };
     if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
@@ -113,6 +143,9 @@ async fn run_admitted(
     info!(task = %message.headers.task, id = %request.id, retries = request.retries, "task started");
     tracked.started();
     ctx.events.task(|| Event::task_started(&request.id));
+    let wait = queue_wait(&message, now());
+    ctx.metrics
+        .started(&delivery.queue, &message.headers.task, wait);
     if options.track_started.unwrap_or(ctx.config.track_started) && !ctx.ignores_result(&message) {
         let started = json!({"pid": std::process::id(), "hostname": ctx.config.hostname});
         ctx.outbox
@@ -137,7 +170,14 @@ async fn run_admitted(
         }
         Ran::Terminated => {
             warn!(task = %message.headers.task, id = %request.id, "task terminated by remote control");
-            Box::pin(revoke(ctx, &request, &message, Revocation::Terminated)).await
+            Box::pin(revoke(
+                ctx,
+                &delivery.queue,
+                &request,
+                &message,
+                Revocation::Terminated,
+            ))
+            .await
         }
     };
     if acks_late {
@@ -145,6 +185,19 @@ async fn run_admitted(
     } else {
         Settle::AckedEarly
     }
+}
+
+/// How long a task waited to start: from when it was enqueued (its
+/// `timestamp_in_ms` header) or, for an ETA task, from when it was due if
+/// that is later. `None` for a message that does not say when it was
+/// enqueued.
+fn queue_wait(message: &TaskMessage, now: DateTime<FixedOffset>) -> Option<Duration> {
+    let enqueued = message.headers.enqueued_at()?;
+    let since = message
+        .headers
+        .eta
+        .map_or(enqueued, |eta| eta.max(enqueued));
+    (now - since).to_std().ok()
 }
 
 /// Why a held task will not run now.

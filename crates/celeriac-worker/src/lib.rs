@@ -18,7 +18,10 @@
 //!   **graceful shutdown**;
 //! - **remote control and events**: `celery inspect`, `celery control` and
 //!   Flower see and steer it as a Python worker (revocation, rate and time
-//!   limits, consumers, pool size, shutdown; worker and task events).
+//!   limits, consumers, pool size, shutdown; worker and task events);
+//! - **metrics and probes**: Prometheus `/metrics` named as celery-exporter
+//!   names them, `/healthz` and `/readyz` (`metrics_addr`, or
+//!   [`Worker::metrics`] to serve them yourself).
 //!
 //! As a program: `celeriac_worker::main(App::builder().task(...))` gives any
 //! binary the standard CLI (see [`cli::Args`]). Inside a program that does
@@ -45,6 +48,7 @@ mod events;
 mod execute;
 mod handle;
 mod limits;
+pub mod metrics;
 mod outbox;
 mod outcome;
 mod revoked;
@@ -58,5 +62,6 @@ pub use cli::main;
 pub use config::{WorkerConfig, expand_hostname};
 pub use config_file::{ConfigFile, QueueSpec, RouteSpec, RouteTable};
 pub use divert::REDELIVERIES_HEADER;
+pub use metrics::Metrics;
 pub use stats::{Stats, Summary};
 pub use worker::{Worker, WorkerError};

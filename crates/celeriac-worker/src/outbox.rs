@@ -23,6 +23,8 @@ use celeriac::protocol::RawMessage;
 use celeriac::{App, Apply, BackendError, Request, ResultMeta, Signature};
 use tracing::{debug, error, warn};
 
+use crate::metrics::Metrics;
+
 /// How long a result waits for a missing `rpc://` reply queue to reappear.
 const REPLY_QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// How long a reply queue that stayed missing is taken to be gone for good:
@@ -48,15 +50,18 @@ pub(crate) struct Outbox {
     store_timeout: Duration,
     /// Reply queues a result already waited for in vain, and when.
     gone_reply_queues: Mutex<HashMap<String, Instant>>,
+    /// Confirm and store latencies go here.
+    metrics: Metrics,
 }
 
 impl Outbox {
     /// An outbox publishing through `app`.
-    pub(crate) fn new(app: App, store_timeout: Duration) -> Outbox {
+    pub(crate) fn new(app: App, store_timeout: Duration, metrics: Metrics) -> Outbox {
         Outbox {
             app,
             store_timeout,
             gone_reply_queues: Mutex::default(),
+            metrics,
         }
     }
 
@@ -79,11 +84,13 @@ impl Outbox {
             } else {
                 REPLY_QUEUE_WAIT
             };
-        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.store_timeout;
         let mut pause = STORE_RETRY_MIN;
         loop {
             let error = match backend.store(meta, request).await {
                 Ok(()) => {
+                    self.metrics.result_stored(started.elapsed());
                     if gone {
                         self.gone().remove(&reply_to);
                     }
@@ -164,7 +171,11 @@ impl Outbox {
         signature: &Signature,
         apply: Apply<'_>,
     ) -> Result<Vec<String>, celeriac::Error> {
-        Box::pin(self.app.apply_signature(signature, apply)).await
+        self.timed(
+            "workflow",
+            Box::pin(self.app.apply_signature(signature, apply)),
+        )
+        .await
     }
 
     /// Publishes a copy of a message (a retry, a requeue, a counted
@@ -175,9 +186,8 @@ impl Outbox {
         routing_key: &str,
         message: &RawMessage,
     ) -> Result<(), BrokerError> {
-        self.app
-            .broker()
-            .publish(exchange, routing_key, message)
+        let broker = self.app.broker();
+        self.timed("republish", broker.publish(exchange, routing_key, message))
             .await
     }
 
@@ -190,9 +200,8 @@ impl Outbox {
         wait: Duration,
         message: &RawMessage,
     ) -> Result<(), BrokerError> {
-        self.app
-            .broker()
-            .publish_delayed(queue, wait, message)
+        let broker = self.app.broker();
+        self.timed("delay", broker.publish_delayed(queue, wait, message))
             .await
     }
 
@@ -202,7 +211,23 @@ impl Outbox {
         delivery: &Delivery,
         letter: &DeadLetter,
     ) -> Result<(), BrokerError> {
-        self.app.broker().dead_letter(delivery, letter).await
+        let broker = self.app.broker();
+        self.timed("dead_letter", broker.dead_letter(delivery, letter))
+            .await
+    }
+
+    /// Runs a publish of `kind`, recording how long its confirm took.
+    async fn timed<T, E>(
+        &self,
+        kind: &'static str,
+        publish: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let published = publish.await;
+        if published.is_ok() {
+            self.metrics.published(kind, started.elapsed());
+        }
+        published
     }
 
     fn gone(&self) -> MutexGuard<'_, HashMap<String, Instant>> {

@@ -37,7 +37,7 @@ pub(crate) async fn finish(
     runtime: f64,
 ) -> Settle {
     let err = match result {
-        Ok(value) => return succeed(ctx, request, message, value, runtime).await,
+        Ok(value) => return succeed(ctx, delivery, request, message, value, runtime).await,
         Err(err) => err,
     };
     match err.kind() {
@@ -47,6 +47,7 @@ pub(crate) async fn finish(
         TaskErrorKind::Reject { requeue: true } => {
             warn!(task = %message.headers.task, id = %request.id, "task rejected its message; requeueing it");
             ctx.events.task(|| Event::task_rejected(&request.id, true));
+            ctx.metrics.rejected(&delivery.queue, &message.headers.task);
             Settle::Reject { requeue: true }
         }
         TaskErrorKind::Reject { requeue: false } => {
@@ -69,6 +70,7 @@ pub(crate) async fn finish(
 /// the delivery is requeued rather than losing the rest of the workflow.
 async fn succeed(
     ctx: &Context,
+    delivery: &Delivery,
     request: &Request,
     message: &TaskMessage,
     value: Value,
@@ -116,6 +118,8 @@ async fn succeed(
     }
     ctx.events
         .task(|| Event::task_succeeded(&request.id, &value, runtime));
+    ctx.metrics
+        .succeeded(&delivery.queue, &message.headers.task, runtime);
     ctx.stats.succeeded();
     Settle::Ack
 }
@@ -190,6 +194,7 @@ async fn retry(
         let traceback = err.traceback(&message.headers.task);
         Event::task_retried(&request.id, &exception_repr_of(&err), &traceback)
     });
+    ctx.metrics.retried(&delivery.queue, &message.headers.task);
     ctx.stats.retried();
     Settle::AckNow
 }
@@ -246,6 +251,8 @@ pub(crate) async fn fail(
     let traceback = err.traceback(&message.headers.task);
     ctx.events
         .task(|| Event::task_failed(&request.id, &exception_repr_of(err), Some(&traceback)));
+    ctx.metrics
+        .failed(&delivery.queue, &message.headers.task, &exc.exc_type);
     let mut meta = request.result_meta(State::Failure, exc.to_json());
     meta.traceback = Some(traceback.clone());
     if ctx.outbox.store(request, &meta).await.is_err() {
@@ -292,6 +299,7 @@ pub(crate) async fn fail(
         return Settle::Ack;
     }
     if ctx.native_dead_lettering(&delivery.queue) {
+        ctx.metrics.dead_lettered(&delivery.queue, reason.as_str());
         return Settle::Reject { requeue: false };
     }
     let mut letter = DeadLetter::new(reason, exc.message());

@@ -254,6 +254,11 @@ impl Tracker {
             .count()
     }
 
+    /// Deliveries held now: reserved, scheduled or running.
+    pub(crate) fn held(&self) -> usize {
+        self.entries().len()
+    }
+
     /// Tasks accepted since start.
     pub(crate) fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)

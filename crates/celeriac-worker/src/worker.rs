@@ -14,12 +14,14 @@
 //! may share it ([`App::close`] closes it).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use std::time::{Duration, Instant};
 
 use celeriac::App;
 use celeriac::broker::{ConsumeOptions, Queue};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,7 @@ use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::handle::handle;
 use crate::limits::{Limits, Pool};
+use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::revoked::Revoked;
 use crate::{Stats, Summary, WorkerConfig};
@@ -50,6 +53,7 @@ pub struct Worker {
     app: App,
     config: WorkerConfig,
     stats: Arc<Stats>,
+    metrics: OnceLock<Metrics>,
 }
 
 /// Why a worker could not run.
@@ -73,7 +77,23 @@ impl Worker {
             app,
             config,
             stats: Arc::default(),
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// The worker's Prometheus metrics, recorded from the start of
+    /// [`run_until`](Self::run_until) on; serve [`Metrics::render`] from
+    /// your own HTTP server, or set `metrics_addr` for the worker's own
+    /// listener. Without either, the worker records no metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics
+            .get_or_init(|| {
+                Metrics::new(
+                    &self.config.hostname,
+                    self.app.registry().names().map(str::to_owned),
+                )
+            })
+            .clone()
     }
 
     /// Live outcome counts (also returned when the worker stops).
@@ -89,6 +109,22 @@ impl Worker {
         if self.config.concurrency == 0 {
             return Err(WorkerError::Config("concurrency must be at least 1".into()));
         }
+        let metrics = if self.config.metrics_addr.is_some() {
+            self.metrics()
+        } else {
+            self.metrics
+                .get()
+                .cloned()
+                .unwrap_or_else(Metrics::disabled)
+        };
+        let listener = match self.config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                WorkerError::Config(format!(
+                    "cannot listen on metrics_addr {addr}: {e}; choose a free port or another address"
+                ))
+            })?),
+            None => None,
+        };
         let queues: Vec<Queue> = self
             .config
             .queues
@@ -115,7 +151,11 @@ impl Worker {
             pool: Pool::new(self.config.concurrency),
             shutdown: CancellationToken::new(),
             stop: CancellationToken::new(),
-            outbox: Outbox::new(self.app.clone(), self.config.result_store_timeout),
+            outbox: Outbox::new(
+                self.app.clone(),
+                self.config.result_store_timeout,
+                metrics.clone(),
+            ),
             stats: self.stats.clone(),
             consumer: consumer.handle(),
             tracker: Arc::default(),
@@ -130,10 +170,13 @@ impl Worker {
             bursts,
             limits: Limits::default(),
             started: Instant::now(),
+            metrics: metrics.clone(),
+            loop_turned: AtomicU64::new(0),
             app: self.app.clone(),
             config: self.config.clone(),
         });
-        let services = Services::start(&ctx, burst_requests).await?;
+        metrics.watch(&ctx);
+        let services = Services::start(&ctx, burst_requests, listener).await?;
         info!(
             hostname = %self.config.hostname,
             queues = ?self.config.queues,
@@ -141,15 +184,18 @@ impl Worker {
             prefetch = self.config.prefetch(),
             task_events = self.config.task_events,
             remote_control = self.config.remote_control,
+            metrics_addr = ?self.config.metrics_addr,
             tasks = ?self.app.registry().names().collect::<Vec<_>>(),
             "worker ready"
         );
 
         let mut running = JoinSet::new();
+        let mut turns = tokio::time::interval(LOOP_TICK);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = turns.tick() => ctx.loop_turns(),
                 () = ctx.stop.cancelled() => break,
                 delivery = consumer.next() => match delivery {
                     Some(delivery) => {
@@ -198,26 +244,34 @@ impl Worker {
     }
 }
 
+/// How often the worker loop marks itself alive (for `/healthz`).
+const LOOP_TICK: Duration = Duration::from_secs(1);
+
 /// How often the state db is written while it changes.
 const STATEDB_SYNC: Duration = Duration::from_secs(1);
 
-/// What runs beside the task loop: remote control, events and the state
-/// db's writer, stopped after the tasks.
+/// What runs beside the task loop: the metrics listener, remote control,
+/// events and the state db's writer, stopped after the tasks.
 struct Services {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Services {
-    /// Subscribes to the control queue, mingles, starts the event
-    /// dispatcher and the state db's writer, readies the delay topology
-    /// and runs burst consumers when asked.
+    /// Serves the metrics and probes, subscribes to the control queue,
+    /// mingles, starts the event dispatcher and the state db's writer,
+    /// readies the delay topology and runs burst consumers when asked.
     async fn start(
         ctx: &Arc<Context>,
         burst_requests: mpsc::Receiver<String>,
+        metrics_listener: Option<TcpListener>,
     ) -> Result<Services, WorkerError> {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
+        if let Some(listener) = metrics_listener {
+            let metrics = ctx.metrics.clone();
+            tasks.push(metrics::serve(listener, metrics, ctx, stop.clone()));
+        }
         if ctx.config.remote_control
             && let Some(pidbox) = control::subscribe(ctx).await?
         {

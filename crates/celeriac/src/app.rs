@@ -225,6 +225,12 @@ impl App {
         message.body.embed.chord = workflow.chord.map(Box::new);
         headers.shadow = options.shadow;
         headers.extra = options.headers;
+        if !headers
+            .extra
+            .contains_key(celeriac_protocol::ENQUEUED_AT_HEADER)
+        {
+            headers.set_enqueued_at(sent_at);
+        }
         headers.compression = self.inner.compression;
         headers.timelimit.hard = options.time_limit.or(defaults.time_limit).map(seconds);
         headers.timelimit.soft = options

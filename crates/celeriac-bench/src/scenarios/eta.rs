@@ -44,6 +44,7 @@ impl Bench {
                     ack_batch: 32,
                     results: None,
                     task_events: false,
+                    metrics: false,
                 };
                 let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
                 // A worker that has been up a moment: its delay topology is

@@ -266,16 +266,23 @@ impl Bench {
                 let cpu = measure::own_cpu().saturating_sub(cpu);
                 self.record("drain", &variant, n, took.as_secs_f64(), Some(cpu));
             }
-            for (variant, ack_batch, task_events) in [
-                ("celeriac worker, ack_batch 32", 32, false),
-                ("celeriac worker, ack_batch 32, task events", 32, true),
-                ("celeriac worker, ack_batch 1", 1, false),
+            for (variant, ack_batch, task_events, metrics) in [
+                ("celeriac worker, ack_batch 32", 32, false, false),
+                (
+                    "celeriac worker, ack_batch 32, task events",
+                    32,
+                    true,
+                    false,
+                ),
+                ("celeriac worker, ack_batch 32, metrics", 32, false, true),
+                ("celeriac worker, ack_batch 1", 1, false, false),
             ] {
                 let shape = WorkerShape {
                     concurrency: self.concurrency,
                     ack_batch,
                     results: None,
                     task_events,
+                    metrics,
                 };
                 let (took, cpu) = self.worker_drain(&queue, shape).await?;
                 self.record("drain", variant, n, took.as_secs_f64(), Some(cpu));
@@ -390,6 +397,7 @@ impl Bench {
             ack_batch: 32,
             results: Some(backend.to_owned()),
             task_events: false,
+            metrics: false,
         };
         let worker = InProcessWorker::start(&self.url, queue, shape).await?;
         Ok((app, worker))

@@ -25,6 +25,7 @@ impl Bench {
                     ack_batch: 32,
                     results,
                     task_events: false,
+                    metrics: false,
                 };
                 let (took, cpu) = self.worker_drain(&queue, shape).await?;
                 self.record("redis drain", variant, n, took.as_secs_f64(), Some(cpu));
