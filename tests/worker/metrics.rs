@@ -1,6 +1,7 @@
 //! The worker's `/metrics`, `/healthz` and `/readyz` (`metrics_addr`)
 //! after a known mix of outcomes: every counter exact, histogram counts
-//! matching. (`/readyz` across a broker outage is in the `faults` binary.)
+//! matching; a real Prometheus scraping it. (`/readyz` across a broker
+//! outage is in the `faults` binary.)
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use celeriac_broker::Queue;
 use celeriac_tests::scrape::{free_local_addr, http_get, sample, wait_for_listener};
 use celeriac_tests::unique;
 use celeriac_tests::worker::{RunningWorker, cleanup, client, failure};
+use percent_encoding::NON_ALPHANUMERIC;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -211,4 +213,150 @@ async fn a_taken_metrics_port_stops_the_worker_with_the_fix() -> Result<()> {
     );
     drop(taken);
     Ok(())
+}
+
+/// A real Prometheus server (Debian's `prometheus`, which
+/// `scripts/ensure-prometheus` installs) scrapes a running worker, and a
+/// query of its HTTP API returns the demo tasks' success count; it accepts
+/// every query of the committed Grafana dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_worker() -> Result<()> {
+    let queue = Queue::celery_default(unique("worker-prometheus"));
+    let app = client(&queue).await?;
+    let addr = free_local_addr()?;
+    let mut worker = RunningWorker::start(App::builder(), &queue, |config| {
+        config.metrics_addr = Some(addr);
+    })
+    .await?;
+    worker.while_running(wait_for_listener(addr)).await??;
+    for i in 0..3 {
+        let sum = app.send_task("demo.add").args((i, i)).apply().await?;
+        ensure!(sum.get_as::<i64>(WAIT).await? == 2 * i);
+    }
+
+    let server = PrometheusServer::start(addr)?;
+    let query = format!(
+        r#"celery_task_succeeded_total{{name="demo.add",hostname="{}"}}"#,
+        queue.name
+    );
+    let mut answer = String::new();
+    let mut value = None;
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok((200, body)) = http_get(server.addr, &PrometheusServer::query_path(&query)).await
+        else {
+            continue;
+        };
+        answer = body;
+        value = serde_json::from_str::<serde_json::Value>(&answer)?
+            .pointer("/data/result/0/value/1")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        if value.is_some() {
+            break;
+        }
+    }
+    ensure!(
+        value.as_deref() == Some("3"),
+        "Prometheus's answer to {query}: {answer}\n(server log: {})",
+        server.log()
+    );
+    let queries = dashboard_queries()?;
+    ensure!(
+        queries.len() >= 10,
+        "the dashboard has {} queries",
+        queries.len()
+    );
+    for promql in &queries {
+        let (status, body) = http_get(server.addr, &PrometheusServer::query_path(promql)).await?;
+        ensure!(
+            status == 200 && body.contains(r#""status":"success""#),
+            "Prometheus refuses the dashboard's query {promql}: {status} {body}"
+        );
+    }
+    drop(server);
+    worker.stop().await?;
+    cleanup(&app, &queue.name).await;
+    Ok(())
+}
+
+/// Every PromQL query of the committed Grafana dashboard, with its
+/// variables set as "All" would set them.
+fn dashboard_queries() -> Result<Vec<String>> {
+    let path = celeriac_tests::repo_root().join("docs/grafana/celeriac-workers.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    Ok(panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
+        .map(|expr| {
+            expr.replace("$hostname", ".*")
+                .replace("$queue", ".*")
+                .replace("$__rate_interval", "30s")
+        })
+        .collect())
+}
+
+/// A Prometheus server on a free port scraping one target every second,
+/// with a throw-away data directory; killed and removed on drop.
+struct PrometheusServer {
+    addr: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+    process: tokio::process::Child,
+}
+
+impl PrometheusServer {
+    fn start(target: std::net::SocketAddr) -> Result<PrometheusServer> {
+        let addr = free_local_addr()?;
+        let dir = std::env::temp_dir().join(unique("celeriac-prometheus"));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: celeriac\n    \
+                 static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("prometheus.log"))?;
+        let process = tokio::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start prometheus ({e}); run scripts/ensure-prometheus \
+                     (Debian: apt-get install prometheus)"
+                )
+            })?;
+        Ok(PrometheusServer { addr, dir, process })
+    }
+
+    /// The API path of an instant query for `promql`.
+    fn query_path(promql: &str) -> String {
+        let encoded = percent_encoding::utf8_percent_encode(promql, NON_ALPHANUMERIC);
+        format!("/api/v1/query?query={encoded}")
+    }
+
+    /// The end of the server's log, for a failure message.
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(2_000);
+        text.get(start..).unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.process.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
