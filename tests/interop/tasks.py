@@ -9,6 +9,10 @@ result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
 (optional) ``result_expires`` in seconds and ``CELERIAC_TEST_ROUTES``
 (optional) ``task_routes`` as JSON.
 
+With ``CELERIAC_TEST_OTEL=1`` the app is traced with
+``opentelemetry-instrumentation-celery`` (the SDK's tracer, no exporter):
+``interop.trace_id`` then returns the trace id its run continues.
+
 ``interop.sleep``, ``interop.value_error`` and ``interop.cpu`` are the Python
 twins of the Rust worker's ``demo.sleep``, ``demo.fail`` and ``demo.cpu``: the
 remote-control and Flower checks (``drive_control.py``, ``flower_check.py``)
@@ -36,6 +40,28 @@ app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
 # Routes for the workflow steps this worker sends on (a JSON task_routes).
 app.conf.task_routes = json.loads(os.environ.get('CELERIAC_TEST_ROUTES', '{}'))
+
+
+def _instrument():
+    """Traces task publishing and runs as a traced Python app does."""
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    CeleryInstrumentor().instrument()
+
+
+if os.environ.get('CELERIAC_TEST_OTEL'):
+    _instrument()
+
+
+@app.task(name='interop.trace_id')
+def trace_id(*args):
+    """The W3C trace id of the span this run is in (32 hex digits), or None."""
+    from opentelemetry import trace
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, '032x') if context.is_valid else None
 
 
 @app.task(name='interop.add')

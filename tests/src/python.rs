@@ -61,14 +61,29 @@ impl PythonWorker {
             "--without-gossip",
             "--without-heartbeat",
         ];
-        PythonWorker::spawn(queue, &node, routes, backend, &quiet)
+        PythonWorker::spawn(queue, &node, routes, backend, &quiet, &[])
+    }
+
+    /// A worker on `queue` traced with `opentelemetry-instrumentation-celery`
+    /// (`CELERIAC_TEST_OTEL=1` in `tasks.py`): it continues the trace of the
+    /// tasks it runs and carries it on to the tasks it sends.
+    pub async fn start_traced(queue: &str) -> Result<PythonWorker> {
+        let node = format!("{queue}@%h");
+        let quiet = [
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ];
+        let routes = serde_json::json!({});
+        let env = [("CELERIAC_TEST_OTEL", "1")];
+        PythonWorker::spawn(queue, &node, &routes, "rpc://", &quiet, &env)
     }
 
     /// A worker named `node` on `queue` that mingles and sends heartbeats
     /// as a default Celery worker does: for remote control and event tests.
     pub async fn start_node(queue: &str, node: &str, backend: &str) -> Result<PythonWorker> {
         let routes = serde_json::json!({});
-        PythonWorker::spawn(queue, node, &routes, backend, &["--without-gossip"])
+        PythonWorker::spawn(queue, node, &routes, backend, &["--without-gossip"], &[])
     }
 
     fn spawn(
@@ -77,6 +92,7 @@ impl PythonWorker {
         routes: &serde_json::Value,
         backend: &str,
         flags: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<PythonWorker> {
         let python = interop_python()?;
         let log = std::env::temp_dir().join(format!("{queue}.log"));
@@ -92,6 +108,7 @@ impl PythonWorker {
             .env("CELERIAC_TEST_ROUTES", routes.to_string())
             .env("CELERIAC_TEST_BACKEND", backend)
             .env("CELERIAC_EXIT_WITH_PARENT", "1")
+            .envs(env.iter().copied())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .stdin(Stdio::null())

@@ -2,12 +2,13 @@
 //! that cannot run, time limits, ETAs (and bursts of them that must not
 //! stall other tasks), priorities, graceful shutdown, configuration, the
 //! embedded worker and test harness, dead letters through the admin
-//! library, metrics and probes, and a Python app using Rust tasks.
+//! library, metrics, probes and JSON logs, and a Python app using Rust tasks.
 
 mod config;
 mod dlq;
 mod embedded;
 mod eta_burst;
+mod logs;
 mod metrics;
 mod outcomes;
 mod python;

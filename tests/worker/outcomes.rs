@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use celeriac::{App, Request, State, TaskResult, task};
+use celeriac::{App, Request, State, TaskError, TaskResult, task};
 use celeriac_broker::dead_letter::{EXCEPTION_TYPE_HEADER, REASON_HEADER};
 use celeriac_broker::{ConsumeOptions, Queue, QueueArguments};
 use celeriac_protocol::TaskMessage;
@@ -42,6 +42,23 @@ async fn hard_limit() -> u32 {
     1
 }
 
+/// The app `test.sends_child` sends with (a program keeps its own so).
+static SENDER: std::sync::OnceLock<App> = std::sync::OnceLock::new();
+
+/// Sends `demo.trace_id` from inside the task and returns the child's id.
+#[task(name = "test.sends_child")]
+async fn sends_child() -> TaskResult<String> {
+    let app = SENDER
+        .get()
+        .ok_or_else(|| TaskError::new("SENDER is not set"))?;
+    let child = app
+        .send_task("demo.trace_id")
+        .apply()
+        .await
+        .map_err(|e| TaskError::new(e.to_string()))?;
+    Ok(child.id().to_owned())
+}
+
 #[task(name = "test.early_ack", acks_late = false)]
 async fn early_ack() -> u32 {
     7
@@ -50,11 +67,52 @@ async fn early_ack() -> u32 {
 /// A worker with the demo tasks and this file's tasks on `queue`.
 async fn start(queue: &Queue, configure: impl FnOnce(&mut WorkerConfig)) -> Result<RunningWorker> {
     let builder = App::builder()
+        .task(sends_child)
         .task(panics)
         .task(soft_limit)
         .task(hard_limit)
         .task(early_ack);
     RunningWorker::start(builder, queue, configure).await
+}
+
+/// A task run under a `traceparent` carries the trace on to the tasks it
+/// sends from inside; a task sent with none runs outside any trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_sent_from_inside_a_traced_task_continues_the_trace() -> Result<()> {
+    let queue = Queue::celery_default(unique("worker-trace"));
+    let app = client(&queue).await?;
+    let worker = start(&queue, |_| {}).await?;
+    let _ = SENDER.set(client(&queue).await?);
+    let sender = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let parent = app
+        .send_task("test.sends_child")
+        .header("traceparent", sender)
+        .apply()
+        .await?;
+    let child_id: String = parent.get_as(WAIT).await?;
+    // Over rpc:// the child's result goes to the app that sent it.
+    let sent_by = SENDER.get().context("SENDER is set above")?;
+    let seen = sent_by
+        .async_result::<Option<String>>(child_id)
+        .get(WAIT)
+        .await?;
+    ensure!(
+        seen.as_deref() == Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "the child ran in trace {seen:?}"
+    );
+    let untraced: Option<String> = app
+        .send_task("demo.trace_id")
+        .apply()
+        .await?
+        .get_as(WAIT)
+        .await?;
+    ensure!(
+        untraced.is_none(),
+        "a message without traceparent ran in {untraced:?}"
+    );
+    worker.stop().await?;
+    cleanup(&app, &queue.name).await;
+    Ok(())
 }
 
 /// A retry without a countdown may run (and store its outcome) at once:

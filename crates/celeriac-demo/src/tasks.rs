@@ -104,6 +104,13 @@ pub async fn now() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
 
+/// `demo.trace_id()`: the W3C trace id this run continues (32 hex digits),
+/// when its message carried a `traceparent`; `None` otherwise.
+#[task(name = "demo.trace_id", bind = true)]
+pub async fn trace_id(request: Request) -> Option<String> {
+    request.trace.map(|trace| trace.trace_id_hex())
+}
+
 /// `demo.crash()`: aborts the whole worker process, for crash-loop tests.
 /// Never route real traffic to a worker that registers it.
 #[task(name = "demo.crash")]
@@ -121,6 +128,7 @@ pub fn register(app: AppBuilder) -> AppBuilder {
         .task(echo)
         .task(cpu)
         .task(now)
+        .task(trace_id)
         .task(crash)
         .task(tsum)
         .task(progress)

@@ -53,6 +53,7 @@ mod signature;
 pub mod store;
 mod task_headers;
 pub mod time;
+pub mod trace;
 mod v1;
 
 pub use body::{Embed, TaskBody};

@@ -13,11 +13,11 @@ use std::time::Duration;
 use celeriac::{AppBuilder, Queue, QueueType, RouteOptions};
 use clap::Parser;
 use tracing::error;
-use tracing_subscriber::EnvFilter;
 
 pub use crate::cli_monitoring::MonitoringArgs;
 use crate::config::expand_hostname;
 use crate::config_file::{ConfigFile, QueueSpec, RouteSpec};
+pub use crate::logging::{LogFormat, init_logging, init_logging_as};
 use crate::{Worker, WorkerConfig};
 
 /// Runs Celery tasks from RabbitMQ: late acks, retries, dead letters, ETA,
@@ -64,6 +64,11 @@ pub struct Args {
     /// [default: info]
     #[arg(short = 'l', long, env = "CELERIAC_LOGLEVEL")]
     pub loglevel: Option<String>,
+
+    /// Log lines as text or JSON (one object per line, with the running
+    /// task's task_id and trace_id) [default: text]
+    #[arg(long, env = "CELERIAC_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Seconds running tasks may take to finish on shutdown [default: 30]
     #[arg(long, env = "CELERIAC_SHUTDOWN_TIMEOUT")]
@@ -181,6 +186,8 @@ pub struct Settings {
     pub app: AppSettings,
     /// Log level.
     pub loglevel: String,
+    /// Log line format.
+    pub log_format: LogFormat,
 }
 
 /// App-level settings from flags, environment and file. Each one given
@@ -332,6 +339,15 @@ impl Args {
                 .loglevel
                 .or(file.loglevel)
                 .unwrap_or_else(|| "info".into()),
+            log_format: match self.log_format {
+                Some(format) => format,
+                None => file
+                    .log_format
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()?
+                    .unwrap_or_default(),
+            },
         })
     }
 
@@ -392,20 +408,6 @@ impl Args {
     }
 }
 
-/// Sets up logging: `RUST_LOG` if set, else `loglevel` for Celeriac. The
-/// AMQP client's own log lines are off by default (Celeriac reports what they
-/// mean); `RUST_LOG=lapin=debug` shows them.
-pub fn init_logging(loglevel: &str) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
-        _ => EnvFilter::new(format!("{loglevel},lapin=off")),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
-}
-
 /// Runs a worker with the standard CLI over the tasks registered on `app`:
 ///
 /// ```no_run
@@ -429,7 +431,7 @@ pub fn run_with(args: Args, app: AppBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&settings.loglevel);
+    init_logging_as(&settings.loglevel, settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,6 +45,8 @@ pub struct ConfigFile {
     pub hostname: Option<String>,
     /// Log level.
     pub loglevel: Option<String>,
+    /// Log line format (`text` or `json`).
+    pub log_format: Option<String>,
     /// Shutdown timeout in seconds.
     pub shutdown_timeout: Option<f64>,
     /// ETA horizon in seconds.

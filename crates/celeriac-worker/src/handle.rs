@@ -12,11 +12,12 @@ use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
 use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
-use celeriac::{State, Task};
+use celeriac::{Request, State, Task, TaskErrorKind};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span, debug, info, info_span, warn};
 
 use crate::admission::{Admission, Gate, admit, is_expired};
 use crate::context::Context;
@@ -140,46 +141,52 @@ async fn run_admitted(
         // Celery's default: ack when the task starts (at-most-once).
         let _ = delivery.ack_now().await;
     }
-    info!(task = %message.headers.task, id = %request.id, retries = request.retries, "task started");
-    tracked.started();
-    ctx.events.task(|| Event::task_started(&request.id));
-    let wait = queue_wait(&message, now());
-    ctx.metrics
-        .started(&delivery.queue, &message.headers.task, wait);
-    if options.track_started.unwrap_or(ctx.config.track_started) && !ctx.ignores_result(&message) {
-        let started = json!({"pid": std::process::id(), "hostname": ctx.config.hostname});
-        ctx.outbox
-            .store_progress(&request, &request.result_meta(State::Started, started))
-            .await;
+    let span = task_span(&request, &delivery.queue);
+    let settle = async {
+        info!(task = %message.headers.task, id = %request.id, retries = request.retries, "task started");
+        tracked.started();
+        ctx.events.task(|| Event::task_started(&request.id));
+        let wait = queue_wait(&message, now());
+        ctx.metrics
+            .started(&delivery.queue, &message.headers.task, wait);
+        if options.track_started.unwrap_or(ctx.config.track_started) && !ctx.ignores_result(&message) {
+            let started = json!({"pid": std::process::id(), "hostname": ctx.config.hostname});
+            ctx.outbox
+                .store_progress(&request, &request.result_meta(State::Started, started))
+                .await;
+        }
+        let overrides = ctx.limits.time_limits(&message.headers.task);
+        let ran = execute(
+            task,
+            &request,
+            &message,
+            &options,
+            overrides,
+            &tracked.terminate,
+        )
+        .await;
+        drop(permit);
+        Span::current().record("outcome", outcome_of(&ran));
+        match ran {
+            Ran::Finished(result) => {
+                let runtime = tracked.runtime();
+                finish(ctx, delivery, &request, &message, &options, result, runtime).await
+            }
+            Ran::Terminated => {
+                warn!(task = %message.headers.task, id = %request.id, "task terminated by remote control");
+                Box::pin(revoke(
+                    ctx,
+                    &delivery.queue,
+                    &request,
+                    &message,
+                    Revocation::Terminated,
+                ))
+                .await
+            }
+        }
     }
-    let overrides = ctx.limits.time_limits(&message.headers.task);
-    let ran = execute(
-        task,
-        &request,
-        &message,
-        &options,
-        overrides,
-        &tracked.terminate,
-    )
+    .instrument(span)
     .await;
-    drop(permit);
-    let settle = match ran {
-        Ran::Finished(result) => {
-            let runtime = tracked.runtime();
-            finish(ctx, delivery, &request, &message, &options, result, runtime).await
-        }
-        Ran::Terminated => {
-            warn!(task = %message.headers.task, id = %request.id, "task terminated by remote control");
-            Box::pin(revoke(
-                ctx,
-                &delivery.queue,
-                &request,
-                &message,
-                Revocation::Terminated,
-            ))
-            .await
-        }
-    };
     if acks_late {
         settle
     } else {
@@ -198,6 +205,38 @@ fn queue_wait(message: &TaskMessage, now: DateTime<FixedOffset>) -> Option<Durat
         .eta
         .map_or(enqueued, |eta| eta.max(enqueued));
     (now - since).to_std().ok()
+}
+
+/// The span of one task's run: its name (`task`), `task_id`, retries,
+/// queue, the `trace_id` it continues (if its message carried one) and,
+/// once known, its outcome.
+fn task_span(request: &Request, queue: &str) -> Span {
+    let span = info_span!(
+        "task",
+        task = %request.task,
+        task_id = %request.id,
+        retries = request.retries,
+        queue = %queue,
+        trace_id = Empty,
+        outcome = Empty,
+    );
+    if let Some(trace) = &request.trace {
+        span.record("trace_id", trace.trace_id_hex());
+    }
+    span
+}
+
+/// What a run's result means, for its span.
+fn outcome_of(ran: &Ran) -> &'static str {
+    match ran {
+        Ran::Finished(Ok(_)) => "succeeded",
+        Ran::Finished(Err(err)) => match err.kind() {
+            TaskErrorKind::Retry(_) => "retry",
+            TaskErrorKind::Reject { .. } => "rejected",
+            TaskErrorKind::Failure => "failed",
+        },
+        Ran::Terminated => "terminated",
+    }
 }
 
 /// Why a held task will not run now.

@@ -48,6 +48,7 @@ mod events;
 mod execute;
 mod handle;
 mod limits;
+mod logging;
 pub mod metrics;
 mod outbox;
 mod outcome;

@@ -8,7 +8,8 @@ use celeriac_broker::{
 };
 use celeriac_protocol::event::LamportClock;
 use celeriac_protocol::time::now;
-use celeriac_protocol::{Compression, RawMessage, Seconds, TaskMessage};
+use celeriac_protocol::trace::TRACEPARENT_HEADER;
+use celeriac_protocol::{Compression, HeaderValue, RawMessage, Seconds, TaskMessage};
 use serde::de::DeserializeOwned;
 
 use crate::call::{SendTask, TaskCall};
@@ -210,9 +211,13 @@ impl App {
         let headers = &mut message.headers;
         headers.origin = Some(self.inner.origin.clone());
         let workflow = call.workflow;
+        let current = request::current();
+        let trace = workflow
+            .trace
+            .or_else(|| current.as_ref().and_then(|r| r.trace));
         let parent = workflow
             .parent
-            .or_else(|| request::current().map(|r| (r.id, r.root_id)));
+            .or_else(|| current.map(|r| (r.id, r.root_id)));
         if let Some((parent_id, root_id)) = parent {
             headers.root_id = Some(root_id.unwrap_or_else(|| parent_id.clone()));
             headers.parent_id = Some(parent_id);
@@ -230,6 +235,14 @@ impl App {
             .contains_key(celeriac_protocol::ENQUEUED_AT_HEADER)
         {
             headers.set_enqueued_at(sent_at);
+        }
+        if let Some(trace) = trace
+            && !headers.extra.contains_key(TRACEPARENT_HEADER)
+        {
+            headers.extra.insert(
+                TRACEPARENT_HEADER.into(),
+                HeaderValue::Str(trace.traceparent()),
+            );
         }
         headers.compression = self.inner.compression;
         headers.timelimit.hard = options.time_limit.or(defaults.time_limit).map(seconds);

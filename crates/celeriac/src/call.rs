@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use celeriac_protocol::trace::TraceContext;
 use celeriac_protocol::{Headers, Signature};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -65,6 +66,9 @@ pub(crate) struct Workflow {
     pub(crate) reply_to: Option<String>,
     /// The task that sent this one, when not the current task.
     pub(crate) parent: Option<(String, Option<String>)>,
+    /// The trace context of the task that sent this one, when not the
+    /// current task.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 /// The option setters shared by [`TaskCall`] and [`SendTask`].

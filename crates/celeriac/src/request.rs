@@ -9,12 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_protocol::time::now;
+use celeriac_protocol::trace::TraceContext;
 use celeriac_protocol::{ExtendedMeta, Headers, ResultMeta, State, TaskMessage};
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::Value;
 
 use crate::result::{BackendError, ResultBackend};
 use crate::task_error::{RetryRequest, TaskError};
+
+/// A random, non-zero span id.
+fn new_span_id() -> u64 {
+    fastrand::u64(1..)
+}
 
 /// Where a message came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,6 +66,11 @@ pub struct Request {
     pub headers: Headers,
     /// Signalled when the task's soft time limit passes.
     pub soft_limit: SoftLimit,
+    /// This run's W3C trace context, when the message carried one: the
+    /// sender's trace, with a span id of this run's own. Tasks sent from
+    /// this one (inside it, or as its callbacks and next steps) carry it
+    /// on, so one trace follows a request across Python and Rust tasks.
+    pub trace: Option<TraceContext>,
     /// Where this task's states are stored, set by the worker.
     results: Option<Arc<ResultContext>>,
 }
@@ -127,6 +138,7 @@ impl Request {
             correlation_id: message.properties.correlation_id.clone(),
             headers: h.extra.clone(),
             soft_limit: SoftLimit::default(),
+            trace: TraceContext::from_headers(h).map(|sender| sender.with_span(new_span_id())),
             results: None,
         }
     }
@@ -209,6 +221,7 @@ impl Request {
             correlation_id: None,
             headers: Headers::new(),
             soft_limit: SoftLimit::default(),
+            trace: None,
             results: None,
         }
     }

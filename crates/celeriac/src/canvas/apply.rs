@@ -237,6 +237,7 @@ fn call_for(
         group,
         reply_to: text("reply_to"),
         parent: parent.map(|p| (p.id.clone(), p.root_id.clone())),
+        trace: parent.and_then(|p| p.trace),
         ..workflow
     };
     Ok(call)
