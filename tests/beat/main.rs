@@ -1,5 +1,6 @@
 //! celeriac-beat against the real RabbitMQ: Python workers running what it
-//! sends, restarts, and one active beat among several.
+//! sends, restarts, one active beat among several, and its metrics.
 
 mod failover;
+mod metrics;
 mod python;

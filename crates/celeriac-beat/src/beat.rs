@@ -3,17 +3,21 @@
 //! until the next due time in between (no polling).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use celeriac::App;
 use celeriac::protocol::time::format_time;
 use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::BeatError;
 use crate::leader::Leadership;
+use crate::metrics::{self, BeatMetrics};
 use crate::schedule::{self, Entry};
 use crate::scheduler::{State, Tick, plan};
 use crate::store::StateFile;
@@ -38,6 +42,8 @@ pub struct Beat {
     state_file: Option<StateFile>,
     cluster: String,
     grace: chrono::Duration,
+    metrics: BeatMetrics,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Beat {
@@ -51,7 +57,20 @@ impl Beat {
             state_file: None,
             cluster: cluster.into(),
             grace: chrono::Duration::seconds(2),
+            metrics: BeatMetrics::new(),
+            metrics_addr: None,
         }
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` while running.
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> Beat {
+        self.metrics_addr = Some(addr);
+        self
+    }
+
+    /// The beat's metrics, to serve from a program's own HTTP server.
+    pub fn metrics(&self) -> BeatMetrics {
+        self.metrics.clone()
     }
 
     /// Reloads entries from this file on SIGHUP.
@@ -68,9 +87,24 @@ impl Beat {
 
     /// Runs until `shutdown` completes.
     ///
-    /// Fails only if the local state file cannot be read; broker trouble
-    /// is logged and retried.
+    /// Fails only if the local state file cannot be read or the metrics
+    /// address cannot be bound; broker trouble is logged and retried.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), BeatError> {
+        let stop = CancellationToken::new();
+        let _stop_listener = stop.clone().drop_guard();
+        if let Some(addr) = self.metrics_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BeatError::Listen { addr, source })?;
+            metrics::serve(listener, self.metrics.clone(), self.app.clone(), stop);
+        }
+        let outcome = self.run_beat(shutdown).await;
+        self.metrics.leading(false);
+        outcome
+    }
+
+    /// The beat loop of [`run_until`](Self::run_until).
+    async fn run_beat(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), BeatError> {
         tokio::pin!(shutdown);
         let leadership = Leadership::new(self.app.broker().clone(), &self.cluster);
         let mut reload = reload_signal();
@@ -99,6 +133,7 @@ impl Beat {
                 }
             }
             info!(cluster = %self.cluster, entries = self.entries.len(), "this beat is active");
+            self.metrics.leading(true);
 
             // Active: send what is due, sleep until the next due time.
             loop {
@@ -109,6 +144,7 @@ impl Beat {
                         Ok(true) => {}
                         Ok(false) => {
                             warn!("another beat took over; standing by");
+                            self.metrics.leading(false);
                             break;
                         }
                         Err(e) => {
@@ -118,7 +154,9 @@ impl Beat {
                         }
                     }
                     for (index, missed) in &plan.skipped {
-                        info!(entry = %self.entries[*index].name, missed, "skipped missed runs (catch_up = skip)");
+                        let entry = &self.entries[*index].name;
+                        info!(entry = %entry, missed, "skipped missed runs (catch_up = skip)");
+                        self.metrics.skipped(entry, u64::from(*missed));
                     }
                     self.send_all(&plan.ticks).await;
                     if let Err(e) = leadership.save(&state).await {
@@ -155,7 +193,12 @@ impl Beat {
                 log_panic(in_flight.join_next().await);
             }
             let entry = self.entries[tick.entry].clone();
-            in_flight.spawn(send(self.app.clone(), entry, tick.clone()));
+            in_flight.spawn(send(
+                self.app.clone(),
+                entry,
+                tick.clone(),
+                self.metrics.clone(),
+            ));
         }
         while let Some(done) = in_flight.join_next().await {
             log_panic(Some(done));
@@ -178,7 +221,7 @@ impl Beat {
 
 /// Sends one tick; a failure is logged and the tick is not retried (the
 /// next due time follows), as Celery beat does.
-async fn send(app: App, entry: Entry, tick: Tick) {
+async fn send(app: App, entry: Entry, tick: Tick, metrics: BeatMetrics) {
     let due = format_time(&tick.due);
     let task_id = tick_id(&entry.name, tick.due);
     let mut call = app
@@ -215,9 +258,14 @@ async fn send(app: App, entry: Entry, tick: Tick) {
     match call.apply().await {
         Ok(_) => {
             info!(entry = %entry.name, task = %entry.task, id = %task_id, due = %due, covers = tick.covers, "sent");
+            let late = (Utc::now() - tick.due)
+                .num_microseconds()
+                .unwrap_or(i64::MAX);
+            metrics.sent(&entry.name, late as f64 / 1e6);
         }
         Err(e) => {
             error!(entry = %entry.name, task = %entry.task, due = %due, error = %e, "sending failed");
+            metrics.failed(&entry.name);
         }
     }
 }

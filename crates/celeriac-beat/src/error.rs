@@ -36,6 +36,16 @@ pub enum BeatError {
     /// The state cannot be encoded (a bug: the state is plain data).
     #[error("cannot encode the beat state: {0}")]
     EncodeState(#[source] serde_json::Error),
+    /// The metrics listener cannot bind its address.
+    #[error(
+        "cannot listen on metrics_addr {addr}: {source}; choose a free port or another address"
+    )]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
     /// The broker refused or could not take the shared state.
     #[error("the shared beat state: {0}")]
     Broker(#[from] BrokerError),

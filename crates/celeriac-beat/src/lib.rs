@@ -10,7 +10,8 @@
 //! - [`schedule`]: entries (interval, crontab, one-off) and the TOML file;
 //! - [`scheduler`]: the pure scheduling decisions;
 //! - [`Beat`]: the loop, sending through the same confirmed producer path as
-//!   `celeriac::App`, so Python workers run the tasks.
+//!   `celeriac::App`, so Python workers run the tasks;
+//! - [`metrics`]: Prometheus metrics and probes (`--metrics-addr`).
 //!
 //! Guide: `docs/beat.md`.
 
@@ -18,6 +19,7 @@ mod beat;
 pub mod crontab;
 mod error;
 mod leader;
+pub mod metrics;
 pub mod schedule;
 pub mod scheduler;
 mod store;
@@ -25,4 +27,5 @@ mod store;
 pub use beat::{Beat, DUE_HEADER, ENTRY_HEADER, tick_id};
 pub use error::BeatError;
 pub use leader::Leadership;
+pub use metrics::BeatMetrics;
 pub use store::StateFile;

@@ -34,6 +34,11 @@ struct Args {
     #[arg(long, env = "CELERIAC_BEAT_NAME", default_value = "default")]
     name: String,
 
+    /// Serve Prometheus /metrics and the /healthz and /readyz probes on
+    /// this HOST:PORT, e.g. 0.0.0.0:9809 [default: none]
+    #[arg(long, env = "CELERIAC_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     /// Log level; RUST_LOG wins if set
     #[arg(short = 'l', long, env = "CELERIAC_LOGLEVEL", default_value = "info")]
     loglevel: String,
@@ -97,6 +102,9 @@ fn main() -> ExitCode {
         let mut beat = Beat::new(app.clone(), entries, args.name).schedule_file(args.schedule);
         if let Some(state) = args.state {
             beat = beat.state_file(state);
+        }
+        if let Some(addr) = args.metrics_addr {
+            beat = beat.metrics_addr(addr);
         }
         let outcome = beat.run_until(terminate()).await;
         app.close().await;

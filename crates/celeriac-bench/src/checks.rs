@@ -45,6 +45,12 @@ pub(crate) fn checks(
         0.97,
     );
     ratio(
+        "worker drain with task spans recorded / without",
+        rate("drain", "celeriac worker, ack_batch 32, task spans"),
+        worker,
+        0.95,
+    );
+    ratio(
         "worker drain / raw multi-ack consume",
         worker,
         rate("drain", "raw lapin, multi-ack"),

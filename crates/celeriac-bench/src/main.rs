@@ -20,6 +20,7 @@ mod python;
 mod raw;
 mod report;
 mod scenarios;
+mod spans;
 
 use std::path::PathBuf;
 

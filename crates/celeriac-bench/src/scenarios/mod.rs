@@ -18,6 +18,7 @@ use crate::plan::{Scenario, Sizes, task_message};
 use crate::python::PythonCelery;
 use crate::raw::{self, RawAck};
 use crate::report::{BeatRow, EtaRow, LatencyRow, Percentiles, Results, Throughput};
+use crate::spans::SpanSwitch;
 
 mod eta;
 mod redis;
@@ -44,6 +45,8 @@ pub(crate) struct Bench {
     eta: Vec<EtaRow>,
     /// The Redis the `redis` scenario stores results in.
     redis: String,
+    /// Records the worker's per-task spans during one drain variant.
+    spans: SpanSwitch,
 }
 
 impl Bench {
@@ -73,6 +76,7 @@ impl Bench {
             beat: Vec::new(),
             eta: Vec::new(),
             redis: redis.to_owned(),
+            spans: SpanSwitch::install(),
         })
     }
 
@@ -266,16 +270,30 @@ impl Bench {
                 let cpu = measure::own_cpu().saturating_sub(cpu);
                 self.record("drain", &variant, n, took.as_secs_f64(), Some(cpu));
             }
-            for (variant, ack_batch, task_events, metrics) in [
-                ("celeriac worker, ack_batch 32", 32, false, false),
+            for (variant, ack_batch, task_events, metrics, spans) in [
+                ("celeriac worker, ack_batch 32", 32, false, false, false),
                 (
                     "celeriac worker, ack_batch 32, task events",
                     32,
                     true,
                     false,
+                    false,
                 ),
-                ("celeriac worker, ack_batch 32, metrics", 32, false, true),
-                ("celeriac worker, ack_batch 1", 1, false, false),
+                (
+                    "celeriac worker, ack_batch 32, metrics",
+                    32,
+                    false,
+                    true,
+                    false,
+                ),
+                (
+                    "celeriac worker, ack_batch 32, task spans",
+                    32,
+                    false,
+                    false,
+                    true,
+                ),
+                ("celeriac worker, ack_batch 1", 1, false, false, false),
             ] {
                 let shape = WorkerShape {
                     concurrency: self.concurrency,
@@ -284,7 +302,10 @@ impl Bench {
                     task_events,
                     metrics,
                 };
-                let (took, cpu) = self.worker_drain(&queue, shape).await?;
+                self.spans.record(spans);
+                let drained = self.worker_drain(&queue, shape).await;
+                self.spans.record(false);
+                let (took, cpu) = drained?;
                 self.record("drain", variant, n, took.as_secs_f64(), Some(cpu));
             }
             self.python_drain(&queue, "drain", None).await?;
