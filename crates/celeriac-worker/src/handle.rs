@@ -166,7 +166,7 @@ async fn run_admitted(
         )
         .await;
         drop(permit);
-        Span::current().record("outcome", outcome_of(&ran));
+        span.record("outcome", outcome_of(&ran));
         match ran {
             Ran::Finished(result) => {
                 let runtime = tracked.runtime();
@@ -185,7 +185,7 @@ async fn run_admitted(
             }
         }
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
     if acks_late {
         settle

@@ -2,7 +2,8 @@
 //! `/healthz` and `/readyz` for Kubernetes probes.
 //!
 //! - `/healthz`: 200 while the worker's loop turns (it ticks every second;
-//!   silent for [`STALL_LIMIT`] means stuck), 503 otherwise.
+//!   silent for [`STALL_LIMIT`] means stuck) and while it shuts down, 503
+//!   otherwise.
 //! - `/readyz`: 200 while connected to RabbitMQ and consuming every
 //!   configured queue; 503 with the reasons, one per line, otherwise
 //!   (connection down, a queue not consumed, shutting down).
@@ -69,6 +70,11 @@ async fn healthz(axum::extract::State(probe): axum::extract::State<Probe>) -> Re
     let Some(ctx) = probe.worker.upgrade() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the worker has stopped\n").into_response();
     };
+    if ctx.shutdown.is_cancelled() {
+        // Draining running tasks is not a hang: a liveness probe that
+        // failed now would kill the worker in the middle of its shutdown.
+        return (StatusCode::OK, "ok (shutting down)\n").into_response();
+    }
     let silent = ctx.loop_silence();
     if silent > STALL_LIMIT {
         let body = format!("the worker loop has not turned for {silent:?}\n");

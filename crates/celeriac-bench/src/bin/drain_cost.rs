@@ -1,0 +1,106 @@
+//! One worker drain in one process, for counting its instructions with
+//! callgrind (repeatable where timings on a shared 2-core machine are not):
+//! fills a fresh queue with `--tasks` no-op `demo.add` messages, drains it
+//! with an in-process worker, and exits. `--publish-only` stops after the
+//! fill, so the drain's own count is the difference of two runs.
+//!
+//! ```sh
+//! cargo build --release -p celeriac-bench --bin drain_cost
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/plain.cg target/release/drain_cost --tasks 5000
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/metrics.cg target/release/drain_cost --tasks 5000 --metrics
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/fill.cg target/release/drain_cost --tasks 5000 --publish-only
+//! grep -h '^summary' /tmp/*.cg
+//! ```
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use celeriac::{App, TaskCall};
+use celeriac_broker::Queue;
+use clap::Parser;
+use serde_json::{Value, json};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Broker URL.
+    #[arg(long, default_value = "amqp://guest:guest@localhost:5672//")]
+    broker: String,
+    /// Tasks to fill the queue with and drain.
+    #[arg(long, default_value_t = 5_000)]
+    tasks: u64,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Record the worker's Prometheus metrics.
+    #[arg(long)]
+    metrics: bool,
+    /// Record the per-task spans (a log subscriber writing nowhere).
+    #[arg(long)]
+    spans: bool,
+    /// Fill the queue, then exit without draining it.
+    #[arg(long)]
+    publish_only: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.spans {
+        // A closure, not the method path: `filter_fn` needs a closure over
+        // any metadata lifetime, which the method path does not give.
+        #[allow(clippy::redundant_closure_for_method_calls)]
+        let spans = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()));
+        tracing_subscriber::registry().with(spans).init();
+    }
+    let queue = format!("celeriac-drain-cost.{}", std::process::id());
+    let app = celeriac_demo::tasks::register(App::builder())
+        .broker_url(args.broker.clone())
+        .queue(Queue::celery_default(queue.clone()))
+        .default_queue(queue.clone())
+        .build()
+        .await?;
+    let calls =
+        (0..args.tasks).map(|_| TaskCall::<Value>::new("demo.add", vec![json!(1), json!(2)]));
+    app.send_many(calls).await.context("filling the queue")?;
+    if args.publish_only {
+        app.broker().delete_queue(&queue).await?;
+        app.close().await;
+        return Ok(());
+    }
+    let config = celeriac_worker::WorkerConfig {
+        queues: vec![queue.clone()],
+        concurrency: args.concurrency,
+        hostname: format!("drain-cost@{}", std::process::id()),
+        remote_control: false,
+        heartbeat: None,
+        ..celeriac_worker::WorkerConfig::default()
+    };
+    let worker = celeriac_worker::Worker::new(app.clone(), config);
+    if args.metrics {
+        let _ = worker.metrics();
+    }
+    let stats = worker.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while stats.summary().succeeded < args.tasks {
+        if run.is_finished() || tokio::time::Instant::now() > deadline {
+            bail!("the drain stopped early: {:?}", stats.summary());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await??;
+    app.broker().delete_queue(&queue).await?;
+    app.close().await;
+    println!(
+        "{}",
+        json!({"drained": args.tasks, "summary": format!("{:?}", stats.summary())})
+    );
+    Ok(())
+}
