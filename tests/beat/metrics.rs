@@ -20,7 +20,8 @@ async fn beat_metrics_count_its_ticks_and_say_it_leads() -> Result<()> {
     let app = App::builder().broker_url(broker_url()).build().await?;
     let addr = free_local_addr()?;
     let stop = CancellationToken::new();
-    let beat = Beat::new(app.clone(), entries, unique("beat-metrics-cluster")).metrics_addr(addr);
+    let cluster = unique("beat-metrics-cluster");
+    let beat = Beat::new(app.clone(), entries, cluster.clone()).metrics_addr(addr);
     let metrics = beat.metrics();
     let beat = tokio::spawn(beat.run_until(stop.clone().cancelled_owned()));
     wait_for_listener(addr).await?;
@@ -63,6 +64,10 @@ async fn beat_metrics_count_its_ticks_and_say_it_leads() -> Result<()> {
     );
     let _ = app.broker().delete_queue(&queue).await;
     let _ = app.broker().delete_exchange(&queue).await;
+    let _ = app
+        .broker()
+        .delete_queue(&format!("celeriac.beat.{cluster}.state"))
+        .await;
     app.close().await;
     Ok(())
 }
