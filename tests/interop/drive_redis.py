@@ -135,9 +135,14 @@ def progress(ctx):
     r = ctx.send('demo.progress', 3, 0.4)
     seen = []
     deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and r.state != states.SUCCESS:
-        if r.state == 'PROGRESS' and r.info not in seen:
-            seen.append(r.info)
+    while time.monotonic() < deadline:
+        # One read of the stored meta: r.state then r.info would be two reads,
+        # and the task may finish between them (info is then the int result).
+        meta = ctx.app.backend.get_task_meta(r.id)
+        if meta['status'] == states.SUCCESS:
+            break
+        if meta['status'] == 'PROGRESS' and meta['result'] not in seen:
+            seen.append(meta['result'])
         time.sleep(0.02)
     expect(r.get(timeout=TIMEOUT) == 3, 'demo.progress did not return 3')
     expect(seen and all(i['total'] == 3 for i in seen), f'PROGRESS infos {seen!r}')
