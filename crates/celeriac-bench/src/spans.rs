@@ -39,6 +39,7 @@ impl SpanSwitch {
     pub(crate) fn install() -> SpanSwitch {
         let on = Arc::new(AtomicBool::new(false));
         let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
             .with_writer(std::io::sink)
             .with_filter(SpansOnly(on.clone()));
         let _ = tracing_subscriber::registry().with(layer).try_init();

@@ -143,7 +143,7 @@ async fn run_admitted(
     }
     let span = task_span(&request, &delivery.queue);
     let settle = async {
-        info!(task = %message.headers.task, id = %request.id, retries = request.retries, "task started");
+        info!("task started");
         tracked.started();
         ctx.events.task(|| Event::task_started(&request.id));
         let wait = queue_wait(&message, now());

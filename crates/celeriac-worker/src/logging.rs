@@ -4,7 +4,10 @@
 //! Lines logged while a task runs are inside its `task` span, so they carry
 //! `task` (the name), `task_id`, `retries`, `queue` and, when the message
 //! carried a W3C `traceparent`, `trace_id` (in JSON: under `"span"`).
+//! Text lines are coloured only on a terminal, and never when `NO_COLOR`
+//! is set: colour codes cost time and clutter files and log collectors.
 
+use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written (`--log-format`).
@@ -44,7 +47,8 @@ pub fn init_logging_as(loglevel: &str, format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(colours_wanted());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -54,6 +58,12 @@ pub fn init_logging_as(loglevel: &str, format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// Whether text lines get ANSI colours: stdout is a terminal and the
+/// user did not ask for none (<https://no-color.org>).
+fn colours_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]

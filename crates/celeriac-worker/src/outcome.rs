@@ -76,7 +76,7 @@ async fn succeed(
     value: Value,
     runtime: f64,
 ) -> Settle {
-    info!(task = %message.headers.task, id = %request.id, "task succeeded");
+    info!("task succeeded");
     let embed = &message.body.embed;
     for callback in embed.callbacks.iter().flatten() {
         let apply = Apply {
@@ -189,7 +189,7 @@ async fn retry(
         error!(id = %request.id, error = %e, "publishing the retry failed; requeueing the original");
         return Settle::Reject { requeue: true };
     }
-    info!(task = %message.headers.task, id = %request.id, retry = request.retries + 1, ?delay, "task will be retried");
+    info!(retry = request.retries + 1, ?delay, "task will be retried");
     ctx.events.task(|| {
         let traceback = err.traceback(&message.headers.task);
         Event::task_retried(&request.id, &exception_repr_of(&err), &traceback)

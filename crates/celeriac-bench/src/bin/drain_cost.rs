@@ -9,8 +9,12 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/plain.cg target/release/drain_cost --tasks 5000
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/metrics.cg target/release/drain_cost --tasks 5000 --metrics
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/fill.cg target/release/drain_cost --tasks 5000 --publish-only
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/info.cg target/release/drain_cost --tasks 5000 --log info >/dev/null
 //! grep -h '^summary' /tmp/*.cg
 //! ```
+//!
+//! `--log info` logs as the worker CLI does (its own subscriber, its own
+//! filter), so the row measures what a deployed worker pays per task.
 
 use std::time::Duration;
 
@@ -40,6 +44,9 @@ struct Args {
     /// Record the per-task spans (a log subscriber writing nowhere).
     #[arg(long)]
     spans: bool,
+    /// Log as the worker CLI does, at this level (e.g. `info`), to stdout.
+    #[arg(long, conflicts_with = "spans")]
+    log: Option<String>,
     /// Fill the queue, then exit without draining it.
     #[arg(long)]
     publish_only: bool,
@@ -53,9 +60,13 @@ async fn main() -> anyhow::Result<()> {
         // any metadata lifetime, which the method path does not give.
         #[allow(clippy::redundant_closure_for_method_calls)]
         let spans = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
             .with_writer(std::io::sink)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()));
         tracing_subscriber::registry().with(spans).init();
+    }
+    if let Some(level) = &args.log {
+        celeriac_worker::cli::init_logging(level);
     }
     let queue = format!("celeriac-drain-cost.{}", std::process::id());
     let app = celeriac_demo::tasks::register(App::builder())
