@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
-use celeriac::App;
+use anyhow::{Context as _, Result, ensure};
+use celeriac::{App, Signature};
 use celeriac_broker::Queue;
 use celeriac_tests::scrape::{free_local_addr, http_get, sample, wait_for_listener};
 use celeriac_tests::unique;
 use celeriac_tests::worker::{RunningWorker, cleanup, client, failure};
 use percent_encoding::NON_ALPHANUMERIC;
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -45,6 +46,23 @@ async fn metrics_count_a_known_mix_of_outcomes_exactly() -> Result<()> {
         .apply()
         .await?;
     let unknown = app.send_task("test.not_registered").apply().await?;
+    // The chain's second step is sent by the worker: its send metrics.
+    let reply_to = app
+        .result_backend()
+        .and_then(|b| b.reply_to())
+        .context("rpc:// has a reply queue")?
+        .to_owned();
+    let last = unique("metrics-chain-last");
+    let chain = Signature::chain(vec![
+        Signature::new("demo.echo")
+            .with_args(vec![json!([1, 2])])
+            .with_option("reply_to", reply_to.clone()),
+        Signature::new("demo.tsum")
+            .with_option("reply_to", reply_to)
+            .with_option("task_id", last.clone()),
+    ]);
+    app.apply_signature(&chain, celeriac::Apply::default())
+        .await?;
     for (i, sum) in (0..).zip(&sums) {
         ensure!(sum.get_as::<i64>(WAIT).await? == i + 1);
     }
@@ -53,6 +71,7 @@ async fn metrics_count_a_known_mix_of_outcomes_exactly() -> Result<()> {
     }
     retried.get_as::<f64>(WAIT).await?;
     ensure!(failure(unknown.get(WAIT).await)?.exc_type == "NotRegistered");
+    ensure!(app.async_result::<i64>(last).get(WAIT).await? == 3);
 
     // Dead letters are confirmed before the result is read, but the
     // metrics may trail the result by a moment: read until they agree.
@@ -146,10 +165,21 @@ async fn metrics_count_a_known_mix_of_outcomes_exactly() -> Result<()> {
             ),
             1.0,
         ),
-        // SUCCESS ×4, FAILURE ×2, NotRegistered ×1 (RETRY is progress).
+        // SUCCESS ×6 (add ×3, retry_once, echo, tsum), FAILURE ×2,
+        // NotRegistered ×1 (RETRY is progress).
         (
             format!(r#"celeriac_result_store_seconds_count{{hostname="{host}"}}"#),
-            7.0,
+            9.0,
+        ),
+        // The app's send series, under the worker's hostname: the chain's
+        // next step (a retry is a republish, counted above, not a send).
+        (
+            format!("celery_task_sent_total{}", labels("demo.tsum")),
+            1.0,
+        ),
+        (
+            format!(r#"celeriac_task_send_seconds_count{{hostname="{host}",kind="task"}}"#),
+            1.0,
         ),
         (format!(r#"celery_worker_up{{hostname="{host}"}}"#), 1.0),
         (

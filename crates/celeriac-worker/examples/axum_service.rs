@@ -8,8 +8,9 @@
 //! # {"task_id":"..."}
 //! curl -s localhost:3000/thumbnails/<task_id>
 //! # {"state":"SUCCESS","result":"https://example.com/a.png@800w"}
-//! curl -s localhost:3000/metrics | grep celery_task_succeeded_total
-//! # the worker's Prometheus metrics, served by the service's own router
+//! curl -s localhost:3000/metrics | grep -E 'celery_task_(sent|succeeded)_total'
+//! # the worker's Prometheus metrics and the API's sends, served by the
+//! # service's own router
 //! ```
 //!
 //! `--once` starts the service on a free port, makes one request of each
@@ -93,7 +94,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let worker = Worker::new(app.clone(), config);
     // The worker's metrics, mounted in this service's router (asking for
-    // the handle turns recording on).
+    // the handle turns recording on); they include the shared app's send
+    // series, so the tasks the API enqueues are counted too.
     let metrics = worker.metrics();
     let worker = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
 
@@ -161,7 +163,11 @@ async fn smoke_test(address: &str) -> Result<String, Box<dyn std::error::Error>>
         .lines()
         .find(|line| line.starts_with("celery_task_succeeded_total{name=\"service.thumbnail\""))
         .ok_or_else(|| format!("no succeeded count for the task in /metrics:\n{metrics}"))?;
-    Ok(format!("{done}\n{succeeded}"))
+    let sent = metrics
+        .lines()
+        .find(|line| line.starts_with("celery_task_sent_total{name=\"service.thumbnail\""))
+        .ok_or_else(|| format!("no sent count for the task in /metrics:\n{metrics}"))?;
+    Ok(format!("{done}\n{sent}\n{succeeded}"))
 }
 
 /// A minimal HTTP/1.1 request; returns the response body.

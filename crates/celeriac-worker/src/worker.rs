@@ -34,7 +34,7 @@ use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::handle::handle;
 use crate::limits::{Limits, Pool};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, node_host};
 use crate::outbox::Outbox;
 use crate::revoked::Revoked;
 use crate::{Stats, Summary, WorkerConfig};
@@ -91,6 +91,9 @@ impl Worker {
                 Metrics::new(
                     &self.config.hostname,
                     self.app.registry().names().map(str::to_owned),
+                    &self
+                        .app
+                        .metrics_with_hostname(node_host(&self.config.hostname)),
                 )
             })
             .clone()

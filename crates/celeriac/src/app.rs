@@ -1,7 +1,7 @@
 //! The [`App`]: broker connection, task registry, routes, result backend.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use celeriac_broker::{
     Broker, BrokerConfig, Destination, Queue, QueueDefaults, QueueType, RouteOptions, Router,
@@ -13,6 +13,7 @@ use celeriac_protocol::{Compression, HeaderValue, RawMessage, Seconds, TaskMessa
 use serde::de::DeserializeOwned;
 
 use crate::call::{SendTask, TaskCall};
+use crate::metrics::SendMetrics;
 use crate::registry::Registry;
 use crate::result::{ResultBackend, ResultSettings, open_backend};
 use crate::{AsyncResult, Error, Task, TaskOptions, request};
@@ -41,6 +42,8 @@ struct Inner {
     /// The Lamport clock control messages and events carry.
     clock: Arc<LamportClock>,
     mailbox: crate::control::Mailbox,
+    /// Send metrics, once [`App::metrics`] has turned them on.
+    metrics: OnceLock<SendMetrics>,
 }
 
 impl std::fmt::Debug for App {
@@ -66,6 +69,39 @@ impl App {
     /// The broker connection.
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
+    }
+
+    /// This app's send metrics (tasks sent by name and queue, send errors
+    /// by reason, confirm latency, reconnects), turned on by the first
+    /// call: call it at start-up, and serve
+    /// [`render`](SendMetrics::render) from your HTTP server. A worker
+    /// running this app serves them with its own on `--metrics-addr`.
+    /// See [`crate::metrics`].
+    pub fn metrics(&self) -> SendMetrics {
+        let origin = &self.inner.origin;
+        let hostname = origin.split_once('@').map_or(origin.as_str(), |(_, h)| h);
+        self.metrics_with_hostname(hostname)
+    }
+
+    /// [`metrics`](Self::metrics), labelled `hostname=` this host name when
+    /// this call turns them on (a worker passes its node name's host, so
+    /// its `/metrics` has one `hostname` for its own series and these).
+    pub fn metrics_with_hostname(&self, hostname: &str) -> SendMetrics {
+        self.inner
+            .metrics
+            .get_or_init(|| {
+                SendMetrics::new(
+                    hostname,
+                    self.inner.registry.names().map(str::to_owned),
+                    self.inner.broker.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// The send metrics if they are on (recording costs nothing otherwise).
+    fn send_metrics(&self) -> Option<&SendMetrics> {
+        self.inner.metrics.get()
     }
 
     /// The routes and queues.
@@ -145,8 +181,23 @@ impl App {
         &self,
         call: TaskCall<O>,
     ) -> Result<AsyncResult<O>, Error> {
-        let (id, destination, message) = self.prepare_call(call).await?;
-        self.inner.broker.send(&destination, &message).await?;
+        let started = Instant::now();
+        let name = self.send_metrics().map(|_| call.name.clone());
+        let sent = async {
+            let (id, destination, message) = self.prepare_call(call).await?;
+            self.inner.broker.send(&destination, &message).await?;
+            Ok::<_, Error>((id, destination))
+        }
+        .await;
+        if let (Some(metrics), Some(name)) = (self.send_metrics(), name) {
+            match &sent {
+                Ok((_, destination)) => {
+                    metrics.sent(&name, destination_queue(destination), started.elapsed());
+                }
+                Err(err) => metrics.failed(&name, err),
+            }
+        }
+        let (id, _) = sent?;
         Ok(AsyncResult::new(id, self.inner.backend.clone()))
     }
 
@@ -172,14 +223,42 @@ impl App {
         &self,
         calls: impl IntoIterator<Item = TaskCall<O>>,
     ) -> Result<Vec<AsyncResult<O>>, Error> {
+        let started = Instant::now();
+        let metrics = self.send_metrics();
         let mut ids = Vec::new();
+        let mut names = Vec::new();
         let mut batch = Vec::new();
         for call in calls {
-            let (id, destination, message) = self.prepare_call(call).await?;
+            let name = metrics.map(|_| call.name.clone());
+            let (id, destination, message) = match self.prepare_call(call).await {
+                Ok(prepared) => prepared,
+                Err(err) => {
+                    if let (Some(metrics), Some(name)) = (metrics, &name) {
+                        metrics.failed(name, &err);
+                    }
+                    return Err(err);
+                }
+            };
             ids.push(id);
+            names.extend(name);
             batch.push((destination, message));
         }
-        self.inner.broker.send_many(&batch).await?;
+        if let Err(err) = self.inner.broker.send_many(&batch).await {
+            let err = Error::from(err);
+            if let Some(metrics) = metrics {
+                for name in &names {
+                    metrics.failed(name, &err);
+                }
+            }
+            return Err(err);
+        }
+        if let Some(metrics) = metrics {
+            let sent = names
+                .iter()
+                .zip(&batch)
+                .map(|(name, (destination, _))| (name.as_str(), destination_queue(destination)));
+            metrics.sent_batch(sent, started.elapsed());
+        }
         Ok(ids
             .into_iter()
             .map(|id| AsyncResult::new(id, self.inner.backend.clone()))
@@ -572,6 +651,7 @@ impl AppBuilder {
         Ok(App {
             inner: Arc::new(Inner {
                 mailbox: crate::control::Mailbox::new(broker.clone(), clock.clone()),
+                metrics: OnceLock::new(),
                 clock,
                 broker,
                 registry,
@@ -594,4 +674,13 @@ fn env_first(names: &[&str]) -> Option<String> {
     names
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// The queue a destination names, for the `queue_name` label: its queue,
+/// else its routing key (what the default exchange routes by).
+fn destination_queue(destination: &Destination) -> &str {
+    destination
+        .queue
+        .as_ref()
+        .map_or(&destination.routing_key, |queue| &queue.name)
 }

@@ -49,6 +49,7 @@ mod call;
 mod canvas;
 pub mod control;
 mod error;
+pub mod metrics;
 mod panic;
 mod registry;
 pub mod request;

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use celeriac::metrics::SendMetrics;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -32,6 +33,12 @@ use series::{Families, TaskSeries, WorkerLabels};
 
 /// The label value for task names the worker has not registered.
 const UNKNOWN_TASK: &str = "unknown";
+
+/// The host part of a node name (`worker1@host` → `host`): the
+/// `hostname` label, as celery-exporter has it.
+pub(crate) fn node_host(node: &str) -> &str {
+    node.split_once('@').map_or(node, |(_, host)| host)
+}
 
 /// A worker's metrics, rendered in the OpenMetrics text format that
 /// Prometheus scrapes. Cheap to clone.
@@ -88,11 +95,17 @@ impl Metrics {
         Metrics::default()
     }
 
-    /// Metrics for the worker named `node` running `tasks`.
-    pub(crate) fn new(node: &str, tasks: impl IntoIterator<Item = String>) -> Metrics {
+    /// Metrics for the worker named `node` running `tasks`, serving the
+    /// app's `sends` (tasks sent from tasks, callbacks) with its own.
+    pub(crate) fn new(
+        node: &str,
+        tasks: impl IntoIterator<Item = String>,
+        sends: &SendMetrics,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let families = Families::register(&mut registry);
-        let hostname = node.split_once('@').map_or(node, |(_, host)| host);
+        sends.register(&mut registry);
+        let hostname = node_host(node);
         let result_store = families.result_store(hostname);
         Metrics {
             inner: Some(Arc::new(Inner {
@@ -318,7 +331,7 @@ mod tests {
 
     #[test]
     fn counters_carry_celery_exporter_names_and_labels() {
-        let metrics = Metrics::new("w1@box", ["demo.add".to_owned()]);
+        let metrics = Metrics::new("w1@box", ["demo.add".to_owned()], &SendMetrics::default());
         metrics.received("celery", "demo.add");
         metrics.started("celery", "demo.add", Some(Duration::from_millis(20)));
         metrics.succeeded("celery", "demo.add", 0.01);
@@ -347,7 +360,7 @@ mod tests {
 
     #[test]
     fn unregistered_names_share_one_label_value() {
-        let metrics = Metrics::new("w1@box", ["demo.add".to_owned()]);
+        let metrics = Metrics::new("w1@box", ["demo.add".to_owned()], &SendMetrics::default());
         for i in 0..50 {
             metrics.received("celery", &format!("junk.{i}"));
         }
