@@ -264,7 +264,15 @@ async fn a_real_prometheus_scrapes_the_worker() -> Result<()> {
         ensure!(sum.get_as::<i64>(WAIT).await? == 2 * i);
     }
 
-    let server = PrometheusServer::start(addr)?;
+    let server = match PrometheusServer::start(addr) {
+        Ok(server) => server,
+        Err(missing) => {
+            // Leave nothing behind on the broker when Prometheus is missing.
+            worker.stop().await?;
+            cleanup(&app, &queue.name).await;
+            return Err(missing);
+        }
+    };
     let query = format!(
         r#"celery_task_succeeded_total{{name="demo.add",hostname="{}"}}"#,
         queue.name
