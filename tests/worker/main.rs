@@ -10,6 +10,7 @@ mod embedded;
 mod eta_burst;
 mod logs;
 mod metrics;
+mod otlp;
 mod outcomes;
 mod python;
 mod shutdown;

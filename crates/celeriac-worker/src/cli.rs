@@ -17,6 +17,7 @@ use tracing::error;
 pub use crate::cli_monitoring::MonitoringArgs;
 use crate::config::expand_hostname;
 use crate::config_file::{ConfigFile, QueueSpec, RouteSpec};
+use crate::logging::init_logging_for_worker;
 pub use crate::logging::{LogFormat, init_logging, init_logging_as};
 use crate::{Worker, WorkerConfig};
 
@@ -69,6 +70,12 @@ pub struct Args {
     /// task's task_id and trace_id) [default: text]
     #[arg(long, env = "CELERIAC_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Export each task run's span to this OpenTelemetry collector
+    /// (OTLP/HTTP, e.g. http://127.0.0.1:4318); needs the `otel` feature
+    /// [default: no export]
+    #[arg(long, env = "CELERIAC_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 
     /// Seconds running tasks may take to finish on shutdown [default: 30]
     #[arg(long, env = "CELERIAC_SHUTDOWN_TIMEOUT")]
@@ -188,6 +195,8 @@ pub struct Settings {
     pub loglevel: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Where task spans are exported over OTLP, if anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// App-level settings from flags, environment and file. Each one given
@@ -348,6 +357,7 @@ impl Args {
                     .transpose()?
                     .unwrap_or_default(),
             },
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
         })
     }
 
@@ -431,7 +441,29 @@ pub fn run_with(args: Args, app: AppBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging_as(&settings.loglevel, settings.log_format);
+    let export = match init_logging_for_worker(
+        &settings.loglevel,
+        settings.log_format,
+        settings.otlp_endpoint.as_deref(),
+        &settings.worker.hostname,
+    ) {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = run_worker(settings, app);
+    if let Some(export) = export {
+        // After the runtime is gone: the exporter's thread sends the last
+        // batch with a blocking HTTP client.
+        export.shutdown();
+    }
+    code
+}
+
+/// Runs the worker of `app` as `settings` say, until a shutdown signal.
+fn run_worker(settings: Settings, app: AppBuilder) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -569,6 +601,34 @@ mod tests {
         assert_eq!(parse(&[]).settings().unwrap().worker.metrics_addr, None);
         let bad = parse(&["--metrics-addr", "9808"]).settings().unwrap_err();
         assert!(bad.contains("0.0.0.0:9808"), "{bad}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_otlp_endpoint_comes_from_the_flag_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("celeriac-cli-otlp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, "otlp_endpoint = \"http://collector:4318\"\n").unwrap();
+        let config = path.to_str().unwrap();
+        let from_file = parse(&["--config", config]).settings().unwrap();
+        assert_eq!(
+            from_file.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        let from_flag = parse(&[
+            "--config",
+            config,
+            "--otlp-endpoint",
+            "http://127.0.0.1:4318",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(
+            from_flag.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(parse(&[]).settings().unwrap().otlp_endpoint, None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -47,6 +47,8 @@ pub struct ConfigFile {
     pub loglevel: Option<String>,
     /// Log line format (`text` or `json`).
     pub log_format: Option<String>,
+    /// OTLP/HTTP collector the task spans are exported to.
+    pub otlp_endpoint: Option<String>,
     /// Shutdown timeout in seconds.
     pub shutdown_timeout: Option<f64>,
     /// ETA horizon in seconds.

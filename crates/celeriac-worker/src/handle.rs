@@ -12,12 +12,11 @@ use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
 use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
-use celeriac::{Request, State, Task, TaskErrorKind};
+use celeriac::{State, Task};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::field::Empty;
-use tracing::{Instrument as _, Span, debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::admission::{Admission, Gate, admit, is_expired};
 use crate::context::Context;
@@ -28,6 +27,7 @@ use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
 use crate::outcome::finish;
 use crate::settle::{Settle, settle};
+use crate::task_span;
 use crate::tracker::Tracked;
 
 /// Handles one delivery to the end and settles it.
@@ -141,7 +141,13 @@ async fn run_admitted(
         // Celery's default: ack when the task starts (at-most-once).
         let _ = delivery.ack_now().await;
     }
-    let span = task_span(&request, &delivery.queue);
+    let span = task_span::open(&request, &delivery.queue);
+    #[cfg(feature = "otel")]
+    let request = {
+        let mut request = request;
+        crate::otel::continue_trace(&span, &message.headers, &mut request);
+        request
+    };
     let settle = async {
         info!("task started");
         tracked.started();
@@ -166,7 +172,7 @@ async fn run_admitted(
         )
         .await;
         drop(permit);
-        span.record("outcome", outcome_of(&ran));
+        task_span::record_outcome(&span, &ran);
         match ran {
             Ran::Finished(result) => {
                 let runtime = tracked.runtime();
@@ -205,38 +211,6 @@ fn queue_wait(message: &TaskMessage, now: DateTime<FixedOffset>) -> Option<Durat
         .eta
         .map_or(enqueued, |eta| eta.max(enqueued));
     (now - since).to_std().ok()
-}
-
-/// The span of one task's run: its name (`task`), `task_id`, retries,
-/// queue, the `trace_id` it continues (if its message carried one) and,
-/// once known, its outcome.
-fn task_span(request: &Request, queue: &str) -> Span {
-    let span = info_span!(
-        "task",
-        task = %request.task,
-        task_id = %request.id,
-        retries = request.retries,
-        queue = %queue,
-        trace_id = Empty,
-        outcome = Empty,
-    );
-    if let Some(trace) = &request.trace {
-        span.record("trace_id", trace.trace_id_hex());
-    }
-    span
-}
-
-/// What a run's result means, for its span.
-fn outcome_of(ran: &Ran) -> &'static str {
-    match ran {
-        Ran::Finished(Ok(_)) => "succeeded",
-        Ran::Finished(Err(err)) => match err.kind() {
-            TaskErrorKind::Retry(_) => "retry",
-            TaskErrorKind::Reject { .. } => "rejected",
-            TaskErrorKind::Failure => "failed",
-        },
-        Ran::Terminated => "terminated",
-    }
 }
 
 /// Why a held task will not run now.

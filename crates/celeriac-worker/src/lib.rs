@@ -50,11 +50,14 @@ mod handle;
 mod limits;
 mod logging;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod outbox;
 mod outcome;
 mod revoked;
 mod settle;
 mod stats;
+mod task_span;
 pub mod testing;
 mod tracker;
 mod worker;
