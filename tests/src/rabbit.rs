@@ -88,9 +88,12 @@ pub fn queue_stats(queue: &str, columns: &[&str]) -> Result<Vec<String>> {
         .with_context(|| format!("queue {queue} not listed by rabbitmqctl"))
 }
 
-/// Deletes a queue if it exists (cleanup).
+/// Deletes a queue and its dead-letter queue, where they exist (cleanup):
+/// a worker that dead-lettered something from `queue` declared the latter.
 pub fn delete_queue(queue: &str) {
+    let dead = celeriac_broker::DeadLetterTopology::default().queue_for(queue);
     let _ = rabbitmqctl(&["delete_queue", queue]);
+    let _ = rabbitmqctl(&["delete_queue", &dead.name]);
 }
 
 /// Sets RabbitMQ's `consumer_timeout`, and the channel tick that checks it
