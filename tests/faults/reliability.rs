@@ -324,12 +324,14 @@ async fn publishing_to_a_broker_under_a_memory_alarm_is_never_a_false_success() 
         .err()
         .context("a publish was confirmed while the broker blocked publishers")?;
     println!("under a memory alarm: {err}");
+    // Not just any failure: the error must say why (the broker blocked
+    // publishing for low memory), so an operator knows what to fix.
     ensure!(
         matches!(
-            err,
-            BrokerError::ConfirmTimeout { .. } | BrokerError::Unavailable { .. }
+            &err,
+            BrokerError::ConfirmTimeout { blocked: Some(reason), .. } if reason.contains("memory")
         ),
-        "{err}"
+        "the error does not say the broker blocked publishing for low memory: {err:?}"
     );
     // Once the alarm clears, publishing works again.
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use celeriac::{App, Request, State, TaskError, TaskResult, task};
-use celeriac_broker::dead_letter::{EXCEPTION_TYPE_HEADER, REASON_HEADER};
+use celeriac_broker::dead_letter::{
+    EXCEPTION_MESSAGE_HEADER, EXCEPTION_TYPE_HEADER, ORIGIN_QUEUE_HEADER, REASON_HEADER,
+};
 use celeriac_broker::{ConsumeOptions, Queue, QueueArguments};
 use celeriac_protocol::TaskMessage;
 use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters, failure, header};
@@ -64,6 +66,23 @@ async fn early_ack() -> u32 {
     7
 }
 
+/// Asks to be retried every time, at once: its second request for a retry
+/// is past `max_retries`.
+#[task(name = "test.retries_forever", bind = true, max_retries = 1)]
+async fn retries_forever(request: Request) -> TaskResult<u32> {
+    let cause = TaskError::python("builtins", "ConnectionError", "the service is down");
+    Err(request.retry().countdown(Duration::ZERO).because(cause))
+}
+
+/// Rejects its message without requeueing it.
+#[task(name = "test.rejects")]
+async fn rejects() -> TaskResult<u32> {
+    Err(TaskError::reject(
+        false,
+        "not a message this worker can ever run",
+    ))
+}
+
 /// A worker with the demo tasks and this file's tasks on `queue`.
 async fn start(queue: &Queue, configure: impl FnOnce(&mut WorkerConfig)) -> Result<RunningWorker> {
     let builder = App::builder()
@@ -71,7 +90,9 @@ async fn start(queue: &Queue, configure: impl FnOnce(&mut WorkerConfig)) -> Resu
         .task(panics)
         .task(soft_limit)
         .task(hard_limit)
-        .task(early_ack);
+        .task(early_ack)
+        .task(retries_forever)
+        .task(rejects);
     RunningWorker::start(builder, queue, configure).await
 }
 
@@ -257,6 +278,67 @@ async fn every_outcome_is_stored_and_settled() -> Result<()> {
             && summary.revoked == 1,
         "{summary:?}"
     );
+    cleanup(&app, &queue.name).await;
+    Ok(())
+}
+
+/// The two dead-letter reasons a task chooses by what it returns, end to
+/// end: each letter is the task's own message, with its reason, the
+/// exception it ended with and where it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_past_the_limit_and_rejects_are_dead_lettered_with_their_reason() -> Result<()> {
+    let queue = Queue::celery_default(unique("worker-task-dead-letters"));
+    let app = client(&queue).await?;
+    let worker = start(&queue, |_| {}).await?;
+    let retried = app.send_task("test.retries_forever").apply().await?;
+    let rejected = app.send_task("test.rejects").apply().await?;
+
+    let letters = dead_letters(&app, &queue.name, 2).await?;
+    let letter_of = |id: &str| {
+        letters
+            .iter()
+            .find(|letter| letter.message.headers.get("id").and_then(|v| v.as_str()) == Some(id))
+            .with_context(|| format!("no dead letter for task {id}"))
+    };
+    let over = letter_of(retried.id())?;
+    let expect = [
+        (REASON_HEADER, "max_retries_exceeded"),
+        (EXCEPTION_TYPE_HEADER, "ConnectionError"),
+        (EXCEPTION_MESSAGE_HEADER, "the service is down"),
+        (ORIGIN_QUEUE_HEADER, queue.name.as_str()),
+    ];
+    for (name, want) in expect {
+        ensure!(
+            header(over, name) == want,
+            "{name} of the retried task: {:?}",
+            header(over, name)
+        );
+    }
+    ensure!(
+        over.message.headers.get("retries") == Some(&celeriac::HeaderValue::Int(1)),
+        "the letter is the last attempt's message (retries=1): {:?}",
+        over.message.headers.get("retries")
+    );
+    let gone = letter_of(rejected.id())?;
+    let expect = [
+        (REASON_HEADER, "rejected"),
+        (EXCEPTION_TYPE_HEADER, "Reject"),
+        (
+            EXCEPTION_MESSAGE_HEADER,
+            "not a message this worker can ever run",
+        ),
+        (ORIGIN_QUEUE_HEADER, queue.name.as_str()),
+    ];
+    for (name, want) in expect {
+        ensure!(
+            header(gone, name) == want,
+            "{name} of the rejected task: {:?}",
+            header(gone, name)
+        );
+    }
+
+    let summary = worker.stop().await?;
+    ensure!(summary.dead_lettered == 2, "{summary:?}");
     cleanup(&app, &queue.name).await;
     Ok(())
 }
