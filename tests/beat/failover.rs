@@ -155,7 +155,7 @@ async fn each_tick_is_sent_once_across_a_killed_leader() {
         );
     }
     // The standby sent ticks of its own after the kill.
-    let standby_origin = format!("gen{}@", standby_pid);
+    let standby_origin = format!("gen{standby_pid}@");
     assert!(
         origins
             .iter()

@@ -1,7 +1,9 @@
 //! Faults that break Celery deployments, against the real broker and
 //! `celeriac-demo worker` processes, with every task id accounted for: each
-//! test sends a known set of ids, injects its fault, prints a tally (sent /
-//! completed / duplicates / dead-lettered / lost) and fails on any loss.
+//! test sends a known set of ids, injects its fault, prints a tally (sent
+//! and confirmed / succeeded / failed / duplicates / lost) and fails unless
+//! every task succeeded with its own value; the dead letters a test expects
+//! are checked by task id and reason.
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use celeriac::{App, AsyncResult, BrokerConfig, State};
 use celeriac_broker::dead_letter::REASON_HEADER;
 use celeriac_broker::{BrokerError, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
-use celeriac_tests::worker::{cleanup, count_ready, demo_worker};
+use celeriac_tests::worker::{cleanup, demo_worker};
 use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, rabbitmqctl, unique};
 use serde_json::{Value, json};
 use tokio::process::Child;
@@ -33,37 +35,84 @@ fn worker(queue: &str, extra: &[&str]) -> Result<Child> {
     demo_worker(queue, extra)
 }
 
-/// Waits for every result; returns the tally and fails on a loss.
-async fn account(label: &str, results: &[AsyncResult<Value>], dead_lettered: usize) -> Result<()> {
-    let mut completed = 0;
-    let mut duplicates = 0;
-    let mut lost = Vec::new();
-    for result in results {
-        match result.wait(WAIT).await {
-            Ok(_) => {
-                completed += 1;
-                let finals = result.history().iter().filter(|s| s.is_ready()).count();
-                duplicates += finals.saturating_sub(1);
-            }
-            Err(_) => lost.push(result.id().to_owned()),
+/// How many of `tasks` have a final state.
+async fn ready(tasks: &[Sent]) -> usize {
+    let mut done = 0;
+    for task in tasks {
+        if task.result.ready().await.unwrap_or(false) {
+            done += 1;
         }
     }
-    let lost_count = lost.len().saturating_sub(dead_lettered);
+    done
+}
+
+/// A task sent (and confirmed by the broker), with the value it must
+/// return.
+struct Sent {
+    result: AsyncResult<Value>,
+    expect: Value,
+}
+
+impl Sent {
+    /// Sends `demo.add(i, 1)`, which must return `i + 1`.
+    async fn add(app: &App, i: i64) -> Result<Sent> {
+        Ok(Sent {
+            result: app.send_task("demo.add").args((i, 1)).apply().await?,
+            expect: json!(i + 1),
+        })
+    }
+}
+
+/// Waits for every task and prints the tally; fails unless each one
+/// succeeded with its own value. A FAILURE or REVOKED counts as failed, not
+/// as done; no result at all is lost. Duplicates (a task run twice, which
+/// at-least-once delivery allows after a fault) are counted and shown.
+async fn account(label: &str, tasks: &[Sent]) -> Result<()> {
+    let mut succeeded = 0;
+    let mut duplicates = 0;
+    let mut failed = Vec::new();
+    let mut lost = Vec::new();
+    for task in tasks {
+        let id = task.result.id().to_owned();
+        match task.result.wait(WAIT).await {
+            Ok(meta) if meta.status == State::Success && meta.result == task.expect => {
+                succeeded += 1;
+            }
+            Ok(meta) => failed.push(format!("{id}: {} {}", meta.status, meta.result)),
+            Err(_) => lost.push(id),
+        }
+        let finals = task
+            .result
+            .history()
+            .iter()
+            .filter(|s| s.is_ready())
+            .count();
+        duplicates += finals.saturating_sub(1);
+    }
     println!(
-        "{label}: sent {}, completed {completed}, duplicates {duplicates}, dead-lettered {dead_lettered}, lost {lost_count}",
-        results.len()
+        "{label}: sent and confirmed {}, succeeded {succeeded}, failed {}, duplicates {duplicates}, lost {}",
+        tasks.len(),
+        failed.len(),
+        lost.len()
     );
     ensure!(
-        lost_count == 0,
-        "{label}: {lost_count} tasks lost, e.g. {:?}",
-        lost.first()
+        failed.is_empty(),
+        "{label}: {} tasks did not succeed with their value, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+    ensure!(
+        lost.is_empty(),
+        "{label}: {} tasks lost, e.g. {}",
+        lost.len(),
+        lost[0]
     );
     Ok(())
 }
 
-async fn wait_done(results: &[AsyncResult<Value>], at_least: usize) {
+async fn wait_done(tasks: &[Sent], at_least: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while count_ready(results).await < at_least && tokio::time::Instant::now() < deadline {
+    while ready(tasks).await < at_least && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -73,15 +122,19 @@ async fn a_worker_killed_mid_task_loses_nothing() -> Result<()> {
     let _serial = disturbing().await;
     let queue = unique("fault-sigkill");
     let app = client(&queue).await?;
-    let mut results = Vec::new();
-    for _ in 0..12 {
-        results.push(app.send_task("demo.sleep").args((0.5,)).apply().await?);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let seconds = 0.5 + f64::from(i) / 1000.0;
+        tasks.push(Sent {
+            result: app.send_task("demo.sleep").args((seconds,)).apply().await?,
+            expect: json!(seconds),
+        });
     }
     let mut first = worker(&queue, &["-c", "4"])?;
-    wait_done(&results, 2).await;
+    wait_done(&tasks, 2).await;
     first.kill().await?; // SIGKILL: late-acked tasks in flight go back to the queue
     let _second = worker(&queue, &["-c", "4"])?;
-    account("SIGKILL mid-task", &results, 0).await?;
+    account("SIGKILL mid-task", &tasks).await?;
     cleanup(&app, &queue).await;
     Ok(())
 }
@@ -92,9 +145,9 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
     let queue = unique("fault-crashloop");
     let app = client(&queue).await?;
     let crash = app.send_task("demo.crash").apply().await?;
-    let mut results = Vec::new();
+    let mut tasks = Vec::new();
     for i in 0..10 {
-        results.push(app.send_task("demo.add").args((i, 1)).apply().await?);
+        tasks.push(Sent::add(&app, i).await?);
     }
     // A supervisor restarting the worker each time the task kills it, until
     // the healthy tasks are done and the crashing one is dead-lettered.
@@ -107,7 +160,7 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
             .ok()
             .flatten()
             .is_some_and(|(n, _)| n >= 1);
-        if lettered && count_ready(&results).await == results.len() {
+        if lettered && ready(&tasks).await == tasks.len() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,7 +192,7 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
     if let Ok(supervised) = tokio::time::timeout(Duration::from_secs(120), supervise).await {
         supervised?;
     } else {
-        let missing = results.len() - count_ready(&results).await;
+        let missing = tasks.len() - ready(&tasks).await;
         anyhow::bail!(
             "not settled within 120 s: {missing} of 10 healthy tasks without a result \
              (dead-lettered with the crashing one?)"
@@ -173,7 +226,7 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
     letter.ack().await?;
     consumer.stop();
     println!("crash loop: the worker died {restarts} times; the task was dead-lettered");
-    account("crash loop", &results, 0).await?;
+    account("crash loop", &tasks).await?;
     cleanup(&app, &queue).await;
     Ok(())
 }
@@ -183,15 +236,15 @@ async fn through_fault(label: &str, fault: fn() -> Result<()>, times: usize) -> 
     let queue = unique(label);
     let app = client(&queue).await?;
     let _worker = worker(&queue, &["-c", "8"])?;
-    let mut results = Vec::new();
+    let mut tasks = Vec::new();
     for i in 0..400_i64 {
-        results.push(app.send_task("demo.add").args((i, 1)).apply().await?);
+        tasks.push(Sent::add(&app, i).await?);
         if i % 100 == 50 && (i / 100) < times as i64 {
-            wait_done(&results, results.len() / 2).await;
+            wait_done(&tasks, tasks.len() / 2).await;
             tokio::task::spawn_blocking(fault).await??;
         }
     }
-    account(label, &results, 0).await?;
+    account(label, &tasks).await?;
     cleanup(&app, &queue).await;
     Ok(())
 }
@@ -228,12 +281,12 @@ async fn a_task_longer_than_the_consumer_timeout_is_bounded_not_looping() -> Res
     let queue = unique("fault-long-task");
     let app = client(&queue).await?;
     let long = app.send_task("demo.sleep").args((3.0,)).apply().await?;
-    let mut results = Vec::new();
+    let mut tasks = Vec::new();
     for i in 0..5 {
-        results.push(app.send_task("demo.add").args((i, 1)).apply().await?);
+        tasks.push(Sent::add(&app, i).await?);
     }
     let _worker = worker(&queue, &["-c", "4", "--redelivery-limit", "1"])?;
-    account("long task vs consumer_timeout", &results, 0).await?;
+    account("long task vs consumer_timeout", &tasks).await?;
     // Each attempt outlives the timeout, RabbitMQ closes the channel and
     // redelivers; the redelivery count stops the loop in the dead-letter queue.
     let dlq = app.broker().config().dead_letter.queue_for(&queue);
