@@ -5,6 +5,8 @@
 //! every task succeeded with its own value; the dead letters a test expects
 //! are checked by task id and reason.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -12,8 +14,9 @@ use celeriac::{App, AsyncResult, BrokerConfig, State};
 use celeriac_broker::dead_letter::REASON_HEADER;
 use celeriac_broker::{BrokerError, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
+use celeriac_tests::scrape::{free_local_addr, http_get, wait_for_listener};
 use celeriac_tests::worker::{cleanup, demo_worker};
-use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, rabbitmqctl, unique};
+use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, queue_stats, rabbitmqctl, unique};
 use serde_json::{Value, json};
 use tokio::process::Child;
 
@@ -231,22 +234,95 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
     Ok(())
 }
 
-/// Streams tasks through a worker while `fault` runs; every task completes.
+/// Streams tasks through a worker while `fault` hits the broker `times`
+/// times. The producer keeps publishing through each fault (a publish
+/// waiting for its confirm is cut off by it); at each fault the worker must
+/// hold unacked deliveries (tasks running or prefetched); afterwards the
+/// producer and the worker must both have reconnected, and every task must
+/// have succeeded with its value.
 async fn through_fault(label: &str, fault: fn() -> Result<()>, times: usize) -> Result<()> {
     let queue = unique(label);
     let app = client(&queue).await?;
-    let _worker = worker(&queue, &["-c", "8"])?;
-    let mut tasks = Vec::new();
-    for i in 0..400_i64 {
-        tasks.push(Sent::add(&app, i).await?);
-        if i % 100 == 50 && (i / 100) < times as i64 {
-            wait_done(&tasks, tasks.len() / 2).await;
-            tokio::task::spawn_blocking(fault).await??;
+    let metrics = free_local_addr()?;
+    let _worker = worker(&queue, &["-c", "8", "--metrics-addr", &metrics.to_string()])?;
+    wait_for_listener(metrics).await?;
+
+    // The producer publishes until the last fault is over, then 100 more.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop_after = Arc::new(AtomicUsize::new(usize::MAX));
+    let producer = tokio::spawn({
+        let (app, sent, stop_after) = (app.clone(), sent.clone(), stop_after.clone());
+        async move {
+            let mut tasks = Vec::new();
+            while tasks.len() < stop_after.load(Ordering::Relaxed) {
+                // 10 ms each on 8 slots: deliveries stay in flight while the
+                // producer publishes.
+                let seconds = 0.01 + tasks.len() as f64 / 1e6;
+                tasks.push(Sent {
+                    result: app.send_task("demo.sleep").args((seconds,)).apply().await?,
+                    expect: json!(seconds),
+                });
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(tasks)
         }
+    });
+    for round in 1..=times {
+        let start = sent.load(Ordering::Relaxed);
+        while sent.load(Ordering::Relaxed) < start + 100 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let unacked = unacked_deliveries(&queue).await?;
+        ensure!(
+            unacked > 0,
+            "{label}: no delivery in flight at fault {round}; the test would prove nothing"
+        );
+        println!(
+            "{label}: fault {round} with {} tasks sent and {unacked} deliveries unacked",
+            sent.load(Ordering::Relaxed)
+        );
+        tokio::task::spawn_blocking(fault).await??;
     }
+    stop_after.store(sent.load(Ordering::Relaxed) + 100, Ordering::Relaxed);
+    let tasks = producer.await??;
     account(label, &tasks).await?;
+
+    let producer_reconnects = app.broker().reconnects();
+    let (_, page) = http_get(metrics, "/metrics").await?;
+    let reconnect_line = page
+        .lines()
+        .find(|line| line.starts_with("celeriac_broker_reconnects_total{"))
+        .unwrap_or_default();
+    let worker_reconnects = reconnect_line
+        .rsplit(' ')
+        .next()
+        .and_then(|value| value.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!("{label}: reconnects: producer {producer_reconnects}, worker {worker_reconnects}");
+    ensure!(
+        producer_reconnects >= times as u64 && worker_reconnects >= times as f64,
+        "{label}: {times} faults, but the producer reconnected {producer_reconnects} times \
+         and the worker {worker_reconnects} ({reconnect_line:?})"
+    );
     cleanup(&app, &queue).await;
     Ok(())
+}
+
+/// Deliveries of `queue` the broker has handed out and not yet seen
+/// acked, read within a few seconds (0 if none appear).
+async fn unacked_deliveries(queue: &str) -> Result<u64> {
+    for _ in 0..20 {
+        let name = queue.to_owned();
+        let stats =
+            tokio::task::spawn_blocking(move || queue_stats(&name, &["messages_unacknowledged"]))
+                .await??;
+        let unacked: u64 = stats.first().map_or(Ok(0), |n| n.parse())?;
+        if unacked > 0 {
+            return Ok(unacked);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
