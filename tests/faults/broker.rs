@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use celeriac_broker::{Broker, BrokerConfig, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
-use celeriac_tests::{broker_url, disturbing, rabbitmqctl, unique};
+use celeriac_tests::{broker_url, disturbing, rabbitmqctl, restore_broker, unique};
 
 const MESSAGES: usize = 3_000;
 const PUBLISHERS: usize = 8;
@@ -32,7 +32,7 @@ struct RestartOnDrop;
 
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
-        let _ = rabbitmqctl(&["start_app"]);
+        restore_broker(&["start_app"]);
     }
 }
 

@@ -16,7 +16,9 @@ use celeriac_broker::{BrokerError, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
 use celeriac_tests::scrape::{free_local_addr, http_get, wait_for_listener};
 use celeriac_tests::worker::{cleanup, demo_worker};
-use celeriac_tests::{ConsumerTimeout, broker_url, disturbing, queue_stats, rabbitmqctl, unique};
+use celeriac_tests::{
+    ConsumerTimeout, broker_url, disturbing, queue_stats, rabbitmqctl, restore_broker, unique,
+};
 use serde_json::{Value, json};
 use tokio::process::Child;
 
@@ -428,7 +430,7 @@ struct Watermark(String);
 
 impl Drop for Watermark {
     fn drop(&mut self) {
-        let _ = rabbitmqctl(&["set_vm_memory_high_watermark", &self.0]);
+        restore_broker(&["set_vm_memory_high_watermark", &self.0]);
     }
 }
 

@@ -23,7 +23,7 @@ pub use fixtures::{Fixture, all_fixtures, fixture, typed_header};
 pub use python::{PythonWorker, interop_python};
 pub use rabbit::{
     ConsumerTimeout, broker_url, connect, delete_queue, disturbing, queue_stats, rabbitmqctl,
-    redis_url, require_redis, unique,
+    redis_url, require_redis, restore_broker, unique,
 };
 
 /// The repository root.

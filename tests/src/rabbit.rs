@@ -96,6 +96,25 @@ pub fn delete_queue(queue: &str) {
     let _ = rabbitmqctl(&["delete_queue", &dead.name]);
 }
 
+/// Runs a `rabbitmqctl` command that puts the broker back as the tests
+/// found it (from a guard's `drop`). If it fails, every later test would
+/// run against a disturbed broker: it panics saying so, or, when the test
+/// is already failing, prints it (a second panic would abort the run).
+pub fn restore_broker(args: &[&str]) {
+    if let Err(e) = rabbitmqctl(args) {
+        let message = format!(
+            "could not restore RabbitMQ (rabbitmqctl {}): {e:#}; later tests run against a \
+             disturbed broker, so fix it by hand before trusting them",
+            args.join(" ")
+        );
+        if std::thread::panicking() {
+            eprintln!("{message}");
+        } else {
+            panic!("{message}");
+        }
+    }
+}
+
 /// Sets RabbitMQ's `consumer_timeout`, and the channel tick that checks it
 /// (60 s by default), for channels opened from now on; restores both when
 /// dropped.
@@ -125,7 +144,7 @@ impl Drop for ConsumerTimeout {
                 Some(value) => format!("application:set_env(rabbit, {key}, {value})."),
                 None => format!("application:unset_env(rabbit, {key})."),
             };
-            let _ = rabbitmqctl(&["eval", &restore]);
+            restore_broker(&["eval", &restore]);
         }
     }
 }
