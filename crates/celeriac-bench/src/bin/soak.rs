@@ -5,19 +5,27 @@
 //!
 //! ```sh
 //! cargo build --release -p celeriac-demo
-//! cargo run --release -p celeriac-bench --bin soak -- --tasks 1000000
+//! cargo run --release -p celeriac-bench --bin soak -- --tasks 1000000 --json soak.json
 //! ```
 //!
-//! Needs the local RabbitMQ and `rabbitmqctl` (for the broker restart). Not
-//! run by CI at this size; `docs/reliability.md` records a run.
+//! Every task id is tracked: a task counts as sent once its publish is
+//! confirmed, as completed once its result arrives, and as dead-lettered
+//! once its id is read from the dead-letter queue; lost is sent but
+//! neither. Exits non-zero when a task is lost, when fewer than
+//! `--min-kills` kills happened, or when `rabbitmqctl` could not restart
+//! the broker. Needs the local RabbitMQ and `rabbitmqctl`. `scripts/test`
+//! runs a short version (50,000 tasks); `docs/reliability.md` records a
+//! long one.
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use celeriac_broker::{Broker, BrokerConfig, ConsumeOptions, Exchange, Queue, QueueArguments};
+use celeriac_broker::{
+    Broker, BrokerConfig, ConsumeOptions, Exchange, Queue, QueueArguments, QueueType,
+};
 use celeriac_protocol::{DecodeOptions, ResultMeta, TaskMessage};
 use clap::Parser;
 use serde_json::json;
@@ -42,6 +50,18 @@ struct Args {
     /// Broker URL.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672//")]
     broker: String,
+    /// Seconds between progress lines (and fault checks).
+    #[arg(long, default_value_t = 5)]
+    tick: u64,
+    /// Fail unless at least this many worker kills happened.
+    #[arg(long, default_value_t = 0)]
+    min_kills: usize,
+    /// Stop and account after this many seconds without progress.
+    #[arg(long, default_value_t = 180)]
+    stall_timeout: u64,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 fn worker_binary() -> std::path::PathBuf {
@@ -82,14 +102,58 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
+/// Runs `rabbitmqctl`; an error says which command failed and why.
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("rabbitmqctl")
         .args(args)
-        .stdout(Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
-        eprintln!("rabbitmqctl {args:?} failed");
+        .output()
+        .map_err(|e| format!("rabbitmqctl {args:?} did not run: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
+}
+
+/// The index in `soak-<index>`, the task ids this program sends.
+fn index_of(task_id: &str) -> Option<usize> {
+    task_id.strip_prefix("soak-")?.parse().ok()
+}
+
+/// Reads the ids of every message in the dead-letter queue `name` (acking
+/// them), as indexes.
+async fn dead_lettered_ids(broker: &Broker, name: &str) -> HashSet<usize> {
+    let mut ids = HashSet::new();
+    let Ok(Some((count, _))) = broker.queue_counts(name).await else {
+        return ids;
+    };
+    let dead = Queue::celery_default(name.to_owned());
+    let Ok(mut letters) = broker
+        .consume(ConsumeOptions {
+            queues: vec![dead],
+            prefetch: 1_000,
+        })
+        .await
+    else {
+        return ids;
+    };
+    for _ in 0..count {
+        let Ok(Some(letter)) = tokio::time::timeout(Duration::from_secs(10), letters.next()).await
+        else {
+            break;
+        };
+        if let Ok(message) = letter.task(&DecodeOptions::default())
+            && let Some(index) = index_of(&message.headers.id)
+        {
+            ids.insert(index);
+        }
+        let _ = letter.ack().await;
+    }
+    letters.stop();
+    ids
 }
 
 #[tokio::main]
@@ -103,6 +167,10 @@ async fn main() {
     let broker = Broker::connect(config).await.expect("RabbitMQ reachable");
     let queue = Queue::celery_default(queue_name.clone());
     broker.declare(&queue).await.expect("queue");
+    // The results come back as rpc:// replies, which are transient (as in
+    // Celery): a broker restart drops those waiting in a classic queue, and
+    // the tasks would look lost though they ran. A quorum queue stores
+    // every message durably, so the count survives the restart.
     let replies = Queue {
         name: replies_name.clone(),
         exchange: Exchange::direct(""),
@@ -110,8 +178,12 @@ async fn main() {
         durable: true,
         exclusive: false,
         auto_delete: false,
-        arguments: QueueArguments::default(),
+        arguments: QueueArguments {
+            queue_type: Some(QueueType::Quorum),
+            ..QueueArguments::default()
+        },
     };
+    broker.declare(&replies).await.expect("the replies queue");
 
     // Results: one per completed task (the worker publishes to reply_to).
     let completed = Arc::new(std::sync::Mutex::new(vec![0u8; args.tasks as usize]));
@@ -129,10 +201,7 @@ async fn main() {
         tokio::spawn(async move {
             while let Some(delivery) = results.next().await {
                 if let Ok(meta) = ResultMeta::decode(&delivery.message, &DecodeOptions::default())
-                    && let Some(index) = meta
-                        .task_id
-                        .strip_prefix("soak-")
-                        .and_then(|i| i.parse::<usize>().ok())
+                    && let Some(index) = index_of(&meta.task_id)
                 {
                     let mut seen = completed
                         .lock()
@@ -156,7 +225,10 @@ async fn main() {
         .map(|_| start_worker(&args, &queue_name))
         .collect();
 
-    // Producers: confirmed publishes, many in flight.
+    // Producers: confirmed publishes, many in flight. A task is sent once
+    // its publish is confirmed (its flag set), not when it was attempted.
+    let confirmed: Arc<Vec<AtomicBool>> =
+        Arc::new((0..args.tasks).map(|_| AtomicBool::new(false)).collect());
     let sent = Arc::new(AtomicU64::new(0));
     let publish_errors = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
@@ -171,6 +243,7 @@ async fn main() {
             next.clone(),
             args.tasks,
         );
+        let confirmed = confirmed.clone();
         producers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -182,9 +255,14 @@ async fn main() {
                 message.properties.reply_to = Some(replies_name.clone());
                 let raw = message.encode().expect("encodes");
                 match broker.publish("", &queue_name, &raw).await {
-                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(()) => {
+                        confirmed[i as usize].store(true, Ordering::Relaxed);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }));
     }
@@ -196,7 +274,7 @@ async fn main() {
     let mut rss_samples: Vec<(u64, Vec<u64>)> = Vec::new();
     let mut last_progress = (0, Instant::now());
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(args.tick)).await;
         let elapsed = started.elapsed().as_secs();
         let now_done = done.load(Ordering::Relaxed);
         rss_samples.push((
@@ -214,8 +292,11 @@ async fn main() {
         }
         if now_done > last_progress.0 {
             last_progress = (now_done, Instant::now());
-        } else if last_progress.1.elapsed() > Duration::from_secs(180) {
-            println!("no progress for 3 minutes; stopping to account");
+        } else if last_progress.1.elapsed() > Duration::from_secs(args.stall_timeout) {
+            println!(
+                "no progress for {} s; stopping to account",
+                args.stall_timeout
+            );
             break;
         }
         if last_kill.elapsed() >= Duration::from_secs(args.kill_every) {
@@ -229,12 +310,16 @@ async fn main() {
         }
         if !broker_restarted && elapsed >= args.restart_broker_at {
             println!("t={elapsed:>4}s restarting the broker (stop_app/start_app)");
-            tokio::task::spawn_blocking(|| {
-                rabbitmqctl(&["stop_app"]);
-                rabbitmqctl(&["start_app"]);
+            let restarted = tokio::task::spawn_blocking(|| {
+                rabbitmqctl(&["stop_app"])?;
+                rabbitmqctl(&["start_app"])
             })
             .await
             .expect("joined");
+            if let Err(e) = restarted {
+                eprintln!("the broker restart failed, so this run proves nothing about it: {e}");
+                std::process::exit(2);
+            }
             broker_restarted = true;
         }
     }
@@ -249,32 +334,30 @@ async fn main() {
     }
 
     let dead = broker.config().dead_letter.queue_for(&queue_name);
-    let dead_lettered = broker
-        .queue_counts(&dead.name)
-        .await
-        .ok()
-        .flatten()
-        .map_or(0, |(n, _)| u64::from(n));
+    let dead_ids = dead_lettered_ids(&broker, &dead.name).await;
     let completed_count = done.load(Ordering::Relaxed);
     let sent_count = sent.load(Ordering::Relaxed);
-    let missing: HashSet<usize> = completed
+    let seen = completed
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| (*i as u64) < sent_count && **n == 0)
-        .map(|(i, _)| i)
+        .clone();
+    let lost: Vec<usize> = (0..seen.len())
+        .filter(|&i| confirmed[i].load(Ordering::Relaxed) && seen[i] == 0 && !dead_ids.contains(&i))
         .collect();
-    let lost = (missing.len() as u64).saturating_sub(dead_lettered);
     println!(
         "\n== soak: {} s, {kills} worker kills, broker restarted: {broker_restarted}",
         started.elapsed().as_secs()
     );
     println!(
-        "sent {sent_count} (publish errors {}), completed {completed_count}, duplicates {}, dead-lettered {dead_lettered}, lost {lost}",
+        "sent {sent_count} (publish errors {}), completed {completed_count}, duplicates {}, dead-lettered {}, lost {}",
         publish_errors.load(Ordering::Relaxed),
-        duplicates.load(Ordering::Relaxed)
+        duplicates.load(Ordering::Relaxed),
+        dead_ids.len(),
+        lost.len()
     );
+    if let Some(first) = lost.first() {
+        println!("lost, e.g. soak-{first}");
+    }
     let max_rss: Vec<u64> = rss_samples
         .iter()
         .flat_map(|s| s.1.iter().copied())
@@ -284,12 +367,40 @@ async fn main() {
         max_rss.iter().min().unwrap_or(&0),
         max_rss.iter().max().unwrap_or(&0)
     );
+    if let Some(path) = &args.json {
+        let summary = json!({
+            "tasks": args.tasks,
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "seconds": started.elapsed().as_secs(),
+            "worker_kills": kills,
+            "broker_restarted": broker_restarted,
+            "sent": sent_count,
+            "publish_errors": publish_errors.load(Ordering::Relaxed),
+            "completed": completed_count,
+            "duplicates": duplicates.load(Ordering::Relaxed),
+            "dead_lettered": dead_ids.len(),
+            "lost": lost.len(),
+            "worker_rss_kib": {"min": max_rss.iter().min(), "max": max_rss.iter().max()},
+        });
+        let text = serde_json::to_string_pretty(&summary).expect("JSON");
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("cannot write {}: {e}", path.display());
+        }
+    }
     for name in [&queue_name, &replies_name, &dead.name] {
         let _ = broker.delete_queue(name).await;
     }
     let _ = broker.delete_exchange(&queue_name).await;
     broker.close().await;
-    if lost > 0 {
+    if !lost.is_empty() {
         std::process::exit(1);
+    }
+    if kills < args.min_kills {
+        eprintln!(
+            "only {kills} worker kills happened (--min-kills {}): the run was too short to prove it",
+            args.min_kills
+        );
+        std::process::exit(2);
     }
 }
