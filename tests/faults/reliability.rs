@@ -246,7 +246,7 @@ async fn through_fault(label: &str, fault: fn() -> Result<()>, times: usize) -> 
     let queue = unique(label);
     let app = client(&queue).await?;
     let metrics = free_local_addr()?;
-    let _worker = worker(&queue, &["-c", "8", "--metrics-addr", &metrics.to_string()])?;
+    let mut worker = worker(&queue, &["-c", "8", "--metrics-addr", &metrics.to_string()])?;
     wait_for_listener(metrics).await?;
 
     // The producer publishes until the last fault is over, then 100 more.
@@ -306,6 +306,8 @@ async fn through_fault(label: &str, fault: fn() -> Result<()>, times: usize) -> 
         "{label}: {times} faults, but the producer reconnected {producer_reconnects} times \
          and the worker {worker_reconnects} ({reconnect_line:?})"
     );
+    // Stop the worker first, or it declares the queue again after cleanup.
+    worker.kill().await?;
     cleanup(&app, &queue).await;
     Ok(())
 }
