@@ -15,7 +15,7 @@ use celeriac_broker::dead_letter::REASON_HEADER;
 use celeriac_broker::{BrokerError, ConsumeOptions, Queue};
 use celeriac_protocol::TaskMessage;
 use celeriac_tests::scrape::{free_local_addr, http_get, wait_for_listener};
-use celeriac_tests::worker::{cleanup, demo_worker};
+use celeriac_tests::worker::{cleanup, demo_worker, reply_queue};
 use celeriac_tests::{
     ConsumerTimeout, broker_url, disturbing, queue_stats, rabbitmqctl, restore_broker, unique,
 };
@@ -396,11 +396,7 @@ async fn a_duplicate_delivery_runs_again() -> Result<()> {
     app.broker()
         .declare(&Queue::celery_default(queue.clone()))
         .await?;
-    let reply_to = app
-        .result_backend()
-        .and_then(|b| b.reply_to())
-        .context("backend")?
-        .to_owned();
+    let reply_to = reply_queue(&app)?;
     let mut message =
         TaskMessage::new("demo.add", "the-same-id").with_args(vec![json!(1), json!(2)]);
     message.properties.reply_to = Some(reply_to);

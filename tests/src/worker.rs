@@ -27,6 +27,16 @@ pub async fn client(queue: &Queue) -> Result<App> {
         .await?)
 }
 
+/// The reply queue of an app with `rpc://` results: what a signature's
+/// `reply_to` option names so its result comes back to this app.
+pub fn reply_queue(app: &App) -> Result<String> {
+    Ok(app
+        .result_backend()
+        .and_then(|backend| backend.reply_to())
+        .context("the app has no rpc:// reply queue (build it with result_backend(\"rpc://\"))")?
+        .to_owned())
+}
+
 /// A worker running in the test's process; stopped gracefully by `stop()`.
 #[derive(Debug)]
 pub struct RunningWorker {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use celeriac::{App, Error, QueueType, RouteOptions, Signature};
 use celeriac_broker::RouteError;
-use celeriac_tests::worker::{RunningWorker, cleanup};
+use celeriac_tests::worker::{RunningWorker, cleanup, reply_queue};
 use celeriac_tests::{PythonWorker, broker_url, queue_stats, unique};
 use celeriac_worker::cli::Args;
 use clap::Parser as _;
@@ -187,11 +187,7 @@ async fn a_mixed_chain_is_routed_by_task_routes_alone() -> Result<()> {
         )
         .build()
         .await?;
-    let reply_to = client
-        .result_backend()
-        .and_then(|b| b.reply_to())
-        .context("rpc:// has a reply queue")?
-        .to_owned();
+    let reply_to = reply_queue(&client)?;
     let last = unique("last-step");
     let step = |task: &str, arg: i64| {
         Signature::new(task)

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use celeriac::{App, Signature};
 use celeriac_broker::Queue;
 use celeriac_tests::scrape::{free_local_addr, http_get, sample, wait_for_listener};
 use celeriac_tests::unique;
-use celeriac_tests::worker::{RunningWorker, cleanup, client, failure};
+use celeriac_tests::worker::{RunningWorker, cleanup, client, failure, reply_queue};
 use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::json;
 
@@ -47,11 +47,7 @@ async fn metrics_count_a_known_mix_of_outcomes_exactly() -> Result<()> {
         .await?;
     let unknown = app.send_task("test.not_registered").apply().await?;
     // The chain's second step is sent by the worker: its send metrics.
-    let reply_to = app
-        .result_backend()
-        .and_then(|b| b.reply_to())
-        .context("rpc:// has a reply queue")?
-        .to_owned();
+    let reply_to = reply_queue(&app)?;
     let last = unique("metrics-chain-last");
     let chain = Signature::chain(vec![
         Signature::new("demo.echo")

@@ -14,7 +14,7 @@ use axum::extract::State;
 use celeriac::Signature;
 use celeriac_broker::Queue;
 use celeriac_tests::unique;
-use celeriac_tests::worker::{cleanup, client, demo_worker};
+use celeriac_tests::worker::{cleanup, client, demo_worker, reply_queue};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -92,11 +92,7 @@ async fn task_spans_reach_an_otlp_collector_as_one_trace() -> Result<()> {
 
     let trace_id = format!("{:032x}", fastrand::u128(1..));
     let sender_span = "00f067aa0ba902b7";
-    let reply_to = app
-        .result_backend()
-        .and_then(|b| b.reply_to())
-        .context("rpc:// has a reply queue")?
-        .to_owned();
+    let reply_to = reply_queue(&app)?;
     let callback_id = unique("otlp-callback");
     let first = app
         .send_task("demo.add")

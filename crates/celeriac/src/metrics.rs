@@ -85,7 +85,8 @@ fn latency_histogram() -> Histogram {
 /// # async fn demo(app: celeriac::App) {
 /// let metrics = app.metrics();
 /// // serve `metrics.render()` with `SendMetrics::CONTENT_TYPE` at /metrics
-/// // from your own HTTP server (see examples/producer_metrics.rs).
+/// // from your own HTTP server (docs/observability.md, "Producers", has
+/// // an axum route).
 /// # let _ = metrics;
 /// # }
 /// ```
@@ -105,14 +106,50 @@ impl std::fmt::Debug for SendMetrics {
 struct Inner {
     hostname: String,
     names: NameLabels,
-    sent: Family<SentLabels, Counter>,
-    errors: Family<ErrorLabels, Counter>,
-    latency: LatencyFamily,
+    families: SendFamilies,
     /// For [`SendMetrics::render`]: the send series plus reconnects.
     standalone: Registry,
     reconnects: Family<HostLabels, Counter>,
     reconnects_seen: Mutex<u64>,
     broker: Broker,
+}
+
+/// The send series, registered in the app's own registry and, through
+/// [`SendMetrics::register`], in a worker's.
+struct SendFamilies {
+    sent: Family<SentLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for SendFamilies {
+    fn default() -> SendFamilies {
+        SendFamilies {
+            sent: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl SendFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "celery_task_sent",
+            "Tasks sent and confirmed by the broker.",
+            self.sent.clone(),
+        );
+        registry.register(
+            "celeriac_task_send_errors",
+            "Task sends that failed, by reason.",
+            self.errors.clone(),
+        );
+        registry.register(
+            "celeriac_task_send_seconds",
+            "Seconds from a send call to the broker's confirm, per task or batch.",
+            self.latency.clone(),
+        );
+    }
 }
 
 impl SendMetrics {
@@ -127,27 +164,25 @@ impl SendMetrics {
         registered: impl IntoIterator<Item = String>,
         broker: Broker,
     ) -> SendMetrics {
-        let mut inner = Inner {
-            hostname: hostname.to_owned(),
-            names: NameLabels::new(registered),
-            sent: Family::default(),
-            errors: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            standalone: Registry::default(),
-            reconnects: Family::default(),
-            reconnects_seen: Mutex::new(0),
-            broker,
-        };
+        let families = SendFamilies::default();
+        let reconnects = Family::default();
         let mut standalone = Registry::default();
-        inner.register_into(&mut standalone);
+        families.register(&mut standalone);
         standalone.register(
             "celeriac_broker_reconnects",
             "Times the app reconnected to the broker.",
-            inner.reconnects.clone(),
+            reconnects.clone(),
         );
-        inner.standalone = standalone;
         SendMetrics {
-            inner: Some(Arc::new(inner)),
+            inner: Some(Arc::new(Inner {
+                hostname: hostname.to_owned(),
+                names: NameLabels::new(registered),
+                families,
+                standalone,
+                reconnects,
+                reconnects_seen: Mutex::new(0),
+                broker,
+            })),
         }
     }
 
@@ -160,7 +195,7 @@ impl SendMetrics {
     /// itself) to `registry`, so one `/metrics` serves both.
     pub fn register(&self, registry: &mut Registry) {
         if let Some(inner) = &self.inner {
-            inner.register_into(registry);
+            inner.families.register(registry);
         }
     }
 
@@ -217,37 +252,19 @@ impl SendMetrics {
                 hostname: inner.hostname.clone(),
                 reason: send_error_reason(error).to_owned(),
             };
-            inner.errors.get_or_create(&labels).inc();
+            inner.families.errors.get_or_create(&labels).inc();
         }
     }
 }
 
 impl Inner {
-    fn register_into(&self, registry: &mut Registry) {
-        registry.register(
-            "celery_task_sent",
-            "Tasks sent and confirmed by the broker.",
-            self.sent.clone(),
-        );
-        registry.register(
-            "celeriac_task_send_errors",
-            "Task sends that failed, by reason.",
-            self.errors.clone(),
-        );
-        registry.register(
-            "celeriac_task_send_seconds",
-            "Seconds from a send call to the broker's confirm, per task or batch.",
-            self.latency.clone(),
-        );
-    }
-
     fn count_sent(&self, name: &str, queue: &str) {
         let labels = SentLabels {
             name: self.names.label(name),
             hostname: self.hostname.clone(),
             queue_name: queue.to_owned(),
         };
-        self.sent.get_or_create(&labels).inc();
+        self.families.sent.get_or_create(&labels).inc();
     }
 
     fn observe(&self, kind: &'static str, elapsed: Duration) {
@@ -255,7 +272,8 @@ impl Inner {
             hostname: self.hostname.clone(),
             kind,
         };
-        self.latency
+        self.families
+            .latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
     }

@@ -14,7 +14,7 @@
 //! neither. Exits non-zero when a task is lost, when fewer than
 //! `--min-kills` kills happened, or when `rabbitmqctl` could not restart
 //! the broker. Needs the local RabbitMQ and `rabbitmqctl`. `scripts/test`
-//! runs a short version (50,000 tasks); `docs/reliability.md` records a
+//! runs a short version (20,000 tasks); `docs/reliability.md` records a
 //! long one.
 
 use std::collections::HashSet;
