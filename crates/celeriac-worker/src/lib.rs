@@ -46,8 +46,10 @@ mod divert;
 mod eta_holds;
 mod events;
 mod execute;
+mod gone_queues;
 mod handle;
 mod limits;
+mod log_lines;
 mod logging;
 pub mod metrics;
 #[cfg(feature = "otel")]

@@ -6,12 +6,12 @@
 //! carried a W3C `traceparent`, `trace_id` (in JSON: under `"span"`).
 //! Text lines are coloured only on a terminal, and never when `NO_COLOR`
 //! is set: colour codes cost time and clutter files and log collectors.
+//! Without colours they are written by [`crate::log_lines`].
 
 use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::field::MakeExt as _;
-use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format::debug_fn;
+
+use crate::log_lines::{PlainFields, PlainLine};
 
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -50,8 +50,11 @@ pub fn init_logging_as(loglevel: &str, format: LogFormat) {
         .with_target(false)
         .with_ansi(colours);
     let _ = match format {
-        LogFormat::Text if colours => builder.try_init(),
-        LogFormat::Text => builder.fmt_fields(plain_fields()).try_init(),
+        LogFormat::Text if colours => builder.fmt_fields(PlainFields).try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(PlainFields)
+            .event_format(PlainLine)
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -125,8 +128,11 @@ fn init_logging_exporting(
         .with_target(false)
         .with_ansi(colours);
     let lines = match format {
-        LogFormat::Text if colours => lines.boxed(),
-        LogFormat::Text => lines.fmt_fields(plain_fields()).boxed(),
+        LogFormat::Text if colours => lines.fmt_fields(PlainFields).boxed(),
+        LogFormat::Text => lines
+            .fmt_fields(PlainFields)
+            .event_format(PlainLine)
+            .boxed(),
         LogFormat::Json => lines
             .json()
             .flatten_event(true)
@@ -143,21 +149,6 @@ fn init_logging_exporting(
         .with(spans.with_filter(exported))
         .try_init();
     Ok(export)
-}
-
-/// Fields as the default formatter writes them without colours
-/// (`name=value`, the message bare) but straight to the line, not through
-/// its styling code: 2.5 % fewer instructions for a drain logged at info,
-/// counted with callgrind (docs/observability.md, "Cost").
-fn plain_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'static {
-    debug_fn(|writer, field, value| {
-        if field.name() == "message" {
-            write!(writer, "{value:?}")
-        } else {
-            write!(writer, "{field}={value:?}")
-        }
-    })
-    .delimited(" ")
 }
 
 /// `RUST_LOG` if set, else `loglevel` for everything but the AMQP client.

@@ -13,9 +13,7 @@
 //!   delay topology ([`Outbox::delay`]) and dead letters
 //!   ([`Outbox::dead_letter`]).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use celeriac::broker::{BrokerError, DeadLetter, Delivery};
@@ -23,6 +21,7 @@ use celeriac::protocol::RawMessage;
 use celeriac::{App, Apply, BackendError, Request, ResultMeta, Signature};
 use tracing::{debug, error, warn};
 
+use crate::gone_queues::GoneReplyQueues;
 use crate::metrics::Metrics;
 
 /// How long a result waits for a missing `rpc://` reply queue to reappear.
@@ -49,7 +48,7 @@ pub(crate) struct Outbox {
     /// How long storing a result may keep retrying an unreachable store.
     store_timeout: Duration,
     /// Reply queues a result already waited for in vain, and when.
-    gone_reply_queues: Mutex<HashMap<String, Instant>>,
+    gone_reply_queues: GoneReplyQueues,
     /// Confirm and store latencies go here.
     metrics: Metrics,
 }
@@ -60,7 +59,7 @@ impl Outbox {
         Outbox {
             app,
             store_timeout,
-            gone_reply_queues: Mutex::default(),
+            gone_reply_queues: GoneReplyQueues::new(GONE_REPLY_QUEUE_MEMORY),
             metrics,
         }
     }
@@ -77,7 +76,7 @@ impl Outbox {
             return Ok(());
         };
         let reply_to = request.reply_to.clone().unwrap_or_default();
-        let gone = self.reply_queue_gone(&reply_to);
+        let gone = self.gone_reply_queues.is_gone(&reply_to, Instant::now());
         let reply_deadline = tokio::time::Instant::now()
             + if gone {
                 Duration::ZERO
@@ -92,7 +91,7 @@ impl Outbox {
                 Ok(()) => {
                     self.metrics.result_stored(started.elapsed());
                     if gone {
-                        self.gone().remove(&reply_to);
+                        self.gone_reply_queues.forget(&reply_to);
                     }
                     return Ok(());
                 }
@@ -107,7 +106,7 @@ impl Outbox {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 BackendError::Broker(BrokerError::Unroutable { .. }) => {
-                    self.gone().insert(reply_to, Instant::now());
+                    self.gone_reply_queues.remember(&reply_to, Instant::now());
                     warn!(id = %request.id, state = %meta.status, error = %error, "the caller's reply queue is gone; dropping its result");
                     return Ok(());
                 }
@@ -228,18 +227,5 @@ impl Outbox {
             self.metrics.published(kind, started.elapsed());
         }
         published
-    }
-
-    fn gone(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
-        self.gone_reply_queues
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether a result for `reply_to` recently waited in vain.
-    fn reply_queue_gone(&self, reply_to: &str) -> bool {
-        let mut gone = self.gone();
-        gone.retain(|_, since| since.elapsed() < GONE_REPLY_QUEUE_MEMORY);
-        gone.contains_key(reply_to)
     }
 }

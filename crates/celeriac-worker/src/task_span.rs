@@ -18,11 +18,13 @@ use crate::execute::Ran;
 pub(crate) fn open(request: &Request, queue: &str) -> Span {
     info_span!(
         "task",
-        task = %request.task,
-        task_id = %request.id,
+        task = request.task.as_str(),
+        task_id = request.id.as_str(),
         retries = request.retries,
-        queue = %queue,
-        trace_id = request.trace.map(|trace| tracing::field::display(trace.trace_id_hex())),
+        queue,
+        trace_id = request
+            .trace
+            .map(|trace| tracing::field::display(trace.trace_id_hex())),
         outcome = Empty,
         otel.name = Empty,
         otel.kind = Empty,

@@ -23,9 +23,6 @@ use celeriac::{App, TaskCall};
 use celeriac_broker::Queue;
 use clap::Parser;
 use serde_json::{Value, json};
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -41,7 +38,8 @@ struct Args {
     /// Record the worker's Prometheus metrics.
     #[arg(long)]
     metrics: bool,
-    /// Record the per-task spans (a log subscriber writing nowhere).
+    /// Record the per-task spans (the worker's log subscriber, every line
+    /// off).
     #[arg(long)]
     spans: bool,
     /// Log as the worker CLI does, at this level (e.g. `info`), to stdout.
@@ -56,14 +54,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.spans {
-        // A closure, not the method path: `filter_fn` needs a closure over
-        // any metadata lifetime, which the method path does not give.
-        #[allow(clippy::redundant_closure_for_method_calls)]
-        let spans = tracing_subscriber::fmt::layer()
-            .with_ansi(false)
-            .with_writer(std::io::sink)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()));
-        tracing_subscriber::registry().with(spans).init();
+        // The worker's own log subscriber with the task span on and every
+        // line off: what recording the spans costs, without printing any.
+        celeriac_worker::cli::init_logging("off,celeriac_worker::task_span=info");
     }
     if let Some(level) = &args.log {
         celeriac_worker::cli::init_logging(level);
