@@ -13,4 +13,5 @@ mod metrics;
 mod otlp;
 mod outcomes;
 mod python;
+mod reply_queue;
 mod shutdown;
