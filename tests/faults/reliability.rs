@@ -389,6 +389,55 @@ async fn a_task_longer_than_the_consumer_timeout_is_bounded_not_looping() -> Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_acked_before_a_redelivered_task_runs() -> Result<()> {
+    let queue = unique("fault-flush-before-suspect");
+    let app = client(&queue).await?;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        tasks.push(Sent::add(&app, i).await?);
+    }
+    // Acks are coalesced for up to a minute here, so the three tasks that
+    // finish stay unacked until something flushes them (the prefetch of 4
+    // leaves room for the one that follows).
+    let mut w = worker(&queue, &["-c", "1", "--ack-flush-ms", "60000"])?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&tasks).await < tasks.len() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the healthy tasks did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unacked = queue_stats(&queue, &["messages_unacknowledged"])?;
+    ensure!(
+        unacked == ["3"],
+        "the finished tasks should be waiting for their coalesced ack, got {unacked:?} unacked: \
+         the test would prove nothing"
+    );
+    // A message a worker died on before (it carries the redelivery count)
+    // that kills this worker too, as a crash loop does.
+    let mut suspect = TaskMessage::new("demo.crash", "flush-suspect");
+    suspect.headers.extra.insert(
+        celeriac_worker::REDELIVERIES_HEADER.into(),
+        celeriac_protocol::HeaderValue::Int(1),
+    );
+    app.broker().publish("", &queue, &suspect.encode()?).await?;
+    tokio::time::timeout(WAIT, w.wait())
+        .await
+        .context("demo.crash did not end the worker")??;
+    // Its acks were sent before it ran: only the crashing message returns.
+    let (back, _) = app.broker().queue_counts(&queue).await?.unwrap_or_default();
+    ensure!(
+        back == 1,
+        "{back} messages back on the queue after the crash: the finished tasks' acks were not \
+         flushed before the redelivered task ran (only the crashing one should be back)"
+    );
+    account("flush before a redelivered task", &tasks).await?;
+    cleanup(&app, &queue).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_delivery_runs_again() -> Result<()> {
     let _serial = disturbing().await;
     let queue = unique("fault-duplicate");
