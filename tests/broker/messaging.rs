@@ -143,6 +143,54 @@ async fn prefetch_limits_unacked_deliveries_per_consumer() -> Result<()> {
     Ok(())
 }
 
+/// What a worker does to run a crash-loop suspect alone: pause stops
+/// deliveries (the broker sees no consumer) while what was received can
+/// still be acked; resume consumes again.
+#[tokio::test]
+async fn a_paused_consumer_receives_nothing_until_resumed() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("paused");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let queue = Queue::celery_default(name.clone());
+    broker.declare(&queue).await?;
+    broker.publish("", &name, &task("t").encode()?).await?;
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 10,
+        })
+        .await?;
+    let received = next(&mut consumer).await?;
+    let handle = consumer.handle();
+    handle.pause().await;
+    ensure!(
+        handle.not_consuming().is_empty(),
+        "a pause is on purpose: readiness must not report the queue as lost"
+    );
+    for _ in 0..3 {
+        broker.publish("", &name, &task("t").encode()?).await?;
+    }
+    received.ack().await?;
+    let stats = queue_stats(
+        &name,
+        &["messages_ready", "messages_unacknowledged", "consumers"],
+    )?;
+    ensure!(
+        stats == ["3", "0", "0"],
+        "paused: ready/unacked/consumers = {stats:?} (want 3 waiting, the ack taken, no consumer)"
+    );
+    ensure!(
+        consumer.try_next().is_none(),
+        "a delivery arrived while paused"
+    );
+    handle.resume().await?;
+    for _ in 0..3 {
+        next(&mut consumer).await?.ack().await?;
+    }
+    ensure!(queue_stats(&name, &["consumers"])? == ["1"]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_consumer_comes_back_when_its_queue_is_deleted() -> Result<()> {
     let broker = connect().await?;

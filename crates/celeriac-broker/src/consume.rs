@@ -56,6 +56,9 @@ struct Subscriptions {
     /// The queues consumed, in order; re-subscriptions consume these.
     queues: Vec<Queue>,
     cancelled: bool,
+    /// Deliveries stopped for a while ([`ConsumerHandle::pause`]): the
+    /// queues stay listed, but none is consumed until resumed.
+    paused: bool,
 }
 
 type SharedSubscriptions = Arc<std::sync::Mutex<Subscriptions>>;
@@ -168,7 +171,15 @@ impl Broker {
         let subscriptions = SharedSubscriptions::default();
         lock(&subscriptions).queues.clone_from(&options.queues);
         let session = self.session().await?;
-        let channel = subscribe(&session, &options, policy, &sender, &stop, &subscriptions).await?;
+        let channel = subscribe(
+            &session,
+            options.prefetch,
+            policy,
+            &sender,
+            &stop,
+            &subscriptions,
+        )
+        .await?;
         let keep_subscribed = Subscriber {
             broker: self.clone(),
             options,
@@ -277,12 +288,14 @@ impl Subscriber {
                 if stop.is_cancelled() || lock(&subscriptions).cancelled {
                     return;
                 }
-                let current = ConsumeOptions {
-                    queues: lock(&subscriptions).queues.clone(),
-                    prefetch: options.prefetch,
-                };
-                let attempt_to_subscribe =
-                    subscribe(&session, &current, policy, &sender, &stop, &subscriptions);
+                let attempt_to_subscribe = subscribe(
+                    &session,
+                    options.prefetch,
+                    policy,
+                    &sender,
+                    &stop,
+                    &subscriptions,
+                );
                 match bounded("subscribing", attempt_to_subscribe).await {
                     Ok(c) => {
                         info!(generation = session.generation, "consumer re-subscribed");
@@ -307,10 +320,11 @@ impl Subscriber {
     }
 }
 
-/// Opens a channel on `session`, sets QoS, declares and consumes every queue.
+/// Opens a channel on `session`, sets QoS, declares and consumes every
+/// queue listed in `subscriptions` (none while paused).
 async fn subscribe(
     session: &Arc<Session>,
-    options: &ConsumeOptions,
+    prefetch: u16,
     policy: AckPolicy,
     sender: &mpsc::Sender<Delivery>,
     stop: &CancellationToken,
@@ -322,15 +336,23 @@ async fn subscribe(
         .await
         .map_err(|e| channel_error("opening a consumer channel", &e))?;
     channel
-        .basic_qos(options.prefetch, BasicQosOptions { global: false })
+        .basic_qos(prefetch, BasicQosOptions { global: false })
         .await
         .map_err(|e| channel_error("basic.qos", &e))?;
-    {
+    // The queues are read under the lock that installs the channel, so a
+    // `resume` either sees this channel (and consumes them on it) or has
+    // already cleared `paused` (and they are consumed here).
+    let queues = {
         let mut subs = lock(subscriptions);
         subs.session = Some(session.clone());
         subs.channel = Some(channel.clone());
         subs.tags.clear();
-    }
+        if subs.paused {
+            Vec::new()
+        } else {
+            subs.queues.clone()
+        }
+    };
     let window = match policy {
         AckPolicy::EachMessage => None,
         AckPolicy::Coalesce {
@@ -339,7 +361,7 @@ async fn subscribe(
         } => Some(AckWindow::start(max_batch, max_delay)),
     };
     lock(subscriptions).window.clone_from(&window);
-    for queue in &options.queues {
+    for queue in &queues {
         let forwarder = QueueForwarder {
             session: session.clone(),
             channel: channel.clone(),
@@ -393,7 +415,7 @@ impl QueueForwarder {
     /// Whether this queue is still one the consumer wants.
     fn wanted(&self) -> bool {
         let subs = lock(&self.subscriptions);
-        !subs.cancelled && subs.queues.iter().any(|q| q.name == self.queue.name)
+        !subs.cancelled && !subs.paused && subs.queues.iter().any(|q| q.name == self.queue.name)
     }
 
     async fn run(self, mut consumer: lapin::Consumer) {
@@ -486,6 +508,10 @@ impl ConsumerHandle {
     /// name; empty while every queue is consumed.
     pub fn not_consuming(&self) -> Vec<String> {
         let subs = lock(&self.subscriptions);
+        if subs.paused {
+            // Stopped on purpose, for a moment (see `pause`).
+            return Vec::new();
+        }
         let channel_up = subs
             .channel
             .as_ref()
@@ -510,9 +536,14 @@ impl ConsumerHandle {
     /// others. `Ok(false)` if it is consumed already.
     pub async fn add_queue(&self, queue: Queue) -> Result<bool, BrokerError> {
         let (session, channel, window) = {
-            let subs = lock(&self.subscriptions);
+            let mut subs = lock(&self.subscriptions);
             if subs.queues.iter().any(|q| q.name == queue.name) {
                 return Ok(false);
+            }
+            if subs.paused {
+                // Consumed from `resume` on, with the others.
+                subs.queues.push(queue);
+                return Ok(true);
             }
             match (&subs.session, &subs.channel) {
                 (Some(session), Some(channel)) if !subs.cancelled => {
@@ -538,6 +569,73 @@ impl ConsumerHandle {
             return Err(error);
         }
         Ok(true)
+    }
+
+    /// Stops deliveries from every queue for a while (`basic.cancel`, each
+    /// confirmed by the broker) but keeps the channel, so deliveries
+    /// already received can still be acked or handed back; the queues stay
+    /// listed, and a reconnect meanwhile subscribes none of them.
+    /// [`resume`](Self::resume) consumes them again.
+    pub async fn pause(&self) {
+        let (channel, tags) = {
+            let mut subs = lock(&self.subscriptions);
+            subs.paused = true;
+            (subs.channel.clone(), std::mem::take(&mut subs.tags))
+        };
+        if let Some(channel) = channel {
+            for (queue, tag) in tags {
+                if let Err(e) = channel
+                    .basic_cancel(tag.as_str().into(), Default::default())
+                    .await
+                {
+                    debug!(queue, error = %e, "basic.cancel failed; the channel is going away");
+                }
+            }
+        }
+    }
+
+    /// Consumes every listed queue again after [`pause`](Self::pause), on
+    /// the current channel; if that channel is down, the re-subscription
+    /// after the reconnect consumes them. A no-op unless paused.
+    pub async fn resume(&self) -> Result<(), BrokerError> {
+        let (session, channel, window, queues) = {
+            let mut subs = lock(&self.subscriptions);
+            if !std::mem::replace(&mut subs.paused, false) || subs.cancelled {
+                return Ok(());
+            }
+            let (Some(session), Some(channel)) = (subs.session.clone(), subs.channel.clone())
+            else {
+                return Ok(());
+            };
+            let queues: Vec<Queue> = subs
+                .queues
+                .iter()
+                .filter(|q| !subs.tags.iter().any(|(name, _)| *name == q.name))
+                .cloned()
+                .collect();
+            (session, channel, subs.window.clone(), queues)
+        };
+        if !channel.status().connected() || !session.is_connected() {
+            return Ok(());
+        }
+        for queue in queues {
+            let forwarder = QueueForwarder {
+                session: session.clone(),
+                channel: channel.clone(),
+                queue,
+                sender: self.sender.clone(),
+                stop: self.stop.clone(),
+                subscriptions: self.subscriptions.clone(),
+                window: window.clone(),
+            };
+            bounded("basic.consume", forwarder.start()).await?;
+        }
+        Ok(())
+    }
+
+    /// Deliveries received and not yet taken by [`Consumer::next`].
+    pub fn waiting(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
     }
 
     /// Stops consuming the queue named `name` (`basic.cancel`); deliveries
