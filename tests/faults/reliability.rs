@@ -154,9 +154,63 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
     for i in 0..10 {
         tasks.push(Sent::add(&app, i).await?);
     }
-    // A supervisor restarting the worker each time the task kills it, until
-    // the healthy tasks are done and the crashing one is dead-lettered.
-    let dlq = app.broker().config().dead_letter.queue_for(&queue);
+    let flags = [
+        "-c",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--redelivery-limit",
+        "2",
+    ];
+    let deaths = supervise_crash_loop(&app, &queue, &tasks, &flags, 10).await?;
+    expect_only_crash_letter(&app, &queue, crash.id()).await?;
+    println!("crash loop: the worker died {deaths} times; the task was dead-lettered");
+    account("crash loop", &tasks).await?;
+    cleanup(&app, &queue).await;
+    Ok(())
+}
+
+/// The default prefetch (4 per slot) keeps three healthy tasks unstarted
+/// beside the crashing one in every crash until the crashing one runs
+/// alone (docs/reliability.md, "Crash loops are bounded"): none of them
+/// may reach the redelivery limit with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_at_the_default_prefetch_takes_no_neighbour_with_it() -> Result<()> {
+    let _serial = disturbing().await;
+    let queue = unique("fault-crashloop-prefetch");
+    let app = client(&queue).await?;
+    let crash = app.send_task("demo.crash").apply().await?;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        tasks.push(Sent::add(&app, i).await?);
+    }
+    // Default prefetch multiplier and redelivery limit (10): the crashing
+    // task is delivered 11 times, each time killing the worker.
+    let deaths =
+        supervise_crash_loop(&app, &queue, &tasks, &["-c", "1", "--without-mingle"], 20).await?;
+    expect_only_crash_letter(&app, &queue, crash.id()).await?;
+    ensure!(
+        deaths == 11,
+        "the worker died {deaths} times: the crashing task should be delivered 11 times \
+         (the first run and the limit of 10 redeliveries)"
+    );
+    account("crash loop at the default prefetch", &tasks).await?;
+    cleanup(&app, &queue).await;
+    Ok(())
+}
+
+/// A supervisor restarting a worker (with `flags`) each time the crashing
+/// task kills it, until `tasks` all have results and a dead letter is on
+/// `queue`'s dead-letter queue; fails after `max_deaths` restarts or 120 s.
+/// Returns how often the worker died.
+async fn supervise_crash_loop(
+    app: &App,
+    queue: &str,
+    tasks: &[Sent],
+    flags: &[&str],
+    max_deaths: usize,
+) -> Result<usize> {
+    let dlq = app.broker().config().dead_letter.queue_for(queue);
     let settled = async || loop {
         let lettered = app
             .broker()
@@ -165,31 +219,18 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
             .ok()
             .flatten()
             .is_some_and(|(n, _)| n >= 1);
-        if lettered && ready(&tasks).await == tasks.len() {
+        if lettered && ready(tasks).await == tasks.len() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut restarts = 0;
+    let mut deaths = 0;
     let supervise = async {
         loop {
-            ensure!(restarts < 10, "not settled after {restarts} restarts");
-            // Prefetch 1: a message merely prefetched by a worker that dies
-            // is redelivered and counted too (see reliability.md); with a
-            // limit of 2 that would soon dead-letter a healthy neighbour.
-            let mut w = worker(
-                &queue,
-                &[
-                    "-c",
-                    "1",
-                    "--prefetch-multiplier",
-                    "1",
-                    "--redelivery-limit",
-                    "2",
-                ],
-            )?;
+            ensure!(deaths < max_deaths, "not settled after {deaths} restarts");
+            let mut w = worker(queue, flags)?;
             tokio::select! {
-                _ = w.wait() => restarts += 1,
+                _ = w.wait() => deaths += 1,
                 () = settled() => return Ok(()),
             }
         }
@@ -197,12 +238,20 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
     if let Ok(supervised) = tokio::time::timeout(Duration::from_secs(120), supervise).await {
         supervised?;
     } else {
-        let missing = tasks.len() - ready(&tasks).await;
+        let missing = tasks.len() - ready(tasks).await;
         anyhow::bail!(
-            "not settled within 120 s: {missing} of 10 healthy tasks without a result \
-             (dead-lettered with the crashing one?)"
+            "not settled within 120 s: {missing} of {} healthy tasks without a result \
+             (dead-lettered with the crashing one?)",
+            tasks.len()
         );
     }
+    Ok(deaths)
+}
+
+/// Fails unless `queue`'s dead-letter queue holds exactly one letter: task
+/// `crash_id`'s, with reason `redelivery_limit`.
+async fn expect_only_crash_letter(app: &App, queue: &str, crash_id: &str) -> Result<()> {
+    let dlq = app.broker().config().dead_letter.queue_for(queue);
     let (letters, _) = app
         .broker()
         .queue_counts(&dlq.name)
@@ -227,12 +276,9 @@ async fn a_crash_looping_task_is_dead_lettered_and_the_queue_keeps_flowing() -> 
         "{:?}",
         letter.message.headers
     );
-    ensure!(letter.task(&Default::default())?.headers.id == crash.id());
+    ensure!(letter.task(&Default::default())?.headers.id == crash_id);
     letter.ack().await?;
     consumer.stop();
-    println!("crash loop: the worker died {restarts} times; the task was dead-lettered");
-    account("crash loop", &tasks).await?;
-    cleanup(&app, &queue).await;
     Ok(())
 }
 
@@ -390,6 +436,7 @@ async fn a_task_longer_than_the_consumer_timeout_is_bounded_not_looping() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_tasks_are_acked_before_a_redelivered_task_runs() -> Result<()> {
+    let _serial = disturbing().await;
     let queue = unique("fault-flush-before-suspect");
     let app = client(&queue).await?;
     let mut tasks = Vec::new();

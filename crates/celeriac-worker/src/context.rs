@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::burst::Bursts;
 use crate::eta_holds::EtaHolds;
 use crate::events::Events;
+use crate::isolation::Isolation;
 use crate::limits::{Limits, Pool};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -54,6 +55,8 @@ pub(crate) struct Context {
     pub(crate) metrics: Metrics,
     /// Milliseconds after `started` when the worker loop last turned.
     pub(crate) loop_turned: AtomicU64,
+    /// Deliveries in hand, and running a message alone.
+    pub(crate) isolation: Isolation,
 }
 
 impl Context {

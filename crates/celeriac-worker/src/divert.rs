@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::chord;
 use crate::context::Context;
+use crate::isolation;
 use crate::settle::Settle;
 
 /// Header counting how often a message was delivered again (crash loops).
@@ -137,10 +138,7 @@ pub(crate) async fn count_redelivery(
     delivery: &Delivery,
     message: &TaskMessage,
 ) -> Settle {
-    let count = match delivery.message.headers.get(REDELIVERIES_HEADER) {
-        Some(HeaderValue::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX).saturating_add(1),
-        _ => 1,
-    };
+    let count = isolation::redeliveries(delivery).saturating_add(1);
     ctx.stats.redelivered();
     let limit = ctx.config.redelivery_limit;
     if count > limit {

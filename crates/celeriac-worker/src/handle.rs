@@ -5,6 +5,7 @@
 //! path ends in exactly one settlement of the delivery, and only after its
 //! outcome is durable (result stored, retry or dead letter confirmed).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use celeriac::{State, Task};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
 use crate::admission::{Admission, Gate, admit, is_expired};
@@ -25,15 +27,21 @@ use crate::divert::{
 };
 use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
+use crate::isolation;
 use crate::outcome::finish;
 use crate::settle::{Settle, settle};
 use crate::task_span;
 use crate::tracker::Tracked;
 
-/// Handles one delivery to the end and settles it.
-pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery) {
-    let outcome = process(&ctx, &delivery).await;
-    settle(&ctx, &delivery, outcome).await;
+/// Handles one delivery to the end and settles it. It counts as in hand
+/// (see [`crate::isolation`]) from this call, before the future is spawned.
+pub(crate) fn handle(ctx: Arc<Context>, delivery: Delivery) -> impl Future<Output = ()> {
+    let in_hand = ctx.isolation.hold();
+    async move {
+        let outcome = process(&ctx, &delivery).await;
+        settle(&ctx, &delivery, outcome).await;
+        drop(in_hand);
+    }
 }
 
 /// Decides a delivery's outcome. This future is spawned for every delivery
@@ -106,9 +114,20 @@ async fn run_admitted(
     let tracked = ctx.tracker.accept(delivery, &message, task.is_blocking());
     ctx.events.task(|| Event::task_received(&message));
     ctx.metrics.received(&delivery.queue, &message.headers.task);
-    let permit = match wait_turn(ctx, &message, &tracked, wait, hold).await {
+    // A message that keeps coming back runs alone (`crate::isolation`);
+    // one not yet due waits for its ETA as any other would.
+    let alone = if wait.is_zero() && isolation::must_run_alone(delivery) {
+        match isolation::begin(ctx, delivery, &message.headers.id).await {
+            Some(alone) => Some(alone),
+            None => return Settle::Requeue,
+        }
+    } else {
+        None
+    };
+    let hand_back = alone.is_none().then(|| ctx.isolation.hand_back_signal());
+    let permit = match wait_turn(ctx, &message, &tracked, wait, hold, hand_back).await {
         Ok(permit) => permit,
-        Err(Turn::Shutdown) => return Settle::Requeue,
+        Err(Turn::Shutdown | Turn::HandBack) => return Settle::Requeue,
         Err(Turn::Revoked) => {
             return Box::pin(revoke(
                 ctx,
@@ -172,6 +191,7 @@ async fn run_admitted(
         )
         .await;
         drop(permit);
+        drop(alone);
         task_span::record_outcome(&span, &ran);
         match ran {
             Ran::Finished(result) => {
@@ -217,6 +237,8 @@ fn queue_wait(message: &TaskMessage, now: DateTime<FixedOffset>) -> Option<Durat
 enum Turn {
     /// The worker is shutting down: hand it back unstarted.
     Shutdown,
+    /// Another message is about to run alone: hand it back unstarted.
+    HandBack,
     /// It was revoked while it waited.
     Revoked,
     /// Its `expires` passed while it waited.
@@ -224,14 +246,23 @@ enum Turn {
 }
 
 /// Waits for the task's ETA (`wait`, in its hold slot, freed when due),
-/// its rate limit and a slot; the slot, or why it must not run.
+/// its rate limit and a slot; the slot, or why it must not run. Unless it
+/// runs alone, `hand_back` is cancelled when another message must.
 async fn wait_turn(
     ctx: &Context,
     message: &TaskMessage,
     tracked: &Tracked<'_>,
     wait: Duration,
     hold: Option<EtaHold<'_>>,
+    hand_back: Option<CancellationToken>,
 ) -> Result<OwnedSemaphorePermit, Turn> {
+    let handed_back = async {
+        match &hand_back {
+            Some(signal) => signal.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(handed_back);
     if !wait.is_zero() {
         debug!(id = %message.headers.id, ?wait, "holding an ETA task until it is due");
         if let Some(eta) = message.headers.eta {
@@ -240,6 +271,7 @@ async fn wait_turn(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
+            () = &mut handed_back => return Err(Turn::HandBack),
             () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
         }
         tracked.reserved();
@@ -251,6 +283,7 @@ async fn wait_turn(
             ctx.pool.permits().clone().acquire_owned().await
         } => permit.map_err(|_| Turn::Shutdown)?,
         () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
+        () = &mut handed_back => return Err(Turn::HandBack),
         () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
     };
     if is_expired(message, now()) {

@@ -48,6 +48,7 @@ mod events;
 mod execute;
 mod gone_queues;
 mod handle;
+mod isolation;
 mod limits;
 mod log_lines;
 mod logging;

@@ -33,6 +33,7 @@ use crate::control;
 use crate::eta_holds::EtaHolds;
 use crate::events::Events;
 use crate::handle::handle;
+use crate::isolation::Isolation;
 use crate::limits::{Limits, Pool};
 use crate::metrics::{self, Metrics, node_host};
 use crate::outbox::Outbox;
@@ -175,6 +176,7 @@ impl Worker {
             started: Instant::now(),
             metrics: metrics.clone(),
             loop_turned: AtomicU64::new(0),
+            isolation: Isolation::default(),
             app: self.app.clone(),
             config: self.config.clone(),
         });

@@ -1,0 +1,166 @@
+//! Running a message that keeps coming back alone, so that a crash loop
+//! takes no healthy neighbour with it.
+//!
+//! RabbitMQ redelivers every message a dead worker held, whether it was
+//! running or only prefetched, and cannot say which. Each redelivery is
+//! counted in the message ([`REDELIVERIES_HEADER`]), so a healthy message
+//! prefetched beside a crashing one is counted too. Caught in one crash it
+//! simply runs again; but if it were caught again and again beside the
+//! same crasher, it would reach the redelivery limit and be dead-lettered
+//! with it.
+//!
+//! So a message counted [`ALONE_FROM`] times or more runs alone: the worker
+//! stops consuming, hands back every delivery it holds unstarted (a copy
+//! republished, the original acked: not a redelivery, not counted), waits
+//! until every other delivery is settled and the acks sent, runs it, then
+//! consumes again. Should it take the worker down, it is the only message
+//! the broker brings back and counts. One message runs alone at a time;
+//! another arriving meanwhile is handed back and runs alone later.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use celeriac::broker::Delivery;
+use celeriac::protocol::HeaderValue;
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::divert::REDELIVERIES_HEADER;
+
+/// Counted redeliveries from which a message runs alone: once it has been
+/// brought back by two deaths, a third would not take others with it.
+pub(crate) const ALONE_FROM: u32 = 2;
+
+/// How often a message waiting to run alone looks whether the others
+/// have settled.
+const SETTLED_POLL: Duration = Duration::from_millis(5);
+
+/// The worker's state for running messages alone.
+#[derive(Debug, Default)]
+pub(crate) struct Isolation {
+    /// Held while a message runs alone.
+    alone: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled while a message runs alone: every delivery waiting for its
+    /// turn then hands itself back. Replaced by a fresh one afterwards.
+    hand_back: Mutex<CancellationToken>,
+    /// Deliveries received and not yet settled.
+    in_hand: Arc<AtomicUsize>,
+}
+
+/// Counts a delivery in hand until dropped (after it is settled).
+pub(crate) struct InHand(Arc<AtomicUsize>);
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Isolation {
+    /// A delivery is in hand from its receipt until the returned guard
+    /// drops.
+    pub(crate) fn hold(&self) -> InHand {
+        self.in_hand.fetch_add(1, Ordering::AcqRel);
+        InHand(self.in_hand.clone())
+    }
+
+    /// Cancelled when the delivery waiting for its turn must be handed
+    /// back (a message is about to run alone).
+    pub(crate) fn hand_back_signal(&self) -> CancellationToken {
+        self.hand_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn hand_back_everything(&self) {
+        self.hand_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cancel();
+    }
+
+    fn renew_hand_back(&self) {
+        *self
+            .hand_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = CancellationToken::new();
+    }
+}
+
+/// How often `delivery` was counted as redelivered.
+pub(crate) fn redeliveries(delivery: &Delivery) -> u32 {
+    match delivery.message.headers.get(REDELIVERIES_HEADER) {
+        Some(HeaderValue::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        _ => 0,
+    }
+}
+
+/// Whether `delivery` must run alone.
+pub(crate) fn must_run_alone(delivery: &Delivery) -> bool {
+    redeliveries(delivery) >= ALONE_FROM
+}
+
+/// A message running alone; dropping it consumes again.
+pub(crate) struct Alone<'a> {
+    ctx: &'a Context,
+    /// Kept until consuming has resumed, so the next message to run alone
+    /// cannot pause before this one's resume.
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+/// Makes `delivery` the only one in the worker's hands: stops consuming,
+/// hands back what waits, and waits until every other delivery is
+/// settled. `None` if another message is running alone, or the worker is
+/// shutting down: hand this one back then.
+pub(crate) async fn begin<'a>(
+    ctx: &'a Context,
+    delivery: &Delivery,
+    id: &str,
+) -> Option<Alone<'a>> {
+    let guard = ctx.isolation.alone.clone().try_lock_owned().ok()?;
+    warn!(
+        id,
+        redeliveries = redeliveries(delivery),
+        "a message that keeps coming back (a worker may have died running it) runs alone"
+    );
+    ctx.consumer.pause().await;
+    ctx.isolation.hand_back_everything();
+    let alone = Alone {
+        ctx,
+        guard: Some(guard),
+    };
+    // This delivery is the one left in hand; deliveries still on their way
+    // from the consumer see the cancelled signal and are handed back too.
+    while ctx.isolation.in_hand.load(Ordering::Acquire) > 1 || ctx.consumer.waiting() > 0 {
+        tokio::select! {
+            () = tokio::time::sleep(SETTLED_POLL) => {}
+            () = ctx.shutdown.cancelled() => return None,
+        }
+    }
+    Some(alone)
+}
+
+/// Consumes again, however the run ended (finished, handed back,
+/// revoked, or aborted at shutdown).
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        self.ctx.isolation.renew_hand_back();
+        let consumer = self.ctx.consumer.clone();
+        let guard = self.guard.take();
+        tokio::spawn(async move {
+            match consumer.resume().await {
+                Ok(()) => info!("consuming again after running a message alone"),
+                // A failed declaration or consume closes the channel; the
+                // consumer then subscribes every queue again on a new one.
+                Err(e) => {
+                    warn!(error = %e, "could not consume again at once; the consumer re-subscribes");
+                }
+            }
+            drop(guard);
+        });
+    }
+}
