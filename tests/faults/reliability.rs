@@ -24,6 +24,9 @@ use tokio::process::Child;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Concurrent producers in the tests that keep publishing through a fault.
+const PRODUCERS: usize = 4;
+
 async fn client(queue: &str) -> Result<App> {
     let mut config = BrokerConfig::from_url(&broker_url())?;
     config.reconnect_max = Duration::from_millis(500);
@@ -295,26 +298,33 @@ async fn through_fault(label: &str, fault: fn() -> Result<()>, times: usize) -> 
     let mut worker = worker(&queue, &["-c", "8", "--metrics-addr", &metrics.to_string()])?;
     wait_for_listener(metrics).await?;
 
-    // The producer publishes until the last fault is over, then 100 more.
+    // Four producers publish until the last fault is over, then 100 more
+    // in all: with four publishes awaiting their confirms at any moment, a
+    // fault cuts some off before their confirm.
     let sent = Arc::new(AtomicUsize::new(0));
     let stop_after = Arc::new(AtomicUsize::new(usize::MAX));
-    let producer = tokio::spawn({
-        let (app, sent, stop_after) = (app.clone(), sent.clone(), stop_after.clone());
-        async move {
-            let mut tasks = Vec::new();
-            while tasks.len() < stop_after.load(Ordering::Relaxed) {
-                // 10 ms each on 8 slots: deliveries stay in flight while the
-                // producer publishes.
-                let seconds = 0.01 + tasks.len() as f64 / 1e6;
-                tasks.push(Sent {
-                    result: app.send_task("demo.sleep").args((seconds,)).apply().await?,
-                    expect: json!(seconds),
-                });
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(tasks)
-        }
-    });
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|_| {
+            let (app, sent, stop_after) = (app.clone(), sent.clone(), stop_after.clone());
+            tokio::spawn(async move {
+                let mut tasks = Vec::new();
+                loop {
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    if n >= stop_after.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // 10 ms each on 8 slots: deliveries stay in flight while
+                    // the producers publish. The value names the task.
+                    let seconds = 0.01 + n as f64 / 1e6;
+                    tasks.push(Sent {
+                        result: app.send_task("demo.sleep").args((seconds,)).apply().await?,
+                        expect: json!(seconds),
+                    });
+                }
+                anyhow::Ok(tasks)
+            })
+        })
+        .collect();
     for round in 1..=times {
         let start = sent.load(Ordering::Relaxed);
         while sent.load(Ordering::Relaxed) < start + 100 {
@@ -332,9 +342,18 @@ async fn through_fault(label: &str, fault: fn() -> Result<()>, times: usize) -> 
         tokio::task::spawn_blocking(fault).await??;
     }
     stop_after.store(sent.load(Ordering::Relaxed) + 100, Ordering::Relaxed);
-    let tasks = producer.await??;
+    let mut tasks = Vec::new();
+    for producer in producers {
+        tasks.extend(producer.await??);
+    }
     account(label, &tasks).await?;
 
+    let resent = app.broker().publishes_resent();
+    println!("{label}: {resent} publishes cut off before their confirm and sent again");
+    ensure!(
+        resent > 0,
+        "{label}: no publish was cut off before its confirm; the test did not cover that path"
+    );
     let producer_reconnects = app.broker().reconnects();
     let (_, page) = http_get(metrics, "/metrics").await?;
     let reconnect_line = page

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     exchanges_ready: Mutex<HashSet<(u64, String)>>,
     /// Connections opened after the first one (successful reconnects).
     reconnects: AtomicU64,
+    /// Publishes a lost connection left unconfirmed, sent again.
+    pub(crate) resent: AtomicU64,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -123,6 +125,7 @@ impl Broker {
             delay_bound: Mutex::default(),
             exchanges_ready: Mutex::default(),
             reconnects: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         let (session, events) =
@@ -202,6 +205,12 @@ impl Broker {
     /// How many times the connection was lost and opened again.
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// How many publishes a lost connection cut off before their confirm,
+    /// so that they were sent again (each may then be stored twice).
+    pub fn publishes_resent(&self) -> u64 {
+        self.shared.resent.load(Ordering::Relaxed)
     }
 
     /// The broker's reason for blocking publishers (memory or disk alarm),

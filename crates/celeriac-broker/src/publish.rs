@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
@@ -71,6 +72,7 @@ impl Broker {
                             detail: reason,
                         });
                     }
+                    self.shared.resent.fetch_add(1, Ordering::Relaxed);
                     // Give a dying connection a moment to be noticed, so the
                     // next attempt waits for its replacement.
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -201,6 +203,7 @@ impl Broker {
         }
         for index in in_doubt {
             let (destination, message) = &batch[index];
+            self.shared.resent.fetch_add(1, Ordering::Relaxed);
             self.send(destination, message).await?;
         }
         Ok(())
