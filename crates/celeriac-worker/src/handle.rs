@@ -17,7 +17,6 @@ use celeriac::{State, Task};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
 use crate::admission::{Admission, Gate, admit, is_expired};
@@ -124,7 +123,7 @@ async fn run_admitted(
     } else {
         None
     };
-    let hand_back = alone.is_none().then(|| ctx.isolation.hand_back_signal());
+    let hand_back = alone.is_none().then(|| ctx.isolation.generation());
     let permit = match wait_turn(ctx, &message, &tracked, wait, hold, hand_back).await {
         Ok(permit) => permit,
         Err(Turn::Shutdown | Turn::HandBack) => return Settle::Requeue,
@@ -247,18 +246,19 @@ enum Turn {
 
 /// Waits for the task's ETA (`wait`, in its hold slot, freed when due),
 /// its rate limit and a slot; the slot, or why it must not run. Unless it
-/// runs alone, `hand_back` is cancelled when another message must.
+/// runs alone, it is handed back once another message must run alone
+/// (`hand_back` is the isolation generation it was admitted in).
 async fn wait_turn(
     ctx: &Context,
     message: &TaskMessage,
     tracked: &Tracked<'_>,
     wait: Duration,
     hold: Option<EtaHold<'_>>,
-    hand_back: Option<CancellationToken>,
+    hand_back: Option<u64>,
 ) -> Result<OwnedSemaphorePermit, Turn> {
     let handed_back = async {
-        match &hand_back {
-            Some(signal) => signal.cancelled().await,
+        match hand_back {
+            Some(admitted) => ctx.isolation.hand_back_requested(admitted).await,
             None => std::future::pending().await,
         }
     };
@@ -277,7 +277,11 @@ async fn wait_turn(
         tracked.reserved();
     }
     drop(hold);
+    // A free slot is taken without looking at the other branches (they
+    // would each register a waiter, per task); the checks below catch what
+    // they would have said.
     let permit = tokio::select! {
+        biased;
         permit = async {
             ctx.limits.admit(&message.headers.task).await;
             ctx.pool.permits().clone().acquire_owned().await
@@ -286,6 +290,12 @@ async fn wait_turn(
         () = &mut handed_back => return Err(Turn::HandBack),
         () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
     };
+    if ctx.shutdown.is_cancelled() {
+        return Err(Turn::Shutdown);
+    }
+    if hand_back.is_some_and(|admitted| ctx.isolation.must_hand_back(admitted)) {
+        return Err(Turn::HandBack);
+    }
     if is_expired(message, now()) {
         return Err(Turn::Expired);
     }

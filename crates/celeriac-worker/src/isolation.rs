@@ -17,14 +17,13 @@
 //! the broker brings back and counts. One message runs alone at a time;
 //! another arriving meanwhile is handed back and runs alone later.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use celeriac::broker::Delivery;
 use celeriac::protocol::HeaderValue;
-use tokio::sync::OwnedMutexGuard;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tracing::{info, warn};
 
 use crate::context::Context;
@@ -43,9 +42,13 @@ const SETTLED_POLL: Duration = Duration::from_millis(5);
 pub(crate) struct Isolation {
     /// Held while a message runs alone.
     alone: Arc<tokio::sync::Mutex<()>>,
-    /// Cancelled while a message runs alone: every delivery waiting for its
-    /// turn then hands itself back. Replaced by a fresh one afterwards.
-    hand_back: Mutex<CancellationToken>,
+    /// Raised when a message starts running alone (odd) and when it is done
+    /// (even): a delivery waiting for its turn hands itself back if it
+    /// changed since it was admitted, or if it was admitted while odd.
+    generation: AtomicU64,
+    /// Wakes the deliveries that wait (for an ETA, or a slot) when it
+    /// changes.
+    changed: Notify,
     /// Deliveries received and not yet settled.
     in_hand: Arc<AtomicUsize>,
 }
@@ -67,27 +70,40 @@ impl Isolation {
         InHand(self.in_hand.clone())
     }
 
-    /// Cancelled when the delivery waiting for its turn must be handed
-    /// back (a message is about to run alone).
-    pub(crate) fn hand_back_signal(&self) -> CancellationToken {
-        self.hand_back
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The generation a delivery is admitted in (see
+    /// [`must_hand_back`](Self::must_hand_back)).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a delivery admitted in generation `admitted` and not started
+    /// must be handed back: a message has begun to run alone since, or was
+    /// running alone then.
+    pub(crate) fn must_hand_back(&self, admitted: u64) -> bool {
+        let now = self.generation();
+        now != admitted || now % 2 == 1
+    }
+
+    /// Completes once a delivery admitted in `admitted` must be handed back.
+    pub(crate) async fn hand_back_requested(&self, admitted: u64) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.must_hand_back(admitted) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn hand_back_everything(&self) {
-        self.hand_back
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .cancel();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
     }
 
-    fn renew_hand_back(&self) {
-        *self
-            .hand_back
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = CancellationToken::new();
+    fn consume_again(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -134,7 +150,7 @@ pub(crate) async fn begin<'a>(
         guard: Some(guard),
     };
     // This delivery is the one left in hand; deliveries still on their way
-    // from the consumer see the cancelled signal and are handed back too.
+    // from the consumer are admitted in an odd generation and handed back.
     while ctx.isolation.in_hand.load(Ordering::Acquire) > 1 || ctx.consumer.waiting() > 0 {
         tokio::select! {
             () = tokio::time::sleep(SETTLED_POLL) => {}
@@ -148,7 +164,7 @@ pub(crate) async fn begin<'a>(
 /// revoked, or aborted at shutdown).
 impl Drop for Alone<'_> {
     fn drop(&mut self) {
-        self.ctx.isolation.renew_hand_back();
+        self.ctx.isolation.consume_again();
         let consumer = self.ctx.consumer.clone();
         let guard = self.guard.take();
         tokio::spawn(async move {
