@@ -9,6 +9,9 @@ result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
 (optional) ``result_expires`` in seconds and ``CELERIAC_TEST_ROUTES``
 (optional) ``task_routes`` as JSON.
 
+With ``CELERIAC_BENCH_RUNS_FILE`` set, each task run appends a byte to that
+file (the benchmark's count of tasks run).
+
 With ``CELERIAC_TEST_OTEL=1`` the app is traced with
 ``opentelemetry-instrumentation-celery`` (the SDK's tracer, no exporter):
 ``interop.trace_id`` then returns the trace id its run continues.
@@ -54,6 +57,27 @@ def _instrument():
 
 if os.environ.get('CELERIAC_TEST_OTEL'):
     _instrument()
+
+
+def _count_runs(path):
+    """Appends one byte to ``path`` after each task run, from whichever
+    pool process ran it: how ``celeriac-bench`` sees that this worker has
+    run every task of a drain (it acks before running, so the queue's
+    counts cannot say), the condition it stops Celeriac's drain on too."""
+    from celery.signals import task_postrun
+
+    opened = {}
+
+    @task_postrun.connect(weak=False)
+    def _ran(**_):
+        pid = os.getpid()
+        if pid not in opened:
+            opened[pid] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(opened[pid], b'.')
+
+
+if os.environ.get('CELERIAC_BENCH_RUNS_FILE'):
+    _count_runs(os.environ['CELERIAC_BENCH_RUNS_FILE'])
 
 
 @app.task(name='interop.trace_id')

@@ -32,7 +32,8 @@ pub(crate) enum Scenario {
 pub(crate) struct Sizes {
     /// Messages per throughput measurement.
     pub(crate) messages: u64,
-    /// Messages per Python Celery measurement (it is much slower).
+    /// Messages per Python Celery measurement (fewer in a quick run: it is
+    /// much slower).
     pub(crate) python_messages: u64,
     /// Rounds of each scenario.
     pub(crate) rounds: usize,
@@ -74,7 +75,10 @@ impl Sizes {
         } else {
             Sizes {
                 messages: 50_000,
-                python_messages: 5_000,
+                // The same backlog as Celeriac's: a ratio between a long
+                // drain and a short one would flatter whichever warms up
+                // slower.
+                python_messages: 50_000,
                 rounds: 3,
                 round_trips: 10_000,
                 trickle: 200,

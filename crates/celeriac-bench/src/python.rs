@@ -61,20 +61,27 @@ impl PythonCelery {
         Ok(Duration::from_secs_f64(seconds))
     }
 
-    /// Starts a prefork worker with `concurrency` processes on a backlog in
-    /// `queue`, storing results in `backend` (none if `None`), and measures
-    /// from its consumer appearing until the queue has no ready message
-    /// left. Returns the duration and the CPU time the worker's processes
-    /// used meanwhile.
+    /// Starts a prefork worker with `concurrency` processes on a backlog of
+    /// `count` tasks in `queue`, storing results in `backend` (none if
+    /// `None`), and measures from its consumer appearing until it has run
+    /// every task, as Celeriac's drain is measured until its last success.
+    /// Python acks each message before running it, so an empty queue does
+    /// not mean the tasks ran: each run appends a byte to a file
+    /// (`CELERIAC_BENCH_RUNS_FILE`, see `tests/interop/tasks.py`) and the
+    /// drain ends when it holds `count`. Returns the duration and the CPU
+    /// time the worker's processes used meanwhile.
     pub(crate) async fn drain(
         &self,
         broker: &Broker,
         url: &str,
         queue: &str,
+        count: u64,
         concurrency: usize,
         backend: Option<&str>,
     ) -> anyhow::Result<(Duration, Duration)> {
-        let mut worker = self.start_worker(url, queue, concurrency, backend)?;
+        let runs = std::env::temp_dir().join(format!("{queue}.runs"));
+        std::fs::write(&runs, b"").context("creating the Python drain's run count")?;
+        let mut worker = self.start_worker(url, queue, concurrency, backend, &runs)?;
         let pid = worker.id().context("the Python worker has no pid")?;
         let outcome = async {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -88,11 +95,7 @@ impl PythonCelery {
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             };
-            loop {
-                let (ready, _) = broker.queue_counts(queue).await?.unwrap_or_default();
-                if ready == 0 {
-                    break;
-                }
+            while std::fs::metadata(&runs)?.len() < count {
                 if worker.try_wait()?.is_some() {
                     bail!("the Python Celery worker exited while draining");
                 }
@@ -105,6 +108,7 @@ impl PythonCelery {
         }
         .await;
         stop(&mut worker, pid).await;
+        let _ = std::fs::remove_file(&runs);
         outcome
     }
 
@@ -114,8 +118,10 @@ impl PythonCelery {
         queue: &str,
         concurrency: usize,
         backend: Option<&str>,
+        runs: &Path,
     ) -> anyhow::Result<Child> {
         let mut command = Command::new(self.venv_bin.join("celery"));
+        command.env("CELERIAC_BENCH_RUNS_FILE", runs);
         if let Some(backend) = backend {
             command
                 .env("CELERIAC_TEST_BACKEND", backend)

@@ -113,8 +113,13 @@ pub(crate) fn check_ack(confirmation: lapin::Confirmation) -> anyhow::Result<()>
 /// How a raw consumer acknowledges.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RawAck {
-    /// One `basic.ack` per delivery.
+    /// One `basic.ack` per delivery, the next delivery taken only once it
+    /// is sent.
     EachMessage,
+    /// One `basic.ack` per delivery, each sent from a task of its own
+    /// without waiting for the ones before, as the worker's tasks ack
+    /// (`ack_batch 1`); all awaited before the clock stops.
+    EachPipelined,
     /// One `basic.ack(multiple=true)` every `n` deliveries (and the last).
     Every(u64),
 }
@@ -142,6 +147,7 @@ pub(crate) async fn drain(
         )
         .await?;
     let mut received = 0;
+    let mut acks = tokio::task::JoinSet::new();
     while received < count {
         let delivery = consumer
             .next()
@@ -152,11 +158,20 @@ pub(crate) async fn drain(
             RawAck::EachMessage => {
                 delivery.ack(BasicAckOptions::default()).await?;
             }
+            RawAck::EachPipelined => {
+                acks.spawn(async move { delivery.ack(BasicAckOptions::default()).await });
+                while let Some(sent) = acks.try_join_next() {
+                    sent??;
+                }
+            }
             RawAck::Every(n) if received % n == 0 || received == count => {
                 delivery.ack(BasicAckOptions { multiple: true }).await?;
             }
             RawAck::Every(_) => {}
         }
+    }
+    while let Some(sent) = acks.join_next().await {
+        sent??;
     }
     let elapsed = start.elapsed();
     channel.close(200, "done".into()).await?;

@@ -260,6 +260,10 @@ impl Bench {
             for (variant, ack) in [
                 ("raw lapin, ack each".to_owned(), RawAck::EachMessage),
                 (
+                    "raw lapin, ack each, pipelined".to_owned(),
+                    RawAck::EachPipelined,
+                ),
+                (
                     format!("raw lapin, multi-ack every {MULTI_ACK_EVERY}"),
                     RawAck::Every(MULTI_ACK_EVERY),
                 ),
@@ -350,7 +354,7 @@ impl Bench {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         self.fill(queue, "interop.add", n).await?;
         let (took, cpu) = python
-            .drain(&self.broker, &self.url, queue, cores, backend)
+            .drain(&self.broker, &self.url, queue, n, cores, backend)
             .await?;
         let with = match backend {
             Some(_) => ", redis results",
