@@ -159,6 +159,43 @@ pub fn demo_worker_with(
         .context("starting `celeriac-demo worker`")
 }
 
+/// A `celeriac-demo worker` process consuming `queue` with `rpc://`
+/// results and no mingle, named `test@<queue>`, logging JSON lines at
+/// `loglevel` to a fresh file; `extra` adds flags. Returns it (killed when
+/// dropped) and the log file's path.
+pub fn json_logging_worker(
+    queue: &str,
+    loglevel: &str,
+    extra: &[&str],
+) -> Result<(tokio::process::Child, PathBuf)> {
+    let log_path = std::env::temp_dir().join(format!("{queue}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let worker = tokio::process::Command::new(binary("celeriac-demo")?)
+        .args([
+            "worker",
+            "--broker",
+            &broker_url(),
+            "--result-backend",
+            "rpc://",
+        ])
+        .args([
+            "-Q",
+            queue,
+            "-n",
+            &format!("test@{queue}"),
+            "--without-mingle",
+        ])
+        .args(["--loglevel", loglevel, "--log-format", "json"])
+        .args(extra)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `celeriac-demo worker`")?;
+    Ok((worker, log_path))
+}
+
 /// Reads `count` dead letters of `queue`, acking them; fails if they do
 /// not all arrive within 15 s of each other.
 pub async fn dead_letters(app: &App, queue: &str, count: usize) -> Result<Vec<Delivery>> {

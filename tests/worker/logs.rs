@@ -5,33 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use celeriac_broker::Queue;
-use celeriac_tests::worker::{binary, cleanup, client};
-use celeriac_tests::{broker_url, unique};
+use celeriac_tests::unique;
+use celeriac_tests::worker::{cleanup, client, json_logging_worker};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_task_id_and_trace_id() -> Result<()> {
     let queue = Queue::celery_default(unique("worker-json-logs"));
     let app = client(&queue).await?;
-    let log_path = std::env::temp_dir().join(format!("{}.log", queue.name));
-    let log = std::fs::File::create(&log_path)?;
-    let node = format!("test@{}", queue.name);
-    let _worker = tokio::process::Command::new(binary("celeriac-demo")?)
-        .args([
-            "worker",
-            "--broker",
-            &broker_url(),
-            "--result-backend",
-            "rpc://",
-        ])
-        .args(["-Q", &queue.name, "-n", &node, "--without-mingle"])
-        .args(["--loglevel", "info", "--log-format", "json"])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting `celeriac-demo worker`")?;
+    let (_worker, log_path) = json_logging_worker(&queue.name, "info", &[])?;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let sum = app

@@ -13,8 +13,8 @@ use celeriac::App;
 use celeriac::broker::ConsumeOptions;
 use celeriac::protocol::TaskMessage;
 use celeriac_broker::Queue;
-use celeriac_tests::worker::{binary, cleanup, client};
-use celeriac_tests::{broker_url, unique};
+use celeriac_tests::unique;
+use celeriac_tests::worker::{cleanup, client, json_logging_worker};
 use serde_json::{Value, json};
 
 /// What the worker logs at debug level each time it finds the queue missing.
@@ -27,19 +27,7 @@ async fn a_result_waits_for_its_reply_queue_and_a_gone_one_is_not_waited_for_aga
     let queue = Queue::celery_default(unique("worker-reply-queue"));
     let app = client(&queue).await?;
     app.broker().declare(&queue).await?;
-    let log_path = std::env::temp_dir().join(format!("{}.log", queue.name));
-    let log = std::fs::File::create(&log_path)?;
-    let _worker = tokio::process::Command::new(binary("celeriac-demo")?)
-        .args(["worker", "--broker", &broker_url()])
-        .args(["--result-backend", "rpc://", "-c", "1", "--without-mingle"])
-        .args(["-Q", &queue.name, "-n", &format!("test@{}", queue.name)])
-        .args(["--loglevel", "debug", "--log-format", "json"])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting `celeriac-demo worker`")?;
+    let (_worker, log_path) = json_logging_worker(&queue.name, "debug", &["-c", "1"])?;
 
     // A client reconnecting: its reply queue is missing when the task
     // finishes and declared again while the worker waits.

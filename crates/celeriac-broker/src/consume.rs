@@ -126,13 +126,7 @@ impl Consumer {
             subs.cancelled = true;
             (subs.channel.clone(), std::mem::take(&mut subs.tags))
         };
-        if let Some(channel) = channel {
-            for (_, tag) in tags {
-                let _ = channel
-                    .basic_cancel(tag.as_str().into(), Default::default())
-                    .await;
-            }
-        }
+        cancel_subscriptions(channel, tags).await;
     }
 
     /// Stops consuming. Deliveries not yet acked are requeued by the broker
@@ -481,6 +475,23 @@ impl QueueForwarder {
     }
 }
 
+/// Sends `basic.cancel` for each `(queue, consumer tag)` on `channel`, each
+/// confirmed by the broker before the next; a failure means the channel is
+/// going away (and its subscriptions with it), so it is only logged.
+async fn cancel_subscriptions(channel: Option<Channel>, tags: Vec<(String, String)>) {
+    let Some(channel) = channel else {
+        return;
+    };
+    for (queue, tag) in tags {
+        if let Err(e) = channel
+            .basic_cancel(tag.as_str().into(), Default::default())
+            .await
+        {
+            debug!(queue, error = %e, "basic.cancel failed; the channel is going away");
+        }
+    }
+}
+
 /// Adds and cancels queues of a running [`Consumer`]; cheap to clone.
 #[derive(Clone)]
 pub struct ConsumerHandle {
@@ -582,16 +593,7 @@ impl ConsumerHandle {
             subs.paused = true;
             (subs.channel.clone(), std::mem::take(&mut subs.tags))
         };
-        if let Some(channel) = channel {
-            for (queue, tag) in tags {
-                if let Err(e) = channel
-                    .basic_cancel(tag.as_str().into(), Default::default())
-                    .await
-                {
-                    debug!(queue, error = %e, "basic.cancel failed; the channel is going away");
-                }
-            }
-        }
+        cancel_subscriptions(channel, tags).await;
     }
 
     /// Consumes every listed queue again after [`pause`](Self::pause), on
@@ -654,16 +656,7 @@ impl ConsumerHandle {
             subs.tags = kept;
             (subs.channel.clone(), gone)
         };
-        if let Some(channel) = channel {
-            for (_, tag) in tags {
-                if let Err(e) = channel
-                    .basic_cancel(tag.as_str().into(), Default::default())
-                    .await
-                {
-                    debug!(queue = name, error = %e, "basic.cancel failed; the channel is going away");
-                }
-            }
-        }
+        cancel_subscriptions(channel, tags).await;
         true
     }
 }
