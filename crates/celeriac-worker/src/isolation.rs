@@ -143,12 +143,15 @@ pub(crate) async fn begin<'a>(
         redeliveries = redeliveries(delivery),
         "a message that keeps coming back (a worker may have died running it) runs alone"
     );
-    ctx.consumer.pause().await;
+    // Handing back and the guard that undoes it come together, before any
+    // await: however this ends, the generation is raised exactly twice and
+    // the consumer resumed.
     ctx.isolation.hand_back_everything();
     let alone = Alone {
         ctx,
         guard: Some(guard),
     };
+    ctx.consumer.pause().await;
     // This delivery is the one left in hand; deliveries still on their way
     // from the consumer are admitted in an odd generation and handed back.
     while ctx.isolation.in_hand.load(Ordering::Acquire) > 1 || ctx.consumer.waiting() > 0 {
