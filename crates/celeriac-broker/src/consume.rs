@@ -395,14 +395,18 @@ struct QueueForwarder {
 }
 
 impl QueueForwarder {
-    /// Declares and consumes the queue, then forwards its deliveries.
+    /// Declares and consumes the queue, then forwards its deliveries. If
+    /// the queue stopped being wanted meanwhile (paused, cancelled, or
+    /// dropped from the list), the new subscription is cancelled at once;
+    /// what it received before that is still forwarded.
     async fn start(self) -> Result<(), BrokerError> {
         declare_queue(&self.channel, &self.queue).await?;
         let consumer = start_consumer(&self.channel, &self.queue.name).await?;
-        lock(&self.subscriptions)
-            .tags
-            .push((self.queue.name.clone(), consumer.tag().as_str().to_owned()));
-        tokio::spawn(self.run(consumer));
+        let tag = consumer.tag().as_str().to_owned();
+        if !self.record_tag(&tag) {
+            self.cancel_own(&tag).await;
+        }
+        tokio::spawn(self.run(consumer, tag));
         Ok(())
     }
 
@@ -412,8 +416,40 @@ impl QueueForwarder {
         !subs.cancelled && !subs.paused && subs.queues.iter().any(|q| q.name == self.queue.name)
     }
 
-    async fn run(self, mut consumer: lapin::Consumer) {
+    /// Records the subscription `tag` if the queue is still wanted, under
+    /// the lock that `pause`, `cancel` and `cancel_queue` take the tags
+    /// under, so none of them can miss it. `false` if it is not wanted.
+    fn record_tag(&self, tag: &str) -> bool {
+        let mut subs = lock(&self.subscriptions);
+        let wanted = !subs.cancelled
+            && !subs.paused
+            && subs.queues.iter().any(|q| q.name == self.queue.name);
+        if wanted {
+            subs.tags.push((self.queue.name.clone(), tag.to_owned()));
+        }
+        wanted
+    }
+
+    /// Whether `tag` is still recorded: `pause`, `cancel` and
+    /// `cancel_queue` remove a tag before cancelling it, the broker's own
+    /// cancel (a deleted queue) does not.
+    fn owns(&self, tag: &str) -> bool {
+        lock(&self.subscriptions).tags.iter().any(|(_, t)| t == tag)
+    }
+
+    async fn cancel_own(&self, tag: &str) {
+        cancel_subscriptions(
+            Some(self.channel.clone()),
+            vec![(self.queue.name.clone(), tag.to_owned())],
+        )
+        .await;
+    }
+
+    async fn run(self, mut consumer: lapin::Consumer, mut tag: String) {
         let mut attempt = 0;
+        // A re-subscription failed: the ended stream keeps answering `None`
+        // and each is another attempt.
+        let mut retrying = false;
         loop {
             let next = tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -437,18 +473,19 @@ impl QueueForwarder {
                     debug!(queue = %self.queue.name, error = %e, "consumer stream error");
                 }
                 None => {
-                    if !self.wanted()
+                    let ours = self.owns(&tag);
+                    if (!ours && !retrying)
+                        || !self.wanted()
                         || self.stop.is_cancelled()
                         || !self.channel.status().connected()
                         || !self.session.is_connected()
                     {
                         return;
                     }
-                    warn!(queue = %self.queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
-                    let old_tag = consumer.tag().as_str().to_owned();
-                    lock(&self.subscriptions)
-                        .tags
-                        .retain(|(_, tag)| *tag != old_tag);
+                    if ours {
+                        warn!(queue = %self.queue.name, "the broker cancelled the consumer (queue deleted?); re-declaring and re-subscribing");
+                        lock(&self.subscriptions).tags.retain(|(_, t)| *t != tag);
+                    }
                     tokio::time::sleep(
                         Duration::from_millis(100).saturating_mul(1 << attempt.min(6)),
                     )
@@ -460,12 +497,15 @@ impl QueueForwarder {
                     };
                     match bounded("basic.consume", resubscribed).await {
                         Ok(c) => {
-                            lock(&self.subscriptions)
-                                .tags
-                                .push((self.queue.name.clone(), c.tag().as_str().to_owned()));
+                            retrying = false;
+                            tag = c.tag().as_str().to_owned();
+                            if !self.record_tag(&tag) {
+                                self.cancel_own(&tag).await;
+                            }
                             consumer = c;
                         }
                         Err(e) => {
+                            retrying = true;
                             warn!(queue = %self.queue.name, error = %e, "re-subscribing failed");
                         }
                     }
@@ -544,17 +584,13 @@ impl ConsumerHandle {
 
     /// Declares and starts consuming `queue` on the consumer's channel (with
     /// its prefetch); after a reconnect it is consumed again like the
-    /// others. `Ok(false)` if it is consumed already.
+    /// others. While paused it is declared and listed, and consumed from
+    /// `resume` on. `Ok(false)` if it is consumed already.
     pub async fn add_queue(&self, queue: Queue) -> Result<bool, BrokerError> {
         let (session, channel, window) = {
-            let mut subs = lock(&self.subscriptions);
+            let subs = lock(&self.subscriptions);
             if subs.queues.iter().any(|q| q.name == queue.name) {
                 return Ok(false);
-            }
-            if subs.paused {
-                // Consumed from `resume` on, with the others.
-                subs.queues.push(queue);
-                return Ok(true);
             }
             match (&subs.session, &subs.channel) {
                 (Some(session), Some(channel)) if !subs.cancelled => {
@@ -598,7 +634,10 @@ impl ConsumerHandle {
 
     /// Consumes every listed queue again after [`pause`](Self::pause), on
     /// the current channel; if that channel is down, the re-subscription
-    /// after the reconnect consumes them. A no-op unless paused.
+    /// after the reconnect consumes them. If a queue cannot be consumed,
+    /// the channel is closed so that the consumer subscribes every queue
+    /// again on a new one, and the error is returned. A no-op unless
+    /// paused.
     pub async fn resume(&self) -> Result<(), BrokerError> {
         let (session, channel, window, queues) = {
             let mut subs = lock(&self.subscriptions);
@@ -630,7 +669,14 @@ impl ConsumerHandle {
                 subscriptions: self.subscriptions.clone(),
                 window: window.clone(),
             };
-            bounded("basic.consume", forwarder.start()).await?;
+            if let Err(error) = bounded("basic.consume", forwarder.start()).await {
+                // The consumer's keeper subscribes every listed queue again
+                // on a new channel once this one is closed.
+                let _ = channel
+                    .close(200, "re-subscribing after a failed resume".into())
+                    .await;
+                return Err(error);
+            }
         }
         Ok(())
     }

@@ -46,6 +46,8 @@ pub(crate) const BURST_IDLE: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub(crate) struct Bursts {
     streak: AtomicUsize,
+    /// Burst consumers running (taking deliveries or settling them).
+    live: AtomicUsize,
     /// The run that makes a burst.
     threshold: usize,
     requests: mpsc::Sender<String>,
@@ -58,6 +60,7 @@ impl Bursts {
         let (requests, received) = mpsc::channel(16);
         let bursts = Bursts {
             streak: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
             threshold: (usize::from(prefetch) / 4).max(MIN_STREAK),
             requests,
         };
@@ -72,6 +75,12 @@ impl Bursts {
             // Full means a request is already waiting: nothing lost.
             let _ = self.requests.try_send(queue.to_owned());
         }
+    }
+
+    /// Burst consumers running now, each holding deliveries of its own
+    /// (a message about to run alone waits until there are none).
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     /// A delivery was not moved: any run is over.
@@ -93,6 +102,11 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<String
         tokio::select! {
             () = ctx.shutdown.cancelled() => break,
             request = requests.recv() => match request {
+                // No burst while a message runs alone: it must be the only
+                // delivery the worker holds.
+                Some(queue) if ctx.isolation.running_alone() => {
+                    debug!(queue = %queue, "no burst consumer while a message runs alone");
+                }
                 Some(queue) => {
                     if lock(&taking).insert(queue.clone()) {
                         bursts.spawn(drain_burst(ctx.clone(), queue, taking.clone()));
@@ -127,10 +141,21 @@ impl Drop for TakingFrom {
     }
 }
 
+/// Counts a burst consumer as live until dropped.
+struct LiveBurst<'a>(&'a AtomicUsize);
+
+impl Drop for LiveBurst<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Consumes `queue` with a wide window while the burst lasts (leaving
 /// `taking` when it stops taking), and returns once every delivery it took
 /// is settled.
 async fn drain_burst(ctx: Arc<Context>, queue: String, taking: Taking) {
+    ctx.bursts.live.fetch_add(1, Ordering::AcqRel);
+    let _live = LiveBurst(&ctx.bursts.live);
     let taking_from = TakingFrom {
         taking,
         queue: queue.clone(),
@@ -163,7 +188,7 @@ async fn drain_burst(ctx: Arc<Context>, queue: String, taking: Taking) {
                 Ok(Some(delivery)) => {
                     let burst_goes_on = is_due_later(&delivery);
                     running.spawn(handle(ctx.clone(), delivery));
-                    if !burst_goes_on {
+                    if !burst_goes_on || ctx.isolation.running_alone() {
                         break;
                     }
                 }

@@ -166,7 +166,7 @@ async fn run_admitted(
         crate::otel::continue_trace(&span, &message.headers, &mut request);
         request
     };
-    let settle = async {
+    let outcome = async {
         info!("task started");
         tracked.started();
         ctx.events.task(|| Event::task_started(&request.id));
@@ -190,7 +190,6 @@ async fn run_admitted(
         )
         .await;
         drop(permit);
-        drop(alone);
         task_span::record_outcome(&span, &ran);
         match ran {
             Ran::Finished(result) => {
@@ -212,11 +211,23 @@ async fn run_admitted(
     }
     .instrument(span.clone())
     .await;
-    if acks_late {
-        settle
+    let outcome = if acks_late {
+        outcome
     } else {
         Settle::AckedEarly
+    };
+    if let Some(alone) = alone {
+        // Settled (not left in the coalescing window) before the worker
+        // consumes again, so a crash right after cannot bring it back.
+        let outcome = match outcome {
+            Settle::Ack => Settle::AckNow,
+            other => other,
+        };
+        settle(ctx, delivery, outcome).await;
+        drop(alone);
+        return Settle::AckedEarly;
     }
+    outcome
 }
 
 /// How long a task waited to start: from when it was enqueued (its

@@ -97,6 +97,11 @@ impl Isolation {
         }
     }
 
+    /// Whether a message is running alone now.
+    pub(crate) fn running_alone(&self) -> bool {
+        self.generation() % 2 == 1
+    }
+
     fn hand_back_everything(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
@@ -154,7 +159,12 @@ pub(crate) async fn begin<'a>(
     ctx.consumer.pause().await;
     // This delivery is the one left in hand; deliveries still on their way
     // from the consumer are admitted in an odd generation and handed back.
-    while ctx.isolation.in_hand.load(Ordering::Acquire) > 1 || ctx.consumer.waiting() > 0 {
+    // A burst consumer stops taking and settles what it took. Tasks already
+    // running are waited for however long they take.
+    while ctx.isolation.in_hand.load(Ordering::Acquire) > 1
+        || ctx.consumer.waiting() > 0
+        || ctx.bursts.live() > 0
+    {
         tokio::select! {
             () = tokio::time::sleep(SETTLED_POLL) => {}
             () = ctx.shutdown.cancelled() => return None,

@@ -19,7 +19,9 @@ pub(crate) enum Settle {
     Requeue,
     /// Reject it (into a broker-native dead-letter exchange, or requeue).
     Reject { requeue: bool },
-    /// Already acked when the task started (`acks_late = false`).
+    /// Already settled: acked when the task started (`acks_late = false`),
+    /// or settled by its handler before the worker consumed again (a
+    /// message run alone).
     AckedEarly,
 }
 
