@@ -12,8 +12,8 @@
 //! So a message counted [`ALONE_FROM`] times or more runs alone: the worker
 //! stops consuming, hands back every delivery it holds unstarted (a copy
 //! republished, the original acked: not a redelivery, not counted), waits
-//! until every other delivery is settled and the acks sent, runs it, then
-//! consumes again. Should it take the worker down, it is the only message
+//! until every other delivery is settled and the acks sent (for tasks
+//! already running, up to [`ALONE_WAIT`]), runs it, then consumes again. Should it take the worker down, it is the only message
 //! the broker brings back and counts. One message runs alone at a time;
 //! another arriving meanwhile is handed back and runs alone later.
 
@@ -36,6 +36,11 @@ pub(crate) const ALONE_FROM: u32 = 2;
 /// How often a message waiting to run alone looks whether the others
 /// have settled.
 const SETTLED_POLL: Duration = Duration::from_millis(5);
+
+/// How long a message waits for the tasks already running to finish before
+/// it runs beside them: the worker takes no new task meanwhile, and a task
+/// that runs for hours must not stall it for as long.
+const ALONE_WAIT: Duration = Duration::from_secs(30);
 
 /// The worker's state for running messages alone.
 #[derive(Debug, Default)]
@@ -160,11 +165,20 @@ pub(crate) async fn begin<'a>(
     // This delivery is the one left in hand; deliveries still on their way
     // from the consumer are admitted in an odd generation and handed back.
     // A burst consumer stops taking and settles what it took. Tasks already
-    // running are waited for however long they take.
+    // running are waited for up to ALONE_WAIT.
+    let deadline = tokio::time::Instant::now() + ALONE_WAIT;
     while ctx.isolation.in_hand.load(Ordering::Acquire) > 1
         || ctx.consumer.waiting() > 0
         || ctx.bursts.live() > 0
     {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                id,
+                still_in_hand = ctx.isolation.in_hand.load(Ordering::Acquire) - 1,
+                "tasks still running after {ALONE_WAIT:?}; running the message beside them"
+            );
+            break;
+        }
         tokio::select! {
             () = tokio::time::sleep(SETTLED_POLL) => {}
             () = ctx.shutdown.cancelled() => return None,
