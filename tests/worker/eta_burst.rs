@@ -20,8 +20,11 @@ const BURST: usize = 2_000;
 const STORM: usize = 1_000;
 /// Ordinary tasks sent behind them.
 const ORDINARY: usize = 100;
-/// Seconds until the burst (or each retry) comes due.
+/// Seconds until the burst comes due.
 const DUE_IN: f64 = 20.0;
+/// Seconds until each retry of the storm comes due: long enough for the
+/// 1,000 tasks to fail once while other tests share the two cores.
+const RETRY_IN: f64 = 40.0;
 
 /// One task sent by `tests/interop/send_burst.py`.
 #[derive(Debug, Deserialize)]
@@ -196,12 +199,24 @@ async fn a_retry_storm_with_backoff_does_not_hold_up_fresh_tasks() -> Result<()>
     let queue = unique("retry-storm");
     let (worker, reader) = start_worker(&queue, &redis).await?;
 
-    // Each fails once and asks to be retried DUE_IN seconds later.
-    let storm = send_from_python(&queue, "demo.retry_once", STORM, None, Some(DUE_IN)).await?;
+    // Each fails once and asks to be retried RETRY_IN seconds later.
+    let storm = send_from_python(&queue, "demo.retry_once", STORM, None, Some(RETRY_IN)).await?;
+    // One deadline for the whole storm to fail once. A retry that already
+    // ran means the storm took longer than its backoff, and the fresh tasks
+    // could not be sent before any retry came due: say so plainly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for task in &storm {
         let result = reader.async_result::<f64>(task.id.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while result.state().await? != State::Retry {
+        loop {
+            match result.state().await? {
+                State::Retry => break,
+                State::Success => anyhow::bail!(
+                    "task {} already ran its retry before the storm had failed once: \
+                     1,000 failures took over {RETRY_IN} s on this machine",
+                    task.id
+                ),
+                _ => {}
+            }
             ensure!(
                 tokio::time::Instant::now() < deadline,
                 "task {} never reached RETRY",
@@ -211,7 +226,7 @@ async fn a_retry_storm_with_backoff_does_not_hold_up_fresh_tasks() -> Result<()>
         }
     }
     // Every retry is waiting now; none is due before this.
-    let first_retry_due = storm.iter().map(|t| t.sent).fold(f64::INFINITY, f64::min) + DUE_IN;
+    let first_retry_due = storm.iter().map(|t| t.sent).fold(f64::INFINITY, f64::min) + RETRY_IN;
     let fresh = send_from_python(&queue, "demo.now", ORDINARY, None, None).await?;
 
     let fresh_ran = run_times(&reader, &fresh, Duration::from_secs(60))
@@ -225,13 +240,13 @@ async fn a_retry_storm_with_backoff_does_not_hold_up_fresh_tasks() -> Result<()>
         last_fresh - first_retry_due
     );
 
-    let retried_ran = run_times(&reader, &storm, Duration::from_secs(DUE_IN as u64 + 60)).await?;
+    let retried_ran = run_times(&reader, &storm, Duration::from_secs(RETRY_IN as u64 + 60)).await?;
     for (task, ran) in storm.iter().zip(&retried_ran) {
         ensure!(
-            *ran >= task.sent + DUE_IN,
+            *ran >= task.sent + RETRY_IN,
             "task {} was retried {:.3} s before its backoff was over",
             task.id,
-            task.sent + DUE_IN - ran
+            task.sent + RETRY_IN - ran
         );
     }
 
