@@ -13,5 +13,6 @@ mod metrics;
 mod otlp;
 mod outcomes;
 mod python;
+mod rate_limit;
 mod reply_queue;
 mod shutdown;

@@ -36,7 +36,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 const OPTIONS: &str = "name, max_retries, default_retry_delay, retry_backoff, retry_backoff_max, \
                        retry_jitter, autoretry_for, time_limit, soft_time_limit, acks_late, \
-                       ignore_result, track_started, queue, priority, expires, bind";
+                       ignore_result, track_started, queue, priority, expires, rate_limit, bind";
 
 /// The parsed `#[task(...)]` options.
 #[derive(Default)]
@@ -111,6 +111,10 @@ fn parse_options(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Options> {
             "queue" => {
                 let q = string(value, "queue", "queue = \"images\"")?;
                 quote!(queue: ::core::option::Option::Some(::std::string::String::from(#q)))
+            }
+            "rate_limit" => {
+                let rate = string(value, "rate_limit", "rate_limit = \"10/s\"")?;
+                quote!(rate_limit: ::core::option::Option::Some(::std::string::String::from(#rate)))
             }
             "autoretry_for" => {
                 let Expr::Array(list) = value else {

@@ -6,6 +6,7 @@
 //! default. (A program that builds its `App` without this CLI reads the
 //! environment only where its code sets nothing.)
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -90,6 +91,12 @@ pub struct Args {
     /// [default: half the prefetch window]
     #[arg(long, env = "CELERIAC_ETA_HOLD_LIMIT")]
     pub eta_hold_limit: Option<usize>,
+
+    /// A task's rate limit on this worker, as TASK=RATE in Celery's syntax
+    /// (images.resize=10/s, mail.send=100/m; =0 lifts the task's own);
+    /// repeat for more tasks [default: each task's own rate_limit]
+    #[arg(long = "rate-limit", value_name = "TASK=RATE")]
+    pub rate_limits: Vec<String>,
 
     /// Deliveries of one message before it is dead-lettered as a crash loop
     /// [default: 10]
@@ -311,6 +318,7 @@ impl Args {
                 defaults.eta_horizon,
             )?,
             eta_hold_limit: self.eta_hold_limit.or(file.eta_hold_limit),
+            rate_limits: rate_limits(file.rate_limits.unwrap_or_default(), &self.rate_limits)?,
             redelivery_limit: self
                 .redelivery_limit
                 .or(file.redelivery_limit)
@@ -416,6 +424,22 @@ impl Args {
                 .or_else(|| file.result_key_prefix.clone()),
         })
     }
+}
+
+/// The file's `[rate_limits]` with each `--rate-limit TASK=RATE` over it.
+fn rate_limits(
+    mut from_file: BTreeMap<String, String>,
+    flags: &[String],
+) -> Result<BTreeMap<String, String>, String> {
+    for flag in flags {
+        let Some((task, rate)) = flag.split_once('=') else {
+            return Err(format!(
+                "--rate-limit {flag:?}: write it as TASK=RATE, e.g. images.resize=10/s"
+            ));
+        };
+        from_file.insert(task.trim().to_owned(), rate.trim().to_owned());
+    }
+    Ok(from_file)
 }
 
 /// Runs a worker with the standard CLI over the tasks registered on `app`:
@@ -569,6 +593,47 @@ mod tests {
             [Some("from-flag".to_owned()), Some("from-file".to_owned())],
             "flag routes are tried first"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rate_limit_flags_go_over_the_files_table() {
+        let dir = std::env::temp_dir().join(format!("celeriac-rates-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(
+            &path,
+            "[rate_limits]\n\"mail.send\" = \"100/m\"\n\"images.resize\" = \"5/s\"\n",
+        )
+        .unwrap();
+        let settings = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--rate-limit",
+            "images.resize=10/s",
+            "--rate-limit",
+            "reports.build = 1/h",
+        ])
+        .settings()
+        .unwrap();
+        let rates: Vec<(&str, &str)> = settings
+            .worker
+            .rate_limits
+            .iter()
+            .map(|(task, rate)| (task.as_str(), rate.as_str()))
+            .collect();
+        assert_eq!(
+            rates,
+            [
+                ("images.resize", "10/s"),
+                ("mail.send", "100/m"),
+                ("reports.build", "1/h")
+            ]
+        );
+        let err = parse(&["--rate-limit", "images.resize"])
+            .settings()
+            .unwrap_err();
+        assert!(err.contains("TASK=RATE"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

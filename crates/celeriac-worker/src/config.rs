@@ -3,6 +3,7 @@
 //! backend, queues and routes, live on the `celeriac::AppBuilder`; the CLI
 //! and the TOML file set both, see [`crate::cli`].)
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub struct WorkerConfig {
     /// prefetch window from the tasks queued behind them
     /// (`--eta-hold-limit`). Default `None`: half the prefetch window.
     pub eta_hold_limit: Option<usize>,
+    /// Rate limits by task name, in Celery's syntax (`"10/s"`, `"100/m"`,
+    /// `"1000/h"`; `"0"` removes a task's own), over the tasks' own
+    /// `rate_limit` (`--rate-limit TASK=RATE`). Default none.
+    pub rate_limits: BTreeMap<String, String>,
     /// Deliveries of one message before it is dead-lettered as a crash loop.
     /// Default 10.
     pub redelivery_limit: u32,
@@ -78,6 +83,7 @@ impl Default for WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             eta_horizon: Duration::from_secs(600),
             eta_hold_limit: None,
+            rate_limits: BTreeMap::new(),
             redelivery_limit: 10,
             dead_letter_failures: true,
             ack_batch: 32,

@@ -15,11 +15,15 @@
 //! max_priority = 10
 //! dead_letter = "native"             # or "worker" (the default)
 //!
+//! [rate_limits]                      # per worker, over each task's own
+//! "mail.send" = "100/m"
+//!
 //! [task_routes]                      # Celery's task_routes, first match wins
 //! "images.*" = "images"
 //! "reports.build" = { queue = "reports", priority = 5 }
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -55,6 +59,8 @@ pub struct ConfigFile {
     pub eta_horizon: Option<f64>,
     /// ETA tasks held at once.
     pub eta_hold_limit: Option<usize>,
+    /// Rate limits by task name (`[rate_limits]`, `"images.resize" = "10/s"`).
+    pub rate_limits: Option<BTreeMap<String, String>>,
     /// Redelivery limit.
     pub redelivery_limit: Option<u32>,
     /// Dead-letter final failures.

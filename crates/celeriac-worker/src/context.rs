@@ -1,6 +1,6 @@
 //! What every delivery's handler shares: the app, the settings, the pool
 //! of slots, the shutdown signals, the outbox, what the worker holds and
-//! has revoked, the events, the runtime limits and the counts.
+//! has revoked, the events, the rate and runtime limits and the counts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use crate::isolation::Isolation;
 use crate::limits::{Limits, Pool};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::rate_limits::RateLimits;
 use crate::revoked::Revoked;
 use crate::tracker::Tracker;
 use crate::{Stats, WorkerConfig};
@@ -47,8 +48,10 @@ pub(crate) struct Context {
     pub(crate) eta_holds: EtaHolds,
     /// Runs of deliveries moved to the delay topology, and burst consumers.
     pub(crate) bursts: Bursts,
-    /// Rate and time limits set by remote control.
+    /// Time limits set by remote control.
     pub(crate) limits: Limits,
+    /// Rate limits: the tasks', the worker's, and remote control's.
+    pub(crate) rates: RateLimits,
     /// When the worker started.
     pub(crate) started: Instant,
     /// Prometheus metrics (disabled unless asked for).

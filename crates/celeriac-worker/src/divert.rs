@@ -1,7 +1,8 @@
 //! Deliveries that do not run now, each with its one outcome: unregistered
 //! (`FAILURE` stored, dead-lettered), revoked or expired (`REVOKED` stored,
 //! acked),
-//! postponed (moved to the delay topology), redelivered (counted, or
+//! postponed or deferred for its rate limit (moved to the delay topology),
+//! redelivered (counted, or
 //! dead-lettered as a crash loop), or dead-lettered with a reason.
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::chord;
 use crate::context::Context;
 use crate::isolation;
+use crate::rate_limits::{Micros, RATE_SLOT_HEADER};
 use crate::settle::Settle;
 
 /// Header counting how often a message was delivered again (crash loops).
@@ -125,6 +127,41 @@ pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration)
         }
         Err(e) => {
             error!(error = %e, "moving a long ETA to the delay queues failed; requeueing it");
+            Settle::Reject { requeue: true }
+        }
+    }
+}
+
+/// A rate-limited task whose turn is a second or more away leaves through
+/// the delay topology for `delay`, carrying the slot it was given (or none,
+/// to take one when it comes back); acked once its copy is confirmed.
+pub(crate) async fn defer_for_rate(
+    ctx: &Context,
+    delivery: &Delivery,
+    message: &TaskMessage,
+    delay: Duration,
+    slot: Option<Micros>,
+) -> Settle {
+    let mut copy = delivery.message.clone();
+    match slot {
+        Some(slot) => {
+            copy.headers
+                .insert(RATE_SLOT_HEADER.into(), HeaderValue::Int(slot));
+        }
+        None => {
+            copy.headers.remove(RATE_SLOT_HEADER);
+        }
+    }
+    match ctx.outbox.delay(&delivery.queue, delay, &copy).await {
+        Ok(()) => {
+            debug!(task = %message.headers.task, id = %message.headers.id, ?delay, "rate-limited task deferred to its turn");
+            ctx.metrics
+                .rate_deferred(&delivery.queue, &message.headers.task);
+            ctx.stats.rate_deferred();
+            Settle::AckNow
+        }
+        Err(e) => {
+            error!(error = %e, "deferring a rate-limited task failed; requeueing it");
             Settle::Reject { requeue: true }
         }
     }

@@ -22,12 +22,14 @@ use tracing::{Instrument as _, debug, info, warn};
 use crate::admission::{Admission, Gate, admit, is_expired};
 use crate::context::Context;
 use crate::divert::{
-    REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, postpone, revoke, unregistered,
+    REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, defer_for_rate, postpone,
+    revoke, unregistered,
 };
 use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
 use crate::isolation;
 use crate::outcome::finish;
+use crate::rate_limits::{Micros, Pace};
 use crate::settle::{Settle, settle};
 use crate::task_span;
 use crate::tracker::Tracked;
@@ -110,12 +112,28 @@ async fn run_admitted(
         ))
         .await;
     }
+    // A task not waiting for an ETA takes its rate-limit turn before it is
+    // seen as received: one deferred now is received when it comes back.
+    let wait = if wait.is_zero() {
+        match ctx
+            .rates
+            .pace(&ctx.eta_holds, &message.headers.task, delivery)
+        {
+            Pace::Run => Wait::Nothing,
+            Pace::Hold(wait, hold) => Wait::RateSlot(wait, hold),
+            Pace::Defer { delay, slot } => {
+                return Box::pin(defer_for_rate(ctx, delivery, &message, delay, slot)).await;
+            }
+        }
+    } else {
+        Wait::Eta(wait, hold)
+    };
     let tracked = ctx.tracker.accept(delivery, &message, task.is_blocking());
     ctx.events.task(|| Event::task_received(&message));
     ctx.metrics.received(&delivery.queue, &message.headers.task);
     // A message that keeps coming back runs alone (`crate::isolation`);
     // one not yet due waits for its ETA as any other would.
-    let alone = if wait.is_zero() && isolation::must_run_alone(delivery) {
+    let alone = if matches!(wait, Wait::Nothing) && isolation::must_run_alone(delivery) {
         match isolation::begin(ctx, delivery, &message.headers.id).await {
             Some(alone) => Some(alone),
             None => return Settle::Requeue,
@@ -124,9 +142,12 @@ async fn run_admitted(
         None
     };
     let hand_back = alone.is_none().then(|| ctx.isolation.generation());
-    let permit = match wait_turn(ctx, &message, &tracked, wait, hold, hand_back).await {
+    let permit = match wait_turn(ctx, delivery, &message, &tracked, wait, hand_back).await {
         Ok(permit) => permit,
         Err(Turn::Shutdown | Turn::HandBack) => return Settle::Requeue,
+        Err(Turn::Defer { delay, slot }) => {
+            return Box::pin(defer_for_rate(ctx, delivery, &message, delay, slot)).await;
+        }
         Err(Turn::Revoked) => {
             return Box::pin(revoke(
                 ctx,
@@ -243,6 +264,18 @@ fn queue_wait(message: &TaskMessage, now: DateTime<FixedOffset>) -> Option<Durat
     (now - since).to_std().ok()
 }
 
+/// What a delivery waits for before it takes a concurrency slot.
+enum Wait<'a> {
+    /// Nothing: it takes a slot at once.
+    Nothing,
+    /// Its ETA (in a hold slot if a second or more away), then its
+    /// rate-limit turn.
+    Eta(Duration, Option<EtaHold<'a>>),
+    /// Its rate-limit slot, under a second away (in a hold slot, unless it
+    /// came back from the delay queues for it).
+    RateSlot(Duration, Option<EtaHold<'a>>),
+}
+
 /// Why a held task will not run now.
 enum Turn {
     /// The worker is shutting down: hand it back unstarted.
@@ -253,18 +286,27 @@ enum Turn {
     Revoked,
     /// Its `expires` passed while it waited.
     Expired,
+    /// Its rate-limit turn, taken once its ETA came, is a second or more
+    /// away: defer it.
+    Defer {
+        /// How long it stays in the delay topology.
+        delay: Duration,
+        /// The slot it was given.
+        slot: Option<Micros>,
+    },
 }
 
-/// Waits for the task's ETA (`wait`, in its hold slot, freed when due),
-/// its rate limit and a slot; the slot, or why it must not run. Unless it
-/// runs alone, it is handed back once another message must run alone
-/// (`hand_back` is the isolation generation it was admitted in).
+/// Waits for what `wait` says (an ETA, in its hold slot, then the rate
+/// limit; or a rate-limit slot) and a concurrency slot; the slot, or why it
+/// must not run. Unless it runs alone, it is handed back once another
+/// message must run alone (`hand_back` is the isolation generation it was
+/// admitted in).
 async fn wait_turn(
     ctx: &Context,
+    delivery: &Delivery,
     message: &TaskMessage,
     tracked: &Tracked<'_>,
-    wait: Duration,
-    hold: Option<EtaHold<'_>>,
+    wait: Wait<'_>,
     hand_back: Option<u64>,
 ) -> Result<OwnedSemaphorePermit, Turn> {
     let handed_back = async {
@@ -274,29 +316,51 @@ async fn wait_turn(
         }
     };
     tokio::pin!(handed_back);
-    if !wait.is_zero() {
-        debug!(id = %message.headers.id, ?wait, "holding an ETA task until it is due");
-        if let Some(eta) = message.headers.eta {
-            tracked.scheduled(eta);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
-            () = &mut handed_back => return Err(Turn::HandBack),
-            () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
-        }
-        tracked.reserved();
+    // Sleeps for `$wait` unless something ends the turn first.
+    macro_rules! hold_for {
+        ($wait:expr) => {
+            tokio::select! {
+                () = tokio::time::sleep($wait) => {}
+                () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
+                () = &mut handed_back => return Err(Turn::HandBack),
+                () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
+            }
+        };
     }
-    drop(hold);
+    match wait {
+        Wait::Nothing => {}
+        Wait::RateSlot(wait, hold) => {
+            debug!(id = %message.headers.id, ?wait, "holding a task until its rate-limit slot");
+            hold_for!(wait);
+            drop(hold);
+        }
+        Wait::Eta(wait, hold) => {
+            debug!(id = %message.headers.id, ?wait, "holding an ETA task until it is due");
+            if let Some(eta) = message.headers.eta {
+                tracked.scheduled(eta);
+            }
+            hold_for!(wait);
+            tracked.reserved();
+            drop(hold);
+            match ctx
+                .rates
+                .pace(&ctx.eta_holds, &message.headers.task, delivery)
+            {
+                Pace::Run => {}
+                Pace::Hold(wait, hold) => {
+                    hold_for!(wait);
+                    drop(hold);
+                }
+                Pace::Defer { delay, slot } => return Err(Turn::Defer { delay, slot }),
+            }
+        }
+    }
     // A free slot is taken without looking at the other branches (they
     // would each register a waiter, per task); the checks below catch what
     // they would have said.
     let permit = tokio::select! {
         biased;
-        permit = async {
-            ctx.limits.admit(&message.headers.task).await;
-            ctx.pool.permits().clone().acquire_owned().await
-        } => permit.map_err(|_| Turn::Shutdown)?,
+        permit = ctx.pool.permits().clone().acquire_owned() => permit.map_err(|_| Turn::Shutdown)?,
         () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
         () = &mut handed_back => return Err(Turn::HandBack),
         () = tracked.revoked.cancelled() => return Err(Turn::Revoked),

@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod otel;
 mod outbox;
 mod outcome;
+mod rate_limits;
 mod revoked;
 mod settle;
 mod stats;

@@ -1,19 +1,17 @@
-//! What remote control changes while the worker runs: per-task rate limits
-//! (`rate_limit`, Celery's syntax, per worker as in Celery), per-task time
-//! limits (`time_limit`), and the number of tasks run at once
-//! (`pool_grow`, `pool_shrink`, `autoscale`).
+//! What remote control changes while the worker runs: per-task time limits
+//! (`time_limit`) and the number of tasks run at once (`pool_grow`,
+//! `pool_shrink`, `autoscale`). Rate limits are in [`crate::rate_limits`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-/// Runtime overrides, shared by every delivery's handler.
+/// Time limits set at run time, shared by every delivery's handler.
 #[derive(Debug, Default)]
 pub(crate) struct Limits {
-    rates: Mutex<HashMap<String, Bucket>>,
     times: Mutex<HashMap<String, TimeLimits>>,
 }
 
@@ -24,33 +22,6 @@ pub(crate) struct TimeLimits {
     pub(crate) hard: Option<Duration>,
 }
 
-/// A token bucket of capacity 1 (Celery's), refilled at `per_second`.
-#[derive(Debug, Clone)]
-struct Bucket {
-    /// The rate as it was given (`10/m`), for `inspect registered`.
-    text: String,
-    per_second: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    /// Takes a token, or says how long until one is there.
-    fn take(&mut self, now: Instant) -> Option<Duration> {
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(1.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64(
-                (1.0 - self.tokens) / self.per_second,
-            ))
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -58,50 +29,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Limits {
-    /// Sets `task`'s rate to `text` (see [`parse_rate`]); `Ok(false)` if
-    /// that removed the limit.
-    pub(crate) fn set_rate(&self, task: &str, text: &str) -> Result<bool, String> {
-        let per_second = parse_rate(text)?;
-        let mut rates = lock(&self.rates);
-        match per_second {
-            Some(per_second) => {
-                rates.insert(
-                    task.to_owned(),
-                    Bucket {
-                        text: text.trim().to_owned(),
-                        per_second,
-                        tokens: 1.0,
-                        last: Instant::now(),
-                    },
-                );
-            }
-            None => {
-                rates.remove(task);
-            }
-        }
-        Ok(per_second.is_some())
-    }
-
-    /// `task`'s rate limit as it was given, if it has one.
-    pub(crate) fn rate(&self, task: &str) -> Option<String> {
-        lock(&self.rates).get(task).map(|b| b.text.clone())
-    }
-
-    /// Waits until `task` may run under its rate limit (at once if it has
-    /// none).
-    pub(crate) async fn admit(&self, task: &str) {
-        loop {
-            let wait = match lock(&self.rates).get_mut(task) {
-                Some(bucket) => bucket.take(Instant::now()),
-                None => None,
-            };
-            match wait {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return,
-            }
-        }
-    }
-
     /// Sets `task`'s time limits.
     pub(crate) fn set_time_limits(&self, task: &str, limits: TimeLimits) {
         lock(&self.times).insert(task.to_owned(), limits);
@@ -111,35 +38,6 @@ impl Limits {
     pub(crate) fn time_limits(&self, task: &str) -> Option<TimeLimits> {
         lock(&self.times).get(task).copied()
     }
-}
-
-/// Parses a rate as Celery writes it: `"10/s"`, `"100/m"`, `"1000/h"`, or a
-/// number (per second). `0` or empty removes the limit (`Ok(None)`).
-pub(crate) fn parse_rate(text: &str) -> Result<Option<f64>, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let (count, per) = match text.split_once('/') {
-        Some((count, unit)) => {
-            let seconds = match unit.trim() {
-                "s" | "" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                other => return Err(format!("Invalid rate limit string: unknown unit {other:?}")),
-            };
-            (count, seconds)
-        }
-        None => (text, 1.0),
-    };
-    let count: f64 = count
-        .trim()
-        .parse()
-        .map_err(|_| format!("Invalid rate limit string: {text:?}"))?;
-    if !count.is_finite() || count < 0.0 {
-        return Err(format!("Invalid rate limit string: {text:?}"));
-    }
-    Ok((count > 0.0).then_some(count / per))
 }
 
 /// The slots tasks run in: a semaphore whose size remote control changes.
@@ -212,33 +110,6 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_parse_as_celery_writes_them() {
-        assert_eq!(parse_rate("10/s"), Ok(Some(10.0)));
-        assert_eq!(parse_rate("120/m"), Ok(Some(2.0)));
-        assert_eq!(parse_rate("3600/h"), Ok(Some(1.0)));
-        assert_eq!(parse_rate("5"), Ok(Some(5.0)));
-        assert_eq!(parse_rate("0"), Ok(None));
-        assert_eq!(parse_rate(""), Ok(None));
-        assert!(parse_rate("ten/s").is_err());
-        assert!(parse_rate("10/d").is_err());
-    }
-
-    #[test]
-    fn a_bucket_lets_one_through_then_spaces_them() {
-        let start = Instant::now();
-        let mut bucket = Bucket {
-            text: "2/s".into(),
-            per_second: 2.0,
-            tokens: 1.0,
-            last: start,
-        };
-        assert_eq!(bucket.take(start), None);
-        let wait = bucket.take(start).unwrap();
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
-        assert_eq!(bucket.take(start + Duration::from_millis(500)), None);
-    }
 
     #[tokio::test]
     async fn the_pool_grows_and_shrinks_but_keeps_a_slot() {

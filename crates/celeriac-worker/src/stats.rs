@@ -11,6 +11,7 @@ pub struct Stats {
     dead_lettered: AtomicU64,
     redelivered: AtomicU64,
     revoked: AtomicU64,
+    rate_deferred: AtomicU64,
 }
 
 impl Stats {
@@ -32,6 +33,9 @@ impl Stats {
     pub(crate) fn revoked(&self) {
         self.revoked.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn rate_deferred(&self) {
+        self.rate_deferred.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// A snapshot of the counts.
     pub fn summary(&self) -> Summary {
@@ -42,6 +46,7 @@ impl Stats {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             redelivered: self.redelivered.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
+            rate_deferred: self.rate_deferred.load(Ordering::Relaxed),
         }
     }
 }
@@ -61,4 +66,6 @@ pub struct Summary {
     pub redelivered: u64,
     /// Tasks revoked (expired, or revoked by a control command).
     pub revoked: u64,
+    /// Deliveries deferred through the delay queues for their rate limit.
+    pub rate_deferred: u64,
 }

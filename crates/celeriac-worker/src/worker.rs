@@ -37,6 +37,7 @@ use crate::isolation::Isolation;
 use crate::limits::{Limits, Pool};
 use crate::metrics::{self, Metrics, node_host};
 use crate::outbox::Outbox;
+use crate::rate_limits::RateLimits;
 use crate::revoked::Revoked;
 use crate::{Stats, Summary, WorkerConfig};
 
@@ -129,6 +130,8 @@ impl Worker {
             })?),
             None => None,
         };
+        let rates = RateLimits::configured(&self.app, &self.config.rate_limits)
+            .map_err(WorkerError::Config)?;
         let queues: Vec<Queue> = self
             .config
             .queues
@@ -173,6 +176,7 @@ impl Worker {
             eta_holds: EtaHolds::new(self.config.eta_holds()),
             bursts,
             limits: Limits::default(),
+            rates,
             started: Instant::now(),
             metrics: metrics.clone(),
             loop_turned: AtomicU64::new(0),

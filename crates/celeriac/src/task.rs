@@ -120,6 +120,11 @@ pub struct TaskOptions {
     pub priority: Option<u8>,
     /// Default expiry, relative to sending.
     pub expires: Option<Duration>,
+    /// Runs per worker at most, in Celery's syntax (`"10/s"`, `"100/m"`,
+    /// `"1000/h"`); checked when a worker starts. A worker's
+    /// `rate_limits` setting and the `rate_limit` control command override
+    /// it.
+    pub rate_limit: Option<String>,
 }
 
 impl std::fmt::Debug for TaskOptions {
@@ -139,6 +144,7 @@ impl std::fmt::Debug for TaskOptions {
             .field("queue", &self.queue)
             .field("priority", &self.priority)
             .field("expires", &self.expires)
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -194,7 +200,8 @@ impl TaskOptions {
             track_started,
             queue,
             priority,
-            expires
+            expires,
+            rate_limit
         );
         if self.autoretry_for.is_empty() {
             self.autoretry_for = defaults.autoretry_for.clone();

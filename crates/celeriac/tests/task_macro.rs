@@ -23,7 +23,8 @@ async fn resize(url: String, width: u32) -> TaskResult<String> {
     queue = "math",
     priority = 3,
     ignore_result = false,
-    acks_late = true
+    acks_late = true,
+    rate_limit = "10/m"
 )]
 fn add(x: i64, y: i64) -> i64 {
     x + y
@@ -86,8 +87,12 @@ async fn names_and_options_come_from_the_attribute() {
     assert_eq!(resize.parameters(), ["url", "width"]);
     let add_options = add.options();
     assert_eq!(
-        (add_options.queue.as_deref(), add_options.priority),
-        (Some("math"), Some(3))
+        (
+            add_options.queue.as_deref(),
+            add_options.priority,
+            add_options.rate_limit.as_deref()
+        ),
+        (Some("math"), Some(3), Some("10/m"))
     );
     // Without a name, the Rust path with dots, like Celery's module.function.
     assert_eq!(unnamed.name(), "task_macro.unnamed");

@@ -239,7 +239,7 @@ fn rate_limit(ctx: &Context, args: &Map<String, Value>) -> ControlOutcome {
         warn!(task = %task, "rate limit for an unknown task");
         return ControlOutcome::error("unknown task");
     }
-    match ctx.limits.set_rate(&task, &rate) {
+    match ctx.rates.set(&task, &rate) {
         Ok(true) => {
             info!(task = %task, rate = %rate, "new rate limit");
             ControlOutcome::ok("new rate limit set successfully")

@@ -180,7 +180,7 @@ fn registered(ctx: &Context, args: &Map<String, Value>) -> Vec<String> {
                 .iter()
                 .filter_map(|item| {
                     let value = match item.as_str() {
-                        "rate_limit" => ctx.limits.rate(name),
+                        "rate_limit" => ctx.rates.rate(name),
                         "time_limit" => options.time_limit.map(|d| d.as_secs_f64().to_string()),
                         "soft_time_limit" => {
                             options.soft_time_limit.map(|d| d.as_secs_f64().to_string())

@@ -201,6 +201,13 @@ impl Metrics {
         });
     }
 
+    /// A delivery was deferred to wait for its rate-limit turn.
+    pub(crate) fn rate_deferred(&self, queue: &str, name: &str) {
+        self.task(queue, name, |s| {
+            s.rate_deferred.inc();
+        });
+    }
+
     /// A message from `queue` was dead-lettered with `reason`.
     pub(crate) fn dead_lettered(&self, queue: &str, reason: &str) {
         if let Some(inner) = &self.inner {

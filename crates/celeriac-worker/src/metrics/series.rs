@@ -80,6 +80,7 @@ pub(crate) struct TaskSeries {
     pub(crate) retried: Counter,
     pub(crate) rejected: Counter,
     pub(crate) revoked: Counter,
+    pub(crate) rate_deferred: Counter,
     pub(crate) runtime: Histogram,
     pub(crate) queue_wait: Histogram,
 }
@@ -93,6 +94,7 @@ pub(crate) struct Families {
     retried: Family<TaskLabels, Counter>,
     rejected: Family<TaskLabels, Counter>,
     revoked: Family<TaskLabels, Counter>,
+    rate_deferred: Family<TaskLabels, Counter>,
     runtime: HistogramFamily<TaskLabels>,
     queue_wait: HistogramFamily<TaskLabels>,
     pub(crate) worker_up: GaugeFamily,
@@ -118,6 +120,7 @@ impl Families {
             retried: Family::default(),
             rejected: Family::default(),
             revoked: Family::default(),
+            rate_deferred: Family::default(),
             runtime: Family::new_with_constructor(task_histogram),
             queue_wait: Family::new_with_constructor(task_histogram),
             worker_up: Family::default(),
@@ -167,6 +170,11 @@ impl Families {
             "celery_task_revoked",
             "Tasks revoked, expired or terminated.",
             f.revoked.clone(),
+        );
+        r.register(
+            "celeriac_task_rate_deferred",
+            "Deliveries moved to the delay queues to wait for their rate-limit turn.",
+            f.rate_deferred.clone(),
         );
         r.register(
             "celery_task_runtime",
@@ -241,6 +249,7 @@ impl Families {
             retried: self.retried.get_or_create_owned(labels),
             rejected: self.rejected.get_or_create_owned(labels),
             revoked: self.revoked.get_or_create_owned(labels),
+            rate_deferred: self.rate_deferred.get_or_create_owned(labels),
             runtime: self.runtime.get_or_create_owned(labels),
             queue_wait: self.queue_wait.get_or_create_owned(labels),
         }
