@@ -16,3 +16,4 @@ mod python;
 mod rate_limit;
 mod reply_queue;
 mod shutdown;
+mod skip_succeeded;

@@ -36,7 +36,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 const OPTIONS: &str = "name, max_retries, default_retry_delay, retry_backoff, retry_backoff_max, \
                        retry_jitter, autoretry_for, time_limit, soft_time_limit, acks_late, \
-                       ignore_result, track_started, queue, priority, expires, rate_limit, bind";
+                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, bind";
 
 /// The parsed `#[task(...)]` options.
 #[derive(Default)]
@@ -96,7 +96,7 @@ fn parse_options(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Options> {
                     quote!(retry_backoff: ::core::option::Option::Some(#n))
                 }
             },
-            "retry_jitter" | "acks_late" | "ignore_result" | "track_started" => {
+            "retry_jitter" | "acks_late" | "ignore_result" | "track_started" | "skip_succeeded" => {
                 let b = boolean(value, &key.to_string(), &format!("{key} = true"))?;
                 quote!(#key: ::core::option::Option::Some(#b))
             }

@@ -1,4 +1,5 @@
-//! Deliveries that do not run now, each with its one outcome: unregistered
+//! Deliveries that do not run now, each with its one outcome: already
+//! succeeded (acked), unregistered
 //! (`FAILURE` stored, dead-lettered), revoked or expired (`REVOKED` stored,
 //! acked),
 //! postponed or deferred for its rate limit (moved to the delay topology),
@@ -18,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::chord;
 use crate::context::Context;
 use crate::isolation;
+use crate::outbox::NotStored;
 use crate::rate_limits::{Micros, RATE_SLOT_HEADER};
 use crate::settle::Settle;
 
@@ -164,6 +166,35 @@ pub(crate) async fn defer_for_rate(
             error!(error = %e, "deferring a rate-limited task failed; requeueing it");
             Settle::Reject { requeue: true }
         }
+    }
+}
+
+/// A task with `skip_succeeded` whose id already has a `SUCCESS` result
+/// is acked without running again; `None` when it must run. Reading the
+/// result retries an unreachable store as storing one does; giving up
+/// sends the delivery back to its queue.
+pub(crate) async fn skip_if_succeeded(
+    ctx: &Context,
+    delivery: &Delivery,
+    message: &TaskMessage,
+) -> Option<Settle> {
+    // The worker refuses to start without a backend that keeps results by id.
+    let backend = ctx.app.result_backend()?;
+    let id = &message.headers.id;
+    let stored = ctx
+        .outbox
+        .with_store("reading a task's stored result", || backend.get(id))
+        .await;
+    match stored {
+        Ok(Some(meta)) if meta.status == State::Success => {
+            info!(task = %message.headers.task, id = %id, "task already succeeded; acked without running it again");
+            ctx.metrics
+                .skipped_succeeded(&delivery.queue, &message.headers.task);
+            ctx.stats.skipped_succeeded();
+            Some(Settle::Ack)
+        }
+        Ok(_) => None,
+        Err(NotStored) => Some(Settle::Reject { requeue: true }),
     }
 }
 

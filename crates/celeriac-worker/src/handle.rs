@@ -23,7 +23,7 @@ use crate::admission::{Admission, Gate, admit, is_expired};
 use crate::context::Context;
 use crate::divert::{
     REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, defer_for_rate, postpone,
-    revoke, unregistered,
+    revoke, skip_if_succeeded, unregistered,
 };
 use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
@@ -112,6 +112,12 @@ async fn run_admitted(
         ))
         .await;
     }
+    let options = ctx.app.task_options(&message.headers.task);
+    if options.skip_succeeded == Some(true)
+        && let Some(settled) = Box::pin(skip_if_succeeded(ctx, delivery, &message)).await
+    {
+        return settled;
+    }
     // A task not waiting for an ETA takes its rate-limit turn before it is
     // seen as received: one deferred now is received when it comes back.
     let wait = if wait.is_zero() {
@@ -174,7 +180,6 @@ async fn run_admitted(
         // one down too, finished tasks must not go with it.
         delivery.flush_pending_acks().await;
     }
-    let options = ctx.app.task_options(&message.headers.task);
     let acks_late = options.acks_late.unwrap_or(true);
     if !acks_late {
         // Celery's default: ack when the task starts (at-most-once).

@@ -12,6 +12,7 @@ pub struct Stats {
     redelivered: AtomicU64,
     revoked: AtomicU64,
     rate_deferred: AtomicU64,
+    skipped_succeeded: AtomicU64,
 }
 
 impl Stats {
@@ -36,6 +37,9 @@ impl Stats {
     pub(crate) fn rate_deferred(&self) {
         self.rate_deferred.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn skipped_succeeded(&self) {
+        self.skipped_succeeded.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// A snapshot of the counts.
     pub fn summary(&self) -> Summary {
@@ -47,6 +51,7 @@ impl Stats {
             redelivered: self.redelivered.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
             rate_deferred: self.rate_deferred.load(Ordering::Relaxed),
+            skipped_succeeded: self.skipped_succeeded.load(Ordering::Relaxed),
         }
     }
 }
@@ -68,4 +73,7 @@ pub struct Summary {
     pub revoked: u64,
     /// Deliveries deferred through the delay queues for their rate limit.
     pub rate_deferred: u64,
+    /// Deliveries acked without running: their task had `skip_succeeded`
+    /// and their id had already succeeded.
+    pub skipped_succeeded: u64,
 }

@@ -132,6 +132,7 @@ impl Worker {
         };
         let rates = RateLimits::configured(&self.app, &self.config.rate_limits)
             .map_err(WorkerError::Config)?;
+        results_readable_by_id(&self.app)?;
         let queues: Vec<Queue> = self
             .config
             .queues
@@ -348,5 +349,31 @@ async fn prepare_delayed_delivery(ctx: Arc<Context>, stop: CancellationToken) {
 fn save_statedb(ctx: &Context) {
     if let Err(e) = ctx.revoked.save_if_changed(ctx.app.clock().value()) {
         warn!(error = %e, "could not save the state db");
+    }
+}
+
+/// Tasks with `skip_succeeded` read their id's result before running: the
+/// app's backend must keep results by id.
+fn results_readable_by_id(app: &App) -> Result<(), WorkerError> {
+    let readable = app
+        .result_backend()
+        .is_some_and(|backend| backend.keeps_results_by_id());
+    if readable {
+        return Ok(());
+    }
+    let backend = app
+        .result_backend()
+        .map_or_else(|| "no result backend".to_owned(), |b| b.url());
+    match app
+        .registry()
+        .names()
+        .find(|name| app.task_options(name).skip_succeeded == Some(true))
+    {
+        Some(name) => Err(WorkerError::Config(format!(
+            "task {name} has skip_succeeded, which reads each task id's result before \
+             running it, but the app has {backend}: give it a result backend that keeps \
+             results by id (redis://)"
+        ))),
+        None => Ok(()),
     }
 }

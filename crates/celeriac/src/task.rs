@@ -125,6 +125,12 @@ pub struct TaskOptions {
     /// `rate_limits` setting and the `rate_limit` control command override
     /// it.
     pub rate_limit: Option<String>,
+    /// Before running a delivery, read its id's result, and ack it without
+    /// running it again if that is already `SUCCESS` (so a message
+    /// delivered again after its task finished does not repeat the task's
+    /// side effects). Needs a result backend that keeps results by id.
+    /// Default false.
+    pub skip_succeeded: Option<bool>,
 }
 
 impl std::fmt::Debug for TaskOptions {
@@ -145,6 +151,7 @@ impl std::fmt::Debug for TaskOptions {
             .field("priority", &self.priority)
             .field("expires", &self.expires)
             .field("rate_limit", &self.rate_limit)
+            .field("skip_succeeded", &self.skip_succeeded)
             .finish()
     }
 }
@@ -201,7 +208,8 @@ impl TaskOptions {
             queue,
             priority,
             expires,
-            rate_limit
+            rate_limit,
+            skip_succeeded
         );
         if self.autoretry_for.is_empty() {
             self.autoretry_for = defaults.autoretry_for.clone();

@@ -208,6 +208,13 @@ impl Metrics {
         });
     }
 
+    /// A delivery was acked without running: its id had already succeeded.
+    pub(crate) fn skipped_succeeded(&self, queue: &str, name: &str) {
+        self.task(queue, name, |s| {
+            s.skipped_succeeded.inc();
+        });
+    }
+
     /// A message from `queue` was dead-lettered with `reason`.
     pub(crate) fn dead_lettered(&self, queue: &str, reason: &str) {
         if let Some(inner) = &self.inner {

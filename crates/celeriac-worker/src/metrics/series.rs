@@ -81,6 +81,7 @@ pub(crate) struct TaskSeries {
     pub(crate) rejected: Counter,
     pub(crate) revoked: Counter,
     pub(crate) rate_deferred: Counter,
+    pub(crate) skipped_succeeded: Counter,
     pub(crate) runtime: Histogram,
     pub(crate) queue_wait: Histogram,
 }
@@ -95,6 +96,7 @@ pub(crate) struct Families {
     rejected: Family<TaskLabels, Counter>,
     revoked: Family<TaskLabels, Counter>,
     rate_deferred: Family<TaskLabels, Counter>,
+    skipped_succeeded: Family<TaskLabels, Counter>,
     runtime: HistogramFamily<TaskLabels>,
     queue_wait: HistogramFamily<TaskLabels>,
     pub(crate) worker_up: GaugeFamily,
@@ -121,6 +123,7 @@ impl Families {
             rejected: Family::default(),
             revoked: Family::default(),
             rate_deferred: Family::default(),
+            skipped_succeeded: Family::default(),
             runtime: Family::new_with_constructor(task_histogram),
             queue_wait: Family::new_with_constructor(task_histogram),
             worker_up: Family::default(),
@@ -175,6 +178,11 @@ impl Families {
             "celeriac_task_rate_deferred",
             "Deliveries moved to the delay queues to wait for their rate-limit turn.",
             f.rate_deferred.clone(),
+        );
+        r.register(
+            "celeriac_task_skipped_succeeded",
+            "Deliveries acked without running: the task id had already succeeded (skip_succeeded).",
+            f.skipped_succeeded.clone(),
         );
         r.register(
             "celery_task_runtime",
@@ -250,6 +258,7 @@ impl Families {
             rejected: self.rejected.get_or_create_owned(labels),
             revoked: self.revoked.get_or_create_owned(labels),
             rate_deferred: self.rate_deferred.get_or_create_owned(labels),
+            skipped_succeeded: self.skipped_succeeded.get_or_create_owned(labels),
             runtime: self.runtime.get_or_create_owned(labels),
             queue_wait: self.queue_wait.get_or_create_owned(labels),
         }

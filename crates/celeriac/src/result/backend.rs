@@ -61,6 +61,12 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Whether any client can read a task's result by its id (`rpc://`
+    /// sends each result to its caller alone). Default true.
+    fn keeps_results_by_id(&self) -> bool {
+        true
+    }
+
     /// Gets ready to receive the result of `task_id`; called before the task
     /// is published.
     fn prepare<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;

@@ -171,6 +171,10 @@ impl ResultBackend for RpcBackend {
         })
     }
 
+    fn keeps_results_by_id(&self) -> bool {
+        false
+    }
+
     fn get<'a>(
         &'a self,
         task_id: &'a str,
