@@ -17,3 +17,4 @@ mod rate_limit;
 mod reply_queue;
 mod shutdown;
 mod skip_succeeded;
+mod unique;

@@ -36,7 +36,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 const OPTIONS: &str = "name, max_retries, default_retry_delay, retry_backoff, retry_backoff_max, \
                        retry_jitter, autoretry_for, time_limit, soft_time_limit, acks_late, \
-                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, bind";
+                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, unique_for, bind";
 
 /// The parsed `#[task(...)]` options.
 #[derive(Default)]
@@ -104,7 +104,8 @@ fn parse_options(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Options> {
             | "retry_backoff_max"
             | "time_limit"
             | "soft_time_limit"
-            | "expires" => {
+            | "expires"
+            | "unique_for" => {
                 let d = seconds(value, &key.to_string())?;
                 quote!(#key: ::core::option::Option::Some(#d))
             }

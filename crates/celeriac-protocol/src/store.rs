@@ -25,6 +25,7 @@ use crate::{DecodeError, ExceptionInfo, State};
 pub struct StoreKeys {
     task: String,
     group: String,
+    unique: String,
 }
 
 /// The keys of one chord's bookkeeping.
@@ -79,6 +80,7 @@ impl StoreKeys {
         StoreKeys {
             task: format!("{prefix}celery-task-meta-"),
             group: format!("{prefix}celery-taskset-meta-"),
+            unique: format!("{prefix}celeriac-unique-"),
         }
     }
 
@@ -90,6 +92,11 @@ impl StoreKeys {
     /// The key of saved group `gid`.
     pub fn group(&self, gid: &str) -> String {
         format!("{}{gid}", self.group)
+    }
+
+    /// The key of a unique task's lock (Celeriac's own: Celery has none).
+    pub fn unique(&self, key: &str) -> String {
+        format!("{}{key}", self.unique)
     }
 
     /// One of the chord keys of group `gid`.

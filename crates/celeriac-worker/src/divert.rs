@@ -45,6 +45,7 @@ pub(crate) async fn unregistered(
     if told.is_err() {
         return Settle::Reject { requeue: true };
     }
+    ctx.outbox.release_unique(message).await;
     ctx.events.task(|| {
         let exception = format!(
             "NotRegistered({})",
@@ -100,6 +101,7 @@ pub(crate) async fn revoke(
     if told.is_err() {
         return Settle::Reject { requeue: true };
     }
+    ctx.outbox.release_unique(message).await;
     ctx.events.task(|| {
         let terminated = why == Revocation::Terminated;
         Event::task_revoked(

@@ -8,6 +8,7 @@
 //! - workflow messages (callbacks, errbacks, chain steps, chord bodies),
 //!   through the app's canvas, so the app's routes apply to them
 //!   ([`Outbox::apply`]);
+//! - releasing a finished unique task's lock ([`Outbox::release_unique`]);
 //! - copies of a delivery: retries and requeues back to a queue
 //!   ([`Outbox::republish`]), long ETAs and retry backoffs through the
 //!   delay topology ([`Outbox::delay`]) and dead letters
@@ -17,8 +18,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use celeriac::broker::{BrokerError, DeadLetter, Delivery};
-use celeriac::protocol::RawMessage;
-use celeriac::{App, Apply, BackendError, Request, ResultMeta, Signature};
+use celeriac::protocol::{HeaderValue, RawMessage, TaskMessage};
+use celeriac::{App, Apply, BackendError, Request, ResultMeta, Signature, UNIQUE_KEY_HEADER};
 use tracing::{debug, error, warn};
 
 use crate::gone_queues::GoneReplyQueues;
@@ -149,6 +150,23 @@ impl Outbox {
                     return Err(NotStored);
                 }
             }
+        }
+    }
+
+    /// Releases the unique lock a finished task's message names
+    /// ([`UNIQUE_KEY_HEADER`]) if the task still holds it, so the next
+    /// send of the same task is enqueued. A failure leaves the lock to
+    /// expire after its time to live.
+    pub(crate) async fn release_unique(&self, message: &TaskMessage) {
+        let Some(HeaderValue::Str(key)) = message.headers.extra.get(UNIQUE_KEY_HEADER) else {
+            return;
+        };
+        let Some(locks) = self.app.result_backend().and_then(|b| b.unique_locks()) else {
+            warn!(key = %key, "this worker's result backend keeps no unique locks; the task's lock expires on its own");
+            return;
+        };
+        if let Err(e) = locks.release(key, &message.headers.id).await {
+            warn!(key = %key, error = %e, "could not release a unique task's lock; it expires on its own");
         }
     }
 

@@ -116,6 +116,7 @@ async fn succeed(
     {
         return Settle::Reject { requeue: true };
     }
+    ctx.outbox.release_unique(message).await;
     ctx.events
         .task(|| Event::task_succeeded(&request.id, &value, runtime));
     ctx.metrics
@@ -294,6 +295,7 @@ pub(crate) async fn fail(
             error!(id = %request.id, errback = %errback.task, error = %e, "sending an errback failed");
         }
     }
+    ctx.outbox.release_unique(message).await;
     ctx.stats.failed();
     if !ctx.config.dead_letter_failures {
         return Settle::Ack;

@@ -16,6 +16,7 @@ use crate::call::{SendTask, TaskCall};
 use crate::metrics::SendMetrics;
 use crate::registry::Registry;
 use crate::result::{ResultBackend, ResultSettings, open_backend};
+use crate::unique::{self, UNIQUE_KEY_HEADER, UniqueLock};
 use crate::{AsyncResult, Error, Task, TaskOptions, request};
 
 /// Environment variables read for the broker URL, in order.
@@ -184,16 +185,28 @@ impl App {
         let started = Instant::now();
         let name = self.send_metrics().map(|_| call.name.clone());
         let sent = async {
-            let (id, destination, message) = self.prepare_call(call).await?;
-            self.inner.broker.send(&destination, &message).await?;
-            Ok::<_, Error>((id, destination))
+            let prepared = self.prepare_call(call).await?;
+            if let Some(holder) = self.claim_unique(&prepared).await? {
+                return Ok((holder, None));
+            }
+            if let Err(e) = self
+                .inner
+                .broker
+                .send(&prepared.destination, &prepared.message)
+                .await
+            {
+                self.release_unsent(&prepared).await;
+                return Err(e.into());
+            }
+            Ok::<_, Error>((prepared.id, Some(prepared.destination)))
         }
         .await;
         if let (Some(metrics), Some(name)) = (self.send_metrics(), name) {
             match &sent {
-                Ok((_, destination)) => {
+                Ok((_, Some(destination))) => {
                     metrics.sent(&name, destination_queue(destination), started.elapsed());
                 }
+                Ok((_, None)) => {}
                 Err(err) => metrics.failed(&name, err),
             }
         }
@@ -228,9 +241,10 @@ impl App {
         let mut ids = Vec::new();
         let mut names = Vec::new();
         let mut batch = Vec::new();
+        let mut claimed = Vec::new();
         for call in calls {
             let name = metrics.map(|_| call.name.clone());
-            let (id, destination, message) = match self.prepare_call(call).await {
+            let prepared = match self.prepare_call(call).await {
                 Ok(prepared) => prepared,
                 Err(err) => {
                     if let (Some(metrics), Some(name)) = (metrics, &name) {
@@ -239,6 +253,26 @@ impl App {
                     return Err(err);
                 }
             };
+            match self.claim_unique(&prepared).await {
+                Ok(None) => {}
+                Ok(Some(holder)) => {
+                    ids.push(holder);
+                    continue;
+                }
+                Err(err) => {
+                    self.release_all_unsent(&claimed).await;
+                    return Err(err);
+                }
+            }
+            let Prepared {
+                id,
+                destination,
+                message,
+                unique,
+            } = prepared;
+            if let Some(lock) = unique {
+                claimed.push((lock, id.clone()));
+            }
             ids.push(id);
             names.extend(name);
             batch.push((destination, message));
@@ -250,6 +284,7 @@ impl App {
                     metrics.failed(name, &err);
                 }
             }
+            self.release_all_unsent(&claimed).await;
             return Err(err);
         }
         if let Some(metrics) = metrics {
@@ -265,11 +300,32 @@ impl App {
             .collect())
     }
 
-    /// The task id, destination and encoded message for `call`.
-    async fn prepare_call<O>(
-        &self,
-        call: TaskCall<O>,
-    ) -> Result<(String, Destination, RawMessage), Error> {
+    /// Takes the unique lock of a prepared call, if it has one: `None` to
+    /// send it, or the id of the task already holding the lock.
+    async fn claim_unique(&self, prepared: &Prepared) -> Result<Option<String>, Error> {
+        match &prepared.unique {
+            Some(lock) => unique::claim(self.inner.backend.as_ref(), lock, &prepared.id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Releases the unique lock of a call whose message was not sent.
+    async fn release_unsent(&self, prepared: &Prepared) {
+        if let Some(lock) = &prepared.unique {
+            unique::release_unsent(self.inner.backend.as_ref(), lock, &prepared.id).await;
+        }
+    }
+
+    /// Releases the unique locks (and their task ids) of calls whose
+    /// messages were not sent.
+    async fn release_all_unsent(&self, claimed: &[(UniqueLock, String)]) {
+        for (lock, id) in claimed {
+            unique::release_unsent(self.inner.backend.as_ref(), lock, id).await;
+        }
+    }
+
+    /// The task id, destination, encoded message and unique lock of `call`.
+    async fn prepare_call<O>(&self, call: TaskCall<O>) -> Result<Prepared, Error> {
         if let Some(detail) = call.error {
             return Err(Error::Arguments {
                 task: call.name,
@@ -284,6 +340,7 @@ impl App {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let sent_at = now();
 
+        let unique = unique::lock_for(&call.name, &call.args, &call.kwargs, &options, &defaults)?;
         let mut message = TaskMessage::new(call.name.clone(), id.clone())
             .with_args(call.args)
             .with_kwargs(call.kwargs);
@@ -309,6 +366,11 @@ impl App {
         message.body.embed.chord = workflow.chord.map(Box::new);
         headers.shadow = options.shadow;
         headers.extra = options.headers;
+        if let Some(lock) = &unique {
+            headers
+                .extra
+                .insert(UNIQUE_KEY_HEADER.into(), HeaderValue::Str(lock.key.clone()));
+        }
         if !headers
             .extra
             .contains_key(celeriac_protocol::ENQUEUED_AT_HEADER)
@@ -391,8 +453,26 @@ impl App {
             priority,
         };
         let destination = self.inner.router.resolve(&call.name, &route)?;
-        Ok((id, destination, message.encode()?))
+        Ok(Prepared {
+            id,
+            destination,
+            message: message.encode()?,
+            unique,
+        })
     }
+}
+
+/// A call ready to publish.
+#[derive(Debug)]
+struct Prepared {
+    /// The task id.
+    id: String,
+    /// Where it goes.
+    destination: Destination,
+    /// The encoded message.
+    message: RawMessage,
+    /// The unique lock it must take first, if any.
+    unique: Option<UniqueLock>,
 }
 
 /// Whole seconds as an int (as Python sends `time_limit=30`), else a float.

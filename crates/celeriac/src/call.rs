@@ -49,6 +49,13 @@ pub struct SendOptions {
     pub soft_time_limit: Option<Duration>,
     /// Name shown instead of the task name in logs and results.
     pub shadow: Option<String>,
+    /// Unique for this long: while a task of the same name and arguments
+    /// (or the same [`unique_key`](Self::unique_key)) is queued or
+    /// running, sending returns its id instead of enqueueing another
+    /// (overrides the task's `unique_for`).
+    pub unique_for: Option<Duration>,
+    /// What makes the task unique, instead of its arguments.
+    pub unique_key: Option<String>,
 }
 
 /// Where a call sits in a workflow: set when a worker applies a callback,
@@ -168,6 +175,22 @@ macro_rules! option_setters {
         /// Shows `name` instead of the task name in logs and results.
         pub fn shadow(mut self, name: impl Into<String>) -> Self {
             self.$($field).+.shadow = Some(name.into());
+            self
+        }
+
+        /// Makes the task unique for `ttl`: while one of the same name and
+        /// arguments (or [`unique_key`](Self::unique_key)) is queued or
+        /// running, sending returns its id instead of enqueueing another.
+        pub fn unique_for(mut self, ttl: std::time::Duration) -> Self {
+            self.$($field).+.unique_for = Some(ttl);
+            self
+        }
+
+        /// Makes tasks of this name unique by `key` (for example an account
+        /// id) instead of by their arguments; needs a `unique_for` here or
+        /// on the task.
+        pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+            self.$($field).+.unique_key = Some(key.into());
             self
         }
     };

@@ -57,6 +57,7 @@ pub mod result;
 mod task;
 mod task_error;
 pub mod testing;
+mod unique;
 
 /// The RabbitMQ layer (`celeriac-broker`), for workers and tools built on
 /// the app: deliveries, consumers, dead letters, topology.
@@ -85,6 +86,7 @@ pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
 pub use task_error::{
     RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind, python_exception,
 };
+pub use unique::UNIQUE_KEY_HEADER;
 
 /// What a task returns: its value, or a [`TaskError`].
 pub type TaskResult<T> = Result<T, TaskError>;

@@ -131,6 +131,11 @@ pub struct TaskOptions {
     /// side effects). Needs a result backend that keeps results by id.
     /// Default false.
     pub skip_succeeded: Option<bool>,
+    /// While a task of this name with the same arguments is queued or
+    /// running (for at most this long), sending another returns that
+    /// task's id instead of enqueueing a duplicate. Needs a result backend
+    /// that keeps locks (`redis://`). Default none.
+    pub unique_for: Option<Duration>,
 }
 
 impl std::fmt::Debug for TaskOptions {
@@ -152,6 +157,7 @@ impl std::fmt::Debug for TaskOptions {
             .field("expires", &self.expires)
             .field("rate_limit", &self.rate_limit)
             .field("skip_succeeded", &self.skip_succeeded)
+            .field("unique_for", &self.unique_for)
             .finish()
     }
 }
@@ -209,7 +215,8 @@ impl TaskOptions {
             priority,
             expires,
             rate_limit,
-            skip_succeeded
+            skip_succeeded,
+            unique_for
         );
         if self.autoretry_for.is_empty() {
             self.autoretry_for = defaults.autoretry_for.clone();

@@ -110,6 +110,12 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
         group_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ResultTuple>, BackendError>>;
 
+    /// The locks of unique tasks (`unique_for`), if this backend keeps them
+    /// (Redis); `None` for backends that cannot (`rpc://`).
+    fn unique_locks(&self) -> Option<&dyn UniqueLocks> {
+        None
+    }
+
     /// The chord bookkeeping, if this backend counts chord results itself
     /// (Redis); `None` for backends that cannot run chords (`rpc://`).
     fn chords(&self) -> Option<&dyn ChordStore> {
@@ -180,4 +186,26 @@ pub enum ChordJoin {
 pub struct ChordClaim {
     /// A token only this claim holds.
     pub token: String,
+}
+
+/// The locks that keep at most one task of a kind queued or running
+/// (`unique_for`): taken by the producer before it publishes, released by
+/// the worker when the task is done, expiring on their own after their
+/// time to live.
+pub trait UniqueLocks: Send + Sync {
+    /// Takes the lock `key` for `task_id` for `ttl`, unless a task holds it
+    /// already: then that task's id (`Some`), and nothing changes.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        task_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>>;
+
+    /// Releases the lock `key` if `task_id` still holds it.
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
 }

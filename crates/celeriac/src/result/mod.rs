@@ -20,7 +20,9 @@ use std::sync::Arc;
 use celeriac_broker::Broker;
 
 pub use async_result::AsyncResult;
-pub use backend::{BoxFuture, ChordClaim, ChordJoin, ChordStore, ResultBackend, ResultSettings};
+pub use backend::{
+    BoxFuture, ChordClaim, ChordJoin, ChordStore, ResultBackend, ResultSettings, UniqueLocks,
+};
 pub use error::BackendError;
 pub use group::GroupResult;
 #[cfg(feature = "redis")]

@@ -32,6 +32,7 @@ use self::url::RedisUrl;
 pub(crate) use self::url::is_redis_url;
 use super::{
     BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, ResultBackend, ResultSettings,
+    UniqueLocks,
 };
 use crate::Request;
 
@@ -269,6 +270,53 @@ impl ResultBackend for RedisBackend {
 
     fn chords(&self) -> Option<&dyn ChordStore> {
         Some(self)
+    }
+
+    fn unique_locks(&self) -> Option<&dyn UniqueLocks> {
+        Some(self)
+    }
+}
+
+impl UniqueLocks for RedisBackend {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        task_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let claimed = scripts::CLAIM_UNIQUE
+                .key(self.keys.unique(key))
+                .arg(task_id)
+                .arg(millis)
+                .invoke_async::<Option<String>>(&mut connection)
+                .await;
+            match claimed {
+                Ok(holder) => Ok(holder),
+                Err(e) => Err(self.failed("taking a unique task's lock", &e).await),
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let released = scripts::RELEASE_UNIQUE
+                .key(self.keys.unique(key))
+                .arg(task_id)
+                .invoke_async::<i64>(&mut connection)
+                .await;
+            match released {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self.failed("releasing a unique task's lock", &e).await),
+            }
+        })
     }
 }
 

@@ -122,3 +122,30 @@ return 1
 "#,
     )
 });
+
+/// KEYS: a unique task's lock. ARGV: the task id, the lock's time to live
+/// in milliseconds. Returns nil if the lock was taken for the task, else
+/// the id of the task holding it.
+pub(crate) static CLAIM_UNIQUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return nil
+end
+return redis.call('GET', KEYS[1])
+"#,
+    )
+});
+
+/// KEYS: a unique task's lock. ARGV: the task id. Deletes the lock if that
+/// task holds it; returns 1 if it did.
+pub(crate) static RELEASE_UNIQUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
