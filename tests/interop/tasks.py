@@ -9,6 +9,11 @@ result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
 (optional) ``result_expires`` in seconds and ``CELERIAC_TEST_ROUTES``
 (optional) ``task_routes`` as JSON.
 
+With ``CELERIAC_TEST_SUBSCRIBE`` set to ``<queue> <exchange> <pattern>``
+the worker's queue is a subscriber of a topic exchange (durable fan-out), and
+``events.order_created`` appends each order id it handles to the Redis list
+``CELERIAC_TEST_EVENTS_KEY`` at ``CELERIAC_TEST_REDIS``.
+
 With ``CELERIAC_BENCH_RUNS_FILE`` set, each task run appends a byte to that
 file (the benchmark's count of tasks run).
 
@@ -43,6 +48,11 @@ app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
 # Routes for the workflow steps this worker sends on (a JSON task_routes).
 app.conf.task_routes = json.loads(os.environ.get('CELERIAC_TEST_ROUTES', '{}'))
+if 'CELERIAC_TEST_SUBSCRIBE' in os.environ:
+    from kombu import Exchange, Queue
+
+    _queue, _exchange, _pattern = os.environ['CELERIAC_TEST_SUBSCRIBE'].split()
+    app.conf.task_queues = [Queue(_queue, Exchange(_exchange, type='topic'), routing_key=_pattern)]
 
 
 def _instrument():
@@ -165,6 +175,15 @@ def cpu(iterations):
     for i in range(int(iterations)):
         acc = (acc * 31 + i) % 1000003
     return acc
+
+
+@app.task(name='events.order_created')
+def order_created(order_id):
+    """This service's handler of the ``order.created`` event."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ['CELERIAC_TEST_REDIS'])
+    client.rpush(os.environ['CELERIAC_TEST_EVENTS_KEY'], order_id)
 
 
 def _exit_with_parent():

@@ -86,6 +86,32 @@ impl PythonWorker {
         PythonWorker::spawn(queue, node, &routes, backend, &["--without-gossip"], &[])
     }
 
+    /// A worker whose queue subscribes to the topic `exchange` with
+    /// `pattern` (a Python `task_queues` entry with a topic `Exchange`); its
+    /// `events.order_created` appends the order ids it handles to the list
+    /// `events_key` in Redis at `redis`.
+    pub async fn start_subscriber(
+        queue: &str,
+        exchange: &str,
+        pattern: &str,
+        redis: &str,
+        events_key: &str,
+    ) -> Result<PythonWorker> {
+        let subscribe = format!("{queue} {exchange} {pattern}");
+        let env = [
+            ("CELERIAC_TEST_SUBSCRIBE", subscribe.as_str()),
+            ("CELERIAC_TEST_REDIS", redis),
+            ("CELERIAC_TEST_EVENTS_KEY", events_key),
+        ];
+        let quiet = [
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ];
+        let node = format!("{queue}@%h");
+        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+    }
+
     fn spawn(
         queue: &str,
         node: &str,

@@ -8,6 +8,7 @@ mod config;
 mod dlq;
 mod embedded;
 mod eta_burst;
+mod fanout;
 mod logs;
 mod metrics;
 mod otlp;

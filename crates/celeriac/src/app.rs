@@ -16,6 +16,7 @@ use crate::call::{SendTask, TaskCall};
 use crate::metrics::SendMetrics;
 use crate::registry::Registry;
 use crate::result::{ResultBackend, ResultSettings, open_backend};
+use crate::topic::Topic;
 use crate::unique::{self, UNIQUE_KEY_HEADER, UniqueLock};
 use crate::{AsyncResult, Error, Task, TaskOptions, request};
 
@@ -171,6 +172,23 @@ impl App {
 
     pub(crate) fn mailbox(&self) -> &crate::control::Mailbox {
         &self.inner.mailbox
+    }
+
+    /// The topic exchange `name`, to publish events that every subscribing
+    /// service's queue receives (durable fan-out; see [`Topic`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(app: &celeriac::App) -> Result<(), celeriac::Error> {
+    /// use celeriac::TaskCall;
+    /// use serde_json::{Value, json};
+    ///
+    /// let events = app.topic("events");
+    /// let call = TaskCall::<Value>::new("events.order_created", vec![json!(42)]);
+    /// events.publish("order.created", call).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn topic(&self, name: impl Into<String>) -> Topic {
+        Topic::new(self.clone(), celeriac_broker::Exchange::topic(name))
     }
 
     /// Closes the broker connection.

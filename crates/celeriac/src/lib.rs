@@ -57,6 +57,7 @@ pub mod result;
 mod task;
 mod task_error;
 pub mod testing;
+mod topic;
 mod unique;
 
 /// The RabbitMQ layer (`celeriac-broker`), for workers and tools built on
@@ -86,6 +87,7 @@ pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
 pub use task_error::{
     RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind, python_exception,
 };
+pub use topic::Topic;
 pub use unique::UNIQUE_KEY_HEADER;
 
 /// What a task returns: its value, or a [`TaskError`].
