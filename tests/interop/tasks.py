@@ -10,9 +10,11 @@ result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
 (optional) ``task_routes`` as JSON.
 
 With ``CELERIAC_TEST_SUBSCRIBE`` set to ``<queue> <exchange> <pattern>``
-the worker's queue is a subscriber of a topic exchange (durable fan-out), and
-``events.order_created`` appends each order id it handles to the Redis list
-``CELERIAC_TEST_EVENTS_KEY`` at ``CELERIAC_TEST_REDIS``.
+the worker's queue is a subscriber of a topic exchange (durable fan-out); with
+``CELERIAC_TEST_BROADCAST`` set to a name, ``task_queues`` holds
+``Broadcast(name)``. Either way ``events.order_created`` appends each order
+id it handles to the Redis list ``CELERIAC_TEST_EVENTS_KEY`` at
+``CELERIAC_TEST_REDIS``.
 
 With ``CELERIAC_BENCH_RUNS_FILE`` set, each task run appends a byte to that
 file (the benchmark's count of tasks run).
@@ -53,6 +55,10 @@ if 'CELERIAC_TEST_SUBSCRIBE' in os.environ:
 
     _queue, _exchange, _pattern = os.environ['CELERIAC_TEST_SUBSCRIBE'].split()
     app.conf.task_queues = [Queue(_queue, Exchange(_exchange, type='topic'), routing_key=_pattern)]
+if 'CELERIAC_TEST_BROADCAST' in os.environ:
+    from kombu.common import Broadcast
+
+    app.conf.task_queues = [Broadcast(os.environ['CELERIAC_TEST_BROADCAST'])]
 
 
 def _instrument():

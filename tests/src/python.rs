@@ -112,6 +112,28 @@ impl PythonWorker {
         PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
     }
 
+    /// A worker consuming the broadcast queue `name` (`Broadcast(name)` in
+    /// its `task_queues`); its `events.order_created` appends the order ids
+    /// it handles to the list `events_key` in Redis at `redis`.
+    pub async fn start_broadcast(
+        name: &str,
+        redis: &str,
+        events_key: &str,
+    ) -> Result<PythonWorker> {
+        let env = [
+            ("CELERIAC_TEST_BROADCAST", name),
+            ("CELERIAC_TEST_REDIS", redis),
+            ("CELERIAC_TEST_EVENTS_KEY", events_key),
+        ];
+        let quiet = [
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ];
+        let node = format!("{name}@%h");
+        PythonWorker::spawn(name, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+    }
+
     fn spawn(
         queue: &str,
         node: &str,

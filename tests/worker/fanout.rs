@@ -1,6 +1,8 @@
-//! Durable fan-out: events published once to a topic exchange reach three
+//! Fan-out. Durable: events published once to a topic exchange reach three
 //! subscribing services (two Rust, one Python), each with its own queue,
-//! and each service handles every event once.
+//! and each service handles every event once. Broadcast (Celery's
+//! `Broadcast` queues): a task sent once, from Rust or from Python, runs on
+//! every worker consuming the broadcast queue, Rust and Python.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,6 +22,8 @@ const EVENTS: u32 = 50;
 
 static BILLING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static SHIPPING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static FIRST_WORKER: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static SECOND_WORKER: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// The billing service's handler of `order.created`.
 #[task(name = "events.order_created")]
@@ -31,6 +35,46 @@ async fn billing_order_created(order_id: u32) {
 #[task(name = "events.order_created")]
 async fn shipping_order_created(order_id: u32) {
     SHIPPING.lock().unwrap().push(order_id);
+}
+
+/// The first broadcast consumer's handler.
+#[task(name = "events.order_created")]
+async fn first_worker_order_created(order_id: u32) {
+    FIRST_WORKER.lock().unwrap().push(order_id);
+}
+
+/// The second broadcast consumer's handler.
+#[task(name = "events.order_created")]
+async fn second_worker_order_created(order_id: u32) {
+    SECOND_WORKER.lock().unwrap().push(order_id);
+}
+
+/// The queues bound to `exchange` now, by `rabbitmqctl`.
+fn bound_to(exchange: &str) -> Result<Vec<String>> {
+    let bindings =
+        celeriac_tests::rabbitmqctl(&["list_bindings", "-q", "source_name", "destination_name"])?;
+    Ok(bindings
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(source, _)| *source == exchange)
+        .map(|(_, queue)| queue.to_owned())
+        .collect())
+}
+
+/// Waits up to a minute until `count` queues are bound to `exchange`.
+async fn until_bound(exchange: &str, count: usize, python: &PythonWorker) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while bound_to(exchange)?.len() < count {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{count} queues were not bound to {exchange} within a minute: {:?}; Python's \
+             log:\n{}",
+            bound_to(exchange)?,
+            python.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// A Rust service's worker: its own app, with its queue bound to
@@ -55,29 +99,33 @@ async fn service(
     Ok(RunningWorker::run(app, config))
 }
 
-/// Each of `0..EVENTS` exactly once in `handled`, in any order.
-fn each_once(service: &str, mut handled: Vec<u32>) -> Result<()> {
+/// Each of `0..total` exactly once in `handled`, in any order.
+fn each_once(service: &str, mut handled: Vec<u32>, total: u32) -> Result<()> {
     handled.sort_unstable();
-    let expected: Vec<u32> = (0..EVENTS).collect();
+    let expected: Vec<u32> = (0..total).collect();
     ensure!(
         handled == expected,
-        "{service} handled {} events, expected each of 0..{EVENTS} once: {handled:?}",
+        "{service} handled {} events, expected each of 0..{total} once: {handled:?}",
         handled.len()
     );
     Ok(())
 }
 
-/// Waits until `count` says `EVENTS`, for a minute at most.
-async fn until_all(service: &str, mut count: impl AsyncFnMut() -> Result<usize>) -> Result<()> {
+/// Waits until `count` says `total`, for a minute at most.
+async fn until_all(
+    service: &str,
+    total: u32,
+    mut count: impl AsyncFnMut() -> Result<usize>,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let seen = count().await?;
-        if seen >= EVENTS as usize {
+        if seen >= total as usize {
             return Ok(());
         }
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "{service} handled {seen} of {EVENTS} events in a minute"
+            "{service} handled {seen} of {total} events in a minute"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -108,33 +156,7 @@ async fn an_event_published_once_reaches_every_subscribing_service_once() -> Res
     // subscriber is refused, and a late one would miss the first events.
     let producer = App::builder().broker_url(broker_url()).build().await?;
     let events = producer.topic(&exchange);
-    let mut probes = 0;
-    loop {
-        let bound = celeriac_tests::rabbitmqctl(&[
-            "list_bindings",
-            "-q",
-            "source_name",
-            "destination_name",
-        ])?;
-        let subscribers = [&billing_queue, &shipping_queue, &python_queue]
-            .iter()
-            .filter(|queue| {
-                bound
-                    .lines()
-                    .any(|l| l.starts_with(&exchange) && l.ends_with(queue.as_str()))
-            })
-            .count();
-        if subscribers == 3 {
-            break;
-        }
-        probes += 1;
-        ensure!(
-            probes < 600,
-            "the three subscribers did not bind their queues in a minute; Python's log:\n{}",
-            python.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_bound(&exchange, 3, &python).await?;
 
     let mut ids = Vec::new();
     for order in 0..EVENTS {
@@ -146,11 +168,17 @@ async fn an_event_published_once_reaches_every_subscribing_service_once() -> Res
     let refused = events.publish("invoice.paid", nobody).await;
     ensure!(refused.is_err(), "an event with no subscriber was accepted");
 
-    until_all("billing", async || Ok(BILLING.lock().unwrap().len())).await?;
-    until_all("shipping", async || Ok(SHIPPING.lock().unwrap().len())).await?;
+    until_all("billing", EVENTS, async || {
+        Ok(BILLING.lock().unwrap().len())
+    })
+    .await?;
+    until_all("shipping", EVENTS, async || {
+        Ok(SHIPPING.lock().unwrap().len())
+    })
+    .await?;
     let client = redis::Client::open(redis.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
-    until_all("the Python service", async || {
+    until_all("the Python service", EVENTS, async || {
         Ok(connection.llen::<_, usize>(&events_key).await?)
     })
     .await
@@ -158,10 +186,10 @@ async fn an_event_published_once_reaches_every_subscribing_service_once() -> Res
     // A moment for any duplicate to show.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    each_once("billing", BILLING.lock().unwrap().clone())?;
-    each_once("shipping", SHIPPING.lock().unwrap().clone())?;
+    each_once("billing", BILLING.lock().unwrap().clone(), EVENTS)?;
+    each_once("shipping", SHIPPING.lock().unwrap().clone(), EVENTS)?;
     let python_handled: Vec<u32> = connection.lrange(&events_key, 0, -1).await?;
-    each_once("the Python service", python_handled)?;
+    each_once("the Python service", python_handled, EVENTS)?;
     let _: () = connection.del(&events_key).await?;
 
     for (worker, queue) in [(billing, billing_queue), (shipping, shipping_queue)] {
@@ -176,6 +204,112 @@ async fn an_event_published_once_reaches_every_subscribing_service_once() -> Res
     drop(python);
     let _ = producer.broker().delete_queue(&python_queue).await;
     let _ = producer.broker().delete_exchange(&exchange).await;
+    producer.close().await;
+    Ok(())
+}
+
+/// A Rust worker consuming the broadcast queue `alias` with `handler`.
+async fn broadcast_worker(alias: &str, handler: impl celeriac::Task) -> Result<RunningWorker> {
+    let app = App::builder()
+        .broker_url(broker_url())
+        .queue(Queue::broadcast(alias))
+        .task(handler)
+        .build()
+        .await?;
+    let config = WorkerConfig {
+        queues: vec![alias.to_owned()],
+        concurrency: 4,
+        hostname: format!("{}@{alias}", fastrand::u32(..)),
+        ..WorkerConfig::default()
+    };
+    Ok(RunningWorker::run(app, config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_task_runs_on_every_worker_from_either_language() -> Result<()> {
+    const EACH: u32 = 10;
+    let redis = require_redis()?;
+    let alias = unique("reload");
+    let events_key = unique("broadcast-handled");
+    let first = broadcast_worker(&alias, first_worker_order_created).await?;
+    let second = broadcast_worker(&alias, second_worker_order_created).await?;
+    let python = PythonWorker::start_broadcast(&alias, &redis, &events_key).await?;
+    until_bound(&alias, 3, &python).await?;
+
+    // From Rust: orders EACH..2*EACH, routed by the broadcast queue's alias.
+    let producer = App::builder()
+        .broker_url(broker_url())
+        .queue(Queue::broadcast(&alias))
+        .build()
+        .await?;
+    let calls = (EACH..2 * EACH).map(|order| {
+        TaskCall::<Value>::new("events.order_created", vec![json!(order)]).queue(&alias)
+    });
+    producer.send_many(calls).await?;
+    // From Python: orders 0..EACH, with Celery's own Broadcast queue.
+    let output = tokio::process::Command::new(celeriac_tests::interop_python()?)
+        .arg(celeriac_tests::repo_root().join("tests/interop/send_burst.py"))
+        .args([
+            &broker_url(),
+            &alias,
+            "events.order_created",
+            &EACH.to_string(),
+        ])
+        .args(["--index-arg", "--broadcast"])
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "send_burst.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Neither producer declared a queue of its own on the exchange.
+    let bound = bound_to(&alias)?;
+    ensure!(
+        bound.len() == 3 && bound.iter().all(|queue| queue.starts_with("bcast.")),
+        "the broadcast exchange has other queues than its three consumers': {bound:?}"
+    );
+
+    let total = 2 * EACH;
+    until_all("the first Rust worker", total, async || {
+        Ok(FIRST_WORKER.lock().unwrap().len())
+    })
+    .await?;
+    until_all("the second Rust worker", total, async || {
+        Ok(SECOND_WORKER.lock().unwrap().len())
+    })
+    .await?;
+    let client = redis::Client::open(redis.as_str())?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    until_all("the Python worker", total, async || {
+        Ok(connection.llen::<_, usize>(&events_key).await?)
+    })
+    .await
+    .with_context(|| python.log())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_once(
+        "the first Rust worker",
+        FIRST_WORKER.lock().unwrap().clone(),
+        total,
+    )?;
+    each_once(
+        "the second Rust worker",
+        SECOND_WORKER.lock().unwrap().clone(),
+        total,
+    )?;
+    let python_handled: Vec<u32> = connection.lrange(&events_key, 0, -1).await?;
+    each_once("the Python worker", python_handled, total)?;
+    let _: () = connection.del(&events_key).await?;
+
+    for worker in [first, second] {
+        let summary = worker.stop().await?;
+        ensure!(
+            summary.succeeded == u64::from(total) && summary.dead_lettered == 0,
+            "{summary:?}"
+        );
+    }
+    drop(python);
+    let _ = producer.broker().delete_exchange(&alias).await;
     producer.close().await;
     Ok(())
 }

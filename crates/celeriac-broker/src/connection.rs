@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     pub(crate) delay_declared: tokio::sync::OnceCell<()>,
     /// Queues bound to the delay topology's delivery exchange.
     delay_bound: Mutex<HashSet<String>>,
+    /// Broadcast queues' fanout exchanges this handle declared (durable:
+    /// once is enough).
+    broadcast_exchanges: Mutex<HashSet<String>>,
     /// Exchanges transient publishes declared, by connection generation.
     exchanges_ready: Mutex<HashSet<(u64, String)>>,
     /// Connections opened after the first one (successful reconnects).
@@ -123,6 +126,7 @@ impl Broker {
             blocked: Mutex::new(None),
             delay_declared: tokio::sync::OnceCell::new(),
             delay_bound: Mutex::default(),
+            broadcast_exchanges: Mutex::default(),
             exchanges_ready: Mutex::default(),
             reconnects: AtomicU64::new(0),
             resent: AtomicU64::new(0),
@@ -184,6 +188,16 @@ impl Broker {
     /// Records that `queue` is bound to the delay topology.
     pub(crate) fn mark_delay_bound(&self, queue: &str) {
         lock(&self.shared.delay_bound).insert(queue.to_owned());
+    }
+
+    /// Whether this handle declared the broadcast exchange `name`.
+    pub(crate) fn broadcast_exchange_declared(&self, name: &str) -> bool {
+        lock(&self.shared.broadcast_exchanges).contains(name)
+    }
+
+    /// Records that this handle declared the broadcast exchange `name`.
+    pub(crate) fn mark_broadcast_exchange(&self, name: &str) {
+        lock(&self.shared.broadcast_exchanges).insert(name.to_owned());
     }
 
     /// Whether the connection is up right now.

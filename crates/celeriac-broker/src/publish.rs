@@ -98,6 +98,15 @@ impl Broker {
     /// Python's `maybe_declare` does).
     async fn declare_destination(&self, destination: &Destination) -> Result<(), BrokerError> {
         match &destination.queue {
+            // A broadcast queue belongs to the worker consuming it: a
+            // producer's would never be consumed, nor ever deleted.
+            Some(queue) if queue.is_broadcast() => {
+                if !self.broadcast_exchange_declared(&queue.exchange.name) {
+                    self.declare_exchange(&queue.exchange).await?;
+                    self.mark_broadcast_exchange(&queue.exchange.name);
+                }
+                Ok(())
+            }
             Some(queue) if !self.is_declared(queue) => {
                 let _declaring = self.shared.declaring.lock().await;
                 if self.is_declared(queue) {

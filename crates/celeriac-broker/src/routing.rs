@@ -109,6 +109,10 @@ pub struct QueueDefaults {
 impl QueueDefaults {
     /// `queue` with these defaults filled in where it sets nothing.
     pub fn apply(&self, mut queue: Queue) -> Queue {
+        if queue.auto_delete || queue.exclusive {
+            // Quorum queues cannot be auto-delete or exclusive.
+            return queue;
+        }
         let arguments = &mut queue.arguments;
         if arguments.queue_type.is_none() {
             arguments.queue_type = self.queue_type.filter(|t| *t != QueueType::Classic);
@@ -151,10 +155,11 @@ impl Router {
         }
     }
 
-    /// Registers a queue definition (like an entry of `task_queues`).
+    /// Registers a queue definition (like an entry of `task_queues`), by
+    /// its [alias](Queue::alias).
     pub fn queue(mut self, queue: Queue) -> Router {
         let queue = self.defaults.apply(queue);
-        self.queues.insert(queue.name.clone(), queue);
+        self.queues.insert(queue.alias().to_owned(), queue);
         self
     }
 
@@ -415,6 +420,29 @@ mod tests {
             Router::default()
                 .route("a.[", RouteOptions::default())
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_broadcast_queue_is_known_by_its_alias_and_stays_classic() {
+        let router = Router::default()
+            .queue_defaults(QueueDefaults {
+                queue_type: Some(QueueType::Quorum),
+                max_priority: None,
+            })
+            .queue(Queue::broadcast("reload"));
+        let queue = router.queue_named("reload").unwrap();
+        assert!(queue.is_broadcast() && queue.name.starts_with("bcast."));
+        assert_eq!(
+            queue.arguments.queue_type, None,
+            "quorum queues cannot auto-delete"
+        );
+        let d = router
+            .resolve("t", &opts(Some("reload"), None, None))
+            .unwrap();
+        assert_eq!(
+            (d.exchange.as_str(), d.routing_key.as_str()),
+            ("reload", "reload")
         );
     }
 }

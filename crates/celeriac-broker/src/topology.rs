@@ -246,6 +246,48 @@ impl Queue {
         }
     }
 
+    /// A broadcast queue, as Python's `kombu.common.Broadcast(alias)`: a
+    /// queue of this consumer's own (`bcast.<uuid>`, auto-delete) bound to
+    /// the fanout exchange `alias`, so every worker consuming `alias` gets
+    /// a copy of each message sent there. Routes and `-Q` name it by its
+    /// alias.
+    ///
+    /// ```
+    /// use celeriac_broker::Queue;
+    /// let q = Queue::broadcast("reload_config");
+    /// assert!(q.is_broadcast() && q.name.starts_with("bcast."));
+    /// assert_eq!(q.exchange.name, "reload_config");
+    /// ```
+    pub fn broadcast(alias: impl Into<String>) -> Queue {
+        let alias = alias.into();
+        Queue {
+            name: format!("bcast.{}", uuid::Uuid::new_v4()),
+            exchange: Exchange::new(alias.clone(), ExchangeKind::Fanout),
+            routing_key: alias,
+            durable: true,
+            exclusive: false,
+            auto_delete: true,
+            arguments: QueueArguments::default(),
+        }
+    }
+
+    /// Whether this is a broadcast queue (auto-delete, on a fanout
+    /// exchange): known by its exchange's name, declared only by the
+    /// worker consuming it (a producer declares the exchange alone).
+    pub fn is_broadcast(&self) -> bool {
+        self.auto_delete && self.exchange.kind == ExchangeKind::Fanout
+    }
+
+    /// The name routes and `-Q` know this queue by: the exchange's for a
+    /// broadcast queue, else its own.
+    pub fn alias(&self) -> &str {
+        if self.is_broadcast() {
+            &self.exchange.name
+        } else {
+            &self.name
+        }
+    }
+
     /// A lock held by the declaring connection: an exclusive, auto-delete
     /// queue on the default exchange. RabbitMQ refuses it to every other
     /// connection (`405 RESOURCE_LOCKED`) and deletes it when the holder's

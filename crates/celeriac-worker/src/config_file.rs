@@ -179,6 +179,10 @@ pub struct QueueSpec {
     /// `x-dead-letter-strategy` (quorum queues): `at-most-once` or
     /// `at-least-once`.
     pub dead_letter_strategy: Option<String>,
+    /// A broadcast queue, as Python's `Broadcast(name)`: every worker
+    /// consuming it gets its own auto-delete queue on the fanout exchange
+    /// `name`, and a copy of each message. No other key may be set with it.
+    pub broadcast: Option<bool>,
 }
 
 impl QueueSpec {
@@ -203,6 +207,19 @@ impl QueueSpec {
 
     /// The queue declaration for queue `name`.
     pub fn to_queue(&self, name: &str) -> Result<Queue, String> {
+        if self.broadcast == Some(true) {
+            let alone = QueueSpec {
+                broadcast: None,
+                ..self.clone()
+            };
+            if alone != QueueSpec::default() {
+                return Err(format!(
+                    "queue {name}: broadcast = true takes no other setting (its queue is \
+                     each worker's own, auto-delete, on the fanout exchange {name})"
+                ));
+            }
+            return Ok(Queue::broadcast(name));
+        }
         let kind = match self.exchange_type.as_deref().unwrap_or("direct") {
             "direct" => ExchangeKind::Direct,
             "topic" => ExchangeKind::Topic,
@@ -318,6 +335,16 @@ fn toml_value(text: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broadcast_queue_takes_no_other_setting() {
+        let (name, spec) = QueueSpec::parse_flag("reload:broadcast=true").unwrap();
+        let queue = spec.to_queue(&name).unwrap();
+        assert!(queue.is_broadcast() && queue.exchange.name == "reload");
+        let (name, spec) = QueueSpec::parse_flag("reload:broadcast=true,max_priority=5").unwrap();
+        let err = spec.to_queue(&name).unwrap_err();
+        assert!(err.contains("takes no other setting"), "{err}");
+    }
 
     #[test]
     fn config_files_reject_unknown_keys_with_the_line() {
