@@ -9,6 +9,7 @@ mod dlq;
 mod embedded;
 mod eta_burst;
 mod fanout;
+mod global_limits;
 mod logs;
 mod metrics;
 mod otlp;

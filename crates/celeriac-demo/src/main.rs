@@ -7,7 +7,9 @@
 //!   in Redis (`--python-queue` adds a chord across Python and Rust);
 //! - `celeriac-demo worker [flags]`: the standard worker CLI (the flags of
 //!   `celeriac_worker::cli::Args`) over the demo tasks, for Python callers
-//!   and the tests.
+//!   and the tests;
+//! - `celeriac-demo limits-worker [flags]`: the same over `demo.hold`, a
+//!   task under a global concurrency limit (needs a Redis result backend).
 
 use std::process::ExitCode;
 
@@ -39,6 +41,9 @@ enum Command {
     Canvas(celeriac_demo::canvas::Args),
     /// A worker over the demo tasks, with the standard worker flags
     Worker(Box<celeriac_worker::cli::Args>),
+    /// A worker over demo.hold (at most two per key across the fleet); needs
+    /// --result-backend redis://...
+    LimitsWorker(Box<celeriac_worker::cli::Args>),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,10 @@ fn main() -> ExitCode {
         Some(Command::Worker(args)) => celeriac_worker::cli::run_with(
             *args,
             celeriac_demo::tasks::register(celeriac::App::builder()),
+        ),
+        Some(Command::LimitsWorker(args)) => celeriac_worker::cli::run_with(
+            *args,
+            celeriac_demo::tasks::register_limited(celeriac::App::builder()),
         ),
     }
 }

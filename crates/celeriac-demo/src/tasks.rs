@@ -118,7 +118,24 @@ pub fn crash() {
     std::process::abort()
 }
 
-/// Registers every demo task.
+/// `demo.hold(key, seconds)`: sleeps for `seconds`, at most two at once
+/// per `key` across every worker (a global limit, kept in Redis). Served by
+/// `celeriac-demo limits-worker`, not by the plain demo worker (which may
+/// run without Redis).
+#[task(name = "demo.hold", global_concurrency = 2, limit_key = "key")]
+pub async fn hold(key: String, seconds: f64) -> f64 {
+    let _ = key;
+    tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+    seconds
+}
+
+/// Registers the demo tasks under global limits (they need a Redis result
+/// backend).
+pub fn register_limited(app: AppBuilder) -> AppBuilder {
+    app.task(hold)
+}
+
+/// Registers every demo task but those under global limits.
 pub fn register(app: AppBuilder) -> AppBuilder {
     app.task(add)
         .task(sleep)

@@ -36,7 +36,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 const OPTIONS: &str = "name, max_retries, default_retry_delay, retry_backoff, retry_backoff_max, \
                        retry_jitter, autoretry_for, time_limit, soft_time_limit, acks_late, \
-                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, unique_for, bind";
+                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, unique_for, global_concurrency, limit_key, bind";
 
 /// The parsed `#[task(...)]` options.
 #[derive(Default)]
@@ -75,6 +75,14 @@ fn parse_options(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Options> {
             "max_retries" => {
                 let n = integer(value, "max_retries", "max_retries = 5")?;
                 quote!(max_retries: ::core::option::Option::Some(#n))
+            }
+            "global_concurrency" => {
+                let n = integer(value, "global_concurrency", "global_concurrency = 5")?;
+                quote!(global_concurrency: ::core::option::Option::Some(#n))
+            }
+            "limit_key" => {
+                let key = string(value, "limit_key", "limit_key = \"account_id\"")?;
+                quote!(limit_key: ::core::option::Option::Some(::std::string::String::from(#key)))
             }
             "priority" => {
                 let n = integer(value, "priority", "priority = 5")?;

@@ -26,6 +26,7 @@ pub struct StoreKeys {
     task: String,
     group: String,
     unique: String,
+    limit: String,
 }
 
 /// The keys of one chord's bookkeeping.
@@ -81,6 +82,7 @@ impl StoreKeys {
             task: format!("{prefix}celery-task-meta-"),
             group: format!("{prefix}celery-taskset-meta-"),
             unique: format!("{prefix}celeriac-unique-"),
+            limit: format!("{prefix}celeriac-limit-"),
         }
     }
 
@@ -97,6 +99,11 @@ impl StoreKeys {
     /// The key of a unique task's lock (Celeriac's own: Celery has none).
     pub fn unique(&self, key: &str) -> String {
         format!("{}{key}", self.unique)
+    }
+
+    /// The key of a global limit's leases (Celeriac's own).
+    pub fn limit(&self, key: &str) -> String {
+        format!("{}{key}", self.limit)
     }
 
     /// One of the chord keys of group `gid`.

@@ -98,6 +98,16 @@ pub struct Args {
     #[arg(long = "rate-limit", value_name = "TASK=RATE")]
     pub rate_limits: Vec<String>,
 
+    /// Seconds a global concurrency limit's lease lasts unless renewed; a
+    /// killed worker's leases free up after this [default: 60]
+    #[arg(long, env = "CELERIAC_GLOBAL_LEASE")]
+    pub global_lease: Option<f64>,
+
+    /// While the store of global limits is unreachable: wait (never exceed
+    /// a limit) or run (unlimited) [default: wait]
+    #[arg(long, env = "CELERIAC_GLOBAL_LIMITS_OUTAGE")]
+    pub global_limits_outage: Option<String>,
+
     /// Deliveries of one message before it is dead-lettered as a crash loop
     /// [default: 10]
     #[arg(long, env = "CELERIAC_REDELIVERY_LIMIT")]
@@ -319,6 +329,18 @@ impl Args {
             )?,
             eta_hold_limit: self.eta_hold_limit.or(file.eta_hold_limit),
             rate_limits: rate_limits(file.rate_limits.unwrap_or_default(), &self.rate_limits)?,
+            global_lease: secs(
+                self.global_lease.or(file.global_lease),
+                "global_lease",
+                defaults.global_lease,
+            )?,
+            global_limits_outage: self
+                .global_limits_outage
+                .or(file.global_limits_outage)
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
             redelivery_limit: self
                 .redelivery_limit
                 .or(file.redelivery_limit)

@@ -34,6 +34,14 @@ pub struct WorkerConfig {
     /// `"1000/h"`; `"0"` removes a task's own), over the tasks' own
     /// `rate_limit` (`--rate-limit TASK=RATE`). Default none.
     pub rate_limits: BTreeMap<String, String>,
+    /// How long a global concurrency limit's lease lasts unless renewed
+    /// (it is renewed every third of this while its task runs): a worker
+    /// killed while holding leases frees them after this
+    /// (`--global-lease`). Default 60 s.
+    pub global_lease: Duration,
+    /// What a task under a global limit does while the lease store is
+    /// unreachable (`--global-limits-outage`). Default: wait.
+    pub global_limits_outage: LimitOutage,
     /// Deliveries of one message before it is dead-lettered as a crash loop.
     /// Default 10.
     pub redelivery_limit: u32,
@@ -84,6 +92,8 @@ impl Default for WorkerConfig {
             eta_horizon: Duration::from_secs(600),
             eta_hold_limit: None,
             rate_limits: BTreeMap::new(),
+            global_lease: Duration::from_secs(60),
+            global_limits_outage: LimitOutage::Wait,
             redelivery_limit: 10,
             dead_letter_failures: true,
             ack_batch: 32,
@@ -127,6 +137,33 @@ impl WorkerConfig {
             .concurrency
             .saturating_mul(usize::from(self.prefetch_multiplier));
         u16::try_from(prefetch).unwrap_or(u16::MAX)
+    }
+}
+
+/// What a task under a global limit does while the store holding the
+/// limit's leases (the result backend) is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LimitOutage {
+    /// Wait: the delivery is deferred (5 s at a time) until the store
+    /// answers; the limit is never exceeded.
+    #[default]
+    Wait,
+    /// Run without the limit (logged), rather than stop the work.
+    Run,
+}
+
+impl std::str::FromStr for LimitOutage {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LimitOutage, String> {
+        match text {
+            "wait" => Ok(LimitOutage::Wait),
+            "run" => Ok(LimitOutage::Run),
+            other => Err(format!(
+                "global_limits_outage {other:?}: use wait (never exceed a limit) or run \
+                 (run unlimited while the store is unreachable)"
+            )),
+        }
     }
 }
 

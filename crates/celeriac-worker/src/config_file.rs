@@ -61,6 +61,10 @@ pub struct ConfigFile {
     pub eta_hold_limit: Option<usize>,
     /// Rate limits by task name (`[rate_limits]`, `"images.resize" = "10/s"`).
     pub rate_limits: Option<BTreeMap<String, String>>,
+    /// Global limits' lease in seconds.
+    pub global_lease: Option<f64>,
+    /// `wait` or `run` while the store of global limits is unreachable.
+    pub global_limits_outage: Option<String>,
     /// Redelivery limit.
     pub redelivery_limit: Option<u32>,
     /// Dead-letter final failures.

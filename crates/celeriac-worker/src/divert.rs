@@ -2,7 +2,8 @@
 //! succeeded (acked), unregistered
 //! (`FAILURE` stored, dead-lettered), revoked or expired (`REVOKED` stored,
 //! acked),
-//! postponed or deferred for its rate limit (moved to the delay topology),
+//! postponed or deferred for its rate or global limit (moved to the delay
+//! topology),
 //! redelivered (counted, or
 //! dead-lettered as a crash loop), or dead-lettered with a reason.
 
@@ -18,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::chord;
 use crate::context::Context;
+use crate::global_limits::LIMIT_WAITS_HEADER;
 use crate::isolation;
 use crate::outbox::NotStored;
 use crate::rate_limits::{Micros, RATE_SLOT_HEADER};
@@ -146,26 +148,60 @@ pub(crate) async fn defer_for_rate(
     delay: Duration,
     slot: Option<Micros>,
 ) -> Settle {
+    let header = (RATE_SLOT_HEADER, slot.map(HeaderValue::Int));
+    let settled = defer(ctx, delivery, delay, header).await;
+    if settled == Settle::AckNow {
+        debug!(task = %message.headers.task, id = %message.headers.id, ?delay, "rate-limited task deferred to its turn");
+        ctx.metrics
+            .rate_deferred(&delivery.queue, &message.headers.task);
+        ctx.stats.rate_deferred();
+    }
+    settled
+}
+
+/// A task whose global limit is full leaves through the delay topology for
+/// `delay`, counting how often it found the limit full; acked once its
+/// copy is confirmed.
+pub(crate) async fn defer_for_limit(
+    ctx: &Context,
+    delivery: &Delivery,
+    message: &TaskMessage,
+    delay: Duration,
+    waits: i64,
+) -> Settle {
+    let header = (LIMIT_WAITS_HEADER, Some(HeaderValue::Int(waits)));
+    let settled = defer(ctx, delivery, delay, header).await;
+    if settled == Settle::AckNow {
+        debug!(task = %message.headers.task, id = %message.headers.id, ?delay, waits, "global limit full; task deferred");
+        ctx.metrics
+            .limit_deferred(&delivery.queue, &message.headers.task);
+        ctx.stats.limit_deferred();
+    }
+    settled
+}
+
+/// Moves a copy of the delivery, with `header` set (or removed if `None`),
+/// to the delay topology for `delay`: `AckNow` once confirmed, else back to
+/// the queue.
+async fn defer(
+    ctx: &Context,
+    delivery: &Delivery,
+    delay: Duration,
+    (name, value): (&str, Option<HeaderValue>),
+) -> Settle {
     let mut copy = delivery.message.clone();
-    match slot {
-        Some(slot) => {
-            copy.headers
-                .insert(RATE_SLOT_HEADER.into(), HeaderValue::Int(slot));
+    match value {
+        Some(value) => {
+            copy.headers.insert(name.into(), value);
         }
         None => {
-            copy.headers.remove(RATE_SLOT_HEADER);
+            copy.headers.remove(name);
         }
     }
     match ctx.outbox.delay(&delivery.queue, delay, &copy).await {
-        Ok(()) => {
-            debug!(task = %message.headers.task, id = %message.headers.id, ?delay, "rate-limited task deferred to its turn");
-            ctx.metrics
-                .rate_deferred(&delivery.queue, &message.headers.task);
-            ctx.stats.rate_deferred();
-            Settle::AckNow
-        }
+        Ok(()) => Settle::AckNow,
         Err(e) => {
-            error!(error = %e, "deferring a rate-limited task failed; requeueing it");
+            error!(error = %e, "deferring a task failed; requeueing it");
             Settle::Reject { requeue: true }
         }
     }

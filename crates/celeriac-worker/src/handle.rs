@@ -13,7 +13,7 @@ use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
 use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
-use celeriac::{State, Task};
+use celeriac::{State, Task, TaskOptions};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,11 +22,12 @@ use tracing::{Instrument as _, debug, info, warn};
 use crate::admission::{Admission, Gate, admit, is_expired};
 use crate::context::Context;
 use crate::divert::{
-    REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, defer_for_rate, postpone,
-    revoke, skip_if_succeeded, unregistered,
+    REDELIVERIES_HEADER, Revocation, count_redelivery, dead_letter, defer_for_limit,
+    defer_for_rate, postpone, revoke, skip_if_succeeded, unregistered,
 };
 use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
+use crate::global_limits::{self, Lease, Limited};
 use crate::isolation;
 use crate::outcome::finish;
 use crate::rate_limits::{Micros, Pace};
@@ -175,6 +176,16 @@ async fn run_admitted(
             .await;
         }
     };
+    let (permit, lease) = match options.global_concurrency {
+        Some(_) => {
+            let leased = global_lease(ctx, task.as_ref(), &options, &message, delivery, permit);
+            match Box::pin(leased).await {
+                Ok(held) => held,
+                Err(settled) => return settled,
+            }
+        }
+        None => (permit, None),
+    };
     if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
         // This message was running when a worker died. Should it take this
         // one down too, finished tasks must not go with it.
@@ -215,7 +226,7 @@ async fn run_admitted(
             &tracked.terminate,
         )
         .await;
-        drop(permit);
+        drop((permit, lease));
         task_span::record_outcome(&span, &ran);
         match ran {
             Ran::Finished(result) => {
@@ -254,6 +265,46 @@ async fn run_admitted(
         return Settle::AckedEarly;
     }
     outcome
+}
+
+/// Takes the global limit's lease for a delivery holding `permit`. With
+/// the limit full it gives the permit back while it asks again, then takes
+/// a permit anew; or it defers the delivery (the `Err`, settled).
+async fn global_lease(
+    ctx: &Context,
+    task: &dyn Task,
+    options: &TaskOptions,
+    message: &TaskMessage,
+    delivery: &Delivery,
+    permit: OwnedSemaphorePermit,
+) -> Result<(OwnedSemaphorePermit, Option<Lease>), Settle> {
+    let decided = match global_limits::take(ctx, task, options, message, delivery).await {
+        Limited::Run(lease) => return Ok((permit, lease)),
+        Limited::Full => {
+            drop(permit);
+            global_limits::ask_again(ctx, task, options, message, delivery).await
+        }
+        deferred @ Limited::Defer { .. } => {
+            drop(permit);
+            deferred
+        }
+    };
+    match decided {
+        Limited::Run(lease) => {
+            let permit = tokio::select! {
+                permit = ctx.pool.permits().clone().acquire_owned() => {
+                    permit.map_err(|_| Settle::Requeue)?
+                }
+                () = ctx.shutdown.cancelled() => return Err(Settle::Requeue),
+            };
+            Ok((permit, lease))
+        }
+        Limited::Defer { delay, waits } => {
+            Err(defer_for_limit(ctx, delivery, message, delay, waits).await)
+        }
+        // `ask_again` decides; a full limit is never its answer.
+        Limited::Full => Err(Settle::Requeue),
+    }
 }
 
 /// How long a task waited to start: from when it was enqueued (its

@@ -46,6 +46,7 @@ mod divert;
 mod eta_holds;
 mod events;
 mod execute;
+mod global_limits;
 mod gone_queues;
 mod handle;
 mod isolation;
@@ -67,7 +68,7 @@ mod tracker;
 mod worker;
 
 pub use cli::main;
-pub use config::{WorkerConfig, expand_hostname};
+pub use config::{LimitOutage, WorkerConfig, expand_hostname};
 pub use config_file::{ConfigFile, QueueSpec, RouteSpec, RouteTable};
 pub use divert::REDELIVERIES_HEADER;
 pub use metrics::Metrics;

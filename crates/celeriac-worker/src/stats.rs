@@ -13,6 +13,7 @@ pub struct Stats {
     revoked: AtomicU64,
     rate_deferred: AtomicU64,
     skipped_succeeded: AtomicU64,
+    limit_deferred: AtomicU64,
 }
 
 impl Stats {
@@ -40,6 +41,9 @@ impl Stats {
     pub(crate) fn skipped_succeeded(&self) {
         self.skipped_succeeded.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn limit_deferred(&self) {
+        self.limit_deferred.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// A snapshot of the counts.
     pub fn summary(&self) -> Summary {
@@ -52,6 +56,7 @@ impl Stats {
             revoked: self.revoked.load(Ordering::Relaxed),
             rate_deferred: self.rate_deferred.load(Ordering::Relaxed),
             skipped_succeeded: self.skipped_succeeded.load(Ordering::Relaxed),
+            limit_deferred: self.limit_deferred.load(Ordering::Relaxed),
         }
     }
 }
@@ -76,4 +81,7 @@ pub struct Summary {
     /// Deliveries acked without running: their task had `skip_succeeded`
     /// and their id had already succeeded.
     pub skipped_succeeded: u64,
+    /// Deliveries deferred through the delay queues because their global
+    /// limit was full.
+    pub limit_deferred: u64,
 }

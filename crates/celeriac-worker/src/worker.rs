@@ -133,6 +133,7 @@ impl Worker {
         let rates = RateLimits::configured(&self.app, &self.config.rate_limits)
             .map_err(WorkerError::Config)?;
         results_readable_by_id(&self.app)?;
+        global_limits_can_be_kept(&self.app, &self.config)?;
         let queues: Vec<Queue> = self
             .config
             .queues
@@ -350,6 +351,48 @@ fn save_statedb(ctx: &Context) {
     if let Err(e) = ctx.revoked.save_if_changed(ctx.app.clock().value()) {
         warn!(error = %e, "could not save the state db");
     }
+}
+
+/// Tasks with `global_concurrency` keep leases in the app's backend, and
+/// count them by a parameter they have.
+fn global_limits_can_be_kept(app: &App, config: &WorkerConfig) -> Result<(), WorkerError> {
+    let keeps_leases = app
+        .result_backend()
+        .is_some_and(|backend| backend.leases().is_some());
+    for name in app.registry().names() {
+        let options = app.task_options(name);
+        if options.global_concurrency.is_none() {
+            continue;
+        }
+        if !keeps_leases {
+            return Err(WorkerError::Config(format!(
+                "task {name} has global_concurrency, whose leases are kept in the result \
+                 store: give the app a Redis result backend (redis://)"
+            )));
+        }
+        if config.global_lease < Duration::from_secs(1) {
+            return Err(WorkerError::Config(
+                "global_lease must be at least a second: leases are renewed every third of it"
+                    .into(),
+            ));
+        }
+        let parameters = app
+            .registry()
+            .get(name)
+            .map(|t| t.parameters())
+            .unwrap_or_default();
+        if let Some(key) = &options.limit_key
+            && !parameters.is_empty()
+            && !parameters.contains(&key.as_str())
+        {
+            return Err(WorkerError::Config(format!(
+                "task {name} counts its global limit by limit_key {key:?}, which is not one \
+                 of its parameters ({})",
+                parameters.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Tasks with `skip_succeeded` read their id's result before running: the

@@ -136,6 +136,14 @@ pub struct TaskOptions {
     /// task's id instead of enqueueing a duplicate. Needs a result backend
     /// that keeps locks (`redis://`). Default none.
     pub unique_for: Option<Duration>,
+    /// At most this many runs of the task at once across every worker
+    /// (per value of [`limit_key`](Self::limit_key) if set), held as
+    /// leases in the result store (`redis://`). Default none.
+    pub global_concurrency: Option<u32>,
+    /// The parameter whose value the global limit is counted by (e.g.
+    /// `account_id`: at most `global_concurrency` per account). Default:
+    /// the task name alone.
+    pub limit_key: Option<String>,
 }
 
 impl std::fmt::Debug for TaskOptions {
@@ -158,6 +166,8 @@ impl std::fmt::Debug for TaskOptions {
             .field("rate_limit", &self.rate_limit)
             .field("skip_succeeded", &self.skip_succeeded)
             .field("unique_for", &self.unique_for)
+            .field("global_concurrency", &self.global_concurrency)
+            .field("limit_key", &self.limit_key)
             .finish()
     }
 }
@@ -216,7 +226,9 @@ impl TaskOptions {
             expires,
             rate_limit,
             skip_succeeded,
-            unique_for
+            unique_for,
+            global_concurrency,
+            limit_key
         );
         if self.autoretry_for.is_empty() {
             self.autoretry_for = defaults.autoretry_for.clone();

@@ -215,6 +215,13 @@ impl Metrics {
         });
     }
 
+    /// A delivery was deferred because its global limit was full.
+    pub(crate) fn limit_deferred(&self, queue: &str, name: &str) {
+        self.task(queue, name, |s| {
+            s.limit_deferred.inc();
+        });
+    }
+
     /// A message from `queue` was dead-lettered with `reason`.
     pub(crate) fn dead_lettered(&self, queue: &str, reason: &str) {
         if let Some(inner) = &self.inner {

@@ -82,6 +82,7 @@ pub(crate) struct TaskSeries {
     pub(crate) revoked: Counter,
     pub(crate) rate_deferred: Counter,
     pub(crate) skipped_succeeded: Counter,
+    pub(crate) limit_deferred: Counter,
     pub(crate) runtime: Histogram,
     pub(crate) queue_wait: Histogram,
 }
@@ -97,6 +98,7 @@ pub(crate) struct Families {
     revoked: Family<TaskLabels, Counter>,
     rate_deferred: Family<TaskLabels, Counter>,
     skipped_succeeded: Family<TaskLabels, Counter>,
+    limit_deferred: Family<TaskLabels, Counter>,
     runtime: HistogramFamily<TaskLabels>,
     queue_wait: HistogramFamily<TaskLabels>,
     pub(crate) worker_up: GaugeFamily,
@@ -124,6 +126,7 @@ impl Families {
             revoked: Family::default(),
             rate_deferred: Family::default(),
             skipped_succeeded: Family::default(),
+            limit_deferred: Family::default(),
             runtime: Family::new_with_constructor(task_histogram),
             queue_wait: Family::new_with_constructor(task_histogram),
             worker_up: Family::default(),
@@ -183,6 +186,11 @@ impl Families {
             "celeriac_task_skipped_succeeded",
             "Deliveries acked without running: the task id had already succeeded (skip_succeeded).",
             f.skipped_succeeded.clone(),
+        );
+        r.register(
+            "celeriac_task_limit_deferred",
+            "Deliveries moved to the delay queues because their global limit was full.",
+            f.limit_deferred.clone(),
         );
         r.register(
             "celery_task_runtime",
@@ -259,6 +267,7 @@ impl Families {
             revoked: self.revoked.get_or_create_owned(labels),
             rate_deferred: self.rate_deferred.get_or_create_owned(labels),
             skipped_succeeded: self.skipped_succeeded.get_or_create_owned(labels),
+            limit_deferred: self.limit_deferred.get_or_create_owned(labels),
             runtime: self.runtime.get_or_create_owned(labels),
             queue_wait: self.queue_wait.get_or_create_owned(labels),
         }

@@ -116,6 +116,12 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The leases of global concurrency limits, if this backend keeps them
+    /// (Redis); `None` for backends that cannot (`rpc://`).
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+
     /// The chord bookkeeping, if this backend counts chord results itself
     /// (Redis); `None` for backends that cannot run chords (`rpc://`).
     fn chords(&self) -> Option<&dyn ChordStore> {
@@ -208,4 +214,39 @@ pub trait UniqueLocks: Send + Sync {
         key: &'a str,
         task_id: &'a str,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+}
+
+/// Leases that cap how many tasks of a kind run at once across every
+/// worker (`global_concurrency`). Each expires unless renewed, so a worker
+/// killed while holding one does not keep it. Times are the store's own
+/// clock, so workers' clocks need not agree.
+pub trait Leases: Send + Sync {
+    /// Takes one of `cap` leases on `key` for `holder`, for `ttl`: `false`
+    /// when all are held (leases past their time are dropped first).
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        cap: u32,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Extends `holder`'s lease on `key` to `ttl` from now; `false` if it
+    /// had already expired.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Gives `holder`'s lease on `key` back.
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The leases held on `key` now (for tests and operators).
+    fn held<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, BackendError>>;
 }

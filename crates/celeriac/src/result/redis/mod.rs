@@ -31,8 +31,8 @@ use self::subscriber::{Heard, Subscriber};
 use self::url::RedisUrl;
 pub(crate) use self::url::is_redis_url;
 use super::{
-    BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, ResultBackend, ResultSettings,
-    UniqueLocks,
+    BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, ResultBackend,
+    ResultSettings, UniqueLocks,
 };
 use crate::Request;
 
@@ -274,6 +274,92 @@ impl ResultBackend for RedisBackend {
 
     fn unique_locks(&self) -> Option<&dyn UniqueLocks> {
         Some(self)
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+}
+
+/// Milliseconds of `ttl`, at least one.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Leases for RedisBackend {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        cap: u32,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let taken = scripts::ACQUIRE_LEASE
+                .key(self.keys.limit(key))
+                .arg(holder)
+                .arg(cap)
+                .arg(millis(ttl))
+                .invoke_async::<i64>(&mut connection)
+                .await;
+            match taken {
+                Ok(taken) => Ok(taken == 1),
+                Err(e) => Err(self.failed("taking a global limit's lease", &e).await),
+            }
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let renewed = scripts::RENEW_LEASE
+                .key(self.keys.limit(key))
+                .arg(holder)
+                .arg(millis(ttl))
+                .invoke_async::<i64>(&mut connection)
+                .await;
+            match renewed {
+                Ok(renewed) => Ok(renewed == 1),
+                Err(e) => Err(self.failed("renewing a global limit's lease", &e).await),
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            match connection
+                .zrem::<_, _, i64>(self.keys.limit(key), holder)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self.failed("releasing a global limit's lease", &e).await),
+            }
+        })
+    }
+
+    fn held<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let held = scripts::HELD_LEASES
+                .key(self.keys.limit(key))
+                .invoke_async::<u32>(&mut connection)
+                .await;
+            match held {
+                Ok(held) => Ok(held),
+                Err(e) => Err(self.failed("counting a global limit's leases", &e).await),
+            }
+        })
     }
 }
 

@@ -149,3 +149,59 @@ return 0
 "#,
     )
 });
+
+/// The store's clock in milliseconds, for the lease scripts below (Redis 5+
+/// replicates scripts by their effects, so `TIME` is allowed).
+const NOW_MS: &str =
+    "local time = redis.call('TIME')\nlocal now = time[1] * 1000 + math.floor(time[2] / 1000)\n";
+
+/// KEYS: a global limit's leases (a sorted set of holders scored by
+/// expiry). ARGV: holder, cap, time to live in milliseconds. Drops expired
+/// leases, then takes one if fewer than `cap` are held (or renews the
+/// holder's own). Returns 1 if the holder has a lease, else 0.
+pub(crate) static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}{}",
+        r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ttl = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    return 1
+end
+return 0
+"#
+    ))
+});
+
+/// KEYS: a global limit's leases. ARGV: holder, time to live in
+/// milliseconds. Extends the holder's lease if it has not expired; returns
+/// 1 if it did, else 0.
+pub(crate) static RENEW_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}{}",
+        r#"
+local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expires or tonumber(expires) <= now then
+    return 0
+end
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+"#
+    ))
+});
+
+/// KEYS: a global limit's leases. Returns how many are held now.
+pub(crate) static HELD_LEASES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}{}",
+        r#"
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"#
+    ))
+});
