@@ -1,6 +1,6 @@
-//! Global concurrency limits: a cap per key holds across two workers, every
-//! key progresses, and the leases of a worker killed with SIGKILL free up
-//! when they expire.
+//! Global limits. Concurrency: a cap per key holds across two workers,
+//! every key progresses, and the leases of a worker killed with SIGKILL
+//! free up when they expire. Rate: two workers together keep one rate.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -259,5 +259,161 @@ async fn the_leases_of_a_killed_worker_free_up_when_they_expire() -> Result<()> 
         "leases are still held after every task finished"
     );
     cleanup(&producer, &queue).await;
+    Ok(())
+}
+
+/// The global rate of `call_partner`, per second.
+const GLOBAL_RATE: f64 = 10.0;
+
+/// When each `call_partner` ran (Unix seconds).
+static CALLS: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+
+/// A partner API allowing ten calls a second per tenant, whichever worker
+/// makes them.
+#[task(
+    name = "tests.limits.call_partner",
+    global_rate_limit = "10/s",
+    limit_key = "tenant"
+)]
+async fn call_partner(tenant: u32, order: u32) -> u32 {
+    let _ = tenant;
+    CALLS
+        .lock()
+        .unwrap()
+        .push(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_together_keep_one_global_rate() -> Result<()> {
+    let redis = require_redis()?;
+    let queue = unique("global-rate");
+    let mut workers = Vec::new();
+    for name in ["first", "second"] {
+        let app = App::builder()
+            .broker_url(broker_url())
+            .result_backend(&redis)
+            .task(call_partner)
+            .build()
+            .await?;
+        let config = WorkerConfig {
+            queues: vec![queue.clone()],
+            concurrency: 8,
+            hostname: format!("{name}@{queue}"),
+            ..WorkerConfig::default()
+        };
+        workers.push(RunningWorker::run(app, config));
+    }
+    let producer = App::builder()
+        .broker_url(broker_url())
+        .result_backend(&redis)
+        .build()
+        .await?;
+    // Workers that have been up a moment (their delay queues declared).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A tenant of this run only (schedules are kept by tenant).
+    let tenant = std::process::id();
+    let count = 60;
+    let sent = producer
+        .send_many((0..count).map(|order| {
+            TaskCall::<Value>::new(
+                "tests.limits.call_partner",
+                vec![json!(tenant), json!(order)],
+            )
+            .queue(&queue)
+        }))
+        .await?;
+    for result in &sent {
+        result.get(Duration::from_secs(60)).await?;
+    }
+    let mut summaries = Vec::new();
+    for worker in workers {
+        summaries.push(worker.stop().await?);
+    }
+    let mut times = CALLS.lock().unwrap().clone();
+    times.sort_by(f64::total_cmp);
+    // Runs are one interval apart, but for one gap: as for a per-worker
+    // limit, the slots between the last held one and the first deferred
+    // one (1.5 s out) go unused. So the rate is read from the median gap,
+    // and the whole span must not be faster than the limit.
+    let mut gaps: Vec<f64> = times.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    gaps.sort_by(f64::total_cmp);
+    let steady = 1.0 / gaps[gaps.len() / 2];
+    let overall = (times.len() - 1) as f64 / (times[times.len() - 1] - times[0]);
+    let busiest = crate::rate_limit::busiest_second(&times);
+    let ran_on: Vec<u64> = summaries.iter().map(|s| s.succeeded).collect();
+    println!(
+        "{count} calls limited to {GLOBAL_RATE}/s across two workers: {steady:.2}/s (median \
+         gap), {overall:.2}/s over the whole run, at most {busiest} in one second; runs per \
+         worker {ran_on:?}"
+    );
+    ensure!(times.len() == count as usize, "{} calls ran", times.len());
+    ensure!(
+        (GLOBAL_RATE * 0.9..=GLOBAL_RATE * 1.1).contains(&steady),
+        "two workers ran {steady:.2}/s together, not within 10% of {GLOBAL_RATE}/s"
+    );
+    ensure!(
+        busiest as f64 <= GLOBAL_RATE * 1.25 && overall <= GLOBAL_RATE * 1.1,
+        "faster than the limit: {busiest} calls within one second, {overall:.2}/s overall"
+    );
+    ensure!(
+        ran_on.iter().all(|&runs| runs > 0),
+        "one worker ran every call, so the rate was not shared: {ran_on:?}"
+    );
+    cleanup(&producer, &queue).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_global_limits_it_cannot_keep() -> Result<()> {
+    let redis = require_redis()?;
+    // (backend, register the rated task rather than the capped one,
+    // expected refusal)
+    let cases = [
+        (
+            "rpc://",
+            false,
+            "tests.limits.sync_account has global_concurrency",
+        ),
+        (
+            "rpc://",
+            true,
+            "tests.limits.call_partner has global_rate_limit",
+        ),
+        (
+            redis.as_str(),
+            true,
+            "both a global_rate_limit and a per-worker rate_limit",
+        ),
+    ];
+    for (backend, rated, expected) in cases {
+        let builder = App::builder()
+            .broker_url(broker_url())
+            .result_backend(backend);
+        let builder = if rated {
+            builder.task(call_partner)
+        } else {
+            builder.task(sync_account)
+        };
+        let app = builder.build().await?;
+        let local_rate = (rated && backend != "rpc://").then_some("tests.limits.call_partner");
+        let config = WorkerConfig {
+            queues: vec![unique("global-refused")],
+            rate_limits: local_rate
+                .map(|task| (task.to_owned(), "1/s".to_owned()))
+                .into_iter()
+                .collect(),
+            ..WorkerConfig::default()
+        };
+        let started = celeriac_worker::Worker::new(app.clone(), config)
+            .run_until(async {})
+            .await;
+        match started {
+            Err(celeriac_worker::WorkerError::Config(why)) if why.contains(expected) => {}
+            other => anyhow::bail!("expected a refusal saying {expected:?}, got {other:?}"),
+        }
+        app.close().await;
+    }
     Ok(())
 }

@@ -34,7 +34,7 @@ fn unix_now() -> f64 {
 }
 
 /// The most runs within any one second of `times` (sorted).
-fn busiest_second(times: &[f64]) -> usize {
+pub(crate) fn busiest_second(times: &[f64]) -> usize {
     let mut most = 0;
     let mut start = 0;
     for end in 0..times.len() {

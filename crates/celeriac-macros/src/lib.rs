@@ -36,7 +36,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 const OPTIONS: &str = "name, max_retries, default_retry_delay, retry_backoff, retry_backoff_max, \
                        retry_jitter, autoretry_for, time_limit, soft_time_limit, acks_late, \
-                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, unique_for, global_concurrency, limit_key, bind";
+                       ignore_result, track_started, queue, priority, expires, rate_limit, skip_succeeded, unique_for, global_concurrency, limit_key, global_rate_limit, bind";
 
 /// The parsed `#[task(...)]` options.
 #[derive(Default)]
@@ -124,6 +124,10 @@ fn parse_options(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Options> {
             "rate_limit" => {
                 let rate = string(value, "rate_limit", "rate_limit = \"10/s\"")?;
                 quote!(rate_limit: ::core::option::Option::Some(::std::string::String::from(#rate)))
+            }
+            "global_rate_limit" => {
+                let rate = string(value, "global_rate_limit", "global_rate_limit = \"100/m\"")?;
+                quote!(global_rate_limit: ::core::option::Option::Some(::std::string::String::from(#rate)))
             }
             "autoretry_for" => {
                 let Expr::Array(list) = value else {

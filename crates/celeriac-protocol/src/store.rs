@@ -27,6 +27,7 @@ pub struct StoreKeys {
     group: String,
     unique: String,
     limit: String,
+    rate: String,
 }
 
 /// The keys of one chord's bookkeeping.
@@ -83,6 +84,7 @@ impl StoreKeys {
             group: format!("{prefix}celery-taskset-meta-"),
             unique: format!("{prefix}celeriac-unique-"),
             limit: format!("{prefix}celeriac-limit-"),
+            rate: format!("{prefix}celeriac-rate-"),
         }
     }
 
@@ -104,6 +106,11 @@ impl StoreKeys {
     /// The key of a global limit's leases (Celeriac's own).
     pub fn limit(&self, key: &str) -> String {
         format!("{}{key}", self.limit)
+    }
+
+    /// The key of a global rate limit's schedule (Celeriac's own).
+    pub fn rate(&self, key: &str) -> String {
+        format!("{}{key}", self.rate)
     }
 
     /// One of the chord keys of group `gid`.

@@ -22,7 +22,7 @@ use crate::context::Context;
 use crate::global_limits::LIMIT_WAITS_HEADER;
 use crate::isolation;
 use crate::outbox::NotStored;
-use crate::rate_limits::{Micros, RATE_SLOT_HEADER};
+use crate::rate_limits::Micros;
 use crate::settle::Settle;
 
 /// Header counting how often a message was delivered again (crash loops).
@@ -139,16 +139,17 @@ pub(crate) async fn postpone(ctx: &Context, delivery: &Delivery, wait: Duration)
 }
 
 /// A rate-limited task whose turn is a second or more away leaves through
-/// the delay topology for `delay`, carrying the slot it was given (or none,
-/// to take one when it comes back); acked once its copy is confirmed.
+/// the delay topology for `delay`, carrying the slot it was given in the
+/// header named (or none, to take one when it comes back); acked once its
+/// copy is confirmed.
 pub(crate) async fn defer_for_rate(
     ctx: &Context,
     delivery: &Delivery,
     message: &TaskMessage,
     delay: Duration,
-    slot: Option<Micros>,
+    (name, slot): (&'static str, Option<Micros>),
 ) -> Settle {
-    let header = (RATE_SLOT_HEADER, slot.map(HeaderValue::Int));
+    let header = (name, slot.map(HeaderValue::Int));
     let settled = defer(ctx, delivery, delay, header).await;
     if settled == Settle::AckNow {
         debug!(task = %message.headers.task, id = %message.headers.id, ?delay, "rate-limited task deferred to its turn");

@@ -28,9 +28,10 @@ use crate::divert::{
 use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
 use crate::global_limits::{self, Lease, Limited};
+use crate::global_rates::{self, GLOBAL_SLOT_HEADER};
 use crate::isolation;
 use crate::outcome::finish;
-use crate::rate_limits::{Micros, Pace};
+use crate::rate_limits::{Micros, Pace, RATE_SLOT_HEADER};
 use crate::settle::{Settle, settle};
 use crate::task_span;
 use crate::tracker::Tracked;
@@ -121,15 +122,19 @@ async fn run_admitted(
     }
     // A task not waiting for an ETA takes its rate-limit turn before it is
     // seen as received: one deferred now is received when it comes back.
+    let pacer = Pacer {
+        task: task.as_ref(),
+        options: &options,
+        message: &message,
+        delivery,
+    };
     let wait = if wait.is_zero() {
-        match ctx
-            .rates
-            .pace(&ctx.eta_holds, &message.headers.task, delivery)
-        {
-            Pace::Run => Wait::Nothing,
-            Pace::Hold(wait, hold) => Wait::RateSlot(wait, hold),
-            Pace::Defer { delay, slot } => {
-                return Box::pin(defer_for_rate(ctx, delivery, &message, delay, slot)).await;
+        match pacer.pace(ctx).await {
+            (Pace::Run, _) => Wait::Nothing,
+            (Pace::Hold(wait, hold), _) => Wait::RateSlot(wait, hold),
+            (Pace::Defer { delay, slot }, header) => {
+                let deferred = defer_for_rate(ctx, delivery, &message, delay, (header, slot));
+                return Box::pin(deferred).await;
             }
         }
     } else {
@@ -149,7 +154,7 @@ async fn run_admitted(
         None
     };
     let hand_back = alone.is_none().then(|| ctx.isolation.generation());
-    let permit = match wait_turn(ctx, delivery, &message, &tracked, wait, hand_back).await {
+    let permit = match wait_turn(ctx, &pacer, &tracked, wait, hand_back).await {
         Ok(permit) => permit,
         Err(Turn::Shutdown | Turn::HandBack) => return Settle::Requeue,
         Err(Turn::Defer { delay, slot }) => {
@@ -347,9 +352,34 @@ enum Turn {
     Defer {
         /// How long it stays in the delay topology.
         delay: Duration,
-        /// The slot it was given.
-        slot: Option<Micros>,
+        /// The header to carry its slot in, and the slot it was given.
+        slot: (&'static str, Option<Micros>),
     },
+}
+
+/// What a delivery's rate-limit turn depends on.
+struct Pacer<'a> {
+    task: &'a dyn Task,
+    options: &'a TaskOptions,
+    message: &'a TaskMessage,
+    delivery: &'a Delivery,
+}
+
+impl Pacer<'_> {
+    /// The delivery's rate-limit turn: its task's global rate limit if it
+    /// has one, else its per-worker one; and the header a deferred copy
+    /// carries its slot in.
+    async fn pace<'c>(&self, ctx: &'c Context) -> (Pace<'c>, &'static str) {
+        if self.options.global_rate_limit.is_some() {
+            let paced =
+                global_rates::pace(ctx, self.task, self.options, self.message, self.delivery);
+            (Box::pin(paced).await, GLOBAL_SLOT_HEADER)
+        } else {
+            let task = &self.message.headers.task;
+            let paced = ctx.rates.pace(&ctx.eta_holds, task, self.delivery);
+            (paced, RATE_SLOT_HEADER)
+        }
+    }
 }
 
 /// Waits for what `wait` says (an ETA, in its hold slot, then the rate
@@ -359,12 +389,12 @@ enum Turn {
 /// admitted in).
 async fn wait_turn(
     ctx: &Context,
-    delivery: &Delivery,
-    message: &TaskMessage,
+    pacer: &Pacer<'_>,
     tracked: &Tracked<'_>,
     wait: Wait<'_>,
     hand_back: Option<u64>,
 ) -> Result<OwnedSemaphorePermit, Turn> {
+    let message = pacer.message;
     let handed_back = async {
         match hand_back {
             Some(admitted) => ctx.isolation.hand_back_requested(admitted).await,
@@ -398,16 +428,18 @@ async fn wait_turn(
             hold_for!(wait);
             tracked.reserved();
             drop(hold);
-            match ctx
-                .rates
-                .pace(&ctx.eta_holds, &message.headers.task, delivery)
-            {
-                Pace::Run => {}
-                Pace::Hold(wait, hold) => {
+            match pacer.pace(ctx).await {
+                (Pace::Run, _) => {}
+                (Pace::Hold(wait, hold), _) => {
                     hold_for!(wait);
                     drop(hold);
                 }
-                Pace::Defer { delay, slot } => return Err(Turn::Defer { delay, slot }),
+                (Pace::Defer { delay, slot }, header) => {
+                    return Err(Turn::Defer {
+                        delay,
+                        slot: (header, slot),
+                    });
+                }
             }
         }
     }

@@ -47,6 +47,7 @@ mod eta_holds;
 mod events;
 mod execute;
 mod global_limits;
+mod global_rates;
 mod gone_queues;
 mod handle;
 mod isolation;

@@ -44,7 +44,7 @@ pub(crate) const RATE_HORIZON: Duration = Duration::from_secs(60);
 
 /// A deferred delivery is sent to come back at least this long before its
 /// slot.
-const RETURN_MARGIN: Duration = Duration::from_millis(250);
+pub(crate) const RETURN_MARGIN: Duration = Duration::from_millis(250);
 
 /// The nearest slot a deferred delivery is given: the shortest delay (a
 /// second) and what the delay queues may take beyond it to hand a message
@@ -53,7 +53,7 @@ pub(crate) const DEFER_LEAD: Duration = Duration::from_millis(1_500);
 
 /// A carried slot older than this is not honoured: the delivery takes a
 /// new one (its worker was away, or it sat in a queue with no consumer).
-const STALE_SLOT: Duration = Duration::from_secs(5);
+pub(crate) const STALE_SLOT: Duration = Duration::from_secs(5);
 
 /// A moment as microseconds since the Unix epoch: the delay topology sends
 /// a deferred delivery to any worker, so slots are wall-clock times.
@@ -87,7 +87,12 @@ pub(crate) enum Pace<'a> {
 
 /// The slot a deferred delivery carries, if any.
 pub(crate) fn carried_slot(delivery: &Delivery) -> Option<Micros> {
-    match delivery.message.headers.get(RATE_SLOT_HEADER) {
+    carried(delivery, RATE_SLOT_HEADER)
+}
+
+/// The slot a deferred delivery carries in `header`, if any.
+pub(crate) fn carried(delivery: &Delivery, header: &str) -> Option<Micros> {
+    match delivery.message.headers.get(header) {
         Some(HeaderValue::Int(slot)) => Some(*slot),
         _ => None,
     }
@@ -202,14 +207,7 @@ impl RateLimits {
             // Another worker may have given it: keep this worker's
             // schedule behind it too.
             schedule.next = schedule.next.max(slot as f64 + schedule.interval);
-            let wait = until(slot, now);
-            return if wait.is_zero() {
-                Pace::Run
-            } else if wait < DELAY_RESOLUTION + RETURN_MARGIN {
-                Pace::Hold(wait, None)
-            } else {
-                defer(slot, wait)
-            };
+            return back_for(slot, now);
         }
         let slot = schedule.next.max(now as f64).ceil() as Micros;
         let wait = until(slot, now);
@@ -242,14 +240,27 @@ impl RateLimits {
     }
 }
 
+/// A delivery back from the delay queues for its `slot`: run now, held
+/// until it without a hold slot, or (back far too early) deferred again.
+pub(crate) fn back_for(slot: Micros, now: Micros) -> Pace<'static> {
+    let wait = until(slot, now);
+    if wait.is_zero() {
+        Pace::Run
+    } else if wait < DELAY_RESOLUTION + RETURN_MARGIN {
+        Pace::Hold(wait, None)
+    } else {
+        defer(slot, wait)
+    }
+}
+
 /// How long from `now` until `slot` (zero if it has come).
-fn until(slot: Micros, now: Micros) -> Duration {
+pub(crate) fn until(slot: Micros, now: Micros) -> Duration {
     Duration::from_micros(u64::try_from(slot - now).unwrap_or(0))
 }
 
 /// Deferred to come back a little before `slot`, `wait` away: the delay
 /// queues count whole seconds, rounded down, so it is held for the rest.
-fn defer(slot: Micros, wait: Duration) -> Pace<'static> {
+pub(crate) fn defer(slot: Micros, wait: Duration) -> Pace<'static> {
     Pace::Defer {
         delay: wait.saturating_sub(RETURN_MARGIN).max(DELAY_RESOLUTION),
         slot: Some(slot),

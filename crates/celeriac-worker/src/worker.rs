@@ -361,6 +361,7 @@ fn global_limits_can_be_kept(app: &App, config: &WorkerConfig) -> Result<(), Wor
         .is_some_and(|backend| backend.leases().is_some());
     for name in app.registry().names() {
         let options = app.task_options(name);
+        global_rate_can_be_kept(app, config, name, &options)?;
         if options.global_concurrency.is_none() {
             continue;
         }
@@ -391,6 +392,36 @@ fn global_limits_can_be_kept(app: &App, config: &WorkerConfig) -> Result<(), Wor
                 parameters.join(", ")
             )));
         }
+    }
+    Ok(())
+}
+
+/// A task with `global_rate_limit` keeps its schedule in the app's
+/// backend, has a readable rate, and no per-worker rate as well.
+fn global_rate_can_be_kept(
+    app: &App,
+    config: &WorkerConfig,
+    name: &str,
+    options: &celeriac::TaskOptions,
+) -> Result<(), WorkerError> {
+    let Some(rate) = &options.global_rate_limit else {
+        return Ok(());
+    };
+    let keeps_schedules = app
+        .result_backend()
+        .is_some_and(|backend| backend.slots().is_some());
+    if !keeps_schedules {
+        return Err(WorkerError::Config(format!(
+            "task {name} has global_rate_limit, whose schedule is kept in the result store: \
+             give the app a Redis result backend (redis://)"
+        )));
+    }
+    crate::rate_limits::parse_rate(rate)
+        .map_err(|why| WorkerError::Config(format!("task {name}: global_rate_limit: {why}")))?;
+    if options.rate_limit.is_some() || config.rate_limits.contains_key(name) {
+        return Err(WorkerError::Config(format!(
+            "task {name} has both a global_rate_limit and a per-worker rate_limit: keep one"
+        )));
     }
     Ok(())
 }

@@ -144,6 +144,11 @@ pub struct TaskOptions {
     /// `account_id`: at most `global_concurrency` per account). Default:
     /// the task name alone.
     pub limit_key: Option<String>,
+    /// Runs per second at most across every worker (per value of
+    /// [`limit_key`](Self::limit_key) if set), in Celery's syntax
+    /// (`"100/m"`), scheduled in the result store (`redis://`). Default
+    /// none.
+    pub global_rate_limit: Option<String>,
 }
 
 impl std::fmt::Debug for TaskOptions {
@@ -168,6 +173,7 @@ impl std::fmt::Debug for TaskOptions {
             .field("unique_for", &self.unique_for)
             .field("global_concurrency", &self.global_concurrency)
             .field("limit_key", &self.limit_key)
+            .field("global_rate_limit", &self.global_rate_limit)
             .finish()
     }
 }
@@ -228,7 +234,8 @@ impl TaskOptions {
             skip_succeeded,
             unique_for,
             global_concurrency,
-            limit_key
+            limit_key,
+            global_rate_limit
         );
         if self.autoretry_for.is_empty() {
             self.autoretry_for = defaults.autoretry_for.clone();

@@ -239,6 +239,11 @@ fn rate_limit(ctx: &Context, args: &Map<String, Value>) -> ControlOutcome {
         warn!(task = %task, "rate limit for an unknown task");
         return ControlOutcome::error("unknown task");
     }
+    if ctx.app.task_options(&task).global_rate_limit.is_some() {
+        return ControlOutcome::error(
+            "this task has a global rate limit across workers; a per-worker one is refused",
+        );
+    }
     match ctx.rates.set(&task, &rate) {
         Ok(true) => {
             info!(task = %task, rate = %rate, "new rate limit");

@@ -122,6 +122,12 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The schedules of global rate limits, if this backend keeps them
+    /// (Redis); `None` for backends that cannot (`rpc://`).
+    fn slots(&self) -> Option<&dyn RateSlots> {
+        None
+    }
+
     /// The chord bookkeeping, if this backend counts chord results itself
     /// (Redis); `None` for backends that cannot run chords (`rpc://`).
     fn chords(&self) -> Option<&dyn ChordStore> {
@@ -249,4 +255,51 @@ pub trait Leases: Send + Sync {
 
     /// The leases held on `key` now (for tests and operators).
     fn held<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, BackendError>>;
+}
+
+/// The schedules of global rate limits (`global_rate_limit`): per key, the
+/// earliest moment the next run may start, on the store's own clock
+/// (microseconds since the Unix epoch), so workers' clocks need not agree.
+pub trait RateSlots: Send + Sync {
+    /// Takes the next slot of `key`'s schedule (runs `interval` apart). A
+    /// slot under `near` away is given as it is; any other is put at least
+    /// `lead` away (the slots before go unused); none is given beyond
+    /// `horizon`, and the schedule is then left as it was.
+    fn take<'a>(
+        &'a self,
+        key: &'a str,
+        gaps: SlotGaps,
+    ) -> BoxFuture<'a, Result<Slot, BackendError>>;
+
+    /// Keeps `key`'s schedule behind a slot given earlier (carried back by
+    /// a deferred task); the store's clock.
+    fn honour<'a>(
+        &'a self,
+        key: &'a str,
+        slot: i64,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<i64, BackendError>>;
+}
+
+/// The spacing [`RateSlots::take`] works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotGaps {
+    /// Between two runs.
+    pub interval: Duration,
+    /// A slot closer than this is given as it is (zero: none is).
+    pub near: Duration,
+    /// Any other slot is at least this far.
+    pub lead: Duration,
+    /// No slot is given further than this.
+    pub horizon: Duration,
+}
+
+/// A slot taken from a global rate limit's schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The slot (microseconds since the Unix epoch, the store's clock);
+    /// `None` beyond the horizon.
+    pub at: Option<i64>,
+    /// The store's clock when it was taken.
+    pub now: i64,
 }

@@ -21,8 +21,8 @@ use celeriac_broker::Broker;
 
 pub use async_result::AsyncResult;
 pub use backend::{
-    BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, ResultBackend, ResultSettings,
-    UniqueLocks,
+    BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend, ResultSettings,
+    Slot, SlotGaps, UniqueLocks,
 };
 pub use error::BackendError;
 pub use group::GroupResult;

@@ -31,8 +31,8 @@ use self::subscriber::{Heard, Subscriber};
 use self::url::RedisUrl;
 pub(crate) use self::url::is_redis_url;
 use super::{
-    BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, ResultBackend,
-    ResultSettings, UniqueLocks,
+    BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend,
+    ResultSettings, Slot, SlotGaps, UniqueLocks,
 };
 use crate::Request;
 
@@ -278,6 +278,65 @@ impl ResultBackend for RedisBackend {
 
     fn leases(&self) -> Option<&dyn Leases> {
         Some(self)
+    }
+
+    fn slots(&self) -> Option<&dyn RateSlots> {
+        Some(self)
+    }
+}
+
+/// Microseconds of `duration`.
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+impl RateSlots for RedisBackend {
+    fn take<'a>(
+        &'a self,
+        key: &'a str,
+        gaps: SlotGaps,
+    ) -> BoxFuture<'a, Result<Slot, BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let taken = scripts::TAKE_SLOT
+                .key(self.keys.rate(key))
+                .arg(micros(gaps.interval).max(1))
+                .arg(micros(gaps.near))
+                .arg(micros(gaps.lead))
+                .arg(micros(gaps.horizon))
+                .invoke_async::<(i64, i64)>(&mut connection)
+                .await;
+            match taken {
+                Ok((slot, now)) => Ok(Slot {
+                    at: (slot >= 0).then_some(slot),
+                    now,
+                }),
+                Err(e) => Err(self.failed("taking a global rate limit's slot", &e).await),
+            }
+        })
+    }
+
+    fn honour<'a>(
+        &'a self,
+        key: &'a str,
+        slot: i64,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<i64, BackendError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let now = scripts::HONOUR_SLOT
+                .key(self.keys.rate(key))
+                .arg(slot)
+                .arg(micros(interval).max(1))
+                .invoke_async::<i64>(&mut connection)
+                .await;
+            match now {
+                Ok(now) => Ok(now),
+                Err(e) => Err(self
+                    .failed("honouring a global rate limit's slot", &e)
+                    .await),
+            }
+        })
     }
 }
 

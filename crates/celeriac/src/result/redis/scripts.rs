@@ -205,3 +205,46 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 "#
     ))
 });
+
+/// The store's clock in microseconds.
+const NOW_US: &str = "local time = redis.call('TIME')\nlocal now = time[1] * 1000000 + time[2]\n";
+
+/// KEYS: a global rate limit's schedule (the next free moment, in
+/// microseconds). ARGV: interval, near, lead, horizon (microseconds).
+/// Returns `{slot, now}`, or `{-1, now}` beyond the horizon.
+pub(crate) static TAKE_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_US}{}",
+        r#"
+local interval, near, lead, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then
+    slot = now
+end
+if slot > now and slot - now >= near and slot < now + lead then
+    slot = now + lead
+end
+if slot - now > horizon then
+    return {-1, now}
+end
+redis.call('SET', KEYS[1], slot + interval, 'PX', math.ceil((slot + interval - now) / 1000) + 1000)
+return {slot, now}
+"#
+    ))
+});
+
+/// KEYS: a global rate limit's schedule. ARGV: a slot given earlier, the
+/// interval (microseconds). Keeps the schedule behind the slot; returns the
+/// store's clock.
+pub(crate) static HONOUR_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_US}{}",
+        r#"
+local next = tonumber(ARGV[1]) + tonumber(ARGV[2])
+if next > tonumber(redis.call('GET', KEYS[1]) or '0') then
+    redis.call('SET', KEYS[1], next, 'PX', math.max(math.ceil((next - now) / 1000), 0) + 1000)
+end
+return now
+"#
+    ))
+});
