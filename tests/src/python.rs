@@ -98,18 +98,8 @@ impl PythonWorker {
         events_key: &str,
     ) -> Result<PythonWorker> {
         let subscribe = format!("{queue} {exchange} {pattern}");
-        let env = [
-            ("CELERIAC_TEST_SUBSCRIBE", subscribe.as_str()),
-            ("CELERIAC_TEST_REDIS", redis),
-            ("CELERIAC_TEST_EVENTS_KEY", events_key),
-        ];
-        let quiet = [
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ];
-        let node = format!("{queue}@%h");
-        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+        let queues = ("CELERIAC_TEST_SUBSCRIBE", subscribe.as_str());
+        PythonWorker::start_event_handler(queue, queues, redis, events_key)
     }
 
     /// A worker consuming the broadcast queue `name` (`Broadcast(name)` in
@@ -120,8 +110,20 @@ impl PythonWorker {
         redis: &str,
         events_key: &str,
     ) -> Result<PythonWorker> {
+        let queues = ("CELERIAC_TEST_BROADCAST", name);
+        PythonWorker::start_event_handler(name, queues, redis, events_key)
+    }
+
+    /// A quiet worker on `queue`, its `task_queues` set by the `queues`
+    /// variable, recording the events it handles in Redis.
+    fn start_event_handler(
+        queue: &str,
+        queues: (&str, &str),
+        redis: &str,
+        events_key: &str,
+    ) -> Result<PythonWorker> {
         let env = [
-            ("CELERIAC_TEST_BROADCAST", name),
+            queues,
             ("CELERIAC_TEST_REDIS", redis),
             ("CELERIAC_TEST_EVENTS_KEY", events_key),
         ];
@@ -130,8 +132,8 @@ impl PythonWorker {
             "--without-gossip",
             "--without-heartbeat",
         ];
-        let node = format!("{name}@%h");
-        PythonWorker::spawn(name, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+        let node = format!("{queue}@%h");
+        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
     }
 
     fn spawn(

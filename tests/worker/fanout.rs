@@ -309,6 +309,22 @@ async fn a_broadcast_task_runs_on_every_worker_from_either_language() -> Result<
         );
     }
     drop(python);
+    // With every consumer gone (their queues with them), a broadcast is
+    // refused rather than dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !bound_to(&alias)?.is_empty() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "broadcast queues outlived their consumers: {:?}",
+            bound_to(&alias)?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unheard = TaskCall::<Value>::new("events.order_created", vec![json!(0)]).queue(&alias);
+    ensure!(
+        producer.send_many([unheard]).await.is_err(),
+        "a broadcast with no worker to hear it was accepted"
+    );
     let _ = producer.broker().delete_exchange(&alias).await;
     producer.close().await;
     Ok(())

@@ -254,10 +254,15 @@ async fn the_leases_of_a_killed_worker_free_up_when_they_expire() -> Result<()> 
         "a task ran {first_done:?} after the kill: it did not wait for the dead worker's leases"
     );
     ensure!(summary.succeeded == 2, "{summary:?}");
-    ensure!(
-        leases.held(&limit).await? == 0,
-        "leases are still held after every task finished"
-    );
+    // Leases are given back as their runs end, in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leases.held(&limit).await? > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "leases are still held 10 s after every task finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cleanup(&producer, &queue).await;
     Ok(())
 }

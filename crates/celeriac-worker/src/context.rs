@@ -83,6 +83,14 @@ impl Context {
             .any(|q| q.name == queue && q.arguments.dead_letter_exchange.is_some())
     }
 
+    /// Whether `queue` is a broadcast queue this worker consumes.
+    pub(crate) fn is_broadcast_queue(&self, queue: &str) -> bool {
+        self.consumer
+            .queues()
+            .iter()
+            .any(|q| q.name == queue && q.is_broadcast())
+    }
+
     /// The request context of a delivery.
     pub(crate) fn request_for(&self, delivery: &Delivery, message: &TaskMessage) -> Request {
         let info = DeliveryInfo {

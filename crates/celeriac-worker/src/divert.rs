@@ -209,7 +209,9 @@ async fn defer(
 }
 
 /// A task with `skip_succeeded` whose id already has a `SUCCESS` result
-/// is acked without running again; `None` when it must run. Reading the
+/// is acked without running again (its chord, if it has one, is told of
+/// that result, in case the run that stored it died before telling it);
+/// `None` when it must run. Reading the
 /// result retries an unreachable store as storing one does; giving up
 /// sends the delivery back to its queue.
 pub(crate) async fn skip_if_succeeded(
@@ -226,6 +228,13 @@ pub(crate) async fn skip_if_succeeded(
         .await;
     match stored {
         Ok(Some(meta)) if meta.status == State::Success => {
+            // A run that stored SUCCESS and died before its chord heard of
+            // it: tell the chord now (counted once per member).
+            let request = ctx.request_for(delivery, message);
+            let told = chord::part_return(ctx, &request, message, State::Success, &meta.result);
+            if told.await.is_err() {
+                return Some(Settle::Reject { requeue: true });
+            }
             info!(task = %message.headers.task, id = %id, "task already succeeded; acked without running it again");
             ctx.metrics
                 .skipped_succeeded(&delivery.queue, &message.headers.task);

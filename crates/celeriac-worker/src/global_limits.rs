@@ -18,6 +18,7 @@
 //! once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use celeriac::broker::Delivery;
@@ -29,6 +30,9 @@ use tracing::warn;
 
 use crate::LimitOutage;
 use crate::context::Context;
+
+/// Numbers each lease this worker takes, so that every holder is distinct.
+static NEXT_HOLDER: AtomicU64 = AtomicU64::new(0);
 
 /// Header counting how often a delivery found its global limit full.
 pub(crate) const LIMIT_WAITS_HEADER: &str = "x-celeriac-limit-waits";
@@ -89,7 +93,10 @@ pub(crate) async fn take(
         return Limited::Run(None);
     };
     let key = limit_key(task, options, message);
-    let holder = format!("{}:{}", ctx.config.hostname, message.headers.id);
+    // One holder per run: two deliveries of one id on one worker (a
+    // duplicate) each hold a lease of their own.
+    let run = NEXT_HOLDER.fetch_add(1, Ordering::Relaxed);
+    let holder = format!("{}:{}:{run}", ctx.config.hostname, message.headers.id);
     let ttl = ctx.config.global_lease;
     match leases.acquire(&key, &holder, cap, ttl).await {
         Ok(true) => Limited::Run(Some(Lease::keep(backend, key, holder, ttl))),

@@ -145,7 +145,9 @@ async fn run_admitted(
     ctx.metrics.received(&delivery.queue, &message.headers.task);
     // A message that keeps coming back runs alone (`crate::isolation`);
     // one not yet due waits for its ETA as any other would.
-    let alone = if matches!(wait, Wait::Nothing) && isolation::must_run_alone(delivery) {
+    let alone = if matches!(wait, Wait::Nothing | Wait::RateSlot(..))
+        && isolation::must_run_alone(delivery)
+    {
         match isolation::begin(ctx, delivery, &message.headers.id).await {
             Some(alone) => Some(alone),
             None => return Settle::Requeue,
@@ -184,10 +186,26 @@ async fn run_admitted(
     let (permit, lease) = match options.global_concurrency {
         Some(_) => {
             let leased = global_lease(ctx, task.as_ref(), &options, &message, delivery, permit);
-            match Box::pin(leased).await {
+            let held = match Box::pin(leased).await {
                 Ok(held) => held,
                 Err(settled) => return settled,
+            };
+            // It may have waited for a lease: what wait_turn checks after
+            // its waits, checked again.
+            if hand_back.is_some_and(|admitted| ctx.isolation.must_hand_back(admitted)) {
+                return Settle::Requeue;
             }
+            let why = if tracked.revoked.is_cancelled() {
+                Some(Revocation::Revoked)
+            } else if is_expired(&message, now()) {
+                Some(Revocation::Expired)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Box::pin(revoke(ctx, &delivery.queue, &request, &message, why)).await;
+            }
+            held
         }
         None => (permit, None),
     };

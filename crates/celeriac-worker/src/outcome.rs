@@ -24,6 +24,9 @@ fn exception_repr_of(err: &TaskError) -> String {
 use crate::context::Context;
 use crate::divert::{REDELIVERIES_HEADER, dead_letter_with};
 use crate::eta_holds::DELAY_RESOLUTION;
+use crate::global_limits::LIMIT_WAITS_HEADER;
+use crate::global_rates::GLOBAL_SLOT_HEADER;
+use crate::rate_limits::RATE_SLOT_HEADER;
 use crate::settle::Settle;
 
 /// Settles a finished run (of `runtime` seconds) by its result.
@@ -183,7 +186,8 @@ async fn retry(
         // prefetch window where a retry storm would stall fresh tasks.
         ctx.outbox.delay(&delivery.queue, delay, &raw).await
     } else {
-        let (exchange, routing_key) = retry_route(delivery);
+        let (exchange, routing_key) =
+            retry_route(delivery, ctx.is_broadcast_queue(&delivery.queue));
         ctx.outbox.republish(&exchange, &routing_key, &raw).await
     };
     if let Err(e) = published {
@@ -201,7 +205,9 @@ async fn retry(
 }
 
 /// The retry of `message` (§3.7): same id, `retries + 1`, due after `delay`,
-/// without the broker's dead-letter history or our redelivery count.
+/// without the broker's dead-letter history, our redelivery count, or the
+/// rate-limit slot and limit waits of the run that failed (the retry takes
+/// its own turn).
 fn retry_message(message: &TaskMessage, delay: Duration) -> TaskMessage {
     let mut next = message.clone();
     next.headers.retries += 1;
@@ -211,7 +217,13 @@ fn retry_message(message: &TaskMessage, delay: Duration) -> TaskMessage {
         !key.starts_with("x-death")
             && !key.starts_with("x-first-death")
             && !key.starts_with("x-last-death")
-            && key != REDELIVERIES_HEADER
+            && ![
+                REDELIVERIES_HEADER,
+                RATE_SLOT_HEADER,
+                GLOBAL_SLOT_HEADER,
+                LIMIT_WAITS_HEADER,
+            ]
+            .contains(&key.as_str())
     });
     if let Some(expires) = next.headers.expires {
         next.properties.expiration = Some((expires - now()).num_milliseconds().max(0).to_string());
@@ -221,10 +233,11 @@ fn retry_message(message: &TaskMessage, delay: Duration) -> TaskMessage {
 
 /// Where a retry goes (§3.7, as Celery's `Task.retry`): back where the
 /// delivery came from. From the default exchange (or the delay topology),
-/// to its queue; otherwise to the same exchange and routing key, without a
-/// delay prefix.
-fn retry_route(delivery: &Delivery) -> (String, String) {
-    if delivery.exchange.is_empty() || delay::is_delay_exchange(&delivery.exchange) {
+/// or from a broadcast queue (whose fanout exchange would hand it to every
+/// worker again), to its queue; otherwise to the same exchange and routing
+/// key, without a delay prefix.
+fn retry_route(delivery: &Delivery, broadcast: bool) -> (String, String) {
+    if broadcast || delivery.exchange.is_empty() || delay::is_delay_exchange(&delivery.exchange) {
         (String::new(), delivery.queue.clone())
     } else {
         (

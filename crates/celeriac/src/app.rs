@@ -268,6 +268,7 @@ impl App {
                     if let (Some(metrics), Some(name)) = (metrics, &name) {
                         metrics.failed(name, &err);
                     }
+                    self.release_all_unsent(&claimed).await;
                     return Err(err);
                 }
             };

@@ -5,6 +5,7 @@
 //! the lock when the task is done, and it expires on its own after its
 //! time to live, so a task that never finishes does not hold it forever.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +55,18 @@ pub(crate) fn lock_for(
 }
 
 /// A SHA-256 of the arguments as JSON, in hex: the same arguments give the
-/// same digest whichever process sends them.
+/// same digest whichever process sends them, keyword arguments in any
+/// order.
 fn arguments_digest(args: &[Value], kwargs: &Map<String, Value>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(Value::from(args.to_vec()).to_string());
-    hasher.update(b"\n");
-    hasher.update(Value::Object(kwargs.clone()).to_string());
+    let sorted: BTreeMap<&String, &Value> = kwargs.iter().collect();
+    for (name, value) in sorted {
+        hasher.update(b"\n");
+        hasher.update(name.as_bytes());
+        hasher.update(b"=");
+        hasher.update(value.to_string());
+    }
     hasher
         .finalize()
         .iter()
@@ -125,6 +132,24 @@ mod tests {
         assert_ne!(lock(&[json!(1)]).key, lock(&[json!(2)]).key);
         assert!(lock(&[json!(1)]).key.starts_with("t:"));
         assert_eq!(lock(&[json!(1)]).ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn keyword_arguments_in_another_order_give_the_same_lock() {
+        let none = TaskOptions::default();
+        let mut ab = Map::new();
+        ab.insert("a".into(), json!(1));
+        ab.insert("b".into(), json!(2));
+        let mut ba = Map::new();
+        ba.insert("b".into(), json!(2));
+        ba.insert("a".into(), json!(1));
+        let lock = |kwargs: &Map<String, Value>| {
+            lock_for("t", &[], kwargs, &options(Some(60), None), &none)
+                .unwrap()
+                .unwrap()
+                .key
+        };
+        assert_eq!(lock(&ab), lock(&ba));
     }
 
     #[test]

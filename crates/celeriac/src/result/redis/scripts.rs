@@ -167,7 +167,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local ttl = tonumber(ARGV[3])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-    redis.call('PEXPIRE', KEYS[1], ttl)
+    if redis.call('PTTL', KEYS[1]) < ttl then
+        redis.call('PEXPIRE', KEYS[1], ttl)
+    end
     return 1
 end
 return 0
