@@ -2,13 +2,14 @@
 //! of slots, the shutdown signals, the outbox, what the worker holds and
 //! has revoked, the events, the rate and runtime limits and the counts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac::broker::{ConsumerHandle, Delivery};
 use celeriac::protocol::TaskMessage;
-use celeriac::{App, DeliveryInfo, Request};
+use celeriac::{App, DeliveryInfo, Request, TaskOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::burst::Bursts;
@@ -60,6 +61,9 @@ pub(crate) struct Context {
     pub(crate) loop_turned: AtomicU64,
     /// Deliveries in hand, and running a message alone.
     pub(crate) isolation: Isolation,
+    /// Each registered task's options (its own over the app's defaults),
+    /// resolved once at start rather than per delivery.
+    pub(crate) task_options: HashMap<String, Arc<TaskOptions>>,
 }
 
 impl Context {
@@ -81,6 +85,23 @@ impl Context {
             .queues()
             .iter()
             .any(|q| q.name == queue && q.arguments.dead_letter_exchange.is_some())
+    }
+
+    /// Each registered task's options, resolved once.
+    pub(crate) fn resolve_task_options(app: &App) -> HashMap<String, Arc<TaskOptions>> {
+        app.registry()
+            .names()
+            .map(|name| (name.to_owned(), Arc::new(app.task_options(name))))
+            .collect()
+    }
+
+    /// The options of task `name` (the app's defaults for a name that is
+    /// not registered).
+    pub(crate) fn options_of(&self, name: &str) -> Arc<TaskOptions> {
+        match self.task_options.get(name) {
+            Some(options) => options.clone(),
+            None => Arc::new(self.app.task_options(name)),
+        }
     }
 
     /// Whether `queue` is a broadcast queue this worker consumes.
@@ -114,7 +135,10 @@ impl Context {
         message
             .headers
             .ignore_result
-            .or(self.app.task_options(&message.headers.task).ignore_result)
+            .or_else(|| match self.task_options.get(&message.headers.task) {
+                Some(options) => options.ignore_result,
+                None => self.app.task_options(&message.headers.task).ignore_result,
+            })
             .unwrap_or(false)
     }
 }

@@ -114,7 +114,7 @@ async fn run_admitted(
         ))
         .await;
     }
-    let options = ctx.app.task_options(&message.headers.task);
+    let options = ctx.options_of(&message.headers.task);
     if options.skip_succeeded == Some(true)
         && let Some(settled) = Box::pin(skip_if_succeeded(ctx, delivery, &message)).await
     {

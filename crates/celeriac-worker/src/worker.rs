@@ -183,6 +183,7 @@ impl Worker {
             metrics: metrics.clone(),
             loop_turned: AtomicU64::new(0),
             isolation: Isolation::default(),
+            task_options: Context::resolve_task_options(&self.app),
             app: self.app.clone(),
             config: self.config.clone(),
         });
