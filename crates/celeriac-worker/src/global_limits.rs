@@ -30,6 +30,7 @@ use tracing::warn;
 
 use crate::LimitOutage;
 use crate::context::Context;
+use crate::pacer::Pacer;
 
 /// Numbers each lease this worker takes, so that every holder is distinct.
 static NEXT_HOLDER: AtomicU64 = AtomicU64::new(0);
@@ -40,9 +41,9 @@ pub(crate) const LIMIT_WAITS_HEADER: &str = "x-celeriac-limit-waits";
 /// The longest a delivery is deferred for a full limit at once.
 const LONGEST_DEFERRAL: Duration = Duration::from_secs(8);
 
-/// How long a delivery is deferred while the lease store is unreachable
-/// (with `global_limits_outage = wait`).
-const OUTAGE_DEFERRAL: Duration = Duration::from_secs(5);
+/// How long a delivery under a global limit is deferred while the store of
+/// global limits is unreachable (with `global_limits_outage = wait`).
+pub(crate) const OUTAGE_DEFERRAL: Duration = Duration::from_secs(5);
 
 /// How long a delivery that found its limit full asks again, in a hold
 /// slot, before it is deferred.
@@ -75,13 +76,13 @@ pub(crate) struct Lease {
 
 /// Takes the global limit's lease for `message`'s task, if it has a
 /// global limit.
-pub(crate) async fn take(
-    ctx: &Context,
-    task: &dyn Task,
-    options: &TaskOptions,
-    message: &TaskMessage,
-    delivery: &Delivery,
-) -> Limited {
+pub(crate) async fn take(ctx: &Context, pacer: &Pacer<'_>) -> Limited {
+    let Pacer {
+        task,
+        options,
+        message,
+        delivery,
+    } = *pacer;
     let Some(cap) = options.global_concurrency else {
         return Limited::Run(None);
     };
@@ -108,24 +109,18 @@ pub(crate) async fn take(
 /// After [`take`] found the limit full: asks again every 50 ms for up to a
 /// second in a hold slot (none free: at once deferred), then defers the
 /// delivery for longer each time it comes back.
-pub(crate) async fn ask_again(
-    ctx: &Context,
-    task: &dyn Task,
-    options: &TaskOptions,
-    message: &TaskMessage,
-    delivery: &Delivery,
-) -> Limited {
+pub(crate) async fn ask_again(ctx: &Context, pacer: &Pacer<'_>) -> Limited {
     if let Some(_hold) = ctx.eta_holds.try_hold() {
         let until = tokio::time::Instant::now() + ASK_AGAIN_FOR;
         while tokio::time::Instant::now() < until && !ctx.shutdown.is_cancelled() {
             tokio::time::sleep(ASK_AGAIN_EVERY).await;
-            match take(ctx, task, options, message, delivery).await {
+            match take(ctx, pacer).await {
                 Limited::Full => {}
                 decided => return decided,
             }
         }
     }
-    let waits = waits_so_far(delivery).saturating_add(1);
+    let waits = waits_so_far(pacer.delivery).saturating_add(1);
     let exponent = u32::try_from(waits - 1).unwrap_or(u32::MAX).min(3);
     Limited::Defer {
         delay: Duration::from_secs(1 << exponent).min(LONGEST_DEFERRAL),
@@ -136,19 +131,28 @@ pub(crate) async fn ask_again(
 /// What a delivery does while the lease store is unreachable: the
 /// worker's `global_limits_outage`.
 fn outage(ctx: &Context, key: &str, error: &BackendError, delivery: &Delivery) -> Limited {
-    match ctx.config.global_limits_outage {
+    match outage_policy(ctx, key, error) {
+        LimitOutage::Wait => Limited::Defer {
+            delay: OUTAGE_DEFERRAL,
+            waits: waits_so_far(delivery),
+        },
+        LimitOutage::Run => Limited::Run(None),
+    }
+}
+
+/// The worker's `global_limits_outage`, logged for a delivery under the
+/// limit `key` that found the store of global limits unreachable.
+pub(crate) fn outage_policy(ctx: &Context, key: &str, error: &BackendError) -> LimitOutage {
+    let policy = ctx.config.global_limits_outage;
+    match policy {
         LimitOutage::Wait => {
             warn!(key = %key, error = %error, "the store of global limits is unreachable; deferring the task");
-            Limited::Defer {
-                delay: OUTAGE_DEFERRAL,
-                waits: waits_so_far(delivery),
-            }
         }
         LimitOutage::Run => {
             warn!(key = %key, error = %error, "the store of global limits is unreachable; running the task unlimited");
-            Limited::Run(None)
         }
     }
+    policy
 }
 
 /// How often `delivery` found its limit full before.

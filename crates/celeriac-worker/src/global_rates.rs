@@ -8,16 +8,14 @@
 
 use std::time::Duration;
 
-use celeriac::broker::Delivery;
-use celeriac::protocol::TaskMessage;
+use celeriac::BackendError;
 use celeriac::result::SlotGaps;
-use celeriac::{BackendError, Task, TaskOptions};
-use tracing::warn;
 
 use crate::LimitOutage;
 use crate::context::Context;
 use crate::eta_holds::DELAY_RESOLUTION;
-use crate::global_limits::limit_key;
+use crate::global_limits::{self, OUTAGE_DEFERRAL, limit_key};
+use crate::pacer::Pacer;
 use crate::rate_limits::{
     DEFER_LEAD, Pace, RATE_HORIZON, STALE_SLOT, back_for, carried, defer, micros, parse_rate, until,
 };
@@ -26,18 +24,14 @@ use crate::rate_limits::{
 /// given (microseconds since the Unix epoch, the store's clock).
 pub(crate) const GLOBAL_SLOT_HEADER: &str = "x-celeriac-global-slot";
 
-/// How long a delivery is deferred while the store is unreachable (with
-/// `global_limits_outage = wait`).
-const OUTAGE_DEFERRAL: Duration = Duration::from_secs(5);
-
 /// What a delivery of a task with a global rate limit does now.
-pub(crate) async fn pace<'a>(
-    ctx: &'a Context,
-    task: &dyn Task,
-    options: &TaskOptions,
-    message: &TaskMessage,
-    delivery: &Delivery,
-) -> Pace<'a> {
+pub(crate) async fn pace<'a>(ctx: &'a Context, pacer: &Pacer<'_>) -> Pace<'a> {
+    let Pacer {
+        task,
+        options,
+        message,
+        delivery,
+    } = *pacer;
     // The worker checked at start that the rate reads and the store keeps
     // schedules.
     let Some(Ok(Some(per_second))) = options.global_rate_limit.as_deref().map(parse_rate) else {
@@ -90,17 +84,11 @@ pub(crate) async fn pace<'a>(
 /// What a delivery does while the store is unreachable: the worker's
 /// `global_limits_outage`.
 fn outage<'a>(ctx: &Context, key: &str, error: &BackendError) -> Pace<'a> {
-    match ctx.config.global_limits_outage {
-        LimitOutage::Wait => {
-            warn!(key = %key, error = %error, "the store of global limits is unreachable; deferring the task");
-            Pace::Defer {
-                delay: OUTAGE_DEFERRAL,
-                slot: None,
-            }
-        }
-        LimitOutage::Run => {
-            warn!(key = %key, error = %error, "the store of global limits is unreachable; running the task unlimited");
-            Pace::Run
-        }
+    match global_limits::outage_policy(ctx, key, error) {
+        LimitOutage::Wait => Pace::Defer {
+            delay: OUTAGE_DEFERRAL,
+            slot: None,
+        },
+        LimitOutage::Run => Pace::Run,
     }
 }

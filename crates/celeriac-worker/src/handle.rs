@@ -13,7 +13,7 @@ use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
 use celeriac::protocol::event::Event;
 use celeriac::protocol::time::now;
-use celeriac::{State, Task, TaskOptions};
+use celeriac::{State, Task};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
@@ -28,10 +28,10 @@ use crate::divert::{
 use crate::eta_holds::EtaHold;
 use crate::execute::{Ran, execute};
 use crate::global_limits::{self, Lease, Limited};
-use crate::global_rates::{self, GLOBAL_SLOT_HEADER};
 use crate::isolation;
 use crate::outcome::finish;
-use crate::rate_limits::{Micros, Pace, RATE_SLOT_HEADER};
+use crate::pacer::Pacer;
+use crate::rate_limits::{Micros, Pace};
 use crate::settle::{Settle, settle};
 use crate::task_span;
 use crate::tracker::Tracked;
@@ -156,11 +156,14 @@ async fn run_admitted(
         None
     };
     let hand_back = alone.is_none().then(|| ctx.isolation.generation());
-    let permit = match wait_turn(ctx, &pacer, &tracked, wait, hand_back).await {
-        Ok(permit) => permit,
+    let (permit, lease) = match wait_turn(ctx, &pacer, &tracked, wait, hand_back).await {
+        Ok(held) => held,
         Err(Turn::Shutdown | Turn::HandBack) => return Settle::Requeue,
         Err(Turn::Defer { delay, slot }) => {
             return Box::pin(defer_for_rate(ctx, delivery, &message, delay, slot)).await;
+        }
+        Err(Turn::LimitFull { delay, waits }) => {
+            return Box::pin(defer_for_limit(ctx, delivery, &message, delay, waits)).await;
         }
         Err(Turn::Revoked) => {
             return Box::pin(revoke(
@@ -182,32 +185,6 @@ async fn run_admitted(
             ))
             .await;
         }
-    };
-    let (permit, lease) = match options.global_concurrency {
-        Some(_) => {
-            let leased = global_lease(ctx, task.as_ref(), &options, &message, delivery, permit);
-            let held = match Box::pin(leased).await {
-                Ok(held) => held,
-                Err(settled) => return settled,
-            };
-            // It may have waited for a lease: what wait_turn checks after
-            // its waits, checked again.
-            if hand_back.is_some_and(|admitted| ctx.isolation.must_hand_back(admitted)) {
-                return Settle::Requeue;
-            }
-            let why = if tracked.revoked.is_cancelled() {
-                Some(Revocation::Revoked)
-            } else if is_expired(&message, now()) {
-                Some(Revocation::Expired)
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Box::pin(revoke(ctx, &delivery.queue, &request, &message, why)).await;
-            }
-            held
-        }
-        None => (permit, None),
     };
     if delivery.message.headers.contains_key(REDELIVERIES_HEADER) {
         // This message was running when a worker died. Should it take this
@@ -292,20 +269,17 @@ async fn run_admitted(
 
 /// Takes the global limit's lease for a delivery holding `permit`. With
 /// the limit full it gives the permit back while it asks again, then takes
-/// a permit anew; or it defers the delivery (the `Err`, settled).
+/// a permit anew; or the delivery is to be deferred (`Turn::LimitFull`).
 async fn global_lease(
     ctx: &Context,
-    task: &dyn Task,
-    options: &TaskOptions,
-    message: &TaskMessage,
-    delivery: &Delivery,
+    pacer: &Pacer<'_>,
     permit: OwnedSemaphorePermit,
-) -> Result<(OwnedSemaphorePermit, Option<Lease>), Settle> {
-    let decided = match global_limits::take(ctx, task, options, message, delivery).await {
+) -> Result<(OwnedSemaphorePermit, Option<Lease>), Turn> {
+    let decided = match global_limits::take(ctx, pacer).await {
         Limited::Run(lease) => return Ok((permit, lease)),
         Limited::Full => {
             drop(permit);
-            global_limits::ask_again(ctx, task, options, message, delivery).await
+            global_limits::ask_again(ctx, pacer).await
         }
         deferred @ Limited::Defer { .. } => {
             drop(permit);
@@ -316,17 +290,15 @@ async fn global_lease(
         Limited::Run(lease) => {
             let permit = tokio::select! {
                 permit = ctx.pool.permits().clone().acquire_owned() => {
-                    permit.map_err(|_| Settle::Requeue)?
+                    permit.map_err(|_| Turn::Shutdown)?
                 }
-                () = ctx.shutdown.cancelled() => return Err(Settle::Requeue),
+                () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
             };
             Ok((permit, lease))
         }
-        Limited::Defer { delay, waits } => {
-            Err(defer_for_limit(ctx, delivery, message, delay, waits).await)
-        }
+        Limited::Defer { delay, waits } => Err(Turn::LimitFull { delay, waits }),
         // `ask_again` decides; a full limit is never its answer.
-        Limited::Full => Err(Settle::Requeue),
+        Limited::Full => Err(Turn::Shutdown),
     }
 }
 
@@ -373,36 +345,18 @@ enum Turn {
         /// The header to carry its slot in, and the slot it was given.
         slot: (&'static str, Option<Micros>),
     },
-}
-
-/// What a delivery's rate-limit turn depends on.
-struct Pacer<'a> {
-    task: &'a dyn Task,
-    options: &'a TaskOptions,
-    message: &'a TaskMessage,
-    delivery: &'a Delivery,
-}
-
-impl Pacer<'_> {
-    /// The delivery's rate-limit turn: its task's global rate limit if it
-    /// has one, else its per-worker one; and the header a deferred copy
-    /// carries its slot in.
-    async fn pace<'c>(&self, ctx: &'c Context) -> (Pace<'c>, &'static str) {
-        if self.options.global_rate_limit.is_some() {
-            let paced =
-                global_rates::pace(ctx, self.task, self.options, self.message, self.delivery);
-            (Box::pin(paced).await, GLOBAL_SLOT_HEADER)
-        } else {
-            let task = &self.message.headers.task;
-            let paced = ctx.rates.pace(&ctx.eta_holds, task, self.delivery);
-            (paced, RATE_SLOT_HEADER)
-        }
-    }
+    /// Its global concurrency limit stayed full: defer it.
+    LimitFull {
+        /// How long it stays in the delay topology.
+        delay: Duration,
+        /// How often it has found the limit full, this time included.
+        waits: i64,
+    },
 }
 
 /// Waits for what `wait` says (an ETA, in its hold slot, then the rate
-/// limit; or a rate-limit slot) and a concurrency slot; the slot, or why it
-/// must not run. Unless it runs alone, it is handed back once another
+/// limit; or a rate-limit slot) and a concurrency slot, with its global
+/// limit's lease if it has one; the slot and lease, or why it must not run. Unless it runs alone, it is handed back once another
 /// message must run alone (`hand_back` is the isolation generation it was
 /// admitted in).
 async fn wait_turn(
@@ -411,7 +365,7 @@ async fn wait_turn(
     tracked: &Tracked<'_>,
     wait: Wait<'_>,
     hand_back: Option<u64>,
-) -> Result<OwnedSemaphorePermit, Turn> {
+) -> Result<(OwnedSemaphorePermit, Option<Lease>), Turn> {
     let message = pacer.message;
     let handed_back = async {
         match hand_back {
@@ -471,6 +425,12 @@ async fn wait_turn(
         () = &mut handed_back => return Err(Turn::HandBack),
         () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
     };
+    // Under a global concurrency limit, the lease comes with the slot (it
+    // may wait for one, and the checks below then cover that wait too).
+    let (permit, lease) = match pacer.options.global_concurrency {
+        Some(_) => Box::pin(global_lease(ctx, pacer, permit)).await?,
+        None => (permit, None),
+    };
     if ctx.shutdown.is_cancelled() {
         return Err(Turn::Shutdown);
     }
@@ -483,5 +443,5 @@ async fn wait_turn(
     if tracked.revoked.is_cancelled() {
         return Err(Turn::Revoked);
     }
-    Ok(permit)
+    Ok((permit, lease))
 }

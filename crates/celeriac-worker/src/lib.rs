@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod otel;
 mod outbox;
 mod outcome;
+mod pacer;
 mod rate_limits;
 mod revoked;
 mod settle;

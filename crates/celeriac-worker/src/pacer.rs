@@ -1,0 +1,37 @@
+//! What a delivery's limits depend on (its task, the task's options, the
+//! message and the delivery), and its rate-limit turn: the task's global
+//! rate limit if it has one ([`crate::global_rates`]), else its per-worker
+//! one ([`crate::rate_limits`]).
+
+use celeriac::broker::Delivery;
+use celeriac::protocol::TaskMessage;
+use celeriac::{Task, TaskOptions};
+
+use crate::context::Context;
+use crate::global_rates::{self, GLOBAL_SLOT_HEADER};
+use crate::rate_limits::{Pace, RATE_SLOT_HEADER};
+
+/// One delivery, as its rate and concurrency limits see it.
+pub(crate) struct Pacer<'a> {
+    pub(crate) task: &'a dyn Task,
+    pub(crate) options: &'a TaskOptions,
+    pub(crate) message: &'a TaskMessage,
+    pub(crate) delivery: &'a Delivery,
+}
+
+impl Pacer<'_> {
+    /// The delivery's rate-limit turn, and the header a deferred copy
+    /// carries its slot in.
+    pub(crate) async fn pace<'c>(&self, ctx: &'c Context) -> (Pace<'c>, &'static str) {
+        if self.options.global_rate_limit.is_some() {
+            (
+                Box::pin(global_rates::pace(ctx, self)).await,
+                GLOBAL_SLOT_HEADER,
+            )
+        } else {
+            let task = &self.message.headers.task;
+            let paced = ctx.rates.pace(&ctx.eta_holds, task, self.delivery);
+            (paced, RATE_SLOT_HEADER)
+        }
+    }
+}
