@@ -50,6 +50,7 @@ mod message;
 pub mod repr;
 mod result;
 mod signature;
+pub mod sql_row;
 pub mod store;
 mod task_headers;
 pub mod time;
