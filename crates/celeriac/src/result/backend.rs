@@ -133,6 +133,27 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
     fn chords(&self) -> Option<&dyn ChordStore> {
         None
     }
+
+    /// Whether chords on this backend are joined by polling, with the
+    /// `celery.chord_unlock` task (stores without a counter to join on,
+    /// such as SQL databases), as Celery joins them there.
+    fn polls_chords(&self) -> bool {
+        false
+    }
+
+    /// Whether results stay until [`cleanup`](Self::cleanup) deletes them
+    /// (SQL databases), rather than expiring by themselves; then
+    /// `celery.backend_cleanup` should run daily, as Celery's beat runs it.
+    fn needs_cleanup(&self) -> bool {
+        false
+    }
+
+    /// Deletes the results and saved groups older than `result_expires`
+    /// (the `celery.backend_cleanup` task) and says how many; stores whose
+    /// results expire by themselves have nothing to do.
+    fn cleanup(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Chord bookkeeping in the store (§4.5), the same protocol Python's

@@ -5,12 +5,18 @@
 //!   queue; one reader, no chords;
 //! - `redis://` and friends ([`RedisBackend`], cargo feature `redis`, on by
 //!   default): results any process can read until they expire, saved
-//!   groups, and chords.
+//!   groups, and chords;
+//! - `db+postgresql://` ([`DatabaseBackend`], cargo feature `postgres`, on by
+//!   default): Celery's SQL tables; chords joined by `celery.chord_unlock`,
+//!   expired results deleted by `celery.backend_cleanup`.
 
 mod async_result;
 mod backend;
+#[cfg(feature = "postgres")]
+mod database;
 mod error;
 mod group;
+mod history;
 #[cfg(feature = "redis")]
 mod redis;
 mod rpc;
@@ -24,6 +30,8 @@ pub use backend::{
     BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend, ResultSettings,
     Slot, SlotGaps, UniqueLocks,
 };
+#[cfg(feature = "postgres")]
+pub use database::DatabaseBackend;
 pub use error::BackendError;
 pub use group::GroupResult;
 #[cfg(feature = "redis")]
@@ -31,8 +39,9 @@ pub use redis::RedisBackend;
 pub use rpc::RpcBackend;
 
 /// The backend a `result_backend` URL names: `None` for none (empty or
-/// `disabled`), `rpc://`, or a Redis URL (`redis://`, `rediss://`,
-/// `redis+socket://`, `sentinel://`).
+/// `disabled`), `rpc://`, a Redis URL (`redis://`, `rediss://`,
+/// `redis+socket://`, `sentinel://`), or a PostgreSQL one
+/// (`db+postgresql://`).
 pub fn open_backend(
     url: &str,
     broker: &Broker,
@@ -51,9 +60,33 @@ pub fn open_backend(
     if is_redis(url) {
         return open_redis(url, settings);
     }
+    if url.starts_with("db+") {
+        return open_database(url, settings);
+    }
     Err(BackendError::Config(format!(
         "result backend {redacted:?} is not supported; use rpc://, redis://, rediss://, \
-         redis+socket:// or sentinel://"
+         redis+socket://, sentinel:// or db+postgresql://"
+    )))
+}
+
+#[cfg(feature = "postgres")]
+fn open_database(
+    url: &str,
+    settings: &ResultSettings,
+) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
+    debug_assert!(database::is_database_url(url));
+    Ok(Some(Arc::new(DatabaseBackend::new(url, settings.clone())?)))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_database(
+    url: &str,
+    _settings: &ResultSettings,
+) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
+    Err(BackendError::Config(format!(
+        "result backend {:?} needs the `postgres` cargo feature of the celeriac crate \
+         (on by default; it was turned off)",
+        celeriac_broker::url::redact(url)
     )))
 }
 

@@ -14,8 +14,7 @@ mod scripts;
 mod subscriber;
 mod url;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_protocol::json::to_python_json;
@@ -30,14 +29,12 @@ use self::connection::Store;
 use self::subscriber::{Heard, Subscriber};
 use self::url::RedisUrl;
 pub(crate) use self::url::is_redis_url;
+use super::history::StateHistory;
 use super::{
     BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend,
     ResultSettings, Slot, SlotGaps, UniqueLocks,
 };
 use crate::Request;
-
-/// How many tasks' state histories are remembered.
-const MAX_REMEMBERED: usize = 100_000;
 
 /// The Redis result backend (`redis://`, `rediss://`, `redis+socket://`,
 /// `sentinel://`).
@@ -46,14 +43,7 @@ pub struct RedisBackend {
     subscriber: Subscriber,
     keys: StoreKeys,
     settings: ResultSettings,
-    seen: Mutex<Seen>,
-}
-
-/// States seen per task, oldest tasks forgotten first.
-#[derive(Default)]
-struct Seen {
-    states: HashMap<String, Vec<State>>,
-    order: VecDeque<String>,
+    seen: StateHistory,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -76,7 +66,7 @@ impl RedisBackend {
             store,
             keys: StoreKeys::new(settings.key_prefix.as_deref()),
             settings,
-            seen: Mutex::default(),
+            seen: StateHistory::default(),
         })
     }
 
@@ -85,30 +75,6 @@ impl RedisBackend {
         self.settings
             .expires
             .map_or(0, |d| d.as_secs().max(u64::from(!d.is_zero())))
-    }
-
-    fn seen(&self) -> MutexGuard<'_, Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Records a state seen for a task (its history).
-    fn record(&self, meta: &ResultMeta) {
-        let mut seen = self.seen();
-        if !seen.states.contains_key(&meta.task_id) {
-            while seen.states.len() >= MAX_REMEMBERED {
-                let Some(oldest) = seen.order.pop_front() else {
-                    break;
-                };
-                seen.states.remove(&oldest);
-            }
-            seen.order.push_back(meta.task_id.clone());
-        }
-        let states = seen.states.entry(meta.task_id.clone()).or_default();
-        if states.last() != Some(&meta.status) {
-            states.push(meta.status.clone());
-        }
     }
 
     fn decode(bytes: &[u8]) -> Result<ResultMeta, BackendError> {
@@ -127,7 +93,7 @@ impl RedisBackend {
             return Ok(None);
         };
         let meta = Self::decode(&bytes)?;
-        self.record(&meta);
+        self.seen.record(&meta);
         Ok(Some(meta))
     }
 
@@ -188,7 +154,7 @@ impl ResultBackend for RedisBackend {
                 match heard {
                     Heard::Published(bytes) => {
                         let meta = Self::decode(&bytes)?;
-                        self.record(&meta);
+                        self.seen.record(&meta);
                         if meta.status.is_ready() {
                             return Ok(Some(meta));
                         }
@@ -200,7 +166,7 @@ impl ResultBackend for RedisBackend {
     }
 
     fn history(&self, task_id: &str) -> Vec<State> {
-        self.seen().states.get(task_id).cloned().unwrap_or_default()
+        self.seen.of(task_id)
     }
 
     fn store<'a>(

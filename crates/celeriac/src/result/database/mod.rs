@@ -1,0 +1,290 @@
+//! Celery's `database` result backend on PostgreSQL (`db+postgresql://`),
+//! row for row what Celery 5.7's SQLAlchemy backend writes and reads
+//! ([`celeriac_protocol::sql_row`]): results in `celery_taskmeta`, saved
+//! groups in `celery_tasksetmeta`, both created when missing. A stored
+//! `SUCCESS` is never overwritten, as in Celery.
+//!
+//! The database has no counter a chord could join on, so chords are joined
+//! by polling with the `celery.chord_unlock` task, as in Celery, and
+//! results do not expire by themselves: the `celery.backend_cleanup` task
+//! deletes the expired ones (beat runs it daily).
+//!
+//! A database that cannot be reached is [`BackendError::Unavailable`],
+//! which the worker retries with backoff before it settles a delivery, so
+//! a result is stored (committed) before its task message is acked.
+
+mod pool;
+mod schema;
+mod url;
+
+use std::time::Duration;
+
+use celeriac_protocol::sql_row::{TaskRow, group_column, parse_group_column};
+use celeriac_protocol::store::ResultTuple;
+use celeriac_protocol::{ResultMeta, State};
+use tokio::time::Instant;
+
+use self::pool::Pool;
+pub(crate) use self::url::is_database_url;
+use super::history::StateHistory;
+use super::{BackendError, BoxFuture, ResultBackend, ResultSettings};
+use crate::Request;
+
+/// How often [`ResultBackend::wait`] looks first, then at most (Celery's
+/// database backend polls every 0.5 s).
+const FIRST_POLL: Duration = Duration::from_millis(20);
+const SLOWEST_POLL: Duration = Duration::from_millis(500);
+
+const STORE: &str = "
+INSERT INTO celery_taskmeta
+    (id, task_id, status, result, date_done, traceback, children,
+     name, args, kwargs, worker, retries, queue, stamps)
+VALUES (nextval('task_id_sequence'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (task_id) DO UPDATE SET
+    status = EXCLUDED.status, result = EXCLUDED.result, date_done = EXCLUDED.date_done,
+    traceback = EXCLUDED.traceback, children = EXCLUDED.children, name = EXCLUDED.name,
+    args = EXCLUDED.args, kwargs = EXCLUDED.kwargs, worker = EXCLUDED.worker,
+    retries = EXCLUDED.retries, queue = EXCLUDED.queue,
+    stamps = COALESCE(EXCLUDED.stamps, celery_taskmeta.stamps)
+WHERE celery_taskmeta.status IS DISTINCT FROM 'SUCCESS'";
+
+const READ: &str = "
+SELECT task_id, status, result, date_done, traceback, children,
+       name, args, kwargs, worker, retries, queue, stamps
+FROM celery_taskmeta WHERE task_id = $1";
+
+const FORGET: &str = "DELETE FROM celery_taskmeta WHERE task_id = $1";
+
+const SAVE_GROUP: &str = "
+INSERT INTO celery_tasksetmeta (id, taskset_id, result, date_done)
+VALUES (nextval('taskset_id_sequence'), $1, $2, (now() AT TIME ZONE 'UTC'))
+ON CONFLICT (taskset_id) DO UPDATE SET result = EXCLUDED.result, date_done = EXCLUDED.date_done";
+
+const RESTORE_GROUP: &str = "SELECT result FROM celery_tasksetmeta WHERE taskset_id = $1";
+
+const CLEAN_TASKS: &str = "
+DELETE FROM celery_taskmeta
+WHERE date_done < (now() AT TIME ZONE 'UTC') - make_interval(secs => $1)";
+
+const CLEAN_GROUPS: &str = "
+DELETE FROM celery_tasksetmeta
+WHERE date_done < (now() AT TIME ZONE 'UTC') - make_interval(secs => $1)";
+
+/// The PostgreSQL result backend (`db+postgresql://`).
+pub struct DatabaseBackend {
+    pool: Pool,
+    settings: ResultSettings,
+    seen: StateHistory,
+}
+
+impl std::fmt::Debug for DatabaseBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseBackend")
+            .field("url", &self.pool.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseBackend {
+    /// A backend for `url` (`db+postgresql://user:password@host:port/db`,
+    /// optionally `db+postgresql+<python driver>://`); nothing connects
+    /// until the first use, so a program starts while the database is down.
+    pub fn new(url: &str, settings: ResultSettings) -> Result<DatabaseBackend, BackendError> {
+        let config = url::parse(url).map_err(BackendError::Config)?;
+        let redacted = celeriac_broker::url::redact(url);
+        Ok(DatabaseBackend {
+            pool: Pool::new(config, redacted)?,
+            settings,
+            seen: StateHistory::default(),
+        })
+    }
+
+    async fn read(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
+        let client = self.pool.connection().await?;
+        let failed = |e| self.pool.error("reading a result", &e);
+        let statement = client.prepare_cached(READ).await.map_err(failed)?;
+        let Some(row) = client
+            .query_opt(&statement, &[&task_id])
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(None);
+        };
+        let task_row = TaskRow {
+            task_id: row.get(0),
+            status: row.get::<_, Option<String>>(1).unwrap_or_default(),
+            result: row.get(2),
+            date_done: row.get(3),
+            traceback: row.get(4),
+            children: row.get(5),
+            name: row.get(6),
+            args: row.get(7),
+            kwargs: row.get(8),
+            worker: row.get(9),
+            retries: row.get(10),
+            queue: row.get(11),
+            stamps: row.get(12),
+        };
+        let meta = task_row
+            .to_meta()
+            .map_err(|e| BackendError::Document(format!("task {task_id}: {e}")))?;
+        self.seen.record(&meta);
+        Ok(Some(meta))
+    }
+
+    async fn write(&self, meta: &ResultMeta) -> Result<(), BackendError> {
+        let row = TaskRow::from_meta(meta);
+        let client = self.pool.connection().await?;
+        let failed = |e| self.pool.error("storing a result", &e);
+        let statement = client.prepare_cached(STORE).await.map_err(failed)?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &row.task_id,
+                    &row.status,
+                    &row.result,
+                    &row.date_done,
+                    &row.traceback,
+                    &row.children,
+                    &row.name,
+                    &row.args,
+                    &row.kwargs,
+                    &row.worker,
+                    &row.retries,
+                    &row.queue,
+                    &row.stamps,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// Result expiry in seconds, if results expire.
+    fn expires(&self) -> Option<f64> {
+        self.settings.expires.map(|d| d.as_secs_f64())
+    }
+}
+
+impl ResultBackend for DatabaseBackend {
+    fn url(&self) -> String {
+        self.pool.url().to_owned()
+    }
+
+    fn prepare<'a>(&'a self, _task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn get<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(self.read(task_id))
+    }
+
+    fn wait<'a>(
+        &'a self,
+        task_id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + timeout;
+            let mut interval = FIRST_POLL;
+            loop {
+                if let Some(meta) = self.read(task_id).await?
+                    && meta.status.is_ready()
+                {
+                    return Ok(Some(meta));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep_until((now + interval).min(deadline)).await;
+                interval = (interval * 2).min(SLOWEST_POLL);
+            }
+        })
+    }
+
+    fn history(&self, task_id: &str) -> Vec<State> {
+        self.seen.of(task_id)
+    }
+
+    fn store<'a>(
+        &'a self,
+        meta: &'a ResultMeta,
+        _request: &'a Request,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.write(meta))
+    }
+
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let client = self.pool.connection().await?;
+            client
+                .execute(FORGET, &[&task_id])
+                .await
+                .map_err(|e| self.pool.error("forgetting a result", &e))?;
+            Ok(())
+        })
+    }
+
+    fn save_group<'a>(&'a self, group: &'a ResultTuple) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let client = self.pool.connection().await?;
+            let column = group_column(group);
+            client
+                .execute(SAVE_GROUP, &[&group.id(), &column])
+                .await
+                .map_err(|e| self.pool.error("saving a group", &e))?;
+            Ok(())
+        })
+    }
+
+    fn restore_group<'a>(
+        &'a self,
+        group_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ResultTuple>, BackendError>> {
+        Box::pin(async move {
+            let client = self.pool.connection().await?;
+            let row = client
+                .query_opt(RESTORE_GROUP, &[&group_id])
+                .await
+                .map_err(|e| self.pool.error("restoring a group", &e))?;
+            let Some(column) = row.and_then(|row| row.get::<_, Option<Vec<u8>>>(0)) else {
+                return Ok(None);
+            };
+            parse_group_column(&column)
+                .map(Some)
+                .map_err(|e| BackendError::Document(format!("group {group_id}: {e}")))
+        })
+    }
+
+    fn polls_chords(&self) -> bool {
+        true
+    }
+
+    fn needs_cleanup(&self) -> bool {
+        self.settings.expires.is_some()
+    }
+
+    fn cleanup(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
+        Box::pin(async move {
+            let Some(expires) = self.expires() else {
+                return Ok(0);
+            };
+            let client = self.pool.connection().await?;
+            let failed = |e| self.pool.error("deleting expired results", &e);
+            let tasks = client
+                .execute(CLEAN_TASKS, &[&expires])
+                .await
+                .map_err(failed)?;
+            let groups = client
+                .execute(CLEAN_GROUPS, &[&expires])
+                .await
+                .map_err(failed)?;
+            Ok(tasks + groups)
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! The connections to PostgreSQL: a deadpool pool that drops connections
+//! the server closed, the tables created on first use, and the line
+//! between "the database is away, try again" ([`BackendError::Unavailable`])
+//! and "the database refused this" ([`BackendError::Refused`]).
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::schema;
+use crate::result::BackendError;
+
+/// Connections open at once, at most (per process).
+const MAX_CONNECTIONS: usize = 16;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a free connection.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A pool of connections to one database, its tables ready on first use.
+pub(super) struct Pool {
+    pool: deadpool_postgres::Pool,
+    url: String,
+    tables_ready: OnceCell<()>,
+}
+
+impl Pool {
+    /// A pool for `config`; nothing connects until the first use, so a
+    /// program starts while the database is down.
+    pub(super) fn new(config: tokio_postgres::Config, url: String) -> Result<Pool, BackendError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(MAX_CONNECTIONS)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .build()
+            .map_err(|e| BackendError::Config(format!("the PostgreSQL pool for {url}: {e}")))?;
+        Ok(Pool {
+            pool,
+            url,
+            tables_ready: OnceCell::new(),
+        })
+    }
+
+    /// The database's URL, password redacted.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A connection, once the tables exist.
+    pub(super) async fn connection(&self) -> Result<Object, BackendError> {
+        let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        self.tables_ready
+            .get_or_try_init(|| async {
+                schema::create_missing(&mut client)
+                    .await
+                    .map_err(|e| self.error("creating the result tables", &e))
+            })
+            .await?;
+        Ok(client)
+    }
+
+    fn pool_error(&self, error: PoolError) -> BackendError {
+        match error {
+            PoolError::Backend(e) => self.error("connecting", &e),
+            other => BackendError::Unavailable {
+                url: self.url.clone(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// Our error for a client error: a lost or refused connection, a
+    /// server shutting down or a transaction that lost a race is worth
+    /// trying again; anything else is the statement's fault.
+    pub(super) fn error(
+        &self,
+        operation: &'static str,
+        error: &tokio_postgres::Error,
+    ) -> BackendError {
+        let detail = error
+            .as_db_error()
+            .map_or_else(|| error.to_string(), |db| db.message().to_owned());
+        let retryable = match error.code() {
+            None => true,
+            Some(code) => {
+                code.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        SqlState::T_R_SERIALIZATION_FAILURE,
+                        SqlState::T_R_DEADLOCK_DETECTED,
+                    ]
+                    .contains(code)
+            }
+        };
+        if retryable {
+            BackendError::Unavailable {
+                url: self.url.clone(),
+                detail: format!("{operation}: {detail}"),
+            }
+        } else {
+            BackendError::Refused {
+                url: self.url.clone(),
+                operation,
+                detail,
+            }
+        }
+    }
+}
