@@ -8,11 +8,15 @@
 //!
 //! A delivery is settled only after its part is recorded (and, for the last
 //! part, the body sent); a redelivered header task is not counted twice.
+//!
+//! On a backend that cannot count (SQL databases) nothing is recorded
+//! here: the producer sent `celery.chord_unlock`, which polls the header's
+//! results ([`crate::builtins`]).
 
 use std::time::Duration;
 
 use celeriac::protocol::store::{ChordPart, join};
-use celeriac::protocol::{ExceptionInfo, TaskMessage};
+use celeriac::protocol::{ExceptionInfo, ResultMeta, TaskMessage};
 use celeriac::result::{ChordClaim, ChordJoin, ChordStore};
 use celeriac::{Apply, Request, Signature, State};
 use serde_json::{Value, json};
@@ -41,8 +45,15 @@ pub(crate) async fn part_return(
         warn!(id = %request.id, "a chord header task without a group id; its chord cannot complete");
         return Ok(());
     };
-    let Some(chords) = ctx.app.result_backend().and_then(|b| b.chords()) else {
-        warn!(id = %request.id, "a chord header task, but this worker's result backend cannot count chords (use Redis)");
+    let Some(backend) = ctx.app.result_backend() else {
+        warn!(id = %request.id, "a chord header task, but this worker has no result backend; its chord cannot complete");
+        return Ok(());
+    };
+    let Some(chords) = backend.chords() else {
+        if !backend.polls_chords() {
+            warn!(id = %request.id, "a chord header task, but this worker's result backend cannot join chords (use Redis or PostgreSQL)");
+        }
+        // On a polling backend, `celery.chord_unlock` joins the chord.
         return Ok(());
     };
     let part = ChordPart {
@@ -130,6 +141,20 @@ async fn fail_body(
     body: &Signature,
     error: &ExceptionInfo,
 ) -> Result<(), NotStored> {
+    for (request, meta) in body_failures(body, error) {
+        ctx.outbox.store(&request, &meta).await?;
+    }
+    for (errback, apply) in errbacks_of(body) {
+        if let Err(e) = ctx.outbox.apply(&errback, apply).await {
+            error!(errback = %errback.task, error = %e, "sending a chord body's errback failed");
+        }
+    }
+    Ok(())
+}
+
+/// The `FAILURE` results a failed chord body stores: under the body's id
+/// and the ids of any chain it carries.
+pub(crate) fn body_failures(body: &Signature, error: &ExceptionInfo) -> Vec<(Request, ResultMeta)> {
     let mut failed = vec![body.clone()];
     if let Some(Value::Array(chained)) = body.options.get("chain") {
         failed.extend(
@@ -138,23 +163,26 @@ async fn fail_body(
                 .filter_map(|step| Signature::from_json(step, "options.chain").ok()),
         );
     }
-    let body_id = body.task_id().map(str::to_owned);
-    for signature in &failed {
-        let Some(id) = signature.task_id() else {
-            continue;
-        };
-        let mut request = Request::detached(&signature.task, id);
-        request.reply_to = signature
-            .options
-            .get("reply_to")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        request.correlation_id = Some(id.to_owned());
-        let meta = request.result_meta(State::Failure, error.to_json());
-        ctx.outbox.store(&request, &meta).await?;
-    }
-    let errbacks = body.options.get("link_error");
-    let errbacks: Vec<Signature> = match errbacks {
+    failed
+        .iter()
+        .filter_map(|signature| {
+            let id = signature.task_id()?;
+            let mut request = Request::detached(&signature.task, id);
+            request.reply_to = signature
+                .options
+                .get("reply_to")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            request.correlation_id = Some(id.to_owned());
+            let meta = request.result_meta(State::Failure, error.to_json());
+            Some((request, meta))
+        })
+        .collect()
+}
+
+/// A failed chord body's errbacks, each to be applied with the body's id.
+pub(crate) fn errbacks_of(body: &Signature) -> Vec<(Signature, Apply<'static>)> {
+    let errbacks: Vec<Signature> = match body.options.get("link_error") {
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(|e| Signature::from_json(e, "options.link_error").ok())
@@ -164,15 +192,16 @@ async fn fail_body(
             .collect(),
         _ => Vec::new(),
     };
-    for errback in &errbacks {
-        let apply = Apply {
-            prepend: vec![json!(body_id)],
-            parent: None,
-            chain: None,
-        };
-        if let Err(e) = ctx.outbox.apply(errback, apply).await {
-            error!(errback = %errback.task, error = %e, "sending a chord body's errback failed");
-        }
-    }
-    Ok(())
+    let body_id = body.task_id().map(str::to_owned);
+    errbacks
+        .into_iter()
+        .map(|errback| {
+            let apply = Apply {
+                prepend: vec![json!(body_id)],
+                parent: None,
+                chain: None,
+            };
+            (errback, apply)
+        })
+        .collect()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use celeriac::broker::{ConsumerHandle, Delivery};
 use celeriac::protocol::TaskMessage;
-use celeriac::{App, DeliveryInfo, Request, TaskOptions};
+use celeriac::{App, DeliveryInfo, Registry, Request, TaskOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::burst::Bursts;
@@ -61,8 +61,11 @@ pub(crate) struct Context {
     pub(crate) loop_turned: AtomicU64,
     /// Deliveries in hand, and running a message alone.
     pub(crate) isolation: Isolation,
-    /// Each registered task's options (its own over the app's defaults),
-    /// resolved once at start rather than per delivery.
+    /// The tasks this worker runs: the app's, and the built-in ones
+    /// ([`crate::builtins`]).
+    pub(crate) tasks: Registry,
+    /// Each task's options (its own over the app's defaults), resolved
+    /// once at start rather than per delivery.
     pub(crate) task_options: HashMap<String, Arc<TaskOptions>>,
 }
 
@@ -87,11 +90,17 @@ impl Context {
             .any(|q| q.name == queue && q.arguments.dead_letter_exchange.is_some())
     }
 
-    /// Each registered task's options, resolved once.
-    pub(crate) fn resolve_task_options(app: &App) -> HashMap<String, Arc<TaskOptions>> {
-        app.registry()
-            .names()
-            .map(|name| (name.to_owned(), Arc::new(app.task_options(name))))
+    /// Each task's options, resolved once.
+    pub(crate) fn resolve_task_options(
+        app: &App,
+        tasks: &Registry,
+    ) -> HashMap<String, Arc<TaskOptions>> {
+        tasks
+            .tasks()
+            .map(|task| {
+                let options = task.options().or(app.task_defaults());
+                (task.name().to_owned(), Arc::new(options))
+            })
             .collect()
     }
 

@@ -52,7 +52,7 @@ pub(crate) fn handle(ctx: Arc<Context>, delivery: Delivery) -> impl Future<Outpu
 /// their state is allocated only when taken, which keeps the future small.
 async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     let gate = Gate {
-        registry: ctx.app.registry(),
+        registry: &ctx.tasks,
         eta_horizon: ctx.config.eta_horizon,
         holds: &ctx.eta_holds,
         now: now(),

@@ -34,6 +34,7 @@
 //! one outbox and the delivery settled.
 
 mod admission;
+mod builtins;
 mod burst;
 mod chord;
 pub mod cli;

@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::builtins;
 use crate::burst::{self, Bursts};
 use crate::context::Context;
 use crate::control;
@@ -156,6 +157,7 @@ impl Worker {
             Revoked::open(self.config.statedb.clone()).map_err(WorkerError::Config)?;
         self.app.clock().adjust(clock);
         let (bursts, burst_requests) = Bursts::new(self.config.prefetch());
+        let tasks = builtins::with_builtins(&self.app);
         let ctx = Arc::new(Context {
             pool: Pool::new(self.config.concurrency),
             shutdown: CancellationToken::new(),
@@ -183,7 +185,8 @@ impl Worker {
             metrics: metrics.clone(),
             loop_turned: AtomicU64::new(0),
             isolation: Isolation::default(),
-            task_options: Context::resolve_task_options(&self.app),
+            task_options: Context::resolve_task_options(&self.app, &tasks),
+            tasks,
             app: self.app.clone(),
             config: self.config.clone(),
         });

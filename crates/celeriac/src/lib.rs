@@ -69,7 +69,7 @@ pub use celeriac_protocol as protocol;
 pub use app::{App, AppBuilder, BROKER_URL_VARS, RESULT_BACKEND_VARS};
 pub use arguments::Arguments;
 pub use call::{SendOptions, SendTask, TaskCall};
-pub use canvas::{Apply, Chain, Chord, Group, Step, chain, chord, group};
+pub use canvas::{Apply, CHORD_UNLOCK, Chain, Chord, Group, Step, chain, chord, group};
 pub use celeriac_broker::{
     BrokerConfig, Exchange, ExchangeKind, Queue, QueueArguments, QueueDefaults, QueueType,
     RouteOptions,

@@ -166,8 +166,7 @@ fn registered(ctx: &Context, args: &Map<String, Value>) -> Vec<String> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let mut names: Vec<&str> = ctx
-        .app
-        .registry()
+        .tasks
         .names()
         .filter(|name| builtins || !name.starts_with("celery."))
         .collect();
@@ -175,7 +174,7 @@ fn registered(ctx: &Context, args: &Map<String, Value>) -> Vec<String> {
     names
         .into_iter()
         .map(|name| {
-            let options = ctx.app.task_options(name);
+            let options = ctx.options_of(name);
             let fields: Vec<String> = items
                 .iter()
                 .filter_map(|item| {

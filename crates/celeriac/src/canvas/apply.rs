@@ -10,11 +10,15 @@
 //!   its index.
 //! - `celery.chord` records the header's size in the result store, then
 //!   sends each header task with the group id, its index and the body in
-//!   `embed.chord`. Only a backend that counts chord results (Redis) can;
-//!   over `rpc://` it is an error, as in Python.
+//!   `embed.chord`, for a backend that counts chord results (Redis). On a
+//!   backend that cannot count (SQL databases) it first sends
+//!   `celery.chord_unlock`, which polls the header's results and applies
+//!   the body, as Celery does (§5.6). Over `rpc://` it is an error, as in
+//!   Python.
 
+use celeriac_protocol::store::ResultTuple;
 use celeriac_protocol::{HeaderValue, Signature, SignatureKind};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::call::{TaskCall, Workflow};
 use crate::result::BackendError;
@@ -37,9 +41,21 @@ pub struct Apply<'a> {
 pub(crate) const NO_CHORDS: BackendError = BackendError::Unsupported {
     backend: "configured",
     what: "chords",
-    fix: "chords need a result backend that counts the header's results: use a Redis backend \
-          (redis://...); rpc:// cannot, and Python refuses chords over rpc:// too",
+    fix: "chords need a result backend that keeps results by id: use Redis (redis://...) or \
+          PostgreSQL (db+postgresql://...); rpc:// cannot, and Python refuses chords over rpc:// \
+          too",
 };
+
+/// The task that joins a chord by polling its header's results, on
+/// backends that cannot count them (§5.6).
+pub const CHORD_UNLOCK: &str = "celery.chord_unlock";
+
+/// Whether `app`'s result backend can join chords, by counting or by
+/// polling.
+pub(crate) fn joins_chords(app: &App) -> bool {
+    app.result_backend()
+        .is_some_and(|b| b.chords().is_some() || b.polls_chords())
+}
 
 impl App {
     /// Sends a signature (task, chain, group or chord) as a worker does for
@@ -129,10 +145,9 @@ impl App {
         body: Signature,
         apply: Apply<'_>,
     ) -> Result<Vec<String>, Error> {
-        let chords = self
-            .result_backend()
-            .and_then(|b| b.chords())
-            .ok_or(Error::Backend(NO_CHORDS))?;
+        if !joins_chords(self) {
+            return Err(Error::Backend(NO_CHORDS));
+        }
         let group_id = signature
             .options
             .get("group_id")
@@ -151,9 +166,56 @@ impl App {
             };
             return Box::pin(self.apply_signature(&body, empty)).await;
         }
-        chords.set_chord_size(&group_id, header.len()).await?;
+        let header: Vec<Signature> = header
+            .into_iter()
+            .map(|h| match h.task_id() {
+                Some(_) => h,
+                None => h.with_task_id(new_id()),
+            })
+            .collect();
+        match self.result_backend().and_then(|b| b.chords()) {
+            Some(chords) => chords.set_chord_size(&group_id, header.len()).await?,
+            None => self.send_chord_unlock(&group_id, &header, &body).await?,
+        }
         self.apply_members(&header, &group_id, Some(&body), &apply)
             .await
+    }
+
+    /// Sends `celery.chord_unlock` for a chord whose header is about to be
+    /// sent, as Celery's `fallback_chord_unlock` does: one second from now,
+    /// to the body's queue, with the header's result tuples.
+    async fn send_chord_unlock(
+        &self,
+        group_id: &str,
+        header: &[Signature],
+        body: &Signature,
+    ) -> Result<(), Error> {
+        let results: Vec<Value> = header
+            .iter()
+            .filter_map(Signature::task_id)
+            .map(|id| ResultTuple::task(id).to_json())
+            .collect();
+        let mut unlock = Signature::new(CHORD_UNLOCK)
+            .with_args(vec![json!(group_id), body.to_json()])
+            .with_option("countdown", 1)
+            .with_option("ignore_result", true);
+        unlock.kwargs.insert("interval".into(), Value::Null);
+        unlock.kwargs.insert("max_retries".into(), Value::Null);
+        unlock.kwargs.insert("result".into(), Value::Array(results));
+        for option in ["queue", "priority", "exchange", "routing_key"] {
+            if let Some(value) = body.options.get(option).filter(|v| !v.is_null()) {
+                unlock = unlock.with_option(option, value.clone());
+            }
+        }
+        if !body.options.contains_key("queue")
+            && let Ok(destination) = self.router().resolve(&body.task, &Default::default())
+            && let Some(queue) = destination.queue
+        {
+            unlock = unlock.with_option("queue", queue.name);
+        }
+        let call = call_for(&unlock, Vec::new(), None, Workflow::default())?;
+        self.send_many::<Value>(vec![call]).await?;
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@
 use celeriac_protocol::{Signature, SignatureKind};
 use serde_json::Value;
 
-use super::apply::NO_CHORDS;
+use super::apply::{NO_CHORDS, joins_chords};
 use crate::{App, Apply, AsyncResult, Error, GroupResult, TaskCall};
 
 /// One step of a workflow: a typed call or any signature. Built from a
@@ -216,7 +216,7 @@ impl Chord {
     /// is the chord's. Over `rpc://` it is an error before anything is
     /// sent, as in Python.
     pub async fn apply_async(self, app: &App) -> Result<AsyncResult<Value>, Error> {
-        if app.result_backend().and_then(|b| b.chords()).is_none() {
+        if !joins_chords(app) {
             return Err(Error::Backend(NO_CHORDS));
         }
         let header = signatures(self.header).map_err(|e| arguments("celery.chord", e))?;

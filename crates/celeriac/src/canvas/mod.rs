@@ -6,5 +6,5 @@
 mod apply;
 mod builders;
 
-pub use apply::Apply;
+pub use apply::{Apply, CHORD_UNLOCK};
 pub use builders::{Chain, Chord, Group, Step, chain, chord, group};
