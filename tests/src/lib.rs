@@ -2,6 +2,7 @@
 //! no test binary carries its own copy:
 //!
 //! - [`fixtures`]: messages captured from the pinned Python Celery;
+//! - [`postgres`]: a database of the test's own, for the SQL result backend;
 //! - [`python`]: the interop virtualenv, Python scripts and Celery workers;
 //! - [`rabbit`]: the test broker, `rabbitmqctl`, and the guard for tests
 //!   that disturb the broker;
@@ -13,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod fixtures;
+pub mod postgres;
 pub mod python;
 pub mod rabbit;
 pub mod redis_server;

@@ -1,12 +1,14 @@
-//! Python Celery with `backend='redis://...'` on both sides of a Rust
-//! worker: a Python app using Rust tasks unchanged
-//! (`tests/interop/drive_redis.py`), and a Rust app using Python tasks.
+//! Python Celery with a shared result store on both sides of a Rust
+//! worker, for each store any process reads (Redis, and Celery's database
+//! backend on PostgreSQL): a Python app using Rust tasks unchanged
+//! (`tests/interop/drive_results.py`), and a Rust app using Python tasks.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use celeriac::{App, RouteOptions, Signature, chord, group};
 use celeriac_demo::tasks as demo;
+use celeriac_tests::postgres::TestDatabase;
 use celeriac_tests::worker::{RunningWorker, binary, cleanup};
 use celeriac_tests::{
     PythonWorker, broker_url, delete_queue, interop_python, repo_root, require_redis, unique,
@@ -25,14 +27,25 @@ fn route(queue: &str) -> RouteOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_app_with_a_redis_backend_uses_rust_workers_unchanged() -> Result<()> {
-    let redis = require_redis()?;
-    let rust_queue = unique("redis-rust");
-    let python_queue = unique("redis-python");
+    python_app_uses_rust_workers(&require_redis()?, "redis").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_with_a_database_backend_uses_rust_workers_unchanged() -> Result<()> {
+    let database = TestDatabase::create("py_app").await?;
+    python_app_uses_rust_workers(&database.backend_url(), "db").await
+}
+
+/// Runs every scenario of `drive_results.py` against a Rust worker and a
+/// Python one sharing the store at `backend`.
+async fn python_app_uses_rust_workers(backend: &str, tag: &str) -> Result<()> {
+    let rust_queue = unique(&format!("{tag}-rust"));
+    let python_queue = unique(&format!("{tag}-python"));
     let routes = json!({"demo.*": {"queue": rust_queue}, "interop.*": {"queue": python_queue}});
-    let python = PythonWorker::start_with(&python_queue, &routes, &redis).await?;
+    let python = PythonWorker::start_with(&python_queue, &routes, backend).await?;
     let app = demo::register(App::builder())
         .broker_url(broker_url())
-        .result_backend(redis.clone())
+        .result_backend(backend)
         .route("demo.*", route(&rust_queue))
         .route("interop.*", route(&python_queue))
         .build()
@@ -48,10 +61,10 @@ async fn a_python_app_with_a_redis_backend_uses_rust_workers_unchanged() -> Resu
     let mut worker = RunningWorker::run(app, config);
 
     let driver = tokio::process::Command::new(interop_python()?)
-        .arg(repo_root().join("tests/interop/drive_redis.py"))
+        .arg(repo_root().join("tests/interop/drive_results.py"))
         .args([
             broker_url(),
-            redis.clone(),
+            backend.to_owned(),
             rust_queue.clone(),
             python_queue.clone(),
         ])
@@ -75,22 +88,35 @@ async fn a_python_app_with_a_redis_backend_uses_rust_workers_unchanged() -> Resu
     cleanup(&admin, &rust_queue).await;
     ensure!(
         output.status.success(),
-        "the Python app saw Rust tasks misbehave with the Redis backend; see the FAIL lines above"
+        "the Python app saw Rust tasks misbehave with the {backend} backend; see the FAIL lines \
+         above"
     );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_app_uses_python_workers_on_the_same_redis() -> Result<()> {
-    let redis = require_redis()?;
-    let python_queue = unique("redis-python-worker");
+    rust_app_uses_python_workers(&require_redis()?, "redis").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_app_uses_python_workers_on_the_same_database() -> Result<()> {
+    let database = TestDatabase::create("rust_app").await?;
+    rust_app_uses_python_workers(&database.backend_url(), "db").await
+}
+
+/// A Rust producer's results, group and chord, run by a Python worker on
+/// the store at `backend` (on the database, the chord's
+/// `celery.chord_unlock` goes to the Python worker with the body's route).
+async fn rust_app_uses_python_workers(backend: &str, tag: &str) -> Result<()> {
+    let python_queue = unique(&format!("{tag}-python-worker"));
     // The Python worker applies the chord's body, so it routes it (as a
     // Python deployment would).
     let routes = json!({"interop.*": {"queue": python_queue}});
-    let python = PythonWorker::start_with(&python_queue, &routes, &redis).await?;
+    let python = PythonWorker::start_with(&python_queue, &routes, backend).await?;
     let app = App::builder()
         .broker_url(broker_url())
-        .result_backend(redis)
+        .result_backend(backend)
         .route("interop.*", route(&python_queue))
         .build()
         .await?;

@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Drive a Celeriac (Rust) worker from Python Celery with the Redis backend.
+"""Drive a Celeriac (Rust) worker from Python Celery with a result store
+that any process reads: Redis, or Celery's database backend on PostgreSQL.
 
 Usage::
 
-    drive_redis.py <broker-url> <redis-url> <RQ> <PQ>
+    drive_results.py <broker-url> <backend-url> <RQ> <PQ> [scenario ...]
 
 A Rust worker named ``celeriac@RQ`` must consume queue ``RQ`` with the
-``demo.*`` tasks and ``--result-backend <redis-url>``, and a Python Celery worker running
-``tasks.py`` (this directory) must consume ``PQ`` with the same backend.
-This process is a plain Celery application configured the usual way
-(``backend='redis://...'``): nothing in it knows the worker is Rust.
+``demo.*`` tasks and ``--result-backend <backend-url>``, and a Python Celery
+worker running ``tasks.py`` (this directory) must consume ``PQ`` with the
+same backend. This process is a plain Celery application configured the
+usual way (``backend='redis://...'`` or ``backend='db+postgresql://...'``):
+nothing in it knows the worker is Rust. On the database backend, chords are
+joined by ``celery.chord_unlock``, which the worker consuming the body's
+queue runs: the Rust worker for ``demo.*`` bodies, Python for
+``interop.*``.
 
 Output: one ``ok <name>`` or ``FAIL <name>: <detail>`` line per scenario,
 then ``N passed, M failed``.  Exit status 1 if any scenario failed.
@@ -19,7 +24,6 @@ import sys
 import time
 import traceback
 
-import redis
 from celery import Celery, chain, chord, group, states
 from celery.result import AsyncResult, GroupResult
 
@@ -41,11 +45,56 @@ def expect(condition, detail):
         raise Mismatch(detail)
 
 
+class RedisStore:
+    """What the Redis backend holds for a task."""
+
+    def __init__(self, url):
+        import redis
+
+        self.redis = redis.Redis.from_url(url)
+
+    def raw(self, task_id):
+        """The stored document's text and its time to live, or None."""
+        raw = self.redis.get(f'celery-task-meta-{task_id}')
+        if raw is None:
+            return None
+        return raw.decode(), self.redis.ttl(f'celery-task-meta-{task_id}')
+
+
+class DatabaseStore:
+    """What Celery's database backend holds for a task, read with SQL."""
+
+    def __init__(self, app):
+        self.backend = app.backend
+
+    def raw(self, task_id):
+        """The ``result`` column's text and the row's age limit, or None."""
+        from sqlalchemy import text
+
+        session = self.backend.ResultSession()
+        try:
+            row = session.execute(
+                text('SELECT status, result, date_done FROM celery_taskmeta WHERE task_id = :id'),
+                {'id': task_id},
+            ).first()
+        finally:
+            session.close()
+        if row is None:
+            return None
+        status, result, date_done = row
+        document = f'{{"status": "{status}", "result": {bytes(result).decode()}'
+        expect(date_done is not None, f'{task_id} has no date_done')
+        return document, None
+
+
 class Context:
     def __init__(self, broker, backend, rq, pq):
         self.broker, self.backend, self.rq, self.pq = broker, backend, rq, pq
         self.app = self.make_app()
-        self.redis = redis.Redis.from_url(backend)
+        if backend.startswith('db+'):
+            self.store = DatabaseStore(self.app)
+        else:
+            self.store = RedisStore(backend)
 
     def make_app(self):
         app = Celery('driver', broker=self.broker, backend=self.backend)
@@ -72,10 +121,9 @@ def result(ctx):
 def stored_as_celery_stores_it(ctx):
     r = ctx.send('demo.add', 20, 22)
     r.get(timeout=TIMEOUT)
-    key = f'celery-task-meta-{r.id}'
-    ttl = ctx.redis.ttl(key)
-    expect(0 < ttl <= 86400, f'{key} has TTL {ttl}, expected result_expires (1 day)')
-    raw = ctx.redis.get(key).decode()
+    raw, ttl = ctx.store.raw(r.id)
+    if ttl is not None:
+        expect(0 < ttl <= 86400, f'{r.id} has TTL {ttl}, expected result_expires (1 day)')
     expect(raw.startswith('{"status": "SUCCESS", "result": 42'), f'stored {raw[:80]}')
 
 
@@ -113,7 +161,7 @@ def forget(ctx):
     r = ctx.send('demo.add', 1, 1)
     r.get(timeout=TIMEOUT)
     r.forget()
-    expect(ctx.redis.get(f'celery-task-meta-{r.id}') is None, 'the key survived forget()')
+    expect(ctx.store.raw(r.id) is None, 'the result survived forget()')
     expect(AsyncResult(r.id, app=ctx.app).state == states.PENDING, 'not PENDING after forget')
 
 
@@ -266,7 +314,7 @@ def run(ctx, selected):
 
 def main(argv):
     if len(argv) < 5:
-        sys.exit(f'usage: {argv[0]} <broker-url> <redis-url> <RQ> <PQ> [scenario ...]')
+        sys.exit(f'usage: {argv[0]} <broker-url> <backend-url> <RQ> <PQ> [scenario ...]')
     ctx = Context(*argv[1:5])
     try:
         failed = run(ctx, set(argv[5:]))

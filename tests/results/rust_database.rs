@@ -1,0 +1,279 @@
+//! The PostgreSQL backend from Rust, with a Rust worker: the tables it
+//! creates are the ones Celery's SQLAlchemy models create; results, saved
+//! groups and chords (joined by `celery.chord_unlock`) work from Rust
+//! alone; `celery.backend_cleanup` deletes the expired rows and keeps the
+//! rest.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use celeriac::{App, Signature, State, chord, group};
+use celeriac_demo::tasks::{self as demo, add};
+use celeriac_tests::postgres::TestDatabase;
+use celeriac_tests::worker::{RunningWorker, cleanup, failure};
+use celeriac_tests::{broker_url, interop_python, unique};
+use celeriac_worker::WorkerConfig;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A Rust worker with the demo tasks storing results in `database`, and an
+/// app sending to it, both keeping results for `expires`.
+async fn setup(
+    database: &TestDatabase,
+    queue: &str,
+    expires: Duration,
+) -> Result<(App, RunningWorker)> {
+    let worker_app = demo::register(App::builder())
+        .broker_url(broker_url())
+        .result_backend(database.backend_url())
+        .result_expires(expires)
+        .default_queue(queue)
+        .build()
+        .await?;
+    let config = WorkerConfig {
+        queues: vec![queue.to_owned()],
+        concurrency: 4,
+        ..WorkerConfig::default()
+    };
+    let worker = RunningWorker::run(worker_app, config);
+    let client = App::builder()
+        .broker_url(broker_url())
+        .result_backend(database.backend_url())
+        .result_expires(expires)
+        .default_queue(queue)
+        .build()
+        .await?;
+    Ok((client, worker))
+}
+
+/// Every column, constraint, index and sequence of the public schema, as
+/// sorted lines.
+async fn schema_of(database: &TestDatabase) -> Result<Vec<String>> {
+    let client = database.connect().await?;
+    let mut lines = Vec::new();
+    for row in client
+        .query(
+            "SELECT table_name, column_name, data_type, \
+                    coalesce(character_maximum_length, 0), is_nullable, \
+                    coalesce(column_default, '') \
+             FROM information_schema.columns WHERE table_schema = 'public'",
+            &[],
+        )
+        .await?
+    {
+        let (table, column, kind): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let (length, nullable, default): (i32, String, String) =
+            (row.get(3), row.get(4), row.get(5));
+        lines.push(format!(
+            "column {table}.{column} {kind}({length}) null={nullable} default={default:?}"
+        ));
+    }
+    for row in client
+        .query(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE connamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await?
+    {
+        let (name, definition): (String, String) = (row.get(0), row.get(1));
+        lines.push(format!("constraint {name} {definition}"));
+    }
+    for row in client
+        .query(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+            &[],
+        )
+        .await?
+    {
+        let (name, definition): (String, String) = (row.get(0), row.get(1));
+        lines.push(format!("index {name} {definition}"));
+    }
+    for row in client
+        .query(
+            "SELECT sequence_name, data_type, start_value, increment \
+             FROM information_schema.sequences WHERE sequence_schema = 'public'",
+            &[],
+        )
+        .await?
+    {
+        let (name, kind, start, step): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        lines.push(format!("sequence {name} {kind} start={start} step={step}"));
+    }
+    lines.sort();
+    Ok(lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tables_rust_creates_are_the_ones_sqlalchemy_creates() -> Result<()> {
+    let by_rust = TestDatabase::create("ddl_rust").await?;
+    let by_python = TestDatabase::create("ddl_python").await?;
+
+    let backend = celeriac::result::DatabaseBackend::new(
+        &by_rust.backend_url(),
+        celeriac::result::ResultSettings::default(),
+    )?;
+    // The first use creates the tables.
+    celeriac::result::ResultBackend::get(&backend, "no-such-task").await?;
+
+    let created = tokio::process::Command::new(interop_python()?)
+        .args([
+            "-c",
+            "import sys\n\
+             from celery import Celery\n\
+             app = Celery(broker='memory://', backend=sys.argv[1])\n\
+             app.conf.result_extended = True\n\
+             app.backend.ResultSession().close()\n",
+            &by_python.backend_url(),
+        ])
+        .output()
+        .await?;
+    ensure!(
+        created.status.success(),
+        "Celery could not create its tables: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let rust = schema_of(&by_rust).await?;
+    let python = schema_of(&by_python).await?;
+    ensure!(
+        rust.len() >= 20,
+        "the Rust tables look incomplete: {rust:#?}"
+    );
+    ensure!(
+        rust == python,
+        "the schemas differ:\nRust:   {rust:#?}\nPython: {python:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_groups_and_chords_work_from_rust_alone() -> Result<()> {
+    let database = TestDatabase::create("rust").await?;
+    let queue = unique("db-results");
+    let (app, worker) = setup(&database, &queue, Duration::from_secs(86_400)).await?;
+
+    let sent = add::new(20, 22).apply_async(&app).await?;
+    ensure!(sent.get(WAIT).await? == 42);
+    let again = app.async_result::<i64>(sent.id());
+    ensure!(again.state().await? == State::Success);
+    ensure!(again.get(WAIT).await? == 42, "read twice");
+
+    let failed = app
+        .send_task("demo.fail")
+        .args(("db broke",))
+        .apply()
+        .await?;
+    let failed = failure(failed.get_as::<Value>(WAIT).await)?;
+    ensure!(failed.exc_type == "ValueError", "{failed:?}");
+
+    let members = group((0..5).map(|i| add::s(i, i)))
+        .apply_async(&app)
+        .await?;
+    members.save().await?;
+    ensure!(members.join::<i64>(WAIT).await? == [0, 2, 4, 6, 8]);
+    let restored = app
+        .restore_group(members.id())
+        .await?
+        .context("the saved group is restorable")?;
+    ensure!(restored.results().len() == 5);
+
+    // The header's last task takes two seconds, so `celery.chord_unlock`
+    // (sent one second after the chord) finds it not ready and polls again.
+    let header = (0..5)
+        .map(|i| add::s(i, 1).signature())
+        .chain([Signature::new("demo.sleep").with_arg(2.0)]);
+    let joined = chord(header, Signature::new("demo.echo"))
+        .apply_async(&app)
+        .await?
+        .get_as::<Value>(WAIT)
+        .await?;
+    ensure!(
+        joined == serde_json::json!([1, 2, 3, 4, 5, 2.0]),
+        "the chord's body got {joined}, not the header's results in order"
+    );
+
+    let broken = chord(
+        [
+            Signature::new("demo.add").with_arg(1).with_arg(1),
+            Signature::new("demo.fail").with_arg("member broke"),
+        ],
+        Signature::new("demo.tsum"),
+    )
+    .apply_async(&app)
+    .await?;
+    let body = failure(broken.get_as::<Value>(WAIT).await)?;
+    ensure!(
+        body.exc_type == "ChordError" && body.message.contains("member broke"),
+        "the body failed with {body:?}"
+    );
+
+    let summary = worker.stop().await?;
+    ensure!(
+        summary.retried >= 1,
+        "celery.chord_unlock never polled again: {summary:?}"
+    );
+    cleanup(&app, &queue).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_cleanup_deletes_expired_results_only() -> Result<()> {
+    let database = TestDatabase::create("cleanup").await?;
+    let queue = unique("db-cleanup");
+    let (app, worker) = setup(&database, &queue, Duration::from_secs(2)).await?;
+    let old: Vec<_> = (0..3).map(|i| add::new(i, i)).collect();
+    let mut old_ids = Vec::new();
+    for call in old {
+        let sent = call.apply_async(&app).await?;
+        sent.get(WAIT).await?;
+        old_ids.push(sent.id().to_owned());
+    }
+    let members = group((0..2).map(|i| add::s(i, i)))
+        .apply_async(&app)
+        .await?;
+    members.save().await?;
+    members.join::<i64>(WAIT).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fresh = add::new(5, 5).apply_async(&app).await?;
+    fresh.get(WAIT).await?;
+
+    app.send_task("celery.backend_cleanup").apply().await?;
+    let client = database.connect().await?;
+    let count = |sql: &'static str| {
+        let (client, old_ids) = (&client, &old_ids);
+        async move {
+            let row = if sql.contains("$1") {
+                client.query_one(sql, &[old_ids]).await?
+            } else {
+                client.query_one(sql, &[]).await?
+            };
+            anyhow::Ok(row.get::<_, i64>(0))
+        }
+    };
+    let old_rows = "SELECT count(*) FROM celery_taskmeta WHERE task_id = ANY($1)";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count(old_rows).await? > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        count(old_rows).await? == 0,
+        "expired results were not deleted"
+    );
+    ensure!(
+        count("SELECT count(*) FROM celery_tasksetmeta").await? == 0,
+        "the expired saved group was not deleted"
+    );
+    ensure!(
+        app.async_result::<i64>(fresh.id()).get(WAIT).await? == 10,
+        "the fresh result went with the expired ones"
+    );
+    for id in old_ids {
+        ensure!(app.async_result::<i64>(id).state().await? == State::Pending);
+    }
+    worker.stop().await?;
+    cleanup(&app, &queue).await;
+    Ok(())
+}
