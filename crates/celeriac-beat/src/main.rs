@@ -22,6 +22,13 @@ struct Args {
     #[arg(short = 'b', long, env = "CELERIAC_BROKER_URL")]
     broker: Option<String>,
 
+    /// The workers' result backend URL. When its results do not expire by
+    /// themselves (db+postgresql://), beat adds Celery's daily
+    /// `celery.backend_cleanup` entry (04:00 UTC) unless the schedule
+    /// already sends that task.
+    #[arg(long, env = "CELERIAC_RESULT_BACKEND")]
+    result_backend: Option<String>,
+
     /// The schedule file (TOML; see docs/beat.md)
     #[arg(short = 's', long, env = "CELERIAC_SCHEDULE")]
     schedule: PathBuf,
@@ -59,7 +66,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let entries = match schedule::load(&args.schedule) {
+    let mut entries = match schedule::load(&args.schedule) {
         Ok(entries) => entries,
         Err(e) => {
             eprintln!("error: {e}");
@@ -92,6 +99,9 @@ fn main() -> ExitCode {
         if let Some(url) = args.broker {
             app = app.broker_url(url);
         }
+        if let Some(url) = args.result_backend {
+            app = app.result_backend(url);
+        }
         let app = match app.build().await {
             Ok(app) => app,
             Err(e) => {
@@ -99,6 +109,19 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if app.result_backend().is_some_and(|b| b.needs_cleanup()) {
+            match schedule::add_backend_cleanup(&mut entries) {
+                Ok(true) => tracing::info!(
+                    "the result backend keeps results until deleted: scheduled {} daily at 04:00 UTC",
+                    schedule::BACKEND_CLEANUP
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("error: the backend cleanup entry: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         let mut beat = Beat::new(app.clone(), entries, args.name).schedule_file(args.schedule);
         if let Some(state) = args.state {
             beat = beat.state_file(state);

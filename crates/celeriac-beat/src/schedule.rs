@@ -139,6 +139,35 @@ struct EntryFormat {
     catch_up: CatchUp,
 }
 
+/// The task that deletes expired results from stores where they do not
+/// expire by themselves (SQL databases).
+pub const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
+
+/// Adds Celery's own entry for [`BACKEND_CLEANUP`] (daily at 04:00 UTC,
+/// expiring after 12 hours), as Celery's beat does when the result backend
+/// needs it, unless the schedule already sends that task. Says whether it
+/// added it.
+///
+/// ```
+/// let mut entries = Vec::new();
+/// assert!(celeriac_beat::schedule::add_backend_cleanup(&mut entries).unwrap());
+/// assert_eq!(entries[0].task, "celery.backend_cleanup");
+/// assert!(!celeriac_beat::schedule::add_backend_cleanup(&mut entries).unwrap(), "added once");
+/// ```
+pub fn add_backend_cleanup(entries: &mut Vec<Entry>) -> Result<bool, String> {
+    if entries.iter().any(|e| e.task == BACKEND_CLEANUP) {
+        return Ok(false);
+    }
+    let celerys = format!(
+        "[entries.\"{BACKEND_CLEANUP}\"]\n\
+         task = \"{BACKEND_CLEANUP}\"\n\
+         crontab = {{ minute = \"0\", hour = \"4\" }}\n\
+         options = {{ expires = 43200 }}\n"
+    );
+    entries.append(&mut parse(&celerys)?);
+    Ok(true)
+}
+
 /// Reads a schedule file.
 pub fn load(path: &Path) -> Result<Vec<Entry>, ScheduleError> {
     let text = std::fs::read_to_string(path).map_err(|e| ScheduleError {
