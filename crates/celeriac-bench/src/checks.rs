@@ -102,6 +102,12 @@ pub(crate) fn checks(
         rate("redis drain", "python"),
         5.0,
     );
+    ratio(
+        "worker drain, postgres results / Python Celery prefork, postgres results",
+        rate("postgres drain", "celeriac worker, postgres results"),
+        rate("postgres drain", "python"),
+        5.0,
+    );
     if let Some(trickle) = latency.first() {
         checks.push(Check::at_most(
             "enqueue→start p99 at a trickle",

@@ -63,6 +63,14 @@ struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     redis: String,
+    /// The PostgreSQL server the `postgres` scenario creates its scratch
+    /// database on (and drops it from afterwards).
+    #[arg(
+        long,
+        env = "CELERIAC_BENCH_POSTGRES",
+        default_value = "postgresql://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
     /// Skip the Python Celery baselines even if the interop venv exists.
     #[arg(long)]
     no_python: bool,
@@ -87,9 +95,12 @@ async fn main() -> anyhow::Result<()> {
         }
         found
     };
+    let stores = scenarios::ResultStores {
+        redis: args.redis,
+        postgres: args.postgres,
+    };
     let mut bench =
-        scenarios::Bench::connect(&args.broker, sizes, args.concurrency, python, &args.redis)
-            .await?;
+        scenarios::Bench::connect(&args.broker, sizes, args.concurrency, python, &stores).await?;
     let outcome = bench.run(&args.scenarios).await;
     bench.clean_up().await;
     outcome?;

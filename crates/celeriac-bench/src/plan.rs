@@ -23,6 +23,10 @@ pub(crate) enum Scenario {
     /// Results stored in Redis: drain and round trips, beside ignoring
     /// results, `rpc://`, and Python Celery with the same Redis.
     Redis,
+    /// Results stored in PostgreSQL (Celery's database backend): drain and
+    /// round trips, beside ignoring results, `rpc://`, Redis, and Python
+    /// Celery with the same database.
+    Postgres,
     /// A burst of countdown tasks with ordinary tasks behind it.
     Eta,
 }

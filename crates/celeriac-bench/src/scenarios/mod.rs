@@ -21,7 +21,8 @@ use crate::report::{BeatRow, EtaRow, LatencyRow, Percentiles, Results, Throughpu
 use crate::spans::SpanSwitch;
 
 mod eta;
-mod redis;
+mod scratch_db;
+mod stores;
 
 /// Transmit window of the raw publisher, and of the backlog fills.
 const FILL_WINDOW: usize = 5_000;
@@ -30,6 +31,16 @@ const FILL_WINDOW: usize = 5_000;
 const MULTI_ACK_EVERY: u64 = 32;
 
 /// One benchmark run: its connections, queues and collected results.
+/// Where the result-store scenarios keep results.
+#[derive(Debug, Clone)]
+pub(crate) struct ResultStores {
+    /// The Redis the `redis` scenario writes to.
+    pub(crate) redis: String,
+    /// The PostgreSQL server (a `postgresql://` URL) the `postgres`
+    /// scenario creates its scratch database on.
+    pub(crate) postgres: String,
+}
+
 pub(crate) struct Bench {
     url: String,
     broker: Broker,
@@ -45,6 +56,8 @@ pub(crate) struct Bench {
     eta: Vec<EtaRow>,
     /// The Redis the `redis` scenario stores results in.
     redis: String,
+    /// The PostgreSQL server the `postgres` scenario makes its database on.
+    postgres: String,
     /// Records the worker's per-task spans during one drain variant.
     spans: SpanSwitch,
 }
@@ -56,7 +69,7 @@ impl Bench {
         sizes: Sizes,
         concurrency: usize,
         python: Option<PythonCelery>,
-        redis: &str,
+        stores: &ResultStores,
     ) -> anyhow::Result<Bench> {
         let config = BrokerConfig::from_url(url).context("the broker URL")?;
         let broker = Broker::connect(config)
@@ -75,7 +88,8 @@ impl Bench {
             memory: None,
             beat: Vec::new(),
             eta: Vec::new(),
-            redis: redis.to_owned(),
+            redis: stores.redis.clone(),
+            postgres: stores.postgres.clone(),
             spans: SpanSwitch::install(),
         })
     }
@@ -104,6 +118,9 @@ impl Bench {
         }
         if wants(Scenario::Redis) {
             self.redis().await?;
+        }
+        if wants(Scenario::Postgres) {
+            self.postgres().await?;
         }
         if wants(Scenario::Eta) {
             self.eta().await?;
@@ -340,12 +357,13 @@ impl Bench {
 
     /// If the Python baselines are on: fills `queue` with Python no-op tasks
     /// and drains them with a prefork worker (one process a core) storing
-    /// results in `backend` (none if `None`); records the rate in `scenario`.
+    /// results in `backend` (a store's name and URL; none if `None`);
+    /// records the rate in `scenario`.
     async fn python_drain(
         &mut self,
         queue: &str,
         scenario: &str,
-        backend: Option<&str>,
+        backend: Option<(&str, &str)>,
     ) -> anyhow::Result<()> {
         let Some(python) = self.python.clone() else {
             return Ok(());
@@ -354,11 +372,18 @@ impl Bench {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         self.fill(queue, "interop.add", n).await?;
         let (took, cpu) = python
-            .drain(&self.broker, &self.url, queue, n, cores, backend)
+            .drain(
+                &self.broker,
+                &self.url,
+                queue,
+                n,
+                cores,
+                backend.map(|b| b.1),
+            )
             .await?;
         let with = match backend {
-            Some(_) => ", redis results",
-            None => "",
+            Some((store, _)) => format!(", {store} results"),
+            None => String::new(),
         };
         self.record(
             scenario,
