@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Drive a Celeriac (Rust) worker from Python Celery with a result store
-that any process reads: Redis, or Celery's database backend on PostgreSQL.
+that any process reads: Redis, Celery's database backend on PostgreSQL, or
+django-celery-results (``django-db``) on PostgreSQL.
 
 Usage::
 
@@ -10,11 +11,14 @@ A Rust worker named ``celeriac@RQ`` must consume queue ``RQ`` with the
 ``demo.*`` tasks and ``--result-backend <backend-url>``, and a Python Celery
 worker running ``tasks.py`` (this directory) must consume ``PQ`` with the
 same backend. This process is a plain Celery application configured the
-usual way (``backend='redis://...'`` or ``backend='db+postgresql://...'``):
-nothing in it knows the worker is Rust. On the database backend, chords are
-joined by ``celery.chord_unlock``, which the worker consuming the body's
-queue runs: the Rust worker for ``demo.*`` bodies, Python for
-``interop.*``.
+usual way (``backend='redis://...'``, ``backend='db+postgresql://...'``, or
+``backend='django-db'`` for Celeriac's ``django-db+postgresql://...``, the
+tables made by Django's migrations beforehand): nothing in it knows the
+worker is Rust. On the database backend, chords are joined by
+``celery.chord_unlock``, which the worker consuming the body's queue runs:
+the Rust worker for ``demo.*`` bodies, Python for ``interop.*``; on
+django-db, by the ``ChordCounter`` row every header task counts down.
+Scenarios marked for one store run only against it.
 
 Output: one ``ok <name>`` or ``FAIL <name>: <detail>`` line per scenario,
 then ``N passed, M failed``.  Exit status 1 if any scenario failed.
@@ -23,6 +27,8 @@ then ``N passed, M failed``.  Exit status 1 if any scenario failed.
 import sys
 import time
 import traceback
+
+from django_results.setup import celery_backend
 
 from celery import Celery, chain, chord, group, states
 from celery.result import AsyncResult, GroupResult
@@ -35,9 +41,14 @@ class Mismatch(Exception):
     """A scenario saw something other than what it expected."""
 
 
-def scenario(fn):
-    SCENARIOS.append(fn)
-    return fn
+def scenario(fn=None, *, only=None):
+    """Registers a scenario; ``only`` names the stores it is for (all if
+    None): ``redis``, ``db``, ``django``."""
+    def register(fn):
+        fn.only = (only,) if isinstance(only, str) else only
+        SCENARIOS.append(fn)
+        return fn
+    return register(fn) if fn else register
 
 
 def expect(condition, detail):
@@ -87,14 +98,35 @@ class DatabaseStore:
         return document, None
 
 
+class DjangoStore:
+    """What django-celery-results holds for a task, read through the ORM."""
+
+    def raw(self, task_id):
+        """The ``result`` column's text, or None."""
+        from django_celery_results.models import TaskResult
+
+        row = TaskResult.objects.filter(task_id=task_id).first()
+        if row is None:
+            return None
+        return f'{{"status": "{row.status}", "result": {row.result}', None
+
+    def row(self, task_id):
+        from django_celery_results.models import TaskResult
+
+        return TaskResult.objects.get(task_id=task_id)
+
+
 class Context:
     def __init__(self, broker, backend, rq, pq):
-        self.broker, self.backend, self.rq, self.pq = broker, backend, rq, pq
+        self.broker, self.rq, self.pq = broker, rq, pq
+        self.backend = celery_backend(backend)
         self.app = self.make_app()
         if backend.startswith('db+'):
-            self.store = DatabaseStore(self.app)
+            self.store, self.kind = DatabaseStore(self.app), 'db'
+        elif backend.startswith('django-db+'):
+            self.store, self.kind = DjangoStore(), 'django'
         else:
-            self.store = RedisStore(backend)
+            self.store, self.kind = RedisStore(backend), 'redis'
 
     def make_app(self):
         app = Celery('driver', broker=self.broker, backend=self.backend)
@@ -142,7 +174,9 @@ def failure(ctx):
     expect('in demo.fail' in tb and 'ValueError: boom' in tb, f'traceback {tb!r}')
 
 
-@scenario
+# django-celery-results keeps other extended fields (task_name, the
+# arguments' reprs): django_admin_fields checks those.
+@scenario(only=('redis', 'db'))
 def extended_fields(ctx):
     r = ctx.send('demo.add', 4, 5)
     r.get(timeout=TIMEOUT)
@@ -289,12 +323,76 @@ def chain_ending_in_a_chord(ctx):
     expect(got == 34, f'chain into chord returned {got!r}')
 
 
+# -- django-celery-results: what its admin shows ----------------------------
+
+@scenario(only='django')
+def django_admin_fields(ctx):
+    r = ctx.send('demo.add', 2, 3, headers={'periodic_task_name': 'nightly-report'})
+    expect(r.get(timeout=TIMEOUT) == 5, 'demo.add(2, 3) did not return 5')
+    row = ctx.store.row(r.id)
+    expect(row.task_name == 'demo.add', f'task_name {row.task_name!r}')
+    expect(row.task_args == '"(2, 3)"', f'task_args {row.task_args!r}')
+    expect(row.task_kwargs == '"{}"', f'task_kwargs {row.task_kwargs!r}')
+    expect(row.worker == f'celeriac@{ctx.rq}', f'worker {row.worker!r}')
+    expect(row.periodic_task_name == 'nightly-report', f'periodic_task_name {row.periodic_task_name!r}')
+    expect(row.content_type == 'application/json' and row.content_encoding == 'utf-8',
+           f'content {row.content_type!r} {row.content_encoding!r}')
+    expect(row.result == '5' and row.meta == '{"children": []}', f'result {row.result!r} meta {row.meta!r}')
+    expect(row.date_created is not None and row.date_done >= row.date_created,
+           f'created {row.date_created!r}, done {row.date_done!r}')
+    fresh = AsyncResult(r.id, app=ctx.app)
+    expect(fresh.args == '(2, 3)' and fresh.kwargs == '{}', f'AsyncResult {fresh.args!r} {fresh.kwargs!r}')
+
+
+@scenario(only='django')
+def django_masked_arguments_stay_masked(ctx):
+    r = ctx.send('demo.add', 40, 2, argsrepr='(40, <masked>)')
+    r.get(timeout=TIMEOUT)
+    row = ctx.store.row(r.id)
+    expect(row.task_args == '"(40, <masked>)"', f'task_args {row.task_args!r}')
+
+
+@scenario(only='django')
+def django_failure_and_start_times(ctx):
+    r = ctx.send('demo.fail', 'admin sees this')
+    try:
+        r.get(timeout=TIMEOUT)
+    except ValueError:
+        pass
+    row = ctx.store.row(r.id)
+    expect(row.status == states.FAILURE, f'status {row.status}')
+    expect('admin sees this' in (row.traceback or ''), f'traceback {row.traceback!r}')
+    r = ctx.send('demo.sleep', 0.5)
+    r.get(timeout=TIMEOUT)
+    row = ctx.store.row(r.id)
+    expect(row.date_started is not None, 'date_started not set (--track-started)')
+    expect(row.date_started <= row.date_done, f'started {row.date_started}, done {row.date_done}')
+
+
+@scenario(only='django')
+def django_chord_counter_is_removed(ctx):
+    from django_celery_results.models import ChordCounter, GroupResult as GroupRow
+
+    c = chord([ctx.sig('demo.add', i, i) for i in range(5)], ctx.sig('demo.tsum'))
+    r = c.apply_async()
+    expect(r.get(timeout=TIMEOUT) == 20, 'chord returned the wrong sum')
+    gid = r.parent.id if r.parent is not None else None
+    expect(gid is not None, 'the chord result has no header group')
+    expect(not ChordCounter.objects.filter(group_id=gid).exists(), 'the ChordCounter row stayed')
+    g = group(ctx.sig('demo.add', i, 1) for i in range(3)).apply_async()
+    g.get(timeout=TIMEOUT)
+    g.save()
+    expect(GroupRow.objects.filter(group_id=g.id).exists(), 'no GroupResult row for the saved group')
+
+
 # -- runner ------------------------------------------------------------------
 
 def run(ctx, selected):
     passed = failed = 0
     for fn in SCENARIOS:
         if selected and fn.__name__ not in selected:
+            continue
+        if fn.only is not None and ctx.kind not in fn.only:
             continue
         try:
             fn(ctx)

@@ -5,7 +5,8 @@ Started by the tests as a real Celery 5.7 worker::
     celery -A tasks worker -Q <queue> -P threads -c 8
 
 with ``CELERIAC_TEST_BROKER`` naming the broker, ``CELERIAC_TEST_BACKEND`` the
-result backend (default ``rpc://``), ``CELERIAC_TEST_RESULT_EXPIRES``
+result backend (default ``rpc://``; ``django-db+postgresql://...`` sets up
+``django_results`` and uses ``django-db``), ``CELERIAC_TEST_RESULT_EXPIRES``
 (optional) ``result_expires`` in seconds and ``CELERIAC_TEST_ROUTES``
 (optional) ``task_routes`` as JSON.
 
@@ -38,10 +39,12 @@ from uuid import UUID
 
 from celery import Celery
 
+from django_results.setup import celery_backend
+
 app = Celery(
     'interop',
     broker=os.environ.get('CELERIAC_TEST_BROKER', 'amqp://guest:guest@127.0.0.1:5672//'),
-    backend=os.environ.get('CELERIAC_TEST_BACKEND', 'rpc://'),
+    backend=celery_backend(os.environ.get('CELERIAC_TEST_BACKEND', 'rpc://')),
 )
 app.conf.result_extended = True
 if 'CELERIAC_TEST_RESULT_EXPIRES' in os.environ:

@@ -36,6 +36,13 @@ async fn a_python_app_with_a_database_backend_uses_rust_workers_unchanged() -> R
     python_app_uses_rust_workers(&database.backend_url(), "db").await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_django_app_with_django_celery_results_uses_rust_workers_unchanged() -> Result<()> {
+    let database = TestDatabase::create("django_app").await?;
+    database.migrate_django().await?;
+    python_app_uses_rust_workers(&database.django_backend_url(), "django").await
+}
+
 /// Runs every scenario of `drive_results.py` against a Rust worker and a
 /// Python one sharing the store at `backend`.
 async fn python_app_uses_rust_workers(backend: &str, tag: &str) -> Result<()> {
@@ -103,6 +110,13 @@ async fn a_rust_app_uses_python_workers_on_the_same_redis() -> Result<()> {
 async fn a_rust_app_uses_python_workers_on_the_same_database() -> Result<()> {
     let database = TestDatabase::create("rust_app").await?;
     rust_app_uses_python_workers(&database.backend_url(), "db").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_app_uses_python_workers_on_the_same_django_tables() -> Result<()> {
+    let database = TestDatabase::create("rust_django").await?;
+    database.migrate_django().await?;
+    rust_app_uses_python_workers(&database.django_backend_url(), "django").await
 }
 
 /// A Rust producer's results, group and chord, run by a Python worker on

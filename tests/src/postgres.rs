@@ -45,6 +45,31 @@ impl TestDatabase {
         format!("db+{}", self.url())
     }
 
+    /// Celeriac's URL for django-celery-results' tables in it:
+    /// `django-db+postgresql://.../<name>`.
+    pub fn django_backend_url(&self) -> String {
+        format!("django-db+{}", self.url())
+    }
+
+    /// Creates django-celery-results' tables in it with Django's own
+    /// migrations (`tests/interop/django_results`, the interop venv).
+    pub async fn migrate_django(&self) -> Result<()> {
+        let output = tokio::process::Command::new(crate::interop_python()?)
+            .args(["-m", "django", "migrate", "--verbosity", "0"])
+            .current_dir(crate::repo_root().join("tests/interop"))
+            .env("DJANGO_SETTINGS_MODULE", "django_results.settings")
+            .env("CELERIAC_TEST_DJANGO_DB", self.url())
+            .output()
+            .await
+            .context("running Django's migrations")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "Django's migrations failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
     /// Its plain `postgresql://` URL.
     pub fn url(&self) -> String {
         let server = server_url();

@@ -16,11 +16,17 @@
 //!
 //! Rows Celery wrote before 5.x pickled the `result` column (bytes starting
 //! `0x80`); they are reported as such, not guessed at.
+//!
+//! [`DjangoTaskRow`] is the same for django-celery-results 2.6's
+//! `django_celery_results_taskresult`, whose columns are text: the result
+//! and `meta` (`{"children": [...]}`) as JSON, the arguments as the JSON
+//! encoding of their Python reprs (`"(2, 3)"`), as its admin shows them.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::json::to_python_json;
+use crate::repr::{args_repr, kwargs_repr};
 use crate::store::ResultTuple;
 use crate::{DecodeError, ExtendedMeta, ResultMeta, State};
 
@@ -182,6 +188,144 @@ fn add_stamps(extra: &mut Map<String, Value>, document: Value) {
     }
 }
 
+/// One `django_celery_results_taskresult` row, without its id and its
+/// dates (the database sets those).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DjangoTaskRow {
+    /// The task id (unique).
+    pub task_id: String,
+    /// The state name.
+    pub status: String,
+    /// `application/json`: how `result` and `meta` are encoded.
+    pub content_type: String,
+    /// `utf-8` (`binary` would mean base64, which only other serializers
+    /// write).
+    pub content_encoding: String,
+    /// The result (an exception dict for failures), JSON.
+    pub result: Option<String>,
+    /// The formatted traceback.
+    pub traceback: Option<String>,
+    /// `{"children": [...]}`, JSON.
+    pub meta: Option<String>,
+    /// The positional arguments' repr, JSON-encoded (extended).
+    pub task_args: Option<String>,
+    /// The keyword arguments' repr, JSON-encoded (extended).
+    pub task_kwargs: Option<String>,
+    /// The task's name (extended).
+    pub task_name: Option<String>,
+    /// The worker's host name (extended).
+    pub worker: Option<String>,
+    /// The django-celery-beat entry that sent the task (extended).
+    pub periodic_task_name: Option<String>,
+}
+
+/// What a Django row shows of the call beside the result document: the
+/// reprs the message carried (`argsrepr`, `kwargsrepr`: a producer may
+/// have masked secrets in them) and the `periodic_task_name` header.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallRepr {
+    /// The `argsrepr` header, if the message had one.
+    pub argsrepr: Option<String>,
+    /// The `kwargsrepr` header, if the message had one.
+    pub kwargsrepr: Option<String>,
+    /// The `periodic_task_name` header, if the message had one.
+    pub periodic_task_name: Option<String>,
+}
+
+impl DjangoTaskRow {
+    /// The row django-celery-results writes for `meta`. The extended
+    /// columns are filled when `meta` has its extended fields, the
+    /// arguments from the message's reprs (computed from the arguments
+    /// when it had none).
+    ///
+    /// ```
+    /// use celeriac_protocol::{ResultMeta, State, sql_row::{CallRepr, DjangoTaskRow}};
+    /// let row = DjangoTaskRow::from_meta(&ResultMeta::new("t1", State::Success, 5.into()), &CallRepr::default());
+    /// assert_eq!(row.result.as_deref(), Some("5"));
+    /// assert_eq!(row.meta.as_deref(), Some(r#"{"children": []}"#));
+    /// ```
+    pub fn from_meta(meta: &ResultMeta, call: &CallRepr) -> DjangoTaskRow {
+        let mut document = Map::new();
+        document.insert("children".into(), Value::Array(meta.children.clone()));
+        let mut row = DjangoTaskRow {
+            task_id: meta.task_id.clone(),
+            status: meta.status.as_str().to_owned(),
+            content_type: crate::content::JSON.to_owned(),
+            content_encoding: crate::content::UTF8.to_owned(),
+            result: Some(to_python_json(&meta.result)),
+            traceback: meta.traceback.clone(),
+            meta: Some(to_python_json(&Value::Object(document))),
+            ..DjangoTaskRow::default()
+        };
+        if let Some(extended) = &meta.extended {
+            let args = call
+                .argsrepr
+                .clone()
+                .unwrap_or_else(|| match &extended.args {
+                    Value::Array(args) => args_repr(args),
+                    other => to_python_json(other),
+                });
+            let kwargs = call
+                .kwargsrepr
+                .clone()
+                .unwrap_or_else(|| match &extended.kwargs {
+                    Value::Object(kwargs) => kwargs_repr(kwargs),
+                    other => to_python_json(other),
+                });
+            row.task_args = Some(to_python_json(&Value::String(args)));
+            row.task_kwargs = Some(to_python_json(&Value::String(kwargs)));
+            row.task_name = extended.name.clone();
+            row.worker = extended.worker.clone();
+            row.periodic_task_name = call.periodic_task_name.clone();
+        }
+        row
+    }
+
+    /// The result document this row holds, as django-celery-results reads
+    /// it (`args` and `kwargs` are the reprs, as its admin shows them).
+    pub fn to_meta(
+        &self,
+        date_done: Option<DateTime<FixedOffset>>,
+    ) -> Result<ResultMeta, DecodeError> {
+        if self.content_encoding != crate::content::UTF8 {
+            return Err(DecodeError::Result(format!(
+                "task {} was stored with content_encoding {:?} (a binary serializer);                  Celeriac reads JSON results only",
+                self.task_id, self.content_encoding
+            )));
+        }
+        let text = |column: &str, value: &Option<String>| match value {
+            Some(text) if !text.is_empty() => decode(column, text.as_bytes()),
+            _ => Ok(Value::Null),
+        };
+        let status = State::parse(&self.status);
+        let mut meta = ResultMeta::new(&self.task_id, status, text("result", &self.result)?);
+        meta.traceback = self.traceback.clone();
+        meta.date_done = date_done.filter(|_| meta.status.is_ready());
+        if let Value::Object(document) = text("meta", &self.meta)? {
+            for (key, value) in document {
+                match (key.as_str(), value) {
+                    ("children", Value::Array(children)) => meta.children = children,
+                    ("children", _) => {}
+                    (_, value) => {
+                        meta.extra.insert(key, value);
+                    }
+                }
+            }
+        }
+        if self.task_name.is_some() || self.worker.is_some() {
+            meta.extended = Some(ExtendedMeta {
+                name: self.task_name.clone(),
+                args: text("task_args", &self.task_args)?,
+                kwargs: text("task_kwargs", &self.task_kwargs)?,
+                worker: self.worker.clone(),
+                retries: None,
+                queue: None,
+            });
+        }
+        Ok(meta)
+    }
+}
+
 /// The `result` column of a saved group's `celery_tasksetmeta` row: the
 /// group's result tuple itself, JSON-encoded.
 ///
@@ -288,6 +432,53 @@ mod tests {
             Some(&br#"{"stamped_headers": ["tenant"], "stamps": {"tenant": "acme"}}"#[..])
         );
         assert_eq!(row.to_meta().unwrap().extra, meta.extra);
+    }
+
+    /// The columns django-celery-results 2.6 wrote for an extended success
+    /// (read from PostgreSQL after `store_result`).
+    #[test]
+    fn django_rows_match_what_django_celery_results_writes() {
+        let mut meta = ResultMeta::new("t1", State::Success, json!({"a": [1, 2.5, null]}));
+        meta.extended = Some(ExtendedMeta {
+            name: Some("demo.add".into()),
+            args: json!([1, 2]),
+            kwargs: json!({"x": 1}),
+            worker: Some("w@h".into()),
+            retries: Some(0),
+            queue: Some("celery".into()),
+        });
+        let call = CallRepr {
+            argsrepr: None,
+            kwargsrepr: None,
+            periodic_task_name: Some("nightly".into()),
+        };
+        let row = DjangoTaskRow::from_meta(&meta, &call);
+        assert_eq!(row.result.as_deref(), Some(r#"{"a": [1, 2.5, null]}"#));
+        assert_eq!(row.meta.as_deref(), Some(r#"{"children": []}"#));
+        assert_eq!(row.task_args.as_deref(), Some(r#""(1, 2)""#));
+        assert_eq!(row.task_kwargs.as_deref(), Some(r#""{'x': 1}""#));
+        assert_eq!(
+            (row.content_type.as_str(), row.content_encoding.as_str()),
+            ("application/json", "utf-8")
+        );
+        let read = row.to_meta(None).unwrap();
+        assert_eq!(read.result, meta.result);
+        assert_eq!(
+            read.extended.unwrap().args,
+            json!("(1, 2)"),
+            "the repr, as Python reads it"
+        );
+
+        let masked = CallRepr {
+            argsrepr: Some("('***',)".into()),
+            ..CallRepr::default()
+        };
+        let row = DjangoTaskRow::from_meta(&meta, &masked);
+        assert_eq!(
+            row.task_args.as_deref(),
+            Some(r#""('***',)""#),
+            "a masked repr stays masked"
+        );
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct Request {
     pub correlation_id: Option<String>,
     /// Custom headers sent with the task.
     pub headers: Headers,
+    /// The display form of the args the message carried (`argsrepr`), which
+    /// a producer may have masked; result stores that show arguments use it.
+    pub argsrepr: Option<String>,
+    /// The display form of the kwargs the message carried (`kwargsrepr`).
+    pub kwargsrepr: Option<String>,
     /// Signalled when the task's soft time limit passes.
     pub soft_limit: SoftLimit,
     /// This run's W3C trace context, when the message carried one: the
@@ -137,6 +142,8 @@ impl Request {
             reply_to: message.properties.reply_to.clone(),
             correlation_id: message.properties.correlation_id.clone(),
             headers: h.extra.clone(),
+            argsrepr: h.argsrepr.clone(),
+            kwargsrepr: h.kwargsrepr.clone(),
             soft_limit: SoftLimit::default(),
             trace: TraceContext::from_headers(h).map(|sender| sender.with_span(new_span_id())),
             results: None,
@@ -220,6 +227,8 @@ impl Request {
             reply_to: None,
             correlation_id: None,
             headers: Headers::new(),
+            argsrepr: None,
+            kwargsrepr: None,
             soft_limit: SoftLimit::default(),
             trace: None,
             results: None,

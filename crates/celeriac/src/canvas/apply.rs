@@ -8,7 +8,8 @@
 //! - `celery.chain` sends its first step carrying the rest, reversed, in
 //!   `embed.chain`; `celery.group` sends each member with the group id and
 //!   its index.
-//! - `celery.chord` records the header's size in the result store, then
+//! - `celery.chord` records the chord in the result store (the header's
+//!   size, or its ids), then
 //!   sends each header task with the group id, its index and the body in
 //!   `embed.chord`, for a backend that counts chord results (Redis). On a
 //!   backend that cannot count (SQL databases) it first sends
@@ -174,7 +175,13 @@ impl App {
             })
             .collect();
         match self.result_backend().and_then(|b| b.chords()) {
-            Some(chords) => chords.set_chord_size(&group_id, header.len()).await?,
+            Some(chords) => {
+                let ids: Vec<String> = header
+                    .iter()
+                    .filter_map(|h| h.task_id().map(str::to_owned))
+                    .collect();
+                chords.start_chord(&group_id, &ids).await?;
+            }
             None => self.send_chord_unlock(&group_id, &header, &body).await?,
         }
         self.apply_members(&header, &group_id, Some(&body), &apply)

@@ -160,12 +160,14 @@ pub trait ResultBackend: Send + Sync + std::fmt::Debug + 'static {
 /// workers follow, so a header may run on any mix of Python and Rust
 /// workers.
 pub trait ChordStore: Send + Sync {
-    /// Records the header's size before the header is published (the
-    /// producer's `set_chord_size`); a chord never completes without it.
-    fn set_chord_size<'a>(
+    /// Records the chord before its header is published: the header's
+    /// size (Redis: the producer's `set_chord_size`) or its task ids
+    /// (django-celery-results' `ChordCounter`), given here in order. A
+    /// chord never completes without it.
+    fn start_chord<'a>(
         &'a self,
         group_id: &'a str,
-        size: usize,
+        header: &'a [String],
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
     /// Records one header task's final result and says whether the chord

@@ -8,7 +8,9 @@
 //!   groups, and chords;
 //! - `db+postgresql://` ([`DatabaseBackend`], cargo feature `postgres`, on by
 //!   default): Celery's SQL tables; chords joined by `celery.chord_unlock`,
-//!   expired results deleted by `celery.backend_cleanup`.
+//!   expired results deleted by `celery.backend_cleanup`;
+//! - `django-db+postgresql://` ([`DjangoBackend`], the same feature):
+//!   django-celery-results' tables, chords counted in its `ChordCounter`.
 
 mod async_result;
 mod backend;
@@ -31,7 +33,7 @@ pub use backend::{
     Slot, SlotGaps, UniqueLocks,
 };
 #[cfg(feature = "postgres")]
-pub use database::DatabaseBackend;
+pub use database::{DatabaseBackend, DjangoBackend};
 pub use error::BackendError;
 pub use group::GroupResult;
 #[cfg(feature = "redis")]
@@ -41,7 +43,7 @@ pub use rpc::RpcBackend;
 /// The backend a `result_backend` URL names: `None` for none (empty or
 /// `disabled`), `rpc://`, a Redis URL (`redis://`, `rediss://`,
 /// `redis+socket://`, `sentinel://`), or a PostgreSQL one
-/// (`db+postgresql://`).
+/// (`db+postgresql://`, `django-db+postgresql://`).
 pub fn open_backend(
     url: &str,
     broker: &Broker,
@@ -60,12 +62,20 @@ pub fn open_backend(
     if is_redis(url) {
         return open_redis(url, settings);
     }
-    if url.starts_with("db+") {
+    if url.starts_with("db+") || url.starts_with("django-db+") {
         return open_database(url, settings);
+    }
+    if url == "django-db" {
+        return Err(BackendError::Config(
+            "result backend \"django-db\" takes its database from Django's settings, which a \
+             Rust worker does not read; name the database: \
+             django-db+postgresql://user:password@host:5432/dbname"
+                .into(),
+        ));
     }
     Err(BackendError::Config(format!(
         "result backend {redacted:?} is not supported; use rpc://, redis://, rediss://, \
-         redis+socket://, sentinel:// or db+postgresql://"
+         redis+socket://, sentinel://, db+postgresql:// or django-db+postgresql://"
     )))
 }
 
@@ -74,6 +84,9 @@ fn open_database(
     url: &str,
     settings: &ResultSettings,
 ) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
+    if database::is_django_url(url) {
+        return Ok(Some(Arc::new(DjangoBackend::new(url, settings.clone())?)));
+    }
     debug_assert!(database::is_database_url(url));
     Ok(Some(Arc::new(DatabaseBackend::new(url, settings.clone())?)))
 }

@@ -13,6 +13,7 @@
 //! which the worker retries with backoff before it settles a delivery, so
 //! a result is stored (committed) before its task message is acked.
 
+mod django;
 mod pool;
 mod schema;
 mod url;
@@ -24,8 +25,9 @@ use celeriac_protocol::store::ResultTuple;
 use celeriac_protocol::{ResultMeta, State};
 use tokio::time::Instant;
 
-use self::pool::Pool;
-pub(crate) use self::url::is_database_url;
+pub use self::django::DjangoBackend;
+use self::pool::{Pool, Tables};
+pub(crate) use self::url::{is_database_url, is_django_url};
 use super::history::StateHistory;
 use super::{BackendError, BoxFuture, ResultBackend, ResultSettings};
 use crate::Request;
@@ -93,7 +95,7 @@ impl DatabaseBackend {
         let config = url::parse(url).map_err(BackendError::Config)?;
         let redacted = celeriac_broker::url::redact(url);
         Ok(DatabaseBackend {
-            pool: Pool::new(config, redacted)?,
+            pool: Pool::new(config, redacted, Tables::Celery)?,
             settings,
             seen: StateHistory::default(),
         })

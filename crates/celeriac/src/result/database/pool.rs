@@ -1,7 +1,8 @@
 //! The connections to PostgreSQL: a deadpool pool that drops connections
-//! the server closed, the tables created on first use, and the line
-//! between "the database is away, try again" ([`BackendError::Unavailable`])
-//! and "the database refused this" ([`BackendError::Refused`]).
+//! the server closed, the tables checked (and Celery's created) on first
+//! use, and the line between "the database is away, try again"
+//! ([`BackendError::Unavailable`]) and "the database refused this"
+//! ([`BackendError::Refused`]).
 
 use std::time::Duration;
 
@@ -20,17 +21,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a free connection.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whose tables the results live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tables {
+    /// Celery's SQLAlchemy tables, created when missing.
+    Celery,
+    /// django-celery-results' tables, which Django's migrations create.
+    Django,
+}
+
+/// The table whose absence means Django's migrations have not run.
+const DJANGO_TABLE: &str = "django_celery_results_taskresult";
+
 /// A pool of connections to one database, its tables ready on first use.
 pub(super) struct Pool {
     pool: deadpool_postgres::Pool,
     url: String,
+    tables: Tables,
     tables_ready: OnceCell<()>,
 }
 
 impl Pool {
     /// A pool for `config`; nothing connects until the first use, so a
     /// program starts while the database is down.
-    pub(super) fn new(config: tokio_postgres::Config, url: String) -> Result<Pool, BackendError> {
+    pub(super) fn new(
+        config: tokio_postgres::Config,
+        url: String,
+        tables: Tables,
+    ) -> Result<Pool, BackendError> {
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -48,6 +66,7 @@ impl Pool {
         Ok(Pool {
             pool,
             url,
+            tables,
             tables_ready: OnceCell::new(),
         })
     }
@@ -62,12 +81,35 @@ impl Pool {
         let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
         self.tables_ready
             .get_or_try_init(|| async {
-                schema::create_missing(&mut client)
-                    .await
-                    .map_err(|e| self.error("creating the result tables", &e))
+                match self.tables {
+                    Tables::Celery => schema::create_missing(&mut client)
+                        .await
+                        .map_err(|e| self.error("creating the result tables", &e)),
+                    Tables::Django => self.check_migrated(&client).await,
+                }
             })
             .await?;
         Ok(client)
+    }
+
+    /// Whether Django's migrations created django-celery-results' tables;
+    /// until they do, storing waits (and retries) rather than fails.
+    async fn check_migrated(&self, client: &Object) -> Result<(), BackendError> {
+        let found = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&DJANGO_TABLE])
+            .await
+            .map_err(|e| self.error("looking for the django-celery-results tables", &e))?;
+        if found.get::<_, bool>(0) {
+            return Ok(());
+        }
+        Err(BackendError::Unavailable {
+            url: self.url.clone(),
+            detail: format!(
+                "table {DJANGO_TABLE} does not exist: run `python manage.py migrate \
+                 django_celery_results` against this database (Celeriac does not create \
+                 Django's tables)"
+            ),
+        })
     }
 
     fn pool_error(&self, error: PoolError) -> BackendError {

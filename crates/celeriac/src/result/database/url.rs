@@ -1,7 +1,9 @@
 //! The URLs of Celery's `database` backend, as SQLAlchemy spells them:
 //! `db+postgresql://user:password@host:5432/dbname`, optionally naming the
 //! Python driver (`db+postgresql+psycopg2://`, `+psycopg`, `+pg8000`, ...),
-//! which this backend ignores: it speaks PostgreSQL's protocol itself.
+//! which this backend ignores: it speaks PostgreSQL's protocol itself. The
+//! same behind `django-db+` names the database of django-celery-results
+//! (Python's `django-db` takes it from Django's settings).
 
 use std::str::FromStr;
 
@@ -13,10 +15,20 @@ pub(crate) fn is_database_url(url: &str) -> bool {
     url.starts_with("db+")
 }
 
-/// The connection settings of a `db+postgresql://` URL.
+/// Whether `url` names django-celery-results' tables
+/// (`django-db+postgresql://`).
+pub(crate) fn is_django_url(url: &str) -> bool {
+    url.starts_with("django-db+")
+}
+
+/// The connection settings of a `db+postgresql://` or
+/// `django-db+postgresql://` URL.
 pub(crate) fn parse(url: &str) -> Result<tokio_postgres::Config, String> {
     let redacted = celeriac_broker::url::redact(url);
-    let rest = url.strip_prefix("db+").unwrap_or(url);
+    let rest = url
+        .strip_prefix("db+")
+        .or_else(|| url.strip_prefix("django-db+"))
+        .unwrap_or(url);
     let (scheme, tail) = rest.split_once("://").ok_or_else(|| {
         format!("{redacted:?} is not a URL; use db+postgresql://user@host/dbname")
     })?;
@@ -58,6 +70,8 @@ mod tests {
             assert_eq!(config.get_dbname(), Some("test"), "{url}");
             assert_eq!(config.get_user(), Some("postgres"), "{url}");
         }
+        let django = parse("django-db+postgresql://app@db.internal/shop").unwrap();
+        assert_eq!(django.get_dbname(), Some("shop"));
         let config = parse("db+postgresql://u:p%40ss@h:5433/d").unwrap();
         assert_eq!(config.get_password(), Some(&b"p@ss"[..]));
         assert_eq!(config.get_ports(), [5433]);

@@ -432,12 +432,13 @@ impl UniqueLocks for RedisBackend {
 }
 
 impl ChordStore for RedisBackend {
-    fn set_chord_size<'a>(
+    fn start_chord<'a>(
         &'a self,
         group_id: &'a str,
-        size: usize,
+        header: &'a [String],
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            let size = header.len();
             let mut connection = self.store.connection().await?;
             let mut pipe = redis::pipe();
             pipe.atomic()
