@@ -124,7 +124,8 @@ impl Pool {
 
     /// Our error for a client error: a lost or refused connection, a
     /// server shutting down or a transaction that lost a race is worth
-    /// trying again; anything else is the statement's fault.
+    /// trying again; anything else (the statement, its parameters, a
+    /// missing permission) is not.
     pub(super) fn error(
         &self,
         operation: &'static str,
@@ -134,7 +135,7 @@ impl Pool {
             .as_db_error()
             .map_or_else(|| error.to_string(), |db| db.message().to_owned());
         let retryable = match error.code() {
-            None => true,
+            None => error.is_closed() || is_io(error),
             Some(code) => {
                 code.code().starts_with("08")
                     || [
@@ -161,4 +162,17 @@ impl Pool {
             }
         }
     }
+}
+
+/// Whether the client failed on the connection itself (refused, reset,
+/// timed out) rather than on what it was asked to send.
+fn is_io(error: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
