@@ -238,6 +238,23 @@ pub struct ChordPart {
 }
 
 impl ChordPart {
+    /// The part a header task's stored result is, once it is final (a
+    /// ready state); `None` while it is not (stores that join chords by
+    /// reading results, not by counting them, use this).
+    ///
+    /// ```
+    /// use celeriac_protocol::{ResultMeta, State, store::ChordPart};
+    /// assert!(ChordPart::of_ready(ResultMeta::new("t", State::Started, 1.into())).is_none());
+    /// assert_eq!(ChordPart::of_ready(ResultMeta::new("t", State::Success, 4.into())).unwrap().result, 4);
+    /// ```
+    pub fn of_ready(meta: crate::ResultMeta) -> Option<ChordPart> {
+        meta.status.is_ready().then_some(ChordPart {
+            task_id: meta.task_id,
+            state: meta.status,
+            result: meta.result,
+        })
+    }
+
     /// The JSON text stored in `.j`.
     ///
     /// ```

@@ -154,13 +154,9 @@ async fn poll(
 ) -> Result<Option<Vec<ChordPart>>, celeriac::result::BackendError> {
     let mut parts = Vec::with_capacity(header.len());
     for id in header {
-        match backend.get(id).await? {
-            Some(meta) if meta.status.is_ready() => parts.push(ChordPart {
-                task_id: id.clone(),
-                state: meta.status,
-                result: meta.result,
-            }),
-            _ => return Ok(None),
+        match backend.get(id).await?.and_then(ChordPart::of_ready) {
+            Some(part) => parts.push(part),
+            None => return Ok(None),
         }
     }
     Ok(Some(parts))

@@ -15,21 +15,15 @@ use celeriac_protocol::store::{ChordPart, ResultTuple};
 use celeriac_protocol::{ResultMeta, State};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::time::Instant;
 use tracing::warn;
 
 use super::pool::{Pool, Tables};
-use super::url;
+use super::{polling, url};
 use crate::Request;
 use crate::result::history::StateHistory;
 use crate::result::{
     BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, ResultBackend, ResultSettings,
 };
-
-/// How often [`ResultBackend::wait`] looks first, then at most
-/// (django-celery-results polls every 0.5 s).
-const FIRST_POLL: Duration = Duration::from_millis(20);
-const SLOWEST_POLL: Duration = Duration::from_millis(500);
 
 const STORE: &str = "
 INSERT INTO django_celery_results_taskresult AS t
@@ -262,20 +256,12 @@ impl DjangoBackend {
         }
         let mut parts = Vec::with_capacity(header.len());
         for id in header {
-            match found.remove(id) {
-                Some(meta) if meta.status.is_ready() => parts.push(ChordPart {
-                    task_id: id.clone(),
-                    state: meta.status,
-                    result: meta.result,
-                }),
-                _ => return Ok(None),
+            match found.remove(id).and_then(ChordPart::of_ready) {
+                Some(part) => parts.push(part),
+                None => return Ok(None),
             }
         }
         Ok(Some(parts))
-    }
-
-    fn expires(&self) -> Option<f64> {
-        self.settings.expires.map(|d| d.as_secs_f64())
     }
 }
 
@@ -319,23 +305,7 @@ impl ResultBackend for DjangoBackend {
         task_id: &'a str,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            let mut interval = FIRST_POLL;
-            loop {
-                if let Some(meta) = self.read(task_id).await?
-                    && meta.status.is_ready()
-                {
-                    return Ok(Some(meta));
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(None);
-                }
-                tokio::time::sleep_until((now + interval).min(deadline)).await;
-                interval = (interval * 2).min(SLOWEST_POLL);
-            }
-        })
+        Box::pin(polling::until_ready(timeout, move || self.read(task_id)))
     }
 
     fn history(&self, task_id: &str) -> Vec<State> {
@@ -352,24 +322,20 @@ impl ResultBackend for DjangoBackend {
 
     fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let client = self.pool.connection().await?;
-            client
-                .execute(FORGET, &[&task_id])
+            self.pool
+                .execute("forgetting a result", FORGET, &[&task_id])
                 .await
-                .map_err(|e| self.pool.error("forgetting a result", &e))?;
-            Ok(())
+                .map(drop)
         })
     }
 
     fn save_group<'a>(&'a self, group: &'a ResultTuple) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let client = self.pool.connection().await?;
             let column = String::from_utf8_lossy(&group_column(group)).into_owned();
-            client
-                .execute(SAVE_GROUP, &[&group.id(), &column])
+            self.pool
+                .execute("saving a group", SAVE_GROUP, &[&group.id(), &column])
                 .await
-                .map_err(|e| self.pool.error("saving a group", &e))?;
-            Ok(())
+                .map(drop)
         })
     }
 
@@ -411,22 +377,8 @@ impl ResultBackend for DjangoBackend {
     }
 
     fn cleanup(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
-        Box::pin(async move {
-            let Some(expires) = self.expires() else {
-                return Ok(0);
-            };
-            let client = self.pool.connection().await?;
-            let failed = |e| self.pool.error("deleting expired results", &e);
-            let tasks = client
-                .execute(CLEAN_TASKS, &[&expires])
-                .await
-                .map_err(failed)?;
-            let groups = client
-                .execute(CLEAN_GROUPS, &[&expires])
-                .await
-                .map_err(failed)?;
-            Ok(tasks + groups)
-        })
+        let expired = [CLEAN_TASKS, CLEAN_GROUPS];
+        Box::pin(self.pool.delete_expired(expired, self.settings.expires))
     }
 }
 

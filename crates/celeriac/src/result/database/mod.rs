@@ -14,6 +14,7 @@
 //! a result is stored (committed) before its task message is acked.
 
 mod django;
+mod polling;
 mod pool;
 mod schema;
 mod url;
@@ -23,7 +24,6 @@ use std::time::Duration;
 use celeriac_protocol::sql_row::{TaskRow, group_column, parse_group_column};
 use celeriac_protocol::store::ResultTuple;
 use celeriac_protocol::{ResultMeta, State};
-use tokio::time::Instant;
 
 pub use self::django::DjangoBackend;
 use self::pool::{Pool, Tables};
@@ -31,11 +31,6 @@ pub(crate) use self::url::{is_database_url, is_django_url};
 use super::history::StateHistory;
 use super::{BackendError, BoxFuture, ResultBackend, ResultSettings};
 use crate::Request;
-
-/// How often [`ResultBackend::wait`] looks first, then at most (Celery's
-/// database backend polls every 0.5 s).
-const FIRST_POLL: Duration = Duration::from_millis(20);
-const SLOWEST_POLL: Duration = Duration::from_millis(500);
 
 const STORE: &str = "
 INSERT INTO celery_taskmeta
@@ -162,11 +157,6 @@ impl DatabaseBackend {
             .map_err(failed)?;
         Ok(())
     }
-
-    /// Result expiry in seconds, if results expire.
-    fn expires(&self) -> Option<f64> {
-        self.settings.expires.map(|d| d.as_secs_f64())
-    }
 }
 
 impl ResultBackend for DatabaseBackend {
@@ -190,23 +180,7 @@ impl ResultBackend for DatabaseBackend {
         task_id: &'a str,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            let mut interval = FIRST_POLL;
-            loop {
-                if let Some(meta) = self.read(task_id).await?
-                    && meta.status.is_ready()
-                {
-                    return Ok(Some(meta));
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(None);
-                }
-                tokio::time::sleep_until((now + interval).min(deadline)).await;
-                interval = (interval * 2).min(SLOWEST_POLL);
-            }
-        })
+        Box::pin(polling::until_ready(timeout, move || self.read(task_id)))
     }
 
     fn history(&self, task_id: &str) -> Vec<State> {
@@ -223,24 +197,20 @@ impl ResultBackend for DatabaseBackend {
 
     fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let client = self.pool.connection().await?;
-            client
-                .execute(FORGET, &[&task_id])
+            self.pool
+                .execute("forgetting a result", FORGET, &[&task_id])
                 .await
-                .map_err(|e| self.pool.error("forgetting a result", &e))?;
-            Ok(())
+                .map(drop)
         })
     }
 
     fn save_group<'a>(&'a self, group: &'a ResultTuple) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let client = self.pool.connection().await?;
             let column = group_column(group);
-            client
-                .execute(SAVE_GROUP, &[&group.id(), &column])
+            self.pool
+                .execute("saving a group", SAVE_GROUP, &[&group.id(), &column])
                 .await
-                .map_err(|e| self.pool.error("saving a group", &e))?;
-            Ok(())
+                .map(drop)
         })
     }
 
@@ -272,21 +242,7 @@ impl ResultBackend for DatabaseBackend {
     }
 
     fn cleanup(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
-        Box::pin(async move {
-            let Some(expires) = self.expires() else {
-                return Ok(0);
-            };
-            let client = self.pool.connection().await?;
-            let failed = |e| self.pool.error("deleting expired results", &e);
-            let tasks = client
-                .execute(CLEAN_TASKS, &[&expires])
-                .await
-                .map_err(failed)?;
-            let groups = client
-                .execute(CLEAN_GROUPS, &[&expires])
-                .await
-                .map_err(failed)?;
-            Ok(tasks + groups)
-        })
+        let expired = [CLEAN_TASKS, CLEAN_GROUPS];
+        Box::pin(self.pool.delete_expired(expired, self.settings.expires))
     }
 }

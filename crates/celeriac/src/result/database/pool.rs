@@ -10,6 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMeth
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use super::schema;
 use crate::result::BackendError;
@@ -110,6 +111,41 @@ impl Pool {
                  Django's tables)"
             ),
         })
+    }
+
+    /// Runs one statement, and says how many rows it changed.
+    pub(super) async fn execute(
+        &self,
+        operation: &'static str,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, BackendError> {
+        let client = self.connection().await?;
+        client
+            .execute(statement, params)
+            .await
+            .map_err(|e| self.error(operation, &e))
+    }
+
+    /// Runs each of the `statements` that delete the rows older than
+    /// `expires` (given as seconds), and says how many went; nothing if
+    /// results do not expire.
+    pub(super) async fn delete_expired(
+        &self,
+        statements: [&str; 2],
+        expires: Option<Duration>,
+    ) -> Result<u64, BackendError> {
+        let Some(expires) = expires else {
+            return Ok(0);
+        };
+        let seconds = expires.as_secs_f64();
+        let mut deleted = 0;
+        for statement in statements {
+            deleted += self
+                .execute("deleting expired results", statement, &[&seconds])
+                .await?;
+        }
+        Ok(deleted)
     }
 
     fn pool_error(&self, error: PoolError) -> BackendError {
