@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use celeriac::{App, Signature, State, chord, group};
+use celeriac::result::{DatabaseBackend, DjangoBackend, ResultBackend, ResultSettings};
+use celeriac::{App, Request, ResultMeta, Signature, State, chord, group};
 use celeriac_demo::tasks::{self as demo, add};
 use celeriac_tests::postgres::TestDatabase;
 use celeriac_tests::worker::{RunningWorker, cleanup, failure};
@@ -111,12 +112,9 @@ async fn the_tables_rust_creates_are_the_ones_sqlalchemy_creates() -> Result<()>
     let by_rust = TestDatabase::create("ddl_rust").await?;
     let by_python = TestDatabase::create("ddl_python").await?;
 
-    let backend = celeriac::result::DatabaseBackend::new(
-        &by_rust.backend_url(),
-        celeriac::result::ResultSettings::default(),
-    )?;
+    let backend = DatabaseBackend::new(&by_rust.backend_url(), ResultSettings::default())?;
     // The first use creates the tables.
-    celeriac::result::ResultBackend::get(&backend, "no-such-task").await?;
+    backend.get("no-such-task").await?;
 
     let created = tokio::process::Command::new(interop_python()?)
         .args([
@@ -223,7 +221,7 @@ async fn results_groups_and_chords_work_from_rust_alone() -> Result<()> {
 async fn backend_cleanup_deletes_expired_results_only() -> Result<()> {
     let database = TestDatabase::create("cleanup").await?;
     let queue = unique("db-cleanup");
-    let (app, worker) = setup(&database, &queue, Duration::from_secs(2)).await?;
+    let (app, worker) = setup(&database, &queue, Duration::from_secs(5)).await?;
     let old: Vec<_> = (0..3).map(|i| add::new(i, i)).collect();
     let mut old_ids = Vec::new();
     for call in old {
@@ -236,7 +234,7 @@ async fn backend_cleanup_deletes_expired_results_only() -> Result<()> {
         .await?;
     members.save().await?;
     members.join::<i64>(WAIT).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let fresh = add::new(5, 5).apply_async(&app).await?;
     fresh.get(WAIT).await?;
 
@@ -254,8 +252,11 @@ async fn backend_cleanup_deletes_expired_results_only() -> Result<()> {
         }
     };
     let old_rows = "SELECT count(*) FROM celery_taskmeta WHERE task_id = ANY($1)";
+    let groups = "SELECT count(*) FROM celery_tasksetmeta";
     let deadline = tokio::time::Instant::now() + WAIT;
-    while count(old_rows).await? > 0 && tokio::time::Instant::now() < deadline {
+    while (count(old_rows).await? > 0 || count(groups).await? > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ensure!(
@@ -263,7 +264,7 @@ async fn backend_cleanup_deletes_expired_results_only() -> Result<()> {
         "expired results were not deleted"
     );
     ensure!(
-        count("SELECT count(*) FROM celery_tasksetmeta").await? == 0,
+        count(groups).await? == 0,
         "the expired saved group was not deleted"
     );
     ensure!(
@@ -276,4 +277,75 @@ async fn backend_cleanup_deletes_expired_results_only() -> Result<()> {
     worker.stop().await?;
     cleanup(&app, &queue).await;
     Ok(())
+}
+
+/// Stores `SUCCESS`, then a late `STARTED` (a redelivered copy starting),
+/// and reads back `SUCCESS` with its value.
+async fn success_stays(backend: &dyn ResultBackend) -> Result<()> {
+    let id = unique("success-stays");
+    let request = Request::detached("demo.add", id.clone());
+    backend
+        .store(
+            &ResultMeta::new(id.clone(), State::Success, 42.into()),
+            &request,
+        )
+        .await?;
+    backend
+        .store(
+            &ResultMeta::new(id.clone(), State::Started, Value::Null),
+            &request,
+        )
+        .await?;
+    let stored = backend.get(&id).await?.context("the result is there")?;
+    ensure!(
+        stored.status == State::Success && stored.result == 42,
+        "a late STARTED replaced the SUCCESS: {stored:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_success_is_never_overwritten() -> Result<()> {
+    let celery = TestDatabase::create("success").await?;
+    success_stays(&DatabaseBackend::new(
+        &celery.backend_url(),
+        ResultSettings::default(),
+    )?)
+    .await?;
+    let django = TestDatabase::create("success_django").await?;
+    django.migrate_django().await?;
+    success_stays(&DjangoBackend::new(
+        &django.django_backend_url(),
+        ResultSettings::default(),
+    )?)
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_only_read_and_write_rows_can_use_the_tables() -> Result<()> {
+    let database = TestDatabase::create("dml_only").await?;
+    // The owner creates the tables (as a migration would).
+    let owner = DatabaseBackend::new(&database.backend_url(), ResultSettings::default())?;
+    owner.get("no-such-task").await?;
+    let role = format!("celeriac_rw_{:08x}", fastrand::u32(..));
+    let admin = TestDatabase::admin().await?;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await?;
+    let grants = database.connect().await?;
+    grants
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"
+        ))
+        .await?;
+    let url = database
+        .backend_url()
+        .replacen("postgres@", &format!("{role}@"), 1);
+    let outcome = success_stays(&DatabaseBackend::new(&url, ResultSettings::default())?).await;
+    drop(grants);
+    drop(database);
+    admin.batch_execute(&format!("DROP ROLE {role}")).await?;
+    outcome.context("storing and reading as a role without DDL rights")
 }

@@ -49,7 +49,10 @@ pub struct Beat {
 impl Beat {
     /// A beat sending `entries` through `app`, as member of cluster
     /// `cluster` (beats of one cluster elect one active member).
+    /// Entries Celery's beat adds by itself are added here too (see
+    /// [`with_automatic_entries`]).
     pub fn new(app: App, entries: Vec<Entry>, cluster: impl Into<String>) -> Beat {
+        let entries = with_automatic_entries(&app, entries);
         Beat {
             app,
             entries,
@@ -212,11 +215,30 @@ impl Beat {
         match schedule::load(path) {
             Ok(entries) => {
                 info!(entries = entries.len(), "reloaded the schedule");
-                self.entries = entries;
+                self.entries = with_automatic_entries(&self.app, entries);
             }
             Err(e) => error!("reloading the schedule failed, keeping the old one: {e}"),
         }
     }
+}
+
+/// The schedule's `entries` plus the one Celery's beat adds by itself: the
+/// daily `celery.backend_cleanup` when the app's result backend keeps
+/// results until they are deleted (SQL databases), unless the schedule
+/// already sends that task.
+fn with_automatic_entries(app: &App, mut entries: Vec<Entry>) -> Vec<Entry> {
+    if !app.result_backend().is_some_and(|b| b.needs_cleanup()) {
+        return entries;
+    }
+    match schedule::add_backend_cleanup(&mut entries) {
+        Ok(true) => info!(
+            "the result backend keeps results until deleted: scheduled {} daily at 04:00 UTC",
+            schedule::BACKEND_CLEANUP
+        ),
+        Ok(false) => {}
+        Err(e) => error!("could not schedule {}: {e}", schedule::BACKEND_CLEANUP),
+    }
+    entries
 }
 
 /// Sends one tick; a failure is logged and the tick is not retried (the

@@ -66,7 +66,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut entries = match schedule::load(&args.schedule) {
+    let entries = match schedule::load(&args.schedule) {
         Ok(entries) => entries,
         Err(e) => {
             eprintln!("error: {e}");
@@ -109,19 +109,6 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if app.result_backend().is_some_and(|b| b.needs_cleanup()) {
-            match schedule::add_backend_cleanup(&mut entries) {
-                Ok(true) => tracing::info!(
-                    "the result backend keeps results until deleted: scheduled {} daily at 04:00 UTC",
-                    schedule::BACKEND_CLEANUP
-                ),
-                Ok(false) => {}
-                Err(e) => {
-                    eprintln!("error: the backend cleanup entry: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
         let mut beat = Beat::new(app.clone(), entries, args.name).schedule_file(args.schedule);
         if let Some(state) = args.state {
             beat = beat.state_file(state);

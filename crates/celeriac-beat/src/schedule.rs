@@ -139,9 +139,7 @@ struct EntryFormat {
     catch_up: CatchUp,
 }
 
-/// The task that deletes expired results from stores where they do not
-/// expire by themselves (SQL databases).
-pub const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
+pub use celeriac::BACKEND_CLEANUP;
 
 /// Adds Celery's own entry for [`BACKEND_CLEANUP`] (daily at 04:00 UTC,
 /// expiring after 12 hours), as Celery's beat does when the result backend

@@ -289,7 +289,8 @@ impl DjangoTaskRow {
     ) -> Result<ResultMeta, DecodeError> {
         if self.content_encoding != crate::content::UTF8 {
             return Err(DecodeError::Result(format!(
-                "task {} was stored with content_encoding {:?} (a binary serializer);                  Celeriac reads JSON results only",
+                "task {} was stored with content_encoding {:?} (a binary serializer); \
+                 Celeriac reads JSON results only",
                 self.task_id, self.content_encoding
             )));
         }

@@ -7,7 +7,9 @@
 //! header may run on any mix of Python and Rust workers.
 //!
 //! A delivery is settled only after its part is recorded (and, for the last
-//! part, the body sent); a redelivered header task is not counted twice.
+//! part, the body sent). On Redis a redelivered header task is not counted
+//! twice; django-celery-results' `ChordCounter` cannot tell (see
+//! docs/results.md).
 //!
 //! On a backend that cannot count (SQL databases) nothing is recorded
 //! here: the producer sent `celery.chord_unlock`, which polls the header's

@@ -82,7 +82,9 @@ pub use error::{Error, ResultError, TaskFailure};
 pub use panic::catch_panic;
 pub use registry::Registry;
 pub use request::{DeliveryInfo, Request, Retry, SoftLimit};
-pub use result::{AsyncResult, BackendError, GroupResult, ResultBackend, ResultSettings};
+pub use result::{
+    AsyncResult, BACKEND_CLEANUP, BackendError, GroupResult, ResultBackend, ResultSettings,
+};
 pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
 pub use task_error::{
     RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind, python_exception,

@@ -3,12 +3,11 @@
 //! (SQL databases). Celery's beat sends it daily at 04:00; on Redis and
 //! `rpc://` it has nothing to do.
 
-use celeriac::{App, Arguments, Request, Task, TaskError, TaskFuture, TaskOptions};
+use celeriac::{
+    App, Arguments, BACKEND_CLEANUP, Request, Task, TaskError, TaskFuture, TaskOptions,
+};
 use serde_json::Value;
 use tracing::info;
-
-/// The task's name, as Celery registers it.
-const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
 
 /// The built-in `celery.backend_cleanup` task.
 pub(crate) struct BackendCleanup {

@@ -112,11 +112,7 @@ impl App {
         let mut calls = Vec::with_capacity(members.len());
         for (index, member) in members.iter().enumerate() {
             if !matches!(member.kind(), Ok(SignatureKind::Task)) {
-                return Err(signature_error(
-                    member,
-                    "a group or chord header member must be a task signature (nest chains in \
-                     a chord's body instead)",
-                ));
+                return Err(not_a_task_member(member));
             }
             let workflow = Workflow {
                 group: Some((
@@ -137,8 +133,10 @@ impl App {
         Ok(sent.iter().map(|r| r.id().to_owned()).collect())
     }
 
-    /// Applies a chord: the header's size first, then its tasks, each
-    /// carrying the body; an empty header applies the body at once with `[]`.
+    /// Applies a chord: the chord recorded in the result store (or its
+    /// `celery.chord_unlock` sent) first, then the header's tasks, each
+    /// carrying the body; an empty header applies the body at once with
+    /// `[]`. A header that cannot be sent is refused before anything is.
     async fn apply_chord(
         &self,
         signature: &Signature,
@@ -166,6 +164,12 @@ impl App {
                 chain: None,
             };
             return Box::pin(self.apply_signature(&body, empty)).await;
+        }
+        if let Some(member) = header
+            .iter()
+            .find(|m| !matches!(m.kind(), Ok(SignatureKind::Task)))
+        {
+            return Err(not_a_task_member(member));
         }
         let header: Vec<Signature> = header
             .into_iter()
@@ -233,6 +237,15 @@ fn new_id() -> String {
 /// A group signature's id: its `task_id` option, else a new one.
 fn group_id(signature: &Signature) -> String {
     signature.task_id().map_or_else(new_id, str::to_owned)
+}
+
+/// The error for a group or chord header member that is not a task.
+fn not_a_task_member(member: &Signature) -> Error {
+    signature_error(
+        member,
+        "a group or chord header member must be a task signature (nest chains in a chord's \
+         body instead)",
+    )
 }
 
 fn signature_error(signature: &Signature, detail: &str) -> Error {

@@ -211,10 +211,10 @@ impl Chord {
         )
     }
 
-    /// Records the header's size in the result store, sends the header
-    /// (each task carrying the body), and returns the body's result, which
-    /// is the chord's. Over `rpc://` it is an error before anything is
-    /// sent, as in Python.
+    /// Records the chord in the result store (or, on a database, sends
+    /// `celery.chord_unlock`), sends the header (each task carrying the
+    /// body), and returns the body's result, which is the chord's. Over
+    /// `rpc://` it is an error before anything is sent, as in Python.
     pub async fn apply_async(self, app: &App) -> Result<AsyncResult<Value>, Error> {
         if !joins_chords(app) {
             return Err(Error::Backend(NO_CHORDS));

@@ -27,6 +27,11 @@ use std::sync::Arc;
 
 use celeriac_broker::Broker;
 
+/// The task that deletes expired results from stores where they do not
+/// expire by themselves ([`ResultBackend::needs_cleanup`]); workers run it
+/// and beat schedules it daily, as Celery's do.
+pub const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
+
 pub use async_result::AsyncResult;
 pub use backend::{
     BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend, ResultSettings,
@@ -62,7 +67,7 @@ pub fn open_backend(
     if is_redis(url) {
         return open_redis(url, settings);
     }
-    if url.starts_with("db+") || url.starts_with("django-db+") {
+    if is_sql(url) {
         return open_database(url, settings);
     }
     if url == "django-db" {
@@ -101,6 +106,12 @@ fn open_database(
          (on by default; it was turned off)",
         celeriac_broker::url::redact(url)
     )))
+}
+
+/// Whether `url` names a table store: Celery's database backend or
+/// django-celery-results'.
+fn is_sql(url: &str) -> bool {
+    url.starts_with("db+") || url.starts_with("django-db+")
 }
 
 fn is_redis(url: &str) -> bool {

@@ -15,6 +15,7 @@ use celeriac_protocol::store::{ChordPart, ResultTuple};
 use celeriac_protocol::{ResultMeta, State};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::GenericClient;
 use tracing::warn;
 
 use super::pool::{Pool, Tables};
@@ -184,8 +185,10 @@ impl DjangoBackend {
     }
 
     /// Counts one header task down, in one transaction holding the
-    /// counter's row lock, as django-celery-results does; the task that
-    /// brings it to zero deletes it and reads the header's results.
+    /// counter's row lock, as django-celery-results does. The task that
+    /// brings it to zero reads the header's results and deletes the
+    /// counter in that same transaction, so a failure on the way rolls
+    /// the count back and the retry counts again.
     async fn count_down(&self, group_id: &str) -> Result<ChordJoin, BackendError> {
         let mut client = self.pool.connection().await?;
         let failed = |e| self.pool.error("counting a chord down", &e);
@@ -209,13 +212,14 @@ impl DjangoBackend {
             transaction.commit().await.map_err(failed)?;
             return Ok(ChordJoin::Waiting);
         }
+        let header = header_ids(group_id, &sub_tasks)?;
+        let parts = self.parts(&*transaction, &header).await?;
         transaction
             .execute(END_CHORD, &[&group_id])
             .await
             .map_err(failed)?;
         transaction.commit().await.map_err(failed)?;
-        let header = header_ids(group_id, &sub_tasks)?;
-        match self.parts(&client, &header).await? {
+        match parts {
             Some(parts) => Ok(ChordJoin::Complete {
                 parts,
                 claim: ChordClaim {
@@ -233,7 +237,7 @@ impl DjangoBackend {
     /// not ready.
     async fn parts(
         &self,
-        client: &tokio_postgres::Client,
+        client: &impl GenericClient,
         header: &[String],
     ) -> Result<Option<Vec<ChordPart>>, BackendError> {
         let rows = client

@@ -2,7 +2,9 @@
 //! row for row what Celery 5.7's SQLAlchemy backend writes and reads
 //! ([`celeriac_protocol::sql_row`]): results in `celery_taskmeta`, saved
 //! groups in `celery_tasksetmeta`, both created when missing. A stored
-//! `SUCCESS` is never overwritten, as in Celery.
+//! `SUCCESS` is never overwritten, as in Celery, and a write without the
+//! extended fields (`result_extended` off) leaves those already stored, as
+//! Celery's non-extended model does.
 //!
 //! The database has no counter a chord could join on, so chords are joined
 //! by polling with the `celery.chord_unlock` task, as in Celery, and
@@ -39,9 +41,13 @@ INSERT INTO celery_taskmeta
 VALUES (nextval('task_id_sequence'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (task_id) DO UPDATE SET
     status = EXCLUDED.status, result = EXCLUDED.result, date_done = EXCLUDED.date_done,
-    traceback = EXCLUDED.traceback, children = EXCLUDED.children, name = EXCLUDED.name,
-    args = EXCLUDED.args, kwargs = EXCLUDED.kwargs, worker = EXCLUDED.worker,
-    retries = EXCLUDED.retries, queue = EXCLUDED.queue,
+    traceback = EXCLUDED.traceback, children = EXCLUDED.children,
+    name = COALESCE(EXCLUDED.name, celery_taskmeta.name),
+    args = COALESCE(EXCLUDED.args, celery_taskmeta.args),
+    kwargs = COALESCE(EXCLUDED.kwargs, celery_taskmeta.kwargs),
+    worker = COALESCE(EXCLUDED.worker, celery_taskmeta.worker),
+    retries = COALESCE(EXCLUDED.retries, celery_taskmeta.retries),
+    queue = COALESCE(EXCLUDED.queue, celery_taskmeta.queue),
     stamps = COALESCE(EXCLUDED.stamps, celery_taskmeta.stamps)
 WHERE celery_taskmeta.status IS DISTINCT FROM 'SUCCESS'";
 

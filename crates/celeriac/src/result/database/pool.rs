@@ -83,7 +83,7 @@ impl Pool {
         self.tables_ready
             .get_or_try_init(|| async {
                 match self.tables {
-                    Tables::Celery => schema::create_missing(&mut client)
+                    Tables::Celery => schema::prepare(&mut client)
                         .await
                         .map_err(|e| self.error("creating the result tables", &e)),
                     Tables::Django => self.check_migrated(&client).await,
