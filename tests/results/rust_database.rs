@@ -349,3 +349,82 @@ async fn a_role_that_may_only_read_and_write_rows_can_use_the_tables() -> Result
     admin.batch_execute(&format!("DROP ROLE {role}")).await?;
     outcome.context("storing and reading as a role without DDL rights")
 }
+
+/// The server's own certificate (the test server's is self-signed), to
+/// trust as a root; fails saying what to turn on if the server has no TLS.
+async fn server_certificate() -> Result<String> {
+    let admin = TestDatabase::admin().await?;
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await?.get(0);
+    ensure!(
+        ssl == "on",
+        "this test needs TLS on the PostgreSQL server: set ssl = on (with ssl_cert_file and \
+         ssl_key_file) in postgresql.conf and reload it"
+    );
+    Ok(admin.query_one("SHOW ssl_cert_file", &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgresql_follows_libpqs_sslmodes() -> Result<()> {
+    let certificate = server_certificate().await?;
+    let database = TestDatabase::create("tls").await?;
+    let url = database.backend_url();
+    let on_localhost = url.replacen("@127.0.0.1", "@localhost", 1);
+    let backend = |url: String| DatabaseBackend::new(&url, ResultSettings::default());
+
+    // Encrypted, certificate unchecked (libpq's `require`).
+    let required = backend(format!("{url}?sslmode=require"))?;
+    success_stays(&required).await?;
+    let encrypted: i64 = database
+        .connect()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND s.ssl AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(encrypted >= 1, "no encrypted connection from the backend");
+    drop(required);
+
+    // The chain and the name checked against the server's certificate.
+    let trusted = format!("sslrootcert={certificate}");
+    success_stays(&backend(format!(
+        "{on_localhost}?sslmode=verify-full&{trusted}"
+    ))?)
+    .await?;
+    success_stays(&backend(format!("{url}?sslmode=verify-ca&{trusted}"))?).await?;
+
+    // A name the certificate does not carry, and a root nobody trusts.
+    let wrong_name = backend(format!("{url}?sslmode=verify-full&{trusted}"))?;
+    let error = wrong_name
+        .get("t")
+        .await
+        .err()
+        .context("a wrong name was accepted")?;
+    ensure!(error.to_string().contains("certificate"), "{error}");
+    let other_root = std::env::temp_dir().join(format!("{}-other-root.pem", database.name()));
+    std::fs::write(&other_root, a_public_root()?)?;
+    let untrusted = backend(format!(
+        "{on_localhost}?sslmode=verify-full&sslrootcert={}",
+        other_root.display()
+    ))?;
+    let refused = untrusted.get("t").await.err();
+    let _ = std::fs::remove_file(&other_root);
+    let error = refused.context("a certificate no trusted root signed was accepted")?;
+    ensure!(error.to_string().contains("certificate"), "{error}");
+    Ok(())
+}
+
+/// Some public CA's root certificate (the first in the system bundle): a
+/// root that did not sign the test server's certificate.
+fn a_public_root() -> Result<String> {
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+        .context("reading the system CA bundle (Debian: ca-certificates)")?;
+    let end = "-----END CERTIFICATE-----";
+    let first = bundle
+        .find(end)
+        .map(|at| &bundle[..at + end.len()])
+        .context("no certificate in the system CA bundle")?;
+    Ok(format!("{first}\n"))
+}

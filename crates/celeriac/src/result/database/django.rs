@@ -105,10 +105,10 @@ impl DjangoBackend {
     /// first use.
     pub fn new(url: &str, settings: ResultSettings) -> Result<DjangoBackend, BackendError> {
         debug_assert!(url::is_django_url(url));
-        let config = url::parse(url).map_err(BackendError::Config)?;
+        let connection = url::parse(url).map_err(BackendError::Config)?;
         let redacted = celeriac_broker::url::redact(url);
         Ok(DjangoBackend {
-            pool: Pool::new(config, redacted, Tables::Django)?,
+            pool: Pool::new(connection, redacted, Tables::Django)?,
             settings,
             seen: StateHistory::default(),
         })

@@ -19,6 +19,7 @@ mod django;
 mod polling;
 mod pool;
 mod schema;
+mod tls;
 mod url;
 
 use std::time::Duration;
@@ -93,10 +94,10 @@ impl DatabaseBackend {
     /// optionally `db+postgresql+<python driver>://`); nothing connects
     /// until the first use, so a program starts while the database is down.
     pub fn new(url: &str, settings: ResultSettings) -> Result<DatabaseBackend, BackendError> {
-        let config = url::parse(url).map_err(BackendError::Config)?;
+        let connection = url::parse(url).map_err(BackendError::Config)?;
         let redacted = celeriac_broker::url::redact(url);
         Ok(DatabaseBackend {
-            pool: Pool::new(config, redacted, Tables::Celery)?,
+            pool: Pool::new(connection, redacted, Tables::Celery)?,
             settings,
             seen: StateHistory::default(),
         })

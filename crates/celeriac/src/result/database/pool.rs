@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::schema;
+use super::url::Connection;
 use crate::result::BackendError;
 
 /// Connections open at once, at most (per process).
@@ -43,16 +43,20 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// A pool for `config`; nothing connects until the first use, so a
-    /// program starts while the database is down.
+    /// A pool for `connection`; nothing connects until the first use, so
+    /// a program starts while the database is down.
     pub(super) fn new(
-        config: tokio_postgres::Config,
+        connection: Connection,
         url: String,
         tables: Tables,
     ) -> Result<Pool, BackendError> {
+        let tls = connection
+            .tls
+            .connector()
+            .map_err(|e| BackendError::Config(format!("{url}: {e}")))?;
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            connection.config,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -169,7 +173,7 @@ impl Pool {
     ) -> BackendError {
         let detail = error
             .as_db_error()
-            .map_or_else(|| error.to_string(), |db| db.message().to_owned());
+            .map_or_else(|| with_causes(error), |db| db.message().to_owned());
         let retryable = match error.code() {
             None => error.is_closed() || is_io(error),
             Some(code) => {
@@ -198,6 +202,23 @@ impl Pool {
             }
         }
     }
+}
+
+/// An error's text followed by its causes' ("error performing TLS
+/// handshake: invalid peer certificate: ..."), as the client's own text
+/// alone does not say why.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether the client failed on the connection itself (refused, reset,
