@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio_postgres::GenericClient;
 use tracing::warn;
 
-use super::pool::{Pool, Tables};
+use super::pool::{Pool, Tables, column};
 use super::{polling, url};
 use crate::Request;
 use crate::result::history::StateHistory;
@@ -126,20 +126,20 @@ impl DjangoBackend {
             return Ok(None);
         };
         let task_row = DjangoTaskRow {
-            task_id: row.get(0),
-            status: row.get(1),
-            content_type: row.get(2),
-            content_encoding: row.get(3),
-            result: row.get(4),
-            traceback: row.get(5),
-            meta: row.get(6),
-            task_args: row.get(7),
-            task_kwargs: row.get(8),
-            task_name: row.get(9),
-            worker: row.get(10),
-            periodic_task_name: row.get(11),
+            task_id: column(&row, 0)?,
+            status: column(&row, 1)?,
+            content_type: column(&row, 2)?,
+            content_encoding: column(&row, 3)?,
+            result: column(&row, 4)?,
+            traceback: column(&row, 5)?,
+            meta: column(&row, 6)?,
+            task_args: column(&row, 7)?,
+            task_kwargs: column(&row, 8)?,
+            task_name: column(&row, 9)?,
+            worker: column(&row, 10)?,
+            periodic_task_name: column(&row, 11)?,
         };
-        let date_done: DateTime<Utc> = row.get(12);
+        let date_done: DateTime<Utc> = column(&row, 12)?;
         let meta = task_row
             .to_meta(Some(date_done.fixed_offset()))
             .map_err(|e| BackendError::Document(e.to_string()))?;
@@ -201,8 +201,8 @@ impl DjangoBackend {
             warn!(group = %group_id, "no chord counter for this group (finished already, or never started)");
             return Ok(ChordJoin::Waiting);
         };
-        let sub_tasks: String = counter.get(0);
-        let count: i32 = counter.get(1);
+        let sub_tasks: String = column(&counter, 0)?;
+        let count: i32 = column(&counter, 1)?;
         let left = (count - 1).max(0);
         if left > 0 {
             transaction
@@ -247,10 +247,10 @@ impl DjangoBackend {
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in rows {
             let task_row = DjangoTaskRow {
-                task_id: row.get(0),
-                status: row.get(1),
-                content_encoding: row.get(2),
-                result: row.get(3),
+                task_id: column(&row, 0)?,
+                status: column(&row, 1)?,
+                content_encoding: column(&row, 2)?,
+                result: column(&row, 3)?,
                 ..DjangoTaskRow::default()
             };
             let meta = task_row
@@ -356,7 +356,7 @@ impl ResultBackend for DjangoBackend {
             let Some(row) = row else {
                 return Ok(None);
             };
-            let (result, encoding): (Option<String>, String) = (row.get(0), row.get(1));
+            let (result, encoding): (Option<String>, String) = (column(&row, 0)?, column(&row, 1)?);
             if encoding != "utf-8" {
                 return Err(BackendError::Document(format!(
                     "group {group_id} was saved with content_encoding {encoding:?}; Celeriac \

@@ -29,7 +29,7 @@ use celeriac_protocol::store::ResultTuple;
 use celeriac_protocol::{ResultMeta, State};
 
 pub use self::django::DjangoBackend;
-use self::pool::{Pool, Tables};
+use self::pool::{Pool, Tables, column};
 pub(crate) use self::url::{is_database_url, is_django_url};
 use super::history::StateHistory;
 use super::{BackendError, BoxFuture, ResultBackend, ResultSettings};
@@ -115,19 +115,19 @@ impl DatabaseBackend {
             return Ok(None);
         };
         let task_row = TaskRow {
-            task_id: row.get(0),
-            status: row.get::<_, Option<String>>(1).unwrap_or_default(),
-            result: row.get(2),
-            date_done: row.get(3),
-            traceback: row.get(4),
-            children: row.get(5),
-            name: row.get(6),
-            args: row.get(7),
-            kwargs: row.get(8),
-            worker: row.get(9),
-            retries: row.get(10),
-            queue: row.get(11),
-            stamps: row.get(12),
+            task_id: column(&row, 0)?,
+            status: column::<Option<String>>(&row, 1)?.unwrap_or_default(),
+            result: column(&row, 2)?,
+            date_done: column(&row, 3)?,
+            traceback: column(&row, 4)?,
+            children: column(&row, 5)?,
+            name: column(&row, 6)?,
+            args: column(&row, 7)?,
+            kwargs: column(&row, 8)?,
+            worker: column(&row, 9)?,
+            retries: column(&row, 10)?,
+            queue: column(&row, 11)?,
+            stamps: column(&row, 12)?,
         };
         let meta = task_row
             .to_meta()
@@ -231,10 +231,13 @@ impl ResultBackend for DatabaseBackend {
                 .query_opt(RESTORE_GROUP, &[&group_id])
                 .await
                 .map_err(|e| self.pool.error("restoring a group", &e))?;
-            let Some(column) = row.and_then(|row| row.get::<_, Option<Vec<u8>>>(0)) else {
+            let Some(row) = row else {
                 return Ok(None);
             };
-            parse_group_column(&column)
+            let Some(stored) = column::<Option<Vec<u8>>>(&row, 0)? else {
+                return Ok(None);
+            };
+            parse_group_column(&stored)
                 .map(Some)
                 .map_err(|e| BackendError::Document(format!("group {group_id}: {e}")))
         })

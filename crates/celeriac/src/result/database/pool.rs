@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
 
 use super::schema;
 use super::url::Connection;
@@ -202,6 +203,15 @@ impl Pool {
             }
         }
     }
+}
+
+/// Column `index` of `row` as a `T`; a column of another type than
+/// Celery's (a table someone altered) is an error naming it, not a panic.
+pub(super) fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, BackendError> {
+    row.try_get(index).map_err(|e| {
+        let name = row.columns().get(index).map_or("?", |c| c.name());
+        BackendError::Document(format!("column {name}: {e}"))
+    })
 }
 
 /// An error's text followed by its causes' ("error performing TLS
