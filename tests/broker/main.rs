@@ -10,6 +10,7 @@ use celeriac_broker::{Consumer, Delivery};
 use celeriac_protocol::TaskMessage;
 use celeriac_tests::connect;
 
+mod delay;
 mod messaging;
 mod topology;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use celeriac_broker::dead_letter::REASON_HEADER;
 use celeriac_broker::{ConsumeOptions, DeadLetter, DeadLetterReason, Queue};
-use celeriac_cli::dlq::{self, Filter};
+use celeriac_cli::dlq::{self, Filter, QUEUE_DELETED, Shelf};
 use celeriac_protocol::{DecodeOptions, HeaderValue, TaskMessage};
 use celeriac_tests::{connect, unique};
 use serde_json::json;
@@ -15,6 +15,7 @@ use serde_json::json;
 async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
     let broker = connect().await?;
     let queue = Queue::celery_default(unique("admin"));
+    let shelf = Shelf::Queue(queue.name.clone());
     broker.declare(&queue).await?;
     let mut sent = Vec::new();
     for (i, task) in ["proj.fails", "proj.fails", "proj.unknown"]
@@ -50,7 +51,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
     }
     consumer.stop();
 
-    let listed = dlq::list(&broker, &queue.name, 100).await?;
+    let listed = dlq::list(&broker, &shelf, 100).await?;
     ensure!(listed.len() == 3, "{listed:?}");
     ensure!(
         listed.iter().filter(|l| l.reason == "failed").count() == 2,
@@ -63,9 +64,9 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
         "{listed:?}"
     );
     // Listing leaves them in place.
-    ensure!(dlq::list(&broker, &queue.name, 100).await?.len() == 3);
+    ensure!(dlq::list(&broker, &shelf, 100).await?.len() == 3);
 
-    let (view, raw) = dlq::show(&broker, &queue.name, "admin-2")
+    let (view, raw) = dlq::show(&broker, &shelf, "admin-2")
         .await?
         .context("admin-2 not found")?;
     ensure!(
@@ -74,7 +75,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
     );
     ensure!(raw.headers[REASON_HEADER] == HeaderValue::Str("unknown_task".into()));
 
-    let report = dlq::requeue(&broker, &queue.name, &Filter::Reason("unknown_task".into())).await?;
+    let report = dlq::requeue(&broker, &shelf, &Filter::Reason("unknown_task".into())).await?;
     ensure!(report.requeued == 1 && report.kept == 2, "{report:?}");
     let mut consumer = broker
         .consume(ConsumeOptions {
@@ -108,8 +109,8 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
             .await?
             == Some((2, 0))
     );
-    ensure!(dlq::purge(&broker, &queue.name).await? == 2);
-    ensure!(dlq::list(&broker, &queue.name, 100).await?.is_empty());
+    ensure!(dlq::purge(&broker, &shelf).await? == 2);
+    ensure!(dlq::list(&broker, &shelf, 100).await?.is_empty());
     ensure!(
         broker.queue_counts(&unique("absent")).await?.is_none(),
         "absent queues are reported as such"
@@ -119,6 +120,66 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
     let _ = broker
         .delete_queue(&dlq::dead_letter_queue(&broker, &queue.name).name)
         .await;
+    let _ = broker.delete_exchange(&queue.name).await;
+    broker.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delayed_messages_whose_queue_was_deleted_are_kept_and_requeued_once_it_is_back()
+-> Result<()> {
+    let broker = connect().await?;
+    let queue = Queue::celery_default(unique("orphaned"));
+    // A task name of this test's own: other tests' orphans share the shelf.
+    let task = unique("proj.orphaned");
+    broker.declare(&queue).await?;
+    for i in 0..3 {
+        let message = TaskMessage::new(&task, format!("{task}-{i}")).with_args(vec![json!(i)]);
+        broker
+            .publish_delayed(&queue.name, Duration::from_secs(1), &message.encode()?)
+            .await?;
+    }
+    broker.delete_queue(&queue.name).await?;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ours = loop {
+        let listed = dlq::list(&broker, &Shelf::Orphans, 1_000).await?;
+        let ours: Vec<_> = listed.into_iter().filter(|l| l.task == task).collect();
+        if ours.len() == 3 || tokio::time::Instant::now() > deadline {
+            break ours;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(ours.len() == 3, "3 orphans expected, found {ours:?}");
+    ensure!(
+        ours.iter()
+            .all(|l| l.reason == QUEUE_DELETED && l.origin_queue == queue.name),
+        "{ours:?}"
+    );
+
+    // While the queue is missing, a requeue keeps them.
+    let only_ours = Filter::Task(task.clone());
+    let report = dlq::requeue(&broker, &Shelf::Orphans, &only_ours).await?;
+    ensure!(report.requeued == 0 && report.no_queue == 3, "{report:?}");
+
+    broker.declare(&queue).await?;
+    let report = dlq::requeue(&broker, &Shelf::Orphans, &only_ours).await?;
+    ensure!(report.requeued == 3, "{report:?}");
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue.clone()],
+            prefetch: 10,
+        })
+        .await?;
+    for _ in 0..3 {
+        let back = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await?
+            .context("an orphan was not requeued")?;
+        ensure!(back.task(&DecodeOptions::default())?.headers.task == task);
+        back.ack().await?;
+    }
+    consumer.stop();
+    let _ = broker.delete_queue(&queue.name).await;
     let _ = broker.delete_exchange(&queue.name).await;
     broker.close().await;
     Ok(())

@@ -68,7 +68,7 @@ pub(crate) async fn declare_exchange(
             exchange.name.as_str().into(),
             lapin_kind(exchange.kind),
             options,
-            Default::default(),
+            to_field_table(&exchange.arguments())?,
         )
         .await
         .map_err(|e| declare_error("exchange", &exchange.name, queue, &e))

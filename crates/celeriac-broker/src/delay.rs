@@ -23,22 +23,48 @@
 //!
 //! Celery binds *topic* application exchanges to `celery_delayed_delivery`;
 //! Celeriac's default queues are direct (as Python's are), so each queue a
-//! delayed message returns to is bound with `#.<queue>` the first time.
-//! Python producers never use the topology for direct queues, so nothing
-//! changes for them.
+//! delayed message returns to is bound the first time, through an exchange
+//! of Celeriac's own ([`ROUTER_EXCHANGE`]). Python producers never use the
+//! topology for direct queues, so nothing changes for them.
+//!
+//! # Why the extra exchange
+//!
+//! The levels are quorum queues with *at-least-once* dead-lettering, as
+//! Celery declares them. RabbitMQ forwards a level's expired messages from
+//! a buffer of 32 (`dead_letter_worker_consumer_prefetch`) and keeps each
+//! one there until some queue takes it. A message whose queue was deleted
+//! while it waited is taken by none, so it stays in that buffer for good;
+//! 32 of them and the level stops forwarding anything, for every app on
+//! the broker (reproduced on RabbitMQ 3.10 with kombu's declarations; a
+//! test cannot show it without jamming the shared broker).
+//!
+//! So Celeriac binds each queue to [`ROUTER_EXCHANGE`], binds that exchange
+//! to `celery_delayed_delivery` for the queue's messages, and gives it an
+//! alternate exchange: once the queue is gone, the binding
+//! between the exchanges is still there, the router finds no queue, and
+//! the message goes to the [`ORPHANS`] queue, where it stays (durable,
+//! never dropped) until an operator requeues or purges it
+//! (`celeriac dlq list --orphans`). Both bindings use [`binding_key`],
+//! which matches one queue's messages only.
 
 use std::time::Duration;
 
 use celeriac_protocol::RawMessage;
 use tracing::info;
 
-use crate::topology::{Exchange, Queue, QueueArguments, QueueType};
+use crate::topology::{Exchange, ExchangeKind, Queue, QueueArguments, QueueType};
 use crate::{Broker, BrokerError};
 
 /// Number of delay levels, as in Celery: delays up to 2²⁸ − 1 s (~8.5 years).
 pub const LEVELS: u32 = 28;
 /// The exchange delayed messages leave through, back to their queue.
 pub const DELIVERY_EXCHANGE: &str = "celery_delayed_delivery";
+/// Celeriac's exchange between [`DELIVERY_EXCHANGE`] and the queues
+/// delayed messages return to; what it cannot route goes to [`ORPHANS`].
+pub const ROUTER_EXCHANGE: &str = "celeriac.delayed";
+/// The fanout exchange and durable queue where a delayed message waits
+/// when the queue it was delayed for no longer exists.
+pub const ORPHANS: &str = "celeriac.delayed.orphans";
 /// The prefix of every level's exchange and queue name.
 const LEVEL_PREFIX: &str = "celery_delayed_";
 
@@ -78,6 +104,20 @@ pub fn routing_key(delay: Duration, destination: &str) -> String {
     }
     key.push_str(destination);
     key
+}
+
+/// The binding key that takes the delayed messages for `queue` and no
+/// other: one word per level, then the queue's name. (A key `#.<queue>`
+/// would also take those of a queue named `a.<queue>`.)
+///
+/// ```
+/// use celeriac_broker::delay::binding_key;
+/// let key = binding_key("email");
+/// assert!(key.starts_with("*.*.") && key.ends_with(".*.email"));
+/// assert_eq!(key.matches('*').count(), 28);
+/// ```
+pub fn binding_key(queue: &str) -> String {
+    format!("{}{queue}", "*.".repeat(LEVELS as usize))
 }
 
 /// The exchange a message delayed by `delay` enters the topology through:
@@ -136,6 +176,17 @@ fn level_queues(queue_type: QueueType) -> impl Iterator<Item = Queue> {
     })
 }
 
+/// The queue orphaned delayed messages wait in, bound to its fanout
+/// exchange, of the delay levels' queue type.
+pub fn orphans_queue(queue_type: QueueType) -> Queue {
+    Queue::celery_default(ORPHANS)
+        .bound_to(Exchange::new(ORPHANS, ExchangeKind::Fanout), "")
+        .with_arguments(QueueArguments {
+            queue_type: Some(queue_type),
+            ..QueueArguments::default()
+        })
+}
+
 impl Broker {
     /// Publishes `message` to come back to `queue` after `delay`, through
     /// the delay topology (declared on first use, with
@@ -163,8 +214,10 @@ impl Broker {
             .get_or_try_init(|| self.declare_delay_topology())
             .await?;
         if !self.delay_bound(queue) {
-            self.bind_queue(queue, DELIVERY_EXCHANGE, &format!("#.{queue}"))
+            let key = binding_key(queue);
+            self.bind_exchange(ROUTER_EXCHANGE, DELIVERY_EXCHANGE, &key)
                 .await?;
+            self.bind_queue(queue, ROUTER_EXCHANGE, &key).await?;
             self.mark_delay_bound(queue);
         }
         Ok(())
@@ -172,6 +225,10 @@ impl Broker {
 
     async fn declare_delay_topology(&self) -> Result<(), BrokerError> {
         self.declare_exchange(&Exchange::topic(DELIVERY_EXCHANGE))
+            .await?;
+        self.declare(&orphans_queue(self.config().delay_queue_type))
+            .await?;
+        self.declare_exchange(&Exchange::topic(ROUTER_EXCHANGE).with_alternate_exchange(ORPHANS))
             .await?;
         for queue in level_queues(self.config().delay_queue_type) {
             self.declare(&queue).await?;
@@ -184,7 +241,7 @@ impl Broker {
         let last = format!("{}0.#", "*.".repeat((LEVELS - 1) as usize));
         self.bind_exchange(DELIVERY_EXCHANGE, &level_name(0), &last)
             .await?;
-        info!("declared the delayed-delivery topology (celery_delayed_0..27)");
+        info!("declared the delayed-delivery topology (celery_delayed_0..27, {ROUTER_EXCHANGE})");
         Ok(())
     }
 }

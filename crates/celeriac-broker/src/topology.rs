@@ -50,6 +50,9 @@ pub struct Exchange {
     pub durable: bool,
     /// Deleted when its last binding goes (Celery: false).
     pub auto_delete: bool,
+    /// Where a message this exchange routes to no queue goes instead
+    /// (RabbitMQ's `alternate-exchange` argument); Celery sets none.
+    pub alternate_exchange: Option<String>,
 }
 
 impl Exchange {
@@ -70,7 +73,29 @@ impl Exchange {
             kind,
             durable: true,
             auto_delete: false,
+            alternate_exchange: None,
         }
+    }
+
+    /// This exchange, sending what it cannot route to `alternate` instead
+    /// of dropping it (or failing a mandatory publish).
+    pub fn with_alternate_exchange(self, alternate: impl Into<String>) -> Exchange {
+        Exchange {
+            alternate_exchange: Some(alternate.into()),
+            ..self
+        }
+    }
+
+    /// The declaration's arguments, as RabbitMQ spells them.
+    pub fn arguments(&self) -> Headers {
+        let mut arguments = Headers::new();
+        if let Some(alternate) = &self.alternate_exchange {
+            arguments.insert(
+                "alternate-exchange".into(),
+                HeaderValue::Str(alternate.clone()),
+            );
+        }
+        arguments
     }
 
     /// Whether this is the nameless default exchange.

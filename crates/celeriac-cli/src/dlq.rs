@@ -1,5 +1,7 @@
 //! Dead letters: list, show, requeue and purge the messages a worker
-//! dead-lettered (`<queue>.dead`), as `celeriac dlq ...` does.
+//! dead-lettered (`<queue>.dead`), as `celeriac dlq ...` does; and the
+//! delayed messages whose queue was deleted while they waited
+//! (`celeriac.delayed.orphans`, `--orphans`).
 //!
 //! Reading a dead-letter queue never loses a message: messages are taken
 //! unacked and handed back when the channel closes, and a requeue acks a
@@ -11,11 +13,50 @@ use celeriac::broker::dead_letter::{
     EXCEPTION_MESSAGE_HEADER, EXCEPTION_TYPE_HEADER, ORIGIN_QUEUE_HEADER, REASON_HEADER,
     TIME_HEADER,
 };
+use celeriac::broker::delay::{orphans_queue, strip_prefix};
 use celeriac::broker::{Broker, BrokerError, ConsumeOptions, Delivery, Queue};
 use celeriac::protocol::{DecodeOptions, HeaderValue, RawMessage};
 
 /// How long a queue must stay quiet before a read of it is complete.
 const QUIET: Duration = Duration::from_millis(500);
+/// The reason shown for an orphaned delayed message.
+pub const QUEUE_DELETED: &str = "queue_deleted";
+
+/// Where the dead letters are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shelf {
+    /// Those a worker dead-lettered from this task queue (`<queue>.dead`).
+    Queue(String),
+    /// Delayed messages (ETA, countdown, retry backoff) whose queue was
+    /// deleted while they waited in the delay topology, for every queue.
+    Orphans,
+}
+
+impl Shelf {
+    /// The queue holding these dead letters.
+    pub fn queue(&self, broker: &Broker) -> Queue {
+        match self {
+            Shelf::Queue(queue) => dead_letter_queue(broker, queue),
+            Shelf::Orphans => orphans_queue(broker.config().delay_queue_type),
+        }
+    }
+
+    /// How `delivery` reads as a dead letter of this shelf.
+    fn view(&self, delivery: &Delivery) -> DeadLetterView {
+        let mut view = DeadLetterView::of(&delivery.message);
+        match self {
+            Shelf::Queue(queue) if view.origin_queue.is_empty() => {
+                view.origin_queue = queue.clone();
+            }
+            Shelf::Queue(_) => {}
+            Shelf::Orphans => {
+                view.reason = QUEUE_DELETED.to_owned();
+                view.origin_queue = strip_prefix(&delivery.routing_key).to_owned();
+            }
+        }
+        view
+    }
+}
 
 /// One dead letter, as `dlq list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,17 +186,14 @@ async fn take(
     Ok((consumer, taken))
 }
 
-/// Lists up to `limit` dead letters of task queue `queue`, leaving them in place.
+/// Lists up to `limit` dead letters of `shelf`, leaving them in place.
 pub async fn list(
     broker: &Broker,
-    queue: &str,
+    shelf: &Shelf,
     limit: usize,
 ) -> Result<Vec<DeadLetterView>, BrokerError> {
-    let (consumer, taken) = take(broker, &dead_letter_queue(broker, queue), limit).await?;
-    let views = taken
-        .iter()
-        .map(|d| DeadLetterView::of(&d.message))
-        .collect();
+    let (consumer, taken) = take(broker, &shelf.queue(broker), limit).await?;
+    let views = taken.iter().map(|d| shelf.view(d)).collect();
     consumer.stop();
     Ok(views)
 }
@@ -163,13 +201,13 @@ pub async fn list(
 /// The dead letter with task id `id`, in full: its view and raw message.
 pub async fn show(
     broker: &Broker,
-    queue: &str,
+    shelf: &Shelf,
     id: &str,
 ) -> Result<Option<(DeadLetterView, RawMessage)>, BrokerError> {
-    let (consumer, taken) = take(broker, &dead_letter_queue(broker, queue), 1_000).await?;
+    let (consumer, taken) = take(broker, &shelf.queue(broker), 1_000).await?;
     let found = taken
         .iter()
-        .map(|d| (DeadLetterView::of(&d.message), d.message.clone()))
+        .map(|d| (shelf.view(d), d.message.clone()))
         .find(|(view, _)| view.id == id);
     consumer.stop();
     Ok(found)
@@ -182,22 +220,27 @@ pub struct RequeueReport {
     pub requeued: usize,
     /// Dead letters left in place (not matching the filter).
     pub kept: usize,
+    /// Matching dead letters left in place because their queue does not
+    /// exist (declare it, then requeue again).
+    pub no_queue: usize,
 }
 
-/// Sends matching dead letters back to their original queue with retries
-/// reset and the dead-letter headers removed. Each is acked in the
-/// dead-letter queue only after its copy is confirmed. Works through the
-/// queue 1,000 messages at a time until a round requeues nothing.
+/// Sends matching dead letters of `shelf` back to their original queue
+/// with retries reset and the dead-letter headers removed. Each is acked
+/// only after its copy is confirmed; one whose queue does not exist stays.
+/// Works through the shelf 1,000 messages at a time until a round requeues
+/// nothing.
 pub async fn requeue(
     broker: &Broker,
-    queue: &str,
+    shelf: &Shelf,
     filter: &Filter,
 ) -> Result<RequeueReport, BrokerError> {
     let mut total = RequeueReport::default();
     loop {
-        let round = requeue_round(broker, queue, filter).await?;
+        let round = requeue_round(broker, shelf, filter).await?;
         total.requeued += round.requeued;
         total.kept = round.kept;
+        total.no_queue = round.no_queue;
         if round.requeued == 0 {
             return Ok(total);
         }
@@ -206,22 +249,17 @@ pub async fn requeue(
 
 async fn requeue_round(
     broker: &Broker,
-    queue: &str,
+    shelf: &Shelf,
     filter: &Filter,
 ) -> Result<RequeueReport, BrokerError> {
-    let (consumer, taken) = take(broker, &dead_letter_queue(broker, queue), 1_000).await?;
+    let (consumer, taken) = take(broker, &shelf.queue(broker), 1_000).await?;
     let mut report = RequeueReport::default();
     for delivery in &taken {
-        let view = DeadLetterView::of(&delivery.message);
+        let view = shelf.view(delivery);
         if !filter.matches(&view) {
             report.kept += 1;
             continue;
         }
-        let origin = if view.origin_queue.is_empty() {
-            queue.to_owned()
-        } else {
-            view.origin_queue.clone()
-        };
         let mut copy = delivery.message.clone();
         copy.headers.retain(|key, _| {
             !key.starts_with("x-celeriac-")
@@ -232,17 +270,20 @@ async fn requeue_round(
         if copy.headers.contains_key("retries") {
             copy.headers.insert("retries".into(), HeaderValue::Int(0));
         }
-        broker.publish("", &origin, &copy).await?;
-        delivery.ack().await?;
-        report.requeued += 1;
+        match broker.publish("", &view.origin_queue, &copy).await {
+            Ok(()) => {
+                delivery.ack().await?;
+                report.requeued += 1;
+            }
+            Err(BrokerError::Unroutable { .. }) => report.no_queue += 1,
+            Err(e) => return Err(e),
+        }
     }
     consumer.stop();
     Ok(report)
 }
 
-/// Removes every dead letter of task queue `queue`, returning how many.
-pub async fn purge(broker: &Broker, queue: &str) -> Result<u32, BrokerError> {
-    broker
-        .purge_queue(&dead_letter_queue(broker, queue).name)
-        .await
+/// Removes every dead letter of `shelf`, returning how many.
+pub async fn purge(broker: &Broker, shelf: &Shelf) -> Result<u32, BrokerError> {
+    broker.purge_queue(&shelf.queue(broker).name).await
 }

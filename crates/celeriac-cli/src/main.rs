@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use celeriac::App;
-use celeriac_cli::dlq::{self, Filter};
+use celeriac_cli::dlq::{self, Filter, Shelf};
 use celeriac_cli::remote;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -81,6 +81,10 @@ enum Dlq {
         /// The task queue whose dead letters to list
         #[arg(short = 'Q', long, default_value = "celery")]
         queue: String,
+        /// Delayed messages whose queue was deleted while they waited,
+        /// instead of a queue's dead letters
+        #[arg(long, conflicts_with = "queue")]
+        orphans: bool,
         /// At most this many
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -91,11 +95,19 @@ enum Dlq {
         id: String,
         #[arg(short = 'Q', long, default_value = "celery")]
         queue: String,
+        /// Delayed messages whose queue was deleted while they waited,
+        /// instead of a queue's dead letters
+        #[arg(long, conflicts_with = "queue")]
+        orphans: bool,
     },
     /// Send dead letters back to their queue, retries reset
     Requeue {
         #[arg(short = 'Q', long, default_value = "celery")]
         queue: String,
+        /// Delayed messages whose queue was deleted while they waited,
+        /// instead of a queue's dead letters
+        #[arg(long, conflicts_with = "queue")]
+        orphans: bool,
         /// Only the one with this task id
         #[arg(long, conflicts_with_all = ["task", "reason", "all"])]
         id: Option<String>,
@@ -113,6 +125,10 @@ enum Dlq {
     Purge {
         #[arg(short = 'Q', long, default_value = "celery")]
         queue: String,
+        /// Delayed messages whose queue was deleted while they waited,
+        /// instead of a queue's dead letters
+        #[arg(long, conflicts_with = "queue")]
+        orphans: bool,
         /// Do not ask for confirmation
         #[arg(long)]
         yes: bool,
@@ -151,25 +167,31 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Inspect { command, target } => remote::inspect(&app, &command, &target).await?,
         Command::Control { command, target } => remote::control(&app, &command, &target).await?,
         Command::Dlq {
-            action: Dlq::List { queue, limit },
+            action:
+                Dlq::List {
+                    queue,
+                    orphans,
+                    limit,
+                },
         } => {
-            let letters = dlq::list(broker, &queue, limit).await?;
+            let shelf = shelf(queue, orphans);
+            let letters = dlq::list(broker, &shelf, limit).await?;
             println!(
                 "{} dead letter(s) in {}",
                 letters.len(),
-                dlq::dead_letter_queue(broker, &queue).name
+                shelf.queue(broker).name
             );
             for l in letters {
                 println!(
-                    "{}  {}  {}  reason={}  {}: {}",
-                    l.time, l.task, l.id, l.reason, l.exception_type, l.error
+                    "{}  {}  {}  queue={}  reason={}  {}: {}",
+                    l.time, l.task, l.id, l.origin_queue, l.reason, l.exception_type, l.error
                 );
             }
             ExitCode::SUCCESS
         }
         Command::Dlq {
-            action: Dlq::Show { id, queue },
-        } => match dlq::show(broker, &queue, &id).await? {
+            action: Dlq::Show { id, queue, orphans },
+        } => match dlq::show(broker, &shelf(queue.clone(), orphans), &id).await? {
             Some((view, raw)) => {
                 println!(
                     "task:    {}\nid:      {}\nreason:  {}\nerror:   {}: {}\norigin:  {}\ntime:    {}\nargs:    {}",
@@ -191,7 +213,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             None => {
                 eprintln!(
                     "no dead letter with task id {id} in {}",
-                    dlq::dead_letter_queue(broker, &queue).name
+                    shelf(queue, orphans).queue(broker).name
                 );
                 ExitCode::from(1)
             }
@@ -200,6 +222,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             action:
                 Dlq::Requeue {
                     queue,
+                    orphans,
                     id,
                     task,
                     reason,
@@ -216,17 +239,30 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let report = dlq::requeue(broker, &queue, &filter).await?;
+            let report = dlq::requeue(broker, &shelf(queue, orphans), &filter).await?;
             println!(
                 "requeued {} dead letter(s); {} left in place",
                 report.requeued, report.kept
             );
+            if report.no_queue > 0 {
+                println!(
+                    "{} more left in place: their queue does not exist (declare it, e.g. by \
+                     starting its worker, then requeue again)",
+                    report.no_queue
+                );
+            }
             ExitCode::SUCCESS
         }
         Command::Dlq {
-            action: Dlq::Purge { queue, yes },
+            action:
+                Dlq::Purge {
+                    queue,
+                    orphans,
+                    yes,
+                },
         } => {
-            let dlq = dlq::dead_letter_queue(broker, &queue).name;
+            let shelf = shelf(queue, orphans);
+            let dlq = shelf.queue(broker).name;
             if !yes {
                 print!("delete every message in {dlq}? type yes: ");
                 std::io::stdout().flush()?;
@@ -239,7 +275,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             println!(
                 "deleted {} dead letter(s) from {dlq}",
-                dlq::purge(broker, &queue).await?
+                dlq::purge(broker, &shelf).await?
             );
             ExitCode::SUCCESS
         }
@@ -254,6 +290,14 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         None => println!("{name:<48} {:>10} {:>10}", "-", "(absent)"),
                     }
                 }
+            }
+            let orphans = Shelf::Orphans.queue(broker).name;
+            if let Some((waiting @ 1.., _)) = broker.queue_counts(&orphans).await? {
+                println!("{orphans:<48} {waiting:>10}");
+                println!(
+                    "{waiting} delayed message(s) lost their queue while they waited: \
+                     celeriac dlq list --orphans"
+                );
             }
             ExitCode::SUCCESS
         }
@@ -292,4 +336,13 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     app.close().await;
     Ok(code)
+}
+
+/// The dead letters a `dlq` command works on: `queue`'s, or the orphans.
+fn shelf(queue: String, orphans: bool) -> Shelf {
+    if orphans {
+        Shelf::Orphans
+    } else {
+        Shelf::Queue(queue)
+    }
 }
