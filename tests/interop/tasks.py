@@ -17,6 +17,11 @@ the worker's queue is a subscriber of a topic exchange (durable fan-out); with
 id it handles to the Redis list ``CELERIAC_TEST_EVENTS_KEY`` at
 ``CELERIAC_TEST_REDIS``.
 
+With ``CELERIAC_TEST_SECURITY`` naming a directory of keys and
+certificates (``make_certs.py``), the app signs its tasks and results with
+``python.key`` and accepts only messages signed by a certificate in
+``store/`` (``app.setup_security()``).
+
 With ``CELERIAC_BENCH_RUNS_FILE`` set, each task run appends a byte to that
 file (the benchmark's count of tasks run).
 
@@ -58,6 +63,19 @@ if 'CELERIAC_TEST_SUBSCRIBE' in os.environ:
 
     _queue, _exchange, _pattern = os.environ['CELERIAC_TEST_SUBSCRIBE'].split()
     app.conf.task_queues = [Queue(_queue, Exchange(_exchange, type='topic'), routing_key=_pattern)]
+if 'CELERIAC_TEST_SECURITY' in os.environ:
+    # Signed messages, as Celery's docs set them up; the directory holds
+    # what tests/interop/make_certs.py wrote.
+    _certs = os.environ['CELERIAC_TEST_SECURITY']
+    app.conf.update(
+        security_key=os.path.join(_certs, 'python.key'),
+        security_certificate=os.path.join(_certs, 'python.pem'),
+        security_cert_store=os.path.join(_certs, 'store', '*.pem'),
+        task_serializer='auth',
+        result_serializer='auth',
+        accept_content=['auth'],
+    )
+    app.setup_security()
 if 'CELERIAC_TEST_BROADCAST' in os.environ:
     from kombu.common import Broadcast
 

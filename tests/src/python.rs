@@ -79,6 +79,23 @@ impl PythonWorker {
         PythonWorker::spawn(queue, &node, &routes, "rpc://", &quiet, &env)
     }
 
+    /// A worker on `queue` with signed messages set up
+    /// (`app.setup_security()`) from the keys and certificates that
+    /// `tests/interop/make_certs.py` wrote to `certs`: it signs with
+    /// `python.key` and accepts only tasks signed by a certificate in
+    /// `certs/store`.
+    pub async fn start_signed(queue: &str, certs: &std::path::Path) -> Result<PythonWorker> {
+        let node = format!("{queue}@%h");
+        let quiet = [
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ];
+        let certs = certs.to_string_lossy();
+        let env = [("CELERIAC_TEST_SECURITY", certs.as_ref())];
+        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+    }
+
     /// A worker named `node` on `queue` that mingles and sends heartbeats
     /// as a default Celery worker does: for remote control and event tests.
     pub async fn start_node(queue: &str, node: &str, backend: &str) -> Result<PythonWorker> {

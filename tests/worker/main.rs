@@ -17,6 +17,7 @@ mod outcomes;
 mod python;
 mod rate_limit;
 mod reply_queue;
+mod security;
 mod shutdown;
 mod skip_succeeded;
 mod unique;

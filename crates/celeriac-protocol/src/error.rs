@@ -41,6 +41,18 @@ pub enum DecodeError {
         reason: &'static str,
     },
 
+    /// The body is not signed, and only signed bodies are accepted.
+    #[error(
+        "the body is not signed, and this worker accepts signed messages only (Celery's \
+         auth serializer); set up security on the producer (app.setup_security() in \
+         Python, App::builder().security(..) in Rust)"
+    )]
+    Unsigned,
+
+    /// The body's signature was refused.
+    #[error("signature refused: {0}")]
+    BadSignature(String),
+
     /// The `compression` header names an algorithm we do not support.
     #[error(
         "unsupported compression {0:?}; supported are application/x-gzip (zlib), \
@@ -142,8 +154,8 @@ pub enum DecodeError {
 impl DecodeError {
     /// A short, stable reason code for dead-letter headers and metrics.
     ///
-    /// One of `too_large`, `content_refused`, `decode_error` or
-    /// `invalid_message`.
+    /// One of `too_large`, `content_refused`, `unsigned`, `bad_signature`,
+    /// `decode_error` or `invalid_message`.
     ///
     /// ```
     /// use celeriac_protocol::DecodeError;
@@ -155,6 +167,8 @@ impl DecodeError {
             DecodeError::MissingContentType | DecodeError::ContentRefused { .. } => {
                 "content_refused"
             }
+            DecodeError::Unsigned => "unsigned",
+            DecodeError::BadSignature(_) => "bad_signature",
             DecodeError::UnsupportedCompression(_)
             | DecodeError::Decompress { .. }
             | DecodeError::Json(_)

@@ -21,7 +21,8 @@
 //!   handles kombu's `{"__type__", "__value__"}` envelopes.
 //! - [`Compression`] and [`content`] decide which bodies we accept: JSON only,
 //!   optionally zlib/bzip2/lzma compressed; pickle is refused because it is
-//!   code execution.
+//!   code execution. [`auth`] signs and verifies bodies as Celery's `auth`
+//!   serializer does.
 //!
 //! Every refusal is a [`DecodeError`] naming what was wrong, which the worker
 //! turns into a dead letter with [`DecodeError::reason`].
@@ -37,6 +38,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod auth;
 mod body;
 mod compression;
 pub mod content;
@@ -62,7 +64,7 @@ pub use compression::Compression;
 pub use error::{DecodeError, EncodeError};
 pub use header::{HeaderValue, Headers};
 pub use message::{
-    DEFAULT_MAX_BODY_SIZE, DecodeOptions, Properties, Protocol, RawMessage, TaskMessage,
+    DEFAULT_MAX_BODY_SIZE, DecodeOptions, Properties, Protocol, RawMessage, Signatures, TaskMessage,
 };
 pub use result::{ExceptionInfo, ExtendedMeta, ResultMeta, State};
 pub use signature::{CHAIN, CHORD, GROUP, Signature, SignatureKind};

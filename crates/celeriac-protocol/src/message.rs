@@ -1,11 +1,14 @@
 //! Task messages: the raw form that travels over AMQP and the typed form
 //! tasks and workers use, with the codec between them.
 
-use std::time::Duration;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::{Map, Value};
 
+use crate::auth::{self, Signer, Verifier};
 use crate::header::{HeaderValue, Headers};
 use crate::{
     Compression, DecodeError, EncodeError, TaskBody, TaskHeaders, content, json, kombu, repr, v1,
@@ -47,17 +50,36 @@ pub struct RawMessage {
     pub body: Vec<u8>,
 }
 
-/// Limits applied while decoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits and trust applied while decoding.
+#[derive(Debug, Clone)]
 pub struct DecodeOptions {
     /// Largest body accepted, before and after decompression, in bytes.
     pub max_body_size: usize,
+    /// Which bodies must be signed, and whose signatures are trusted.
+    pub signatures: Signatures,
+}
+
+/// Whether bodies must be signed with Celery's `auth` serializer, and the
+/// certificates their signatures are checked against.
+#[derive(Debug, Clone, Default)]
+pub enum Signatures {
+    /// Unsigned bodies only: a signed one is refused, as nothing here can
+    /// check it (the default, as Celery's without `setup_security()`).
+    #[default]
+    Unsigned,
+    /// Signed bodies only, each verified (Celery's `setup_security()`,
+    /// which sets `accept_content = ['auth']`); an unsigned one is refused.
+    Required(Arc<Verifier>),
+    /// A signed body is verified, an unsigned one accepted: for a fleet
+    /// moving to signing, producer by producer.
+    Optional(Arc<Verifier>),
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
+            signatures: Signatures::Unsigned,
         }
     }
 }
@@ -73,30 +95,57 @@ impl DecodeOptions {
         Ok(())
     }
 
-    /// Checks the content type, decompresses and parses a body to JSON,
-    /// validating every kombu envelope in it.
+    /// Checks the content type (and signature), decompresses and parses a
+    /// body to JSON, validating every kombu envelope in it.
     pub(crate) fn decode_json(&self, raw: &RawMessage) -> Result<Value, DecodeError> {
         self.check_size(raw.body.len())?;
         let props = &raw.properties;
-        content::check(
-            props.content_type.as_deref(),
-            props.content_encoding.as_deref(),
-        )?;
-        let value = match raw.headers.get("compression") {
-            None | Some(HeaderValue::Void) => json::from_slice(&raw.body)?,
+        let signed = auth::is_signed(props.content_type.as_deref());
+        if !signed {
+            content::check(
+                props.content_type.as_deref(),
+                props.content_encoding.as_deref(),
+            )?;
+            if let Signatures::Required(_) = self.signatures {
+                return Err(DecodeError::Unsigned);
+            }
+        }
+        let body = match raw.headers.get("compression") {
+            None | Some(HeaderValue::Void) => Cow::Borrowed(raw.body.as_slice()),
             Some(header) => {
                 let mime = header.as_str().ok_or_else(|| DecodeError::HeaderType {
                     name: "compression".into(),
                     expected: "a MIME type string",
                     found: header.type_name().into(),
                 })?;
-                let inflated =
-                    Compression::from_mime(mime)?.decompress(&raw.body, self.max_body_size)?;
-                json::from_slice(&inflated)?
+                Cow::Owned(Compression::from_mime(mime)?.decompress(&raw.body, self.max_body_size)?)
             }
+        };
+        let value = if signed {
+            json::from_slice(&self.open(&body)?)?
+        } else {
+            json::from_slice(&body)?
         };
         kombu::validate(&value, &mut String::from("body"))?;
         Ok(value)
+    }
+
+    /// The inner body of a signed body, once its signature is verified.
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        let (Signatures::Required(verifier) | Signatures::Optional(verifier)) = &self.signatures
+        else {
+            return Err(DecodeError::ContentRefused {
+                content_type: auth::CONTENT_TYPE.into(),
+                reason: "the body is signed with Celery's auth serializer and no certificates \
+                         to verify it are configured; give the worker the signers' \
+                         certificates (--security-cert-store)",
+            });
+        };
+        let inner = auth::open(verifier, sealed, SystemTime::now())
+            .map_err(|e| DecodeError::BadSignature(e.to_string()))?;
+        content::check(Some(&inner.content_type), Some(&inner.content_encoding))?;
+        self.check_size(inner.body.len())?;
+        Ok(inner.body)
     }
 }
 
@@ -229,6 +278,13 @@ impl TaskMessage {
     /// A body containing a malformed or unknown kombu envelope is refused:
     /// Python workers would drop such a message as undecodable.
     pub fn encode(&self) -> Result<RawMessage, EncodeError> {
+        self.encode_signed(None)
+    }
+
+    /// Like [`encode`](Self::encode), and with a `signer` the body is
+    /// signed as Celery's `auth` serializer signs it (then compressed, as
+    /// kombu compresses what the serializer wrote).
+    pub fn encode_signed(&self, signer: Option<&Signer>) -> Result<RawMessage, EncodeError> {
         let mut headers = self.headers.clone();
         if headers.argsrepr.is_none() {
             headers.argsrepr = Some(repr::args_repr(&self.body.args));
@@ -245,12 +301,19 @@ impl TaskMessage {
             },
         })?;
         let text = json::to_python_json(&body_json).into_bytes();
+        let (text, content_type) = match signer {
+            Some(signer) => (
+                auth::seal(signer, content::JSON, content::UTF8, &text),
+                auth::CONTENT_TYPE,
+            ),
+            None => (text, content::JSON),
+        };
         let body = match headers.compression {
             Some(c) => c.compress(&text)?,
             None => text,
         };
         let mut properties = self.properties.clone();
-        properties.content_type = Some(content::JSON.into());
+        properties.content_type = Some(content_type.into());
         properties.content_encoding = Some(content::UTF8.into());
         properties
             .correlation_id
@@ -286,7 +349,10 @@ mod tests {
 
     #[test]
     fn size_limit_applies_before_parsing() {
-        let options = DecodeOptions { max_body_size: 8 };
+        let options = DecodeOptions {
+            max_body_size: 8,
+            ..DecodeOptions::default()
+        };
         let err = TaskMessage::decode(&raw(v2_headers(), "[[1], {}, null]"), &options).unwrap_err();
         assert_eq!(err, DecodeError::TooLarge { size: 15, limit: 8 });
     }
@@ -339,5 +405,56 @@ mod tests {
             .with_countdown(Duration::from_secs(10), now);
         assert_eq!(msg.properties.expiration.as_deref(), Some("60000"));
         assert_eq!(msg.headers.eta, Some(now + chrono::Duration::seconds(10)));
+    }
+
+    /// A message whose body is a signed envelope by `signer` (the
+    /// signature itself is junk: no certificate is needed to get as far as
+    /// the signer lookup).
+    fn signed_by(signer: &str) -> RawMessage {
+        let mut raw = TaskMessage::new("t", "i").encode().unwrap();
+        raw.body = auth::Envelope {
+            signer: signer.into(),
+            signature: vec![1, 2, 3],
+            content_type: content::JSON.into(),
+            content_encoding: content::UTF8.into(),
+            body: raw.body,
+        }
+        .pack();
+        raw.properties.content_type = Some(auth::CONTENT_TYPE.into());
+        raw
+    }
+
+    fn requiring_signatures() -> DecodeOptions {
+        DecodeOptions {
+            signatures: Signatures::Required(Arc::new(Verifier::default())),
+            ..DecodeOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_signed_message_is_refused_where_no_certificates_are_configured() {
+        let err = TaskMessage::decode(&signed_by("CA 1"), &DecodeOptions::default()).unwrap_err();
+        assert_eq!(err.reason(), "content_refused");
+        assert!(err.to_string().contains("--security-cert-store"), "{err}");
+    }
+
+    #[test]
+    fn an_unsigned_message_is_refused_where_signatures_are_required() {
+        let raw = TaskMessage::new("t", "i").encode().unwrap();
+        let err = TaskMessage::decode(&raw, &requiring_signatures()).unwrap_err();
+        assert_eq!(err.reason(), "unsigned");
+        let optional = DecodeOptions {
+            signatures: Signatures::Optional(Arc::new(Verifier::default())),
+            ..DecodeOptions::default()
+        };
+        assert!(TaskMessage::decode(&raw, &optional).is_ok());
+    }
+
+    #[test]
+    fn a_signer_outside_the_store_is_named_in_the_refusal() {
+        let err =
+            TaskMessage::decode(&signed_by("Someone 42"), &requiring_signatures()).unwrap_err();
+        assert_eq!(err.reason(), "bad_signature");
+        assert!(err.to_string().contains("\"Someone 42\""), "{err}");
     }
 }

@@ -241,9 +241,26 @@ impl ResultMeta {
 
     /// Encodes a result message body as Celery's `rpc://` backend does.
     pub fn encode(&self) -> Result<RawMessage, EncodeError> {
+        self.encode_signed(None)
+    }
+
+    /// Like [`encode`](Self::encode), signed by `signer` if given, as a
+    /// worker with Celery's `result_serializer = 'auth'` sends results.
+    pub fn encode_signed(
+        &self,
+        signer: Option<&crate::auth::Signer>,
+    ) -> Result<RawMessage, EncodeError> {
+        let text = json::to_python_json(self).into_bytes();
+        let (content_type, body) = match signer {
+            Some(signer) => (
+                crate::auth::CONTENT_TYPE,
+                crate::auth::seal(signer, content::JSON, content::UTF8, &text),
+            ),
+            None => (content::JSON, text),
+        };
         Ok(RawMessage {
             properties: crate::Properties {
-                content_type: Some(content::JSON.into()),
+                content_type: Some(content_type.into()),
                 content_encoding: Some(content::UTF8.into()),
                 correlation_id: Some(self.task_id.clone()),
                 delivery_mode: Some(1),
@@ -251,7 +268,7 @@ impl ResultMeta {
                 ..crate::Properties::default()
             },
             headers: crate::Headers::new(),
-            body: json::to_python_json(self).into_bytes(),
+            body,
         })
     }
 

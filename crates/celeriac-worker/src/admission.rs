@@ -52,6 +52,8 @@ pub(crate) enum Admission<'a> {
 pub(crate) struct Gate<'a> {
     /// The registered tasks.
     pub(crate) registry: &'a Registry,
+    /// How the message is decoded (and its signature checked).
+    pub(crate) decode: &'a DecodeOptions,
     /// ETAs further out than this are postponed.
     pub(crate) eta_horizon: Duration,
     /// The slots for ETA tasks held within the horizon.
@@ -62,7 +64,7 @@ pub(crate) struct Gate<'a> {
 
 /// Decides what happens to a delivery of `raw` before its task runs.
 pub(crate) fn admit<'a>(raw: &RawMessage, redelivered: bool, gate: &Gate<'a>) -> Admission<'a> {
-    let message = match TaskMessage::decode(raw, &DecodeOptions::default()) {
+    let message = match TaskMessage::decode(raw, gate.decode) {
         Ok(message) => message,
         Err(err) => {
             return Admission::Undecodable {
@@ -149,8 +151,10 @@ mod tests {
     fn decide_with(message: TaskMessage, redelivered: bool, holds: &EtaHolds) -> Admission<'_> {
         // The admission may borrow the gate's registry as long as the hold.
         let registry: &'static Registry = Box::leak(Box::new(registry()));
+        let decode: &'static DecodeOptions = Box::leak(Box::default());
         let gate = Gate {
             registry,
+            decode,
             eta_horizon: Duration::from_secs(600),
             holds,
             now: now(),
@@ -179,6 +183,7 @@ mod tests {
         let holds = EtaHolds::new(1);
         let gate = Gate {
             registry: &registry,
+            decode: &DecodeOptions::default(),
             eta_horizon: Duration::from_secs(600),
             holds: &holds,
             now: now(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use celeriac::{AppBuilder, Queue, QueueType, RouteOptions};
+use celeriac::{AppBuilder, Queue, QueueType, RouteOptions, Security};
 use clap::Parser;
 use tracing::error;
 
@@ -44,6 +44,35 @@ pub struct Args {
     /// CELERY_RESULT_BACKEND, else none]
     #[arg(long, env = "CELERIAC_RESULT_BACKEND")]
     pub result_backend: Option<String>,
+
+    /// PEM private key to sign task messages and results with, as Celery's
+    /// security_key; with --security-certificate and --security-cert-store
+    /// the worker accepts signed messages only [default: no signing]
+    #[arg(long, env = "CELERIAC_SECURITY_KEY")]
+    pub security_key: Option<String>,
+
+    /// Password of an encrypted --security-key (prefer the environment
+    /// variable: command lines are visible to other users)
+    #[arg(long, env = "CELERIAC_SECURITY_KEY_PASSWORD", hide_env_values = true)]
+    pub security_key_password: Option<String>,
+
+    /// PEM certificate of --security-key (security_certificate)
+    #[arg(long, env = "CELERIAC_SECURITY_CERTIFICATE")]
+    pub security_certificate: Option<String>,
+
+    /// Certificates of trusted signers: a PEM file, a directory of them or
+    /// a glob pattern (security_cert_store)
+    #[arg(long, env = "CELERIAC_SECURITY_CERT_STORE")]
+    pub security_cert_store: Option<String>,
+
+    /// Signature digest (security_digest) [default: sha256]
+    #[arg(long, env = "CELERIAC_SECURITY_DIGEST")]
+    pub security_digest: Option<String>,
+
+    /// With signing set up, also accept unsigned messages (signed ones are
+    /// still verified), while producers move to signing
+    #[arg(long, env = "CELERIAC_SECURITY_ACCEPT_UNSIGNED")]
+    pub security_accept_unsigned: bool,
 
     /// Queues to consume, comma-separated [default: celery]
     #[arg(short = 'Q', long, env = "CELERIAC_QUEUES", value_delimiter = ',')]
@@ -224,6 +253,8 @@ pub struct AppSettings {
     pub broker: Option<String>,
     /// Result backend URL.
     pub result_backend: Option<String>,
+    /// Message signing (`setup_security()`).
+    pub security: Option<Security>,
     /// Queue definitions (`task_queues`).
     pub queues: Vec<Queue>,
     /// Routes, in order (`task_routes`).
@@ -252,6 +283,9 @@ impl AppSettings {
         }
         if let Some(backend) = self.result_backend {
             app = app.result_backend(backend);
+        }
+        if let Some(security) = self.security {
+            app = app.security(security);
         }
         for queue in self.queues {
             app = app.queue(queue);
@@ -283,6 +317,42 @@ impl AppSettings {
 }
 
 impl Args {
+    /// Message signing from the `--security-*` flags over the file's keys:
+    /// none, or all three of key, certificate and store.
+    fn security(&self, file: &ConfigFile) -> Result<Option<Security>, String> {
+        let pick = |flag: &Option<String>, key: &Option<String>| flag.clone().or(key.clone());
+        let key = pick(&self.security_key, &file.security_key);
+        let certificate = pick(&self.security_certificate, &file.security_certificate);
+        let store = pick(&self.security_cert_store, &file.security_cert_store);
+        let (key, certificate, store) = match (key, certificate, store) {
+            (None, None, None) => return Ok(None),
+            (Some(key), Some(certificate), Some(store)) => (key, certificate, store),
+            _ => {
+                return Err("message signing needs all three of --security-key, \
+                     --security-certificate and --security-cert-store (as Celery's \
+                     setup_security)"
+                    .into());
+            }
+        };
+        let digest =
+            pick(&self.security_digest, &file.security_digest).unwrap_or_else(|| "sha256".into());
+        let security = Security::from_files(
+            &key,
+            self.security_key_password.as_deref(),
+            &certificate,
+            &store,
+            &digest,
+        )
+        .map_err(|e| e.to_string())?;
+        let accept_unsigned =
+            self.security_accept_unsigned || file.security_accept_unsigned.unwrap_or(false);
+        Ok(Some(if accept_unsigned {
+            security.accept_unsigned()
+        } else {
+            security
+        }))
+    }
+
     /// Resolves the settings (flag > environment > file > default).
     pub fn settings(self) -> Result<Settings, String> {
         let file = match &self.config {
@@ -415,6 +485,7 @@ impl Args {
         }
         routes.extend(file.routes()?);
         Ok(AppSettings {
+            security: self.security(file)?,
             broker: self.broker.clone().or_else(|| file.broker.clone()),
             result_backend: self
                 .result_backend
@@ -657,6 +728,24 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("TASK=RATE"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn signing_needs_all_three_files_and_names_them() {
+        let err = parse(&["--security-key", "/k.pem"]).settings().unwrap_err();
+        assert!(err.contains("--security-certificate"), "{err}");
+        let err = parse(&[
+            "--security-key",
+            "/nonexistent/k.pem",
+            "--security-certificate",
+            "/nonexistent/c.pem",
+            "--security-cert-store",
+            "/nonexistent/*.pem",
+        ])
+        .settings()
+        .unwrap_err();
+        assert!(err.contains("cannot read the security key /nonexistent/k.pem"), "{err}");
+        assert!(parse(&[]).settings().unwrap().app.security.is_none());
     }
 
     #[test]

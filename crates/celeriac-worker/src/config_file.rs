@@ -5,6 +5,9 @@
 //! broker = "amqp://guest:guest@localhost:5672//"
 //! result_backend = "rpc://"
 //! queues = ["images", "celery"]      # consumed, like -Q
+//! security_key = "/etc/celeriac/worker.key"          # signed messages,
+//! security_certificate = "/etc/celeriac/worker.pem"  # as Celery's
+//! security_cert_store = "/etc/celeriac/trusted/*.pem" # setup_security()
 //! concurrency = 32
 //! default_queue_type = "classic"     # Celery's task_default_queue_type
 //! queue_max_priority = 10            # Celery's task_queue_max_priority
@@ -39,6 +42,17 @@ pub struct ConfigFile {
     pub broker: Option<String>,
     /// Result backend URL.
     pub result_backend: Option<String>,
+    /// PEM private key signing messages (Celery's `security_key`).
+    pub security_key: Option<String>,
+    /// PEM certificate of that key (`security_certificate`).
+    pub security_certificate: Option<String>,
+    /// Trusted signers' certificates: a file, directory or glob
+    /// (`security_cert_store`).
+    pub security_cert_store: Option<String>,
+    /// Signature digest (`security_digest`, default `sha256`).
+    pub security_digest: Option<String>,
+    /// Accept unsigned messages too.
+    pub security_accept_unsigned: Option<bool>,
     /// Queues to consume.
     pub queues: Option<Vec<String>>,
     /// Concurrency.

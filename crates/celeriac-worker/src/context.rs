@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac::broker::{ConsumerHandle, Delivery};
-use celeriac::protocol::TaskMessage;
+use celeriac::protocol::{DecodeOptions, TaskMessage};
 use celeriac::{App, DeliveryInfo, Registry, Request, TaskOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +64,8 @@ pub(crate) struct Context {
     /// The tasks this worker runs: the app's, and the built-in ones
     /// ([`crate::builtins`]).
     pub(crate) tasks: Registry,
+    /// How deliveries are decoded (signatures checked if security is set up).
+    pub(crate) decode: DecodeOptions,
     /// Each task's options (its own over the app's defaults), resolved
     /// once at start rather than per delivery.
     pub(crate) task_options: HashMap<String, Arc<TaskOptions>>,

@@ -53,6 +53,7 @@ pub(crate) fn handle(ctx: Arc<Context>, delivery: Delivery) -> impl Future<Outpu
 async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
     let gate = Gate {
         registry: &ctx.tasks,
+        decode: &ctx.decode,
         eta_horizon: ctx.config.eta_horizon,
         holds: &ctx.eta_holds,
         now: now(),

@@ -158,7 +158,8 @@ async fn retry(
         (None, Some(countdown)) => countdown,
         (None, None) => options.retry_delay(request.retries),
     };
-    let raw = match retry_message(message, delay).encode() {
+    let signer = ctx.app.security().map(celeriac::Security::signer);
+    let raw = match retry_message(message, delay).encode_signed(signer) {
         Ok(raw) => raw,
         Err(e) => {
             let err = TaskError::new(e.to_string());

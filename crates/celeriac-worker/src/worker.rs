@@ -187,6 +187,7 @@ impl Worker {
             isolation: Isolation::default(),
             task_options: Context::resolve_task_options(&self.app, &tasks),
             tasks,
+            decode: self.app.decode_options(),
             app: self.app.clone(),
             config: self.config.clone(),
         });

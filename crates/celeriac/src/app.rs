@@ -9,7 +9,9 @@ use celeriac_broker::{
 use celeriac_protocol::event::LamportClock;
 use celeriac_protocol::time::now;
 use celeriac_protocol::trace::TRACEPARENT_HEADER;
-use celeriac_protocol::{Compression, HeaderValue, RawMessage, Seconds, TaskMessage};
+use celeriac_protocol::{
+    Compression, DecodeOptions, HeaderValue, RawMessage, Seconds, TaskMessage,
+};
 use serde::de::DeserializeOwned;
 
 use crate::call::{SendTask, TaskCall};
@@ -18,7 +20,7 @@ use crate::registry::Registry;
 use crate::result::{ResultBackend, ResultSettings, open_backend};
 use crate::topic::Topic;
 use crate::unique::{self, UNIQUE_KEY_HEADER, UniqueLock};
-use crate::{AsyncResult, Error, Task, TaskOptions, request};
+use crate::{AsyncResult, Error, Security, Task, TaskOptions, request};
 
 /// Environment variables read for the broker URL, in order.
 pub const BROKER_URL_VARS: [&str; 2] = ["CELERIAC_BROKER_URL", "CELERY_BROKER_URL"];
@@ -40,6 +42,8 @@ struct Inner {
     result_settings: ResultSettings,
     task_defaults: TaskOptions,
     compression: Option<Compression>,
+    /// Message signing, if set up.
+    security: Option<Security>,
     origin: String,
     /// The Lamport clock control messages and events carry.
     clock: Arc<LamportClock>,
@@ -133,6 +137,18 @@ impl App {
             .clone()
             .ok_or_else(|| crate::ResultError::NoBackend(group_id.to_owned()))?;
         crate::GroupResult::restore(backend, group_id).await
+    }
+
+    /// Message signing, if set up ([`AppBuilder::security`]).
+    pub fn security(&self) -> Option<&Security> {
+        self.inner.security.as_ref()
+    }
+
+    /// How this app decodes what it receives: signatures checked as
+    /// [`security`](Self::security) says.
+    pub fn decode_options(&self) -> DecodeOptions {
+        self.security()
+            .map_or_else(DecodeOptions::default, Security::decode_options)
     }
 
     /// The app-wide task defaults.
@@ -475,7 +491,7 @@ impl App {
         Ok(Prepared {
             id,
             destination,
-            message: message.encode()?,
+            message: message.encode_signed(self.security().map(Security::signer))?,
             unique,
         })
     }
@@ -529,6 +545,7 @@ pub struct AppBuilder {
     tasks: Vec<Arc<dyn Task>>,
     task_defaults: TaskOptions,
     compression: Option<Compression>,
+    security: Option<Security>,
 }
 
 impl std::fmt::Debug for AppBuilder {
@@ -703,6 +720,14 @@ impl AppBuilder {
         self
     }
 
+    /// Signs every task message and `rpc://` result this app sends, and
+    /// accepts only signed ones (Celery's `app.setup_security()`); see
+    /// [`Security`].
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = Some(security);
+        self
+    }
+
     /// Connects and builds the app.
     pub async fn build(self) -> Result<App, Error> {
         let mut broker_config = match self.broker_config {
@@ -742,6 +767,7 @@ impl AppBuilder {
             backend_url.as_deref().unwrap_or(""),
             &broker,
             &self.result_settings,
+            self.security.as_ref(),
         )?;
         let mut task_defaults = self.task_defaults;
         task_defaults.acks_late.get_or_insert(true);
@@ -759,6 +785,7 @@ impl AppBuilder {
                 result_settings: self.result_settings,
                 task_defaults,
                 compression: self.compression,
+                security: self.security,
                 origin: format!(
                     "gen{}@{}",
                     std::process::id(),

@@ -54,6 +54,7 @@ mod panic;
 mod registry;
 pub mod request;
 pub mod result;
+mod security;
 mod task;
 mod task_error;
 pub mod testing;
@@ -85,6 +86,7 @@ pub use request::{DeliveryInfo, Request, Retry, SoftLimit};
 pub use result::{
     AsyncResult, BACKEND_CLEANUP, BackendError, GroupResult, ResultBackend, ResultSettings,
 };
+pub use security::Security;
 pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};
 pub use task_error::{
     RUST_EXCEPTION_MODULE, RetryRequest, TaskError, TaskErrorKind, python_exception,

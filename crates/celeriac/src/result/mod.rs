@@ -27,6 +27,8 @@ use std::sync::Arc;
 
 use celeriac_broker::Broker;
 
+use crate::Security;
+
 /// The task that deletes expired results from stores where they do not
 /// expire by themselves ([`ResultBackend::needs_cleanup`]); workers run it
 /// and beat schedules it daily, as Celery's do.
@@ -48,11 +50,13 @@ pub use rpc::RpcBackend;
 /// The backend a `result_backend` URL names: `None` for none (empty or
 /// `disabled`), `rpc://`, a Redis URL (`redis://`, `rediss://`,
 /// `redis+socket://`, `sentinel://`), or a PostgreSQL one
-/// (`db+postgresql://`, `django-db+postgresql://`).
+/// (`db+postgresql://`, `django-db+postgresql://`). With `security`, results
+/// are signed and only signed ones read (`rpc://` only so far).
 pub fn open_backend(
     url: &str,
     broker: &Broker,
     settings: &ResultSettings,
+    security: Option<&Security>,
 ) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
     let redacted = celeriac_broker::url::redact(url);
     if url.is_empty() || url == "disabled" {
@@ -62,7 +66,14 @@ pub fn open_backend(
         let expires = settings
             .expires
             .unwrap_or(std::time::Duration::from_secs(86_400));
-        return Ok(Some(Arc::new(RpcBackend::new(broker.clone(), expires))));
+        let backend = RpcBackend::new(broker.clone(), expires).with_security(security.cloned());
+        return Ok(Some(Arc::new(backend)));
+    }
+    if security.is_some() {
+        return Err(BackendError::Config(format!(
+            "result backend {redacted:?} cannot store signed results yet; with message \
+             signing set up, use rpc:// (or no result backend)"
+        )));
     }
     if is_redis(url) {
         return open_redis(url, settings);

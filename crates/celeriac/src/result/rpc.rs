@@ -21,7 +21,7 @@ use tokio::sync::{OnceCell, watch};
 use tracing::warn;
 
 use super::{BackendError, BoxFuture, ResultBackend};
-use crate::Request;
+use crate::{Request, Security};
 
 /// How many tasks' results are remembered; the oldest unwatched ones go first.
 const MAX_REMEMBERED: usize = 100_000;
@@ -30,6 +30,8 @@ const MAX_REMEMBERED: usize = 100_000;
 pub struct RpcBackend {
     broker: Broker,
     queue: Queue,
+    /// Signs stored results and checks received ones, if set up.
+    security: Option<Security>,
     consumer: OnceCell<()>,
     results: Arc<Mutex<Results>>,
 }
@@ -105,9 +107,17 @@ impl RpcBackend {
         RpcBackend {
             broker,
             queue,
+            security: None,
             consumer: OnceCell::new(),
             results: Arc::default(),
         }
+    }
+
+    /// Signs the results it stores, and accepts only signed results, as
+    /// `security` says (Celery's `result_serializer = 'auth'`).
+    pub fn with_security(mut self, security: Option<Security>) -> RpcBackend {
+        self.security = security;
+        self
     }
 
     /// The reply queue's declaration.
@@ -122,9 +132,13 @@ impl RpcBackend {
         };
         let mut consumer = self.broker.consume(options).await?;
         let results = self.results.clone();
+        let decode = self
+            .security
+            .as_ref()
+            .map_or_else(DecodeOptions::default, Security::result_decode_options);
         tokio::spawn(async move {
             while let Some(delivery) = consumer.next().await {
-                match ResultMeta::decode(&delivery.message, &DecodeOptions::default()) {
+                match ResultMeta::decode(&delivery.message, &decode) {
                     Ok(mut meta) => {
                         if let Some(id) = &delivery.message.properties.correlation_id
                             && meta.task_id.is_empty()
@@ -223,7 +237,7 @@ impl ResultBackend for RpcBackend {
                 return Ok(());
             };
             let mut raw = meta
-                .encode()
+                .encode_signed(self.security.as_ref().map(Security::signer))
                 .map_err(|e| BackendError::Document(e.to_string()))?;
             raw.properties.correlation_id = Some(
                 request

@@ -1,0 +1,154 @@
+//! Signed messages, as Celery's `app.setup_security()` sets them up: task
+//! messages and `rpc://` results are signed with this process's key, and
+//! only task messages signed by a trusted certificate are accepted. A
+//! result is verified when signed and accepted when not (Celery's
+//! `result_serializer` stays `json` unless set to `auth`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), celeriac::Error> {
+//! use celeriac::Security;
+//!
+//! let security = Security::from_files(
+//!     "/etc/celeriac/worker.key",   // Celery's security_key
+//!     None,                         // security_key_password
+//!     "/etc/celeriac/worker.pem",   // security_certificate
+//!     "/etc/celeriac/trusted/*.pem", // security_cert_store
+//!     "sha256",                     // security_digest
+//! )?;
+//! let app = celeriac::App::builder().security(security).build().await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use celeriac_protocol::auth::{Digest, Signer, Verifier};
+use celeriac_protocol::{DecodeOptions, Signatures};
+
+use crate::Error;
+
+/// This process's signing key and the certificates it trusts.
+#[derive(Debug, Clone)]
+pub struct Security {
+    signer: Arc<Signer>,
+    verifier: Arc<Verifier>,
+    require_signed: bool,
+}
+
+impl Security {
+    /// Signs with `signer` and accepts messages signed by a certificate
+    /// `verifier` trusts, and only those.
+    pub fn new(signer: Signer, verifier: Verifier) -> Security {
+        Security {
+            signer: Arc::new(signer),
+            verifier: Arc::new(verifier),
+            require_signed: true,
+        }
+    }
+
+    /// Reads the key, its certificate and the trusted certificates from
+    /// files, with Celery's settings' meanings: `cert_store` is a file, a
+    /// directory (every file in it) or a glob pattern; `digest` is a name
+    /// such as `sha256`.
+    pub fn from_files(
+        key: impl AsRef<Path>,
+        key_password: Option<&str>,
+        certificate: impl AsRef<Path>,
+        cert_store: impl AsRef<Path>,
+        digest: &str,
+    ) -> Result<Security, Error> {
+        let digest = Digest::from_name(digest).map_err(config)?;
+        let key_pem = read(key.as_ref(), "security key")?;
+        let certificate_pem = read(certificate.as_ref(), "security certificate")?;
+        let signer =
+            Signer::new(&key_pem, key_password, &certificate_pem, digest).map_err(config)?;
+        let store = store_files(cert_store.as_ref())?;
+        let pems = store
+            .iter()
+            .map(|path| read(path, "trusted certificate"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let verifier = Verifier::new(pems.iter().map(String::as_str), digest).map_err(config)?;
+        Ok(Security::new(signer, verifier))
+    }
+
+    /// Also accepts unsigned messages (a signed one is still verified):
+    /// for moving a fleet to signing one producer at a time. Celery has no
+    /// such mode; a Python worker with security accepts signed ones only.
+    pub fn accept_unsigned(mut self) -> Security {
+        self.require_signed = false;
+        self
+    }
+
+    /// The key messages are signed with.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// How incoming messages are checked.
+    pub fn signatures(&self) -> Signatures {
+        if self.require_signed {
+            Signatures::Required(self.verifier.clone())
+        } else {
+            Signatures::Optional(self.verifier.clone())
+        }
+    }
+
+    /// Decode options that check task messages' signatures this way.
+    pub fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions {
+            signatures: self.signatures(),
+            ..DecodeOptions::default()
+        }
+    }
+
+    /// Decode options for results: a signed result is verified, an
+    /// unsigned one accepted, as a Python worker whose `result_serializer`
+    /// is Celery's default `json` sends them.
+    pub fn result_decode_options(&self) -> DecodeOptions {
+        DecodeOptions {
+            signatures: Signatures::Optional(self.verifier.clone()),
+            ..DecodeOptions::default()
+        }
+    }
+}
+
+fn config(error: impl std::fmt::Display) -> Error {
+    Error::Config(error.to_string())
+}
+
+fn read(path: &Path, what: &str) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+/// The files a certificate store names: the file itself, every file in a
+/// directory, or every file a glob pattern matches.
+fn store_files(store: &Path) -> Result<Vec<PathBuf>, Error> {
+    if store.is_dir() {
+        let mut files = std::fs::read_dir(store)
+            .map_err(|e| config(format!("cannot list {}: {e}", store.display())))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.is_file())
+            .collect::<Vec<_>>();
+        files.sort();
+        return non_empty(files, store);
+    }
+    let pattern = store.to_string_lossy();
+    let files = glob::glob(&pattern)
+        .map_err(|e| config(format!("bad certificate store pattern {pattern:?}: {e}")))?
+        .filter_map(Result::ok)
+        .filter(|path| path.is_file())
+        .collect();
+    non_empty(files, store)
+}
+
+fn non_empty(files: Vec<PathBuf>, store: &Path) -> Result<Vec<PathBuf>, Error> {
+    if files.is_empty() {
+        return Err(config(format!(
+            "the certificate store {} holds no certificate; put the PEM certificates of \
+             every trusted signer there",
+            store.display()
+        )));
+    }
+    Ok(files)
+}

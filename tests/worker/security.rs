@@ -1,0 +1,267 @@
+//! Signed messages (Celery's `auth` serializer) between Python Celery and
+//! Celeriac, both ways: what each side accepts, what it refuses, and the
+//! configuration mistakes that stop a worker before it starts. Keys and
+//! certificates are made by `tests/interop/make_certs.py` for each test.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use celeriac::broker::dead_letter::{EXCEPTION_MESSAGE_HEADER, REASON_HEADER};
+use celeriac::protocol::HeaderValue;
+use celeriac::{App, Queue, Security};
+use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters};
+use celeriac_tests::{PythonWorker, broker_url, interop_python, repo_root, unique};
+use serde::Deserialize;
+
+/// A directory of keys and certificates, removed when dropped.
+struct Certs(PathBuf);
+
+impl Certs {
+    async fn make() -> Result<Certs> {
+        let dir = std::env::temp_dir().join(unique("certs"));
+        let output = tokio::process::Command::new(interop_python()?)
+            .arg(repo_root().join("tests/interop/make_certs.py"))
+            .arg(&dir)
+            .output()
+            .await?;
+        ensure!(
+            output.status.success(),
+            "make_certs.py failed (is `cryptography` in the interop venv? run \
+             scripts/setup-interop): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(Certs(dir))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Signing as `signer` (whose key is encrypted with `password`, if
+    /// given), trusting the certificates in `store`.
+    fn security(&self, signer: &str, password: Option<&str>, store: &str) -> Result<Security> {
+        Ok(Security::from_files(
+            self.path(&format!("{signer}.key")),
+            password,
+            self.path(&format!("{signer}.pem")),
+            self.path(store),
+            "sha256",
+        )?)
+    }
+
+    /// The Rust side's own: `rust.key`, encrypted.
+    fn rust(&self) -> Result<Security> {
+        self.security("rust", Some("rust-secret"), "store")
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `tests/interop/drive_signed.py` reports.
+#[derive(Debug, Deserialize)]
+struct Driven {
+    result: i64,
+    unsigned: String,
+    tampered: String,
+    stranger: String,
+}
+
+fn header(delivery: &celeriac::broker::Delivery, name: &str) -> String {
+    delivery
+        .message
+        .headers
+        .get(name)
+        .and_then(HeaderValue::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_worker_runs_python_signed_tasks_and_dead_letters_the_rest() -> Result<()> {
+    let certs = Certs::make().await?;
+    let queue = Queue::celery_default(unique("signed-in"));
+    let mut worker =
+        RunningWorker::start(App::builder().security(certs.rust()?), &queue, |_| {}).await?;
+    let driver = tokio::process::Command::new(interop_python()?)
+        .arg(repo_root().join("tests/interop/drive_signed.py"))
+        .args([broker_url(), queue.name.clone()])
+        .arg(&certs.0)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), worker.while_running(driver))
+        .await
+        .context("drive_signed.py did not finish in 120 s")???;
+    ensure!(
+        output.status.success(),
+        "drive_signed.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let driven: Driven = serde_json::from_slice(&output.stdout)?;
+    // Python read the result the Rust worker signed, with its store.
+    ensure!(driven.result == 5, "{driven:?}");
+
+    let reader = client(&queue).await?;
+    let letters = dead_letters(&reader, &queue.name, 3).await?;
+    let by_id: HashMap<String, (String, String)> = letters
+        .iter()
+        .map(|l| {
+            let id = header(l, "id");
+            (
+                id,
+                (
+                    header(l, REASON_HEADER),
+                    header(l, EXCEPTION_MESSAGE_HEADER),
+                ),
+            )
+        })
+        .collect();
+    let expect = |id: &str, reason: &str, says: &str| -> Result<()> {
+        let (got, message) = by_id
+            .get(id)
+            .with_context(|| format!("task {id} was not dead-lettered: {by_id:?}"))?;
+        ensure!(
+            got == reason && message.contains(says),
+            "task {id}: expected reason {reason} saying {says:?}, got {got} {message:?}"
+        );
+        Ok(())
+    };
+    expect(&driven.unsigned, "unsigned", "not signed")?;
+    expect(&driven.tampered, "bad_signature", "does not match the body")?;
+    expect(&driven.stranger, "bad_signature", "not among the trusted")?;
+
+    let summary = worker.stop().await?;
+    ensure!(
+        summary.succeeded == 1 && summary.dead_lettered == 3 && summary.failed == 0,
+        "one run and three dead letters expected: {summary:?}"
+    );
+    cleanup(&reader, &queue.name).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_worker_runs_rust_signed_tasks_and_refuses_a_stranger() -> Result<()> {
+    let certs = Certs::make().await?;
+    let queue = unique("signed-out");
+    let python = PythonWorker::start_signed(&queue, &certs.0).await?;
+    let app = App::builder()
+        .broker_url(broker_url())
+        .result_backend("rpc://")
+        .security(certs.rust()?)
+        .build()
+        .await?;
+    // The Python worker accepts signed messages only, and signs its
+    // result, which this app verifies.
+    let sum: i64 = app
+        .send_task("interop.add")
+        .args(serde_json::json!([2, 3]))
+        .queue(&queue)
+        .apply()
+        .await?
+        .get_as(Duration::from_secs(60))
+        .await
+        .with_context(|| python.log())?;
+    ensure!(sum == 5, "interop.add(2, 3) returned {sum}");
+
+    // Signed by a key whose certificate the Python side does not trust.
+    let stranger = App::builder()
+        .broker_url(broker_url())
+        .security(certs.security("stranger", None, "store")?)
+        .build()
+        .await?;
+    let refused = stranger
+        .send_task("interop.add")
+        .args(serde_json::json!([2, 3]))
+        .queue(&queue)
+        .apply()
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !python.log().contains("Unknown certificate") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the Python worker did not refuse the stranger's message: {}",
+            python.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        !python
+            .log()
+            .contains(&format!("[{}] succeeded", refused.id())),
+        "the Python worker ran the stranger's task: {}",
+        python.log()
+    );
+    stranger.close().await;
+    cleanup(&app, &queue).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn signing_set_up_wrongly_is_refused_with_the_reason() -> Result<()> {
+    let certs = Certs::make().await?;
+    let refusal = |result: Result<Security>| match result {
+        Ok(_) => "accepted".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let cases = [
+        (
+            certs.security("rust", None, "store"),
+            "password",
+            "an encrypted key without its password",
+        ),
+        (
+            certs.security("rust", Some("wrong"), "store"),
+            "cannot be read",
+            "an encrypted key with the wrong password",
+        ),
+        (
+            certs.security("python", None, "expired-store"),
+            "has expired",
+            "a store holding an expired certificate",
+        ),
+        (
+            Security::from_files(
+                certs.path("rust.key"),
+                Some("rust-secret"),
+                certs.path("python.pem"),
+                certs.path("store"),
+                "sha256",
+            )
+            .map_err(Into::into),
+            "not the key of the certificate",
+            "a key that does not match its certificate",
+        ),
+        (
+            certs.security("python", None, "no-such-dir/*.pem"),
+            "holds no certificate",
+            "an empty store",
+        ),
+        (
+            Security::from_files(
+                certs.path("python.key"),
+                None,
+                certs.path("python.pem"),
+                certs.path("store"),
+                "md5",
+            )
+            .map_err(Into::into),
+            "not supported",
+            "an unsupported digest",
+        ),
+    ];
+    for (result, says, case) in cases {
+        let refusal = refusal(result);
+        ensure!(
+            refusal.contains(says),
+            "{case}: expected {says:?}, got {refusal:?}"
+        );
+    }
+    // The stranger's key is PKCS#1, the others PKCS#8: both load.
+    certs.security("stranger", None, "store")?;
+    Ok(())
+}
