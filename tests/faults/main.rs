@@ -6,6 +6,7 @@
 //! the others.
 
 mod broker;
+mod declarations;
 mod reliability;
 mod result_store;
 mod worker;

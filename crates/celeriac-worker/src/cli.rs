@@ -744,7 +744,10 @@ mod tests {
         ])
         .settings()
         .unwrap_err();
-        assert!(err.contains("cannot read the security key /nonexistent/k.pem"), "{err}");
+        assert!(
+            err.contains("cannot read the security key /nonexistent/k.pem"),
+            "{err}"
+        );
         assert!(parse(&[]).settings().unwrap().app.security.is_none());
     }
 
