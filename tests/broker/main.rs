@@ -12,6 +12,7 @@ use celeriac_tests::connect;
 
 mod delay;
 mod messaging;
+mod tls;
 mod topology;
 
 /// Deletes the named queues when dropped, on a fresh connection and thread

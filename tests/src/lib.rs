@@ -8,6 +8,8 @@
 //!   that disturb the broker;
 //! - [`redis_server`]: a private Redis, for tests that restart it;
 //! - [`scrape`]: a worker's metrics and probes over HTTP;
+//! - [`tls`]: a RabbitMQ node and a Redis with TLS listeners, and the
+//!   certificates for them;
 //! - [`worker`]: apps, in-process and out-of-process Celeriac workers, dead
 //!   letters and cleanup.
 
@@ -19,6 +21,7 @@ pub mod python;
 pub mod rabbit;
 pub mod redis_server;
 pub mod scrape;
+pub mod tls;
 pub mod worker;
 
 pub use fixtures::{Fixture, all_fixtures, fixture, typed_header};

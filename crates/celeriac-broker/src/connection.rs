@@ -19,7 +19,9 @@ use std::time::Duration;
 use futures_lite::{Stream, StreamExt as _};
 use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::uri::{
+    AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
+};
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -28,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::declare::declare_queue;
 use crate::topology::Queue;
-use crate::{BrokerConfig, BrokerError, BrokerUrl};
+use crate::{BrokerConfig, BrokerError, BrokerUrl, LoginMethod};
 
 type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
@@ -309,6 +311,11 @@ async fn open(url: &BrokerUrl, config: &BrokerConfig) -> Result<Connection, Stri
         query: AMQPQueryString {
             heartbeat: Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX)),
             connection_timeout: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            auth_mechanism: Some(match url.login_method {
+                LoginMethod::Plain => SASLMechanism::Plain,
+                LoginMethod::AmqPlain => SASLMechanism::AMQPlain,
+                LoginMethod::External => SASLMechanism::External,
+            }),
             ..AMQPQueryString::default()
         },
     };

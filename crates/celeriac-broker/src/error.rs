@@ -228,6 +228,15 @@ fn connect_hint(detail: &str) -> &'static str {
     } else if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
         "The server did not speak TLS: amqps:// needs RabbitMQ's TLS listener (usually port \
          5671); use amqp:// for the plain port"
+    } else if detail.contains("UnknownIssuer") {
+        "The server's TLS certificate is not signed by a CA this client trusts: name the CA \
+         that signed it with ?ssl_ca_certs=/path/ca.pem (the system's roots are used otherwise)"
+    } else if detail.contains("not valid for name") {
+        "The server's TLS certificate does not name the host in the URL: connect by a name the \
+         certificate lists (often the DNS name, not the IP address)"
+    } else if detail.contains("EXTERNAL") || detail.contains("auth_mechanism") {
+        "login_method=EXTERNAL needs RabbitMQ's rabbitmq_auth_mechanism_ssl plugin, EXTERNAL \
+         in its auth_mechanisms, and a user named as the client certificate's subject"
     } else if detail.contains("NOT_ALLOWED") && detail.contains("vhost") {
         "The virtual host does not exist or the user may not use it \
          (`rabbitmqctl list_vhosts`, `rabbitmqctl set_permissions`)"

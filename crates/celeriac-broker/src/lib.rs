@@ -74,4 +74,4 @@ pub use error::{BrokerError, Inequivalent, ReplyCode};
 pub use field_table::{HeaderError, decode_headers, encode_headers};
 pub use routing::{Destination, QueueDefaults, RouteError, RouteOptions, Router};
 pub use topology::{DeadLetterTopology, Exchange, ExchangeKind, Queue, QueueArguments, QueueType};
-pub use url::{BrokerUrl, BrokerUrls, TlsOptions, UrlError};
+pub use url::{BrokerUrl, BrokerUrls, LoginMethod, TlsOptions, UrlError};

@@ -10,7 +10,9 @@
 //! - Query parameters: `heartbeat` (seconds), `connect_timeout` (seconds,
 //!   fractional allowed), and for `amqps://` the kombu names `ssl_ca_certs`
 //!   (PEM file with the CA certificates to trust), `ssl_certfile` and
-//!   `ssl_keyfile` (PEM client certificate and PKCS#8 key, for mutual TLS).
+//!   `ssl_keyfile` (PEM client certificate and PKCS#8 key, for mutual TLS);
+//!   `login_method` (kombu's name: `PLAIN`, the default, `AMQPLAIN`, or
+//!   `EXTERNAL`, which logs in as the client certificate's subject).
 //!   Unknown parameters are an error, so a typo never silently does nothing.
 
 use std::fmt;
@@ -32,6 +34,19 @@ pub struct UrlError {
     pub url: String,
     /// What is wrong and how to fix it.
     pub problem: String,
+}
+
+/// How the client logs in (SASL mechanism), kombu's `login_method`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoginMethod {
+    /// User name and password (`PLAIN`), the default.
+    #[default]
+    Plain,
+    /// User name and password in RabbitMQ's legacy `AMQPLAIN` form.
+    AmqPlain,
+    /// The TLS client certificate (`EXTERNAL`): RabbitMQ's
+    /// `rabbitmq_auth_mechanism_ssl` plugin logs in as its subject.
+    External,
 }
 
 /// TLS settings for an `amqps://` URL. Without a CA file the system's
@@ -66,6 +81,8 @@ pub struct BrokerUrl {
     pub connect_timeout: Option<Duration>,
     /// TLS options from the query string.
     pub tls_options: TlsOptions,
+    /// `login_method` query parameter.
+    pub login_method: LoginMethod,
 }
 
 impl BrokerUrl {
@@ -149,6 +166,7 @@ impl BrokerUrl {
             heartbeat: None,
             connect_timeout: None,
             tls_options: TlsOptions::default(),
+            login_method: LoginMethod::default(),
         };
         for pair in query
             .unwrap_or_default()
@@ -158,6 +176,12 @@ impl BrokerUrl {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = decode(value)?;
             url.apply_query(key, &value).map_err(|p| fail(&p))?;
+        }
+        if url.login_method == LoginMethod::External && url.tls_options.cert_file.is_none() {
+            return Err(fail(
+                "login_method=EXTERNAL logs in with a TLS client certificate: give \
+                 ssl_certfile and ssl_keyfile",
+            ));
         }
         Ok(url)
     }
@@ -178,10 +202,23 @@ impl BrokerUrl {
             "ssl_ca_certs" | "cacertfile" => self.tls_options.ca_file = Some(value.into()),
             "ssl_certfile" | "certfile" => self.tls_options.cert_file = Some(value.into()),
             "ssl_keyfile" | "keyfile" => self.tls_options.key_file = Some(value.into()),
+            "login_method" => {
+                self.login_method = match value.to_ascii_uppercase().as_str() {
+                    "PLAIN" => LoginMethod::Plain,
+                    "AMQPLAIN" => LoginMethod::AmqPlain,
+                    "EXTERNAL" => LoginMethod::External,
+                    _ => {
+                        return Err(format!(
+                            "login_method={value:?} is not supported; use PLAIN, AMQPLAIN or \
+                             EXTERNAL"
+                        ));
+                    }
+                };
+            }
             other => {
                 return Err(format!(
                     "unknown query parameter {other:?}; supported: heartbeat, connect_timeout, \
-                     ssl_ca_certs, ssl_certfile, ssl_keyfile"
+                     ssl_ca_certs, ssl_certfile, ssl_keyfile, login_method"
                 ));
             }
         }
@@ -424,6 +461,15 @@ mod tests {
         );
         let mutual = url("amqps://h//?ssl_certfile=c.pem&ssl_keyfile=k.pem");
         assert_eq!(mutual.tls_options.key_file, Some("k.pem".into()));
+        let external =
+            url("amqps://h//?ssl_certfile=c.pem&ssl_keyfile=k.pem&login_method=external");
+        assert_eq!(external.login_method, LoginMethod::External);
+        let no_certificate = BrokerUrl::parse("amqps://h//?login_method=EXTERNAL").unwrap_err();
+        assert!(
+            no_certificate.problem.contains("ssl_certfile"),
+            "{no_certificate}"
+        );
+        assert!(BrokerUrl::parse("amqp://h//?login_method=GSSAPI").is_err());
     }
 
     #[test]
