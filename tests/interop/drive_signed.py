@@ -22,7 +22,6 @@ from celery import Celery
 from kombu.serialization import registry
 from kombu.utils.encoding import ensure_bytes
 
-from celery.security.serialization import DEFAULT_SEPARATOR
 from celery.utils.serialization import b64decode, b64encode
 
 
@@ -44,13 +43,13 @@ def make_app(broker, certs, signer=None):
 
 def register_tampering():
     """An ``auth-tampered`` serializer: signs as ``auth`` does, then changes
-    the signed body (``[[2, 3]`` becomes ``[[2, 4]``) and keeps the signature."""
+    the signed body (``[[2, 3]`` becomes ``[[2, 4]``) and keeps the signature
+    (in either of Celery's envelope layouts, the body is the plain tail)."""
     sign = registry._encoders['auth'].encoder
 
     def tampered(data):
-        fields = b64decode(ensure_bytes(sign(data))).split(DEFAULT_SEPARATOR, 4)
-        fields[4] = fields[4].replace(b'[[2, 3]', b'[[2, 4]', 1)
-        return b64encode(DEFAULT_SEPARATOR.join(fields))
+        packed = b64decode(ensure_bytes(sign(data)))
+        return b64encode(packed.replace(b'[[2, 3]', b'[[2, 4]', 1))
 
     registry.register('auth-tampered', tampered, None,
                       content_type='application/data', content_encoding='utf-8')

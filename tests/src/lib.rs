@@ -24,8 +24,8 @@ pub mod scrape;
 pub mod tls;
 pub mod worker;
 
-pub use fixtures::{Fixture, all_fixtures, fixture, typed_header};
-pub use python::{PythonWorker, interop_python};
+pub use fixtures::{Fixture, all_fixtures, fixture, oldest_celery_fixtures, typed_header};
+pub use python::{PythonWorker, celery_version, interop_python};
 pub use rabbit::{
     ConsumerTimeout, broker_url, connect, delete_queue, disturbing, queue_stats, rabbitmqctl,
     redis_url, require_redis, restore_broker, unique,

@@ -8,9 +8,16 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{broker_url, repo_root};
 
-/// The interop virtualenv's Python, or an error that says how to create it.
+/// The interop virtualenv's Python, or an error that says how to create it:
+/// `.venv-interop` (the Celery of `tests/interop/requirements.txt`), or the
+/// venv `CELERIAC_INTEROP_VENV` names (`scripts/interop-matrix` sets it to
+/// `.venv-interop-5.3` and so on).
 pub fn interop_python() -> Result<PathBuf> {
-    let python = repo_root().join(".venv-interop/bin/python");
+    let venv = std::env::var("CELERIAC_INTEROP_VENV")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ".venv-interop".into());
+    let python = repo_root().join(&venv).join("bin/python");
     let works = python.exists()
         && Command::new(&python)
             .args(["-c", "import celery, kombu, amqp"])
@@ -18,11 +25,31 @@ pub fn interop_python() -> Result<PathBuf> {
             .is_ok_and(|s| s.success());
     if !works {
         bail!(
-            "the Python interop environment is missing: run `scripts/setup-interop` \
-             (it creates .venv-interop with the Celery pinned in tests/interop/requirements.txt)"
+            "the Python interop environment {venv} is missing: run `scripts/setup-interop` \
+             (it creates .venv-interop with the Celery pinned in tests/interop/requirements.txt; \
+             `scripts/setup-interop 5.3` creates .venv-interop-5.3)"
         );
     }
     Ok(python)
+}
+
+/// The `(major, minor)` version of the Celery in the interop venv: tests
+/// whose expectations differ between versions (docs/interop-python.md lists
+/// each difference) ask it.
+pub fn celery_version() -> Result<(u32, u32)> {
+    static VERSION: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    if let Some(version) = VERSION.get() {
+        return Ok(*version);
+    }
+    let output = Command::new(interop_python()?)
+        .args(["-c", "import celery; print(celery.__version__)"])
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut parts = text.trim().split('.').map(str::parse::<u32>);
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        bail!("cannot read the interop venv's Celery version from {text:?}");
+    };
+    Ok(*VERSION.get_or_init(|| (major, minor)))
 }
 
 /// A Python Celery worker consuming `queue`, killed on drop (and exiting by

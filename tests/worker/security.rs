@@ -12,7 +12,7 @@ use celeriac::broker::dead_letter::{EXCEPTION_MESSAGE_HEADER, REASON_HEADER};
 use celeriac::protocol::HeaderValue;
 use celeriac::{App, Queue, Security};
 use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters};
-use celeriac_tests::{PythonWorker, broker_url, interop_python, repo_root, unique};
+use celeriac_tests::{PythonWorker, broker_url, celery_version, interop_python, repo_root, unique};
 use serde::Deserialize;
 
 /// A directory of keys and certificates, removed when dropped.
@@ -40,15 +40,18 @@ impl Certs {
     }
 
     /// Signing as `signer` (whose key is encrypted with `password`, if
-    /// given), trusting the certificates in `store`.
+    /// given), trusting the certificates in `store`, in the envelope layout
+    /// of the interop venv's Celery.
     fn security(&self, signer: &str, password: Option<&str>, store: &str) -> Result<Security> {
-        Ok(Security::from_files(
+        let (major, minor) = celery_version()?;
+        let security = Security::from_files(
             self.path(&format!("{signer}.key")),
             password,
             self.path(&format!("{signer}.pem")),
             self.path(store),
             "sha256",
-        )?)
+        )?;
+        Ok(security.envelope_for(&format!("{major}.{minor}"))?)
     }
 
     /// The Rust side's own: `rust.key`, encrypted.

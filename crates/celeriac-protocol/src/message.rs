@@ -419,7 +419,7 @@ mod tests {
             content_encoding: content::UTF8.into(),
             body: raw.body,
         }
-        .pack();
+        .pack(auth::Layout::Celery55);
         raw.properties.content_type = Some(auth::CONTENT_TYPE.into());
         raw
     }

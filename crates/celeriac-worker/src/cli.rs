@@ -69,6 +69,12 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_SECURITY_DIGEST")]
     pub security_digest: Option<String>,
 
+    /// Write signed envelopes as this Celery version does: 5.5 (5.5 and
+    /// later) or 5.4 (5.3 and 5.4, whose layout differs); both are read
+    /// [default: 5.5]
+    #[arg(long, env = "CELERIAC_SECURITY_ENVELOPE")]
+    pub security_envelope: Option<String>,
+
     /// With signing set up, also accept unsigned messages (signed ones are
     /// still verified), while producers move to signing
     #[arg(long, env = "CELERIAC_SECURITY_ACCEPT_UNSIGNED")]
@@ -344,6 +350,10 @@ impl Args {
             &digest,
         )
         .map_err(|e| e.to_string())?;
+        let security = match pick(&self.security_envelope, &file.security_envelope) {
+            Some(version) => security.envelope_for(&version).map_err(|e| e.to_string())?,
+            None => security,
+        };
         let accept_unsigned =
             self.security_accept_unsigned || file.security_accept_unsigned.unwrap_or(false);
         Ok(Some(if accept_unsigned {

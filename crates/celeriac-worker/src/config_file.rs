@@ -51,6 +51,8 @@ pub struct ConfigFile {
     pub security_cert_store: Option<String>,
     /// Signature digest (`security_digest`, default `sha256`).
     pub security_digest: Option<String>,
+    /// Signed-envelope layout to write: `5.5` or `5.4`.
+    pub security_envelope: Option<String>,
     /// Accept unsigned messages too.
     pub security_accept_unsigned: Option<bool>,
     /// Queues to consume.

@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use celeriac_protocol::auth::{Digest, Signer, Verifier};
+use celeriac_protocol::auth::{Digest, Layout, Signer, Verifier};
 use celeriac_protocol::{DecodeOptions, Signatures};
 
 use crate::Error;
@@ -77,6 +77,25 @@ impl Security {
     pub fn accept_unsigned(mut self) -> Security {
         self.require_signed = false;
         self
+    }
+
+    /// Writes signed envelopes as Celery `version` does: `"5.5"` (the
+    /// default: Celery 5.5 and later) or `"5.4"` (Celery 5.4 and earlier,
+    /// which lay the signer and signature out differently and cannot read
+    /// the newer layout). Envelopes of either layout are read.
+    pub fn envelope_for(mut self, version: &str) -> Result<Security, Error> {
+        let layout = match version {
+            "5.5" | "5.6" | "5.7" => Layout::Celery55,
+            "5.3" | "5.4" => Layout::Celery54,
+            other => {
+                return Err(config(format!(
+                    "unknown signed-envelope layout {other:?}: give 5.5 for Celery 5.5 and \
+                     later, 5.4 for Celery 5.3 and 5.4"
+                )));
+            }
+        };
+        self.signer = Arc::new((*self.signer).clone().with_layout(layout));
+        Ok(self)
     }
 
     /// The key messages are signed with.

@@ -1,17 +1,32 @@
 //! The signed envelope of Celery's `auth` serializer, without the crypto:
 //! five fields joined by the bytes `\x00\x01`, the whole base64-encoded.
 //!
-//! The fields are the signer's certificate id (base64), the signature
-//! (base64), the inner content type, the inner content encoding and the
-//! inner body, which is what was signed. The body comes last and may hold
-//! anything, so a reader splits at the first four separators only.
+//! The fields are the signer's certificate id, the signature, the inner
+//! content type, the inner content encoding and the inner body, which is
+//! what was signed. Celery 5.5 changed how the first two are written
+//! ([`Layout`]); a reader tells the layouts apart by the signer field: a
+//! certificate id always holds a space, base64 never does.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-/// Separates the fields; Celery guarantees it occurs in none of the first
-/// four (two are base64, two are MIME names).
+use super::AuthError;
+
+/// Separates the fields.
 const SEPARATOR: &[u8] = b"\x00\x01";
+
+/// How the signer and the signature are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Celery 5.5 and later: each base64-encoded, so neither can hold the
+    /// separator.
+    #[default]
+    Celery55,
+    /// Celery 5.4 and earlier: the signer id as text and the signature as
+    /// raw bytes, which a reader finds by the signer's key size. Celery 5.5
+    /// and later cannot read it, nor can these versions read the newer one.
+    Celery54,
+}
 
 /// One signed body, unpacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,13 +45,18 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The envelope as it goes on the wire (base64 text).
-    pub fn pack(&self) -> Vec<u8> {
-        let signer = STANDARD.encode(&self.signer);
-        let signature = STANDARD.encode(&self.signature);
+    /// The envelope as it goes on the wire (base64 text), in `layout`.
+    pub fn pack(&self, layout: Layout) -> Vec<u8> {
+        let (signer, signature) = match layout {
+            Layout::Celery55 => (
+                STANDARD.encode(&self.signer).into_bytes(),
+                STANDARD.encode(&self.signature).into_bytes(),
+            ),
+            Layout::Celery54 => (self.signer.clone().into_bytes(), self.signature.clone()),
+        };
         let fields: [&[u8]; 5] = [
-            signer.as_bytes(),
-            signature.as_bytes(),
+            &signer,
+            &signature,
             self.content_type.as_bytes(),
             self.content_encoding.as_bytes(),
             &self.body,
@@ -44,40 +64,73 @@ impl Envelope {
         STANDARD.encode(fields.join(SEPARATOR)).into_bytes()
     }
 
-    /// Reads an envelope from the wire; the error says what is malformed.
-    pub fn unpack(packed: &[u8]) -> Result<Envelope, String> {
-        let text = packed.trim_ascii();
+    /// Reads an envelope in either layout. `signature_len` gives the
+    /// signature's length for a signer id (its key size in bytes), which
+    /// the older layout needs to find where the signature ends.
+    pub fn unpack(
+        packed: &[u8],
+        signature_len: impl Fn(&str) -> Option<usize>,
+    ) -> Result<(Envelope, Layout), AuthError> {
+        let malformed = |what: String| AuthError::Malformed(what);
         let raw = STANDARD
-            .decode(text)
-            .map_err(|e| format!("the signed body is not base64: {e}"))?;
-        let mut fields = Vec::with_capacity(5);
-        let mut rest = raw.as_slice();
-        while fields.len() < 4 {
-            let Some(at) = rest.windows(2).position(|w| w == SEPARATOR) else {
-                return Err(format!(
-                    "the signed body has {} of its 5 fields",
-                    fields.len() + 1
-                ));
-            };
-            fields.push(&rest[..at]);
-            rest = &rest[at + SEPARATOR.len()..];
-        }
-        let text = |field: &[u8], name: &str| {
-            String::from_utf8(field.to_vec()).map_err(|_| format!("its {name} is not UTF-8"))
+            .decode(packed.trim_ascii())
+            .map_err(|e| malformed(format!("the signed body is not base64: {e}")))?;
+        let (first, rest) =
+            split(&raw).ok_or_else(|| malformed("the signed body has 1 of its 5 fields".into()))?;
+        let (signer, signature, rest, layout) = if first.contains(&b' ') {
+            let signer = text(first, "signer")?;
+            let length =
+                signature_len(&signer).ok_or_else(|| AuthError::UnknownSigner(signer.clone()))?;
+            let signature = rest
+                .get(..length)
+                .ok_or_else(|| malformed("its signature is cut short".into()))?;
+            let rest = rest[length..]
+                .strip_prefix(SEPARATOR)
+                .ok_or_else(|| malformed("its signature is not as long as the key".into()))?;
+            (signer, signature.to_vec(), rest, Layout::Celery54)
+        } else {
+            let (signature, rest) = split(rest)
+                .ok_or_else(|| malformed("the signed body has 2 of its 5 fields".into()))?;
+            let signer = text(&base64(first, "signer")?, "signer")?;
+            (
+                signer,
+                base64(signature, "signature")?,
+                rest,
+                Layout::Celery55,
+            )
         };
-        let base64 = |field: &[u8], name: &str| {
-            STANDARD
-                .decode(field)
-                .map_err(|e| format!("its {name} is not base64: {e}"))
+        let (content_type, rest) =
+            split(rest).ok_or_else(|| malformed("the signed body has 3 of its 5 fields".into()))?;
+        let (content_encoding, body) =
+            split(rest).ok_or_else(|| malformed("the signed body has 4 of its 5 fields".into()))?;
+        let envelope = Envelope {
+            signer,
+            signature,
+            content_type: text(content_type, "content type")?,
+            content_encoding: text(content_encoding, "content encoding")?,
+            body: body.to_vec(),
         };
-        Ok(Envelope {
-            signer: text(&base64(fields[0], "signer")?, "signer")?,
-            signature: base64(fields[1], "signature")?,
-            content_type: text(fields[2], "content type")?,
-            content_encoding: text(fields[3], "content encoding")?,
-            body: rest.to_vec(),
-        })
+        Ok((envelope, layout))
     }
+}
+
+/// `bytes` split at its first separator.
+fn split(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes
+        .windows(SEPARATOR.len())
+        .position(|w| w == SEPARATOR)?;
+    Some((&bytes[..at], &bytes[at + SEPARATOR.len()..]))
+}
+
+fn text(field: &[u8], name: &str) -> Result<String, AuthError> {
+    String::from_utf8(field.to_vec())
+        .map_err(|_| AuthError::Malformed(format!("its {name} is not UTF-8")))
+}
+
+fn base64(field: &[u8], name: &str) -> Result<Vec<u8>, AuthError> {
+    STANDARD
+        .decode(field)
+        .map_err(|e| AuthError::Malformed(format!("its {name} is not base64: {e}")))
 }
 
 #[cfg(test)]
@@ -94,37 +147,52 @@ mod tests {
         }
     }
 
+    /// Every signer's signature is 4 bytes long here.
+    fn four(_: &str) -> Option<usize> {
+        Some(4)
+    }
+
     #[test]
-    fn packs_and_unpacks_whatever_the_body_holds() {
-        for body in [&b"[[2, 2], {}, {}]"[..], b"", b"a\x00\x01b\x00\x01c"] {
-            let sealed = envelope(body);
-            assert_eq!(Envelope::unpack(&sealed.pack()), Ok(sealed));
+    fn packs_and_unpacks_whatever_the_body_holds_in_both_layouts() {
+        for layout in [Layout::Celery55, Layout::Celery54] {
+            for body in [&b"[[2, 3], {}, {}]"[..], b"", b"a\x00\x01b\x00\x01c"] {
+                let sealed = envelope(body);
+                assert_eq!(
+                    Envelope::unpack(&sealed.pack(layout), four),
+                    Ok((sealed, layout))
+                );
+            }
         }
     }
 
     #[test]
-    fn matches_celerys_layout() {
-        // base64(b64(signer) \0\1 b64(signature) \0\1 type \0\1 encoding \0\1 body)
-        let packed = envelope(b"{}").pack();
-        let raw = STANDARD.decode(&packed).unwrap();
+    fn matches_celerys_layouts() {
+        let raw = STANDARD
+            .decode(envelope(b"{}").pack(Layout::Celery55))
+            .unwrap();
         assert_eq!(
             raw,
             b"VGVzdCBDQSAxMjM0\x00\x01AAEC/w==\x00\x01application/json\x00\x01utf-8\x00\x01{}"
+        );
+        let raw = STANDARD
+            .decode(envelope(b"{}").pack(Layout::Celery54))
+            .unwrap();
+        assert_eq!(
+            raw,
+            b"Test CA 1234\x00\x01\x00\x01\x02\xff\x00\x01application/json\x00\x01utf-8\x00\x01{}"
         );
     }
 
     #[test]
     fn malformed_envelopes_say_what_is_wrong() {
-        assert!(
-            Envelope::unpack(b"not base64!")
-                .unwrap_err()
-                .contains("base64")
-        );
+        let err = |packed: &[u8]| Envelope::unpack(packed, four).unwrap_err().to_string();
+        assert!(err(b"not base64!").contains("base64"));
         let short = STANDARD.encode(b"a\x00\x01b");
-        assert!(
-            Envelope::unpack(short.as_bytes())
-                .unwrap_err()
-                .contains("2 of its 5 fields")
+        assert!(err(short.as_bytes()).contains("2 of its 5 fields"));
+        let unknown = Envelope::unpack(&envelope(b"{}").pack(Layout::Celery54), |_| None);
+        assert_eq!(
+            unknown,
+            Err(AuthError::UnknownSigner("Test CA 1234".into()))
         );
     }
 }

@@ -25,6 +25,8 @@ use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
 use thiserror::Error;
 
+use super::Layout;
+
 /// Why a key, a certificate or a signed body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -117,6 +119,7 @@ pub struct Signer {
     key: RsaPrivateKey,
     id: String,
     digest: Digest,
+    layout: Layout,
 }
 
 impl std::fmt::Debug for Signer {
@@ -124,6 +127,7 @@ impl std::fmt::Debug for Signer {
         f.debug_struct("Signer")
             .field("id", &self.id)
             .field("digest", &self.digest)
+            .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +153,19 @@ impl Signer {
             key,
             id: certificate.id,
             digest,
+            layout: Layout::default(),
         })
+    }
+
+    /// Writes envelopes in `layout`: [`Layout::Celery54`] for receivers on
+    /// Celery 5.4 or earlier, which cannot read the default.
+    pub fn with_layout(self, layout: Layout) -> Signer {
+        Signer { layout, ..self }
+    }
+
+    /// The envelope layout this signer writes.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The id receivers look this signer up by.
@@ -211,6 +227,12 @@ impl Verifier {
             certificates: by_id,
             digest,
         })
+    }
+
+    /// The length of `signer`'s signatures (its key's size in bytes), if
+    /// its certificate is trusted.
+    pub fn signature_len(&self, signer: &str) -> Option<usize> {
+        self.certificates.get(signer).map(|c| c.key.size())
     }
 
     /// The ids of the trusted certificates.

@@ -16,7 +16,7 @@ mod keys;
 
 use std::time::SystemTime;
 
-pub use envelope::Envelope;
+pub use envelope::{Envelope, Layout};
 pub use keys::{AuthError, Digest, Signer, Verifier};
 
 /// The content type of a signed body, as kombu registers the `auth`
@@ -31,7 +31,7 @@ pub fn is_signed(content_type: Option<&str>) -> bool {
 }
 
 /// Signs `body` (of `content_type` and `content_encoding`) and packs it as
-/// Celery's `auth` serializer does.
+/// Celery's `auth` serializer does, in the signer's [`Layout`].
 pub fn seal(signer: &Signer, content_type: &str, content_encoding: &str, body: &[u8]) -> Vec<u8> {
     Envelope {
         signer: signer.id().to_owned(),
@@ -40,13 +40,13 @@ pub fn seal(signer: &Signer, content_type: &str, content_encoding: &str, body: &
         content_encoding: content_encoding.to_owned(),
         body: body.to_vec(),
     }
-    .pack()
+    .pack(signer.layout())
 }
 
-/// Unpacks a signed body and verifies it at `now`; the envelope returned
-/// holds the inner body, which may then be decoded.
+/// Unpacks a signed body (either layout) and verifies it at `now`; the
+/// envelope returned holds the inner body, which may then be decoded.
 pub fn open(verifier: &Verifier, sealed: &[u8], now: SystemTime) -> Result<Envelope, AuthError> {
-    let envelope = Envelope::unpack(sealed).map_err(AuthError::Malformed)?;
+    let (envelope, _) = Envelope::unpack(sealed, |signer| verifier.signature_len(signer))?;
     verifier.verify(&envelope.signer, &envelope.signature, &envelope.body, now)?;
     Ok(envelope)
 }
