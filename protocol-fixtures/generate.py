@@ -35,6 +35,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import platform
 import struct
 import sys
@@ -60,7 +61,12 @@ from kombu.messaging import Producer
 from kombu.serialization import loads, prepare_accept_content
 from kombu.utils import json as kombu_json
 
-FIXTURES_DIR = Path(__file__).resolve().parent / 'fixtures'
+#: Where the fixtures go: ``fixtures/``, or the directory named by
+#: ``CELERIAC_FIXTURES_DIR`` (to compare another Celery version's messages).
+FIXTURES_DIR = Path(
+    os.environ.get('CELERIAC_FIXTURES_DIR')
+    or Path(__file__).resolve().parent / 'fixtures'
+)
 
 #: Name of the reply queue every app reports as its per-thread oid.
 FIXED_OID = '11111111-2222-4333-8444-555555555555'

@@ -445,8 +445,14 @@ async fn etas_run_on_time_whether_held_or_sent_through_the_delay_queues() -> Res
         );
     }
     worker.stop().await?;
-    // Python (kombu's native delayed delivery) declares the very same
-    // topology without a 406, so Python workers can share it.
+    // Python (kombu's native delayed delivery, since kombu 5.5) declares
+    // the very same topology without a 406, so Python workers can share it.
+    // Older kombu has no delay topology to compare.
+    if celeriac_tests::celery_version()? < (5, 5) {
+        println!("this kombu predates native delayed delivery: no topology to compare");
+        cleanup(&app, &queue.name).await;
+        return Ok(());
+    }
     let declared = tokio::process::Command::new(celeriac_tests::interop_python()?)
         .args(["-c", "import sys; from kombu import Connection; \
             from kombu.transport.native_delayed_delivery import declare_native_delayed_delivery_exchanges_and_queues as d; \
