@@ -1,12 +1,14 @@
 """Python Celery's side of the signed-message tests (``auth`` serializer).
 
-    python drive_signed.py BROKER QUEUE CERTS
+    python drive_signed.py BROKER QUEUE CERTS [BACKEND]
 
 With the keys and certificates ``make_certs.py`` wrote to CERTS, sends to
 QUEUE (served by a Rust worker with signing required):
 
 - ``demo.add(2, 3)`` signed with ``python.key``, and waits for its result
-  over ``rpc://`` (which the Rust worker signs and this app verifies);
+  through BACKEND (``rpc://`` by default; the Rust worker signs the result
+  and this app verifies it); on Redis also a chord of ``demo.add`` tasks
+  into ``demo.tsum``, whose parts the Rust worker stores signed;
 - the same task unsigned (plain JSON);
 - the same signed with ``stranger.key``, whose certificate nobody trusts;
 - the same signed with ``python.key``, its body altered after signing.
@@ -18,15 +20,15 @@ import json
 import os
 import sys
 
-from celery import Celery
+from celery import Celery, chord
 from kombu.serialization import registry
 from kombu.utils.encoding import ensure_bytes
 
 from celery.utils.serialization import b64decode, b64encode
 
 
-def make_app(broker, certs, signer=None):
-    app = Celery('signed', broker=broker, backend='rpc://')
+def make_app(broker, certs, signer=None, backend='rpc://'):
+    app = Celery('signed', broker=broker, backend=backend)
     app.conf.broker_connection_retry_on_startup = True
     if signer:
         app.conf.update(
@@ -55,10 +57,15 @@ def register_tampering():
                       content_type='application/data', content_encoding='utf-8')
 
 
-def main(broker, queue, certs):
-    signed = make_app(broker, certs, 'python')
+def main(broker, queue, certs, backend='rpc://'):
+    signed = make_app(broker, certs, 'python', backend)
     result = signed.send_task('demo.add', args=(2, 3), queue=queue)
     value = result.get(timeout=60)
+    total = None
+    if backend.startswith('redis'):
+        header = [signed.signature('demo.add', args=(i, i), queue=queue) for i in range(3)]
+        body = signed.signature('demo.tsum', queue=queue)
+        total = chord(header)(body).get(timeout=60)
 
     plain = Celery('plain', broker=broker)
     unsigned = plain.send_task('demo.add', args=(2, 3), queue=queue).id
@@ -71,9 +78,9 @@ def main(broker, queue, certs):
     stranger = stranger_app.send_task('demo.add', args=(2, 3), queue=queue,
                                       ignore_result=True).id
 
-    print(json.dumps({'result': value, 'unsigned': unsigned,
+    print(json.dumps({'result': value, 'chord': total, 'unsigned': unsigned,
                       'tampered': tampered, 'stranger': stranger}))
 
 
 if __name__ == '__main__':
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

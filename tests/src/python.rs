@@ -110,8 +110,12 @@ impl PythonWorker {
     /// (`app.setup_security()`) from the keys and certificates that
     /// `tests/interop/make_certs.py` wrote to `certs`: it signs with
     /// `python.key` and accepts only tasks signed by a certificate in
-    /// `certs/store`.
-    pub async fn start_signed(queue: &str, certs: &std::path::Path) -> Result<PythonWorker> {
+    /// `certs/store`; results go to `backend`, signed.
+    pub async fn start_signed(
+        queue: &str,
+        certs: &std::path::Path,
+        backend: &str,
+    ) -> Result<PythonWorker> {
         let node = format!("{queue}@%h");
         let quiet = [
             "--without-mingle",
@@ -120,7 +124,7 @@ impl PythonWorker {
         ];
         let certs = certs.to_string_lossy();
         let env = [("CELERIAC_TEST_SECURITY", certs.as_ref())];
-        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+        PythonWorker::spawn(queue, &node, &serde_json::json!({}), backend, &quiet, &env)
     }
 
     /// A worker named `node` on `queue` that mingles and sends heartbeats

@@ -10,9 +10,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use celeriac::broker::dead_letter::{EXCEPTION_MESSAGE_HEADER, REASON_HEADER};
 use celeriac::protocol::HeaderValue;
-use celeriac::{App, Queue, Security};
+use celeriac::result::{RedisBackend, ResultBackend, ResultSettings};
+use celeriac::{App, Queue, Request, ResultMeta, Security, State};
+use celeriac_demo::tasks as demo;
+use celeriac_tests::require_redis;
 use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters};
 use celeriac_tests::{PythonWorker, broker_url, celery_version, interop_python, repo_root, unique};
+use celeriac_worker::WorkerConfig;
 use serde::Deserialize;
 
 /// A directory of keys and certificates, removed when dropped.
@@ -70,6 +74,7 @@ impl Drop for Certs {
 #[derive(Debug, Deserialize)]
 struct Driven {
     result: i64,
+    chord: Option<i64>,
     unsigned: String,
     tampered: String,
     stranger: String,
@@ -87,14 +92,39 @@ fn header(delivery: &celeriac::broker::Delivery, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_worker_runs_python_signed_tasks_and_dead_letters_the_rest() -> Result<()> {
+    rust_worker_runs_python_signed_tasks("rpc://").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_results_and_chords_in_redis_from_a_rust_worker_read_in_python() -> Result<()> {
+    rust_worker_runs_python_signed_tasks(&require_redis()?).await
+}
+
+/// A Python producer with security set up drives a Rust worker that
+/// stores results in `backend` (see `drive_signed.py`).
+async fn rust_worker_runs_python_signed_tasks(backend: &str) -> Result<()> {
     let certs = Certs::make().await?;
     let queue = Queue::celery_default(unique("signed-in"));
-    let mut worker =
-        RunningWorker::start(App::builder().security(certs.rust()?), &queue, |_| {}).await?;
+    let app = demo::register(App::builder())
+        .broker_url(broker_url())
+        .result_backend(backend)
+        .security(certs.rust()?)
+        .queue(queue.clone())
+        .default_queue(queue.name.clone())
+        .build()
+        .await?;
+    let config = WorkerConfig {
+        queues: vec![queue.name.clone()],
+        concurrency: 4,
+        mingle: false,
+        ..WorkerConfig::default()
+    };
+    let mut worker = RunningWorker::run(app, config);
     let driver = tokio::process::Command::new(interop_python()?)
         .arg(repo_root().join("tests/interop/drive_signed.py"))
         .args([broker_url(), queue.name.clone()])
         .arg(&certs.0)
+        .arg(backend)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(120), worker.while_running(driver))
@@ -108,6 +138,9 @@ async fn a_rust_worker_runs_python_signed_tasks_and_dead_letters_the_rest() -> R
     let driven: Driven = serde_json::from_slice(&output.stdout)?;
     // Python read the result the Rust worker signed, with its store.
     ensure!(driven.result == 5, "{driven:?}");
+    if backend.starts_with("redis") {
+        ensure!(driven.chord == Some(6), "the signed chord: {driven:?}");
+    }
 
     let reader = client(&queue).await?;
     let letters = dead_letters(&reader, &queue.name, 3).await?;
@@ -139,9 +172,10 @@ async fn a_rust_worker_runs_python_signed_tasks_and_dead_letters_the_rest() -> R
     expect(&driven.stranger, "bad_signature", "not among the trusted")?;
 
     let summary = worker.stop().await?;
+    let runs = if backend.starts_with("redis") { 5 } else { 1 };
     ensure!(
-        summary.succeeded == 1 && summary.dead_lettered == 3 && summary.failed == 0,
-        "one run and three dead letters expected: {summary:?}"
+        summary.succeeded == runs && summary.dead_lettered == 3 && summary.failed == 0,
+        "{runs} runs and three dead letters expected: {summary:?}"
     );
     cleanup(&reader, &queue.name).await;
     Ok(())
@@ -149,12 +183,23 @@ async fn a_rust_worker_runs_python_signed_tasks_and_dead_letters_the_rest() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_worker_runs_rust_signed_tasks_and_refuses_a_stranger() -> Result<()> {
+    python_worker_runs_rust_signed_tasks("rpc://").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_results_in_redis_from_a_python_worker_read_in_rust() -> Result<()> {
+    python_worker_runs_rust_signed_tasks(&require_redis()?).await
+}
+
+/// A Rust producer with security set up drives a Python worker that
+/// stores signed results in `backend`.
+async fn python_worker_runs_rust_signed_tasks(backend: &str) -> Result<()> {
     let certs = Certs::make().await?;
     let queue = unique("signed-out");
-    let python = PythonWorker::start_signed(&queue, &certs.0).await?;
+    let python = PythonWorker::start_signed(&queue, &certs.0, backend).await?;
     let app = App::builder()
         .broker_url(broker_url())
-        .result_backend("rpc://")
+        .result_backend(backend)
         .security(certs.rust()?)
         .build()
         .await?;
@@ -200,6 +245,8 @@ async fn a_python_worker_runs_rust_signed_tasks_and_refuses_a_stranger() -> Resu
         python.log()
     );
     stranger.close().await;
+    // Stopped first, so it does not declare the queue again.
+    drop(python);
     cleanup(&app, &queue).await;
     Ok(())
 }
@@ -266,5 +313,27 @@ async fn signing_set_up_wrongly_is_refused_with_the_reason() -> Result<()> {
     }
     // The stranger's key is PKCS#1, the others PKCS#8: both load.
     certs.security("stranger", None, "store")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_success_in_redis_is_never_overwritten_in_either_layout() -> Result<()> {
+    let certs = Certs::make().await?;
+    for layout in ["5.5", "5.4"] {
+        let security = certs.rust()?.envelope_for(layout)?;
+        let backend = RedisBackend::new(&require_redis()?, ResultSettings::default())?
+            .with_security(Some(security));
+        let id = unique("signed-success");
+        let request = Request::detached("demo.add", id.clone());
+        let success = ResultMeta::new(id.clone(), State::Success, 42.into());
+        backend.store(&success, &request).await?;
+        let late = ResultMeta::new(id.clone(), State::Started, serde_json::Value::Null);
+        backend.store(&late, &request).await?;
+        let stored = backend.get(&id).await?.context("the result is there")?;
+        ensure!(
+            stored.status == State::Success && stored.result == 42,
+            "layout {layout}: a late STARTED replaced the signed SUCCESS: {stored:?}"
+        );
+    }
     Ok(())
 }

@@ -103,6 +103,11 @@ impl Security {
         &self.signer
     }
 
+    /// The certificates whose signatures are trusted.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// How incoming messages are checked.
     pub fn signatures(&self) -> Signatures {
         if self.require_signed {

@@ -51,7 +51,7 @@ pub use rpc::RpcBackend;
 /// `disabled`), `rpc://`, a Redis URL (`redis://`, `rediss://`,
 /// `redis+socket://`, `sentinel://`), or a PostgreSQL one
 /// (`db+postgresql://`, `django-db+postgresql://`). With `security`, results
-/// are signed and only signed ones read (`rpc://` only so far).
+/// are signed and signed ones verified (`rpc://` and Redis so far).
 pub fn open_backend(
     url: &str,
     broker: &Broker,
@@ -69,14 +69,14 @@ pub fn open_backend(
         let backend = RpcBackend::new(broker.clone(), expires).with_security(security.cloned());
         return Ok(Some(Arc::new(backend)));
     }
+    if is_redis(url) {
+        return open_redis(url, settings, security);
+    }
     if security.is_some() {
         return Err(BackendError::Config(format!(
             "result backend {redacted:?} cannot store signed results yet; with message \
-             signing set up, use rpc:// (or no result backend)"
+             signing set up, use rpc:// or Redis (or no result backend)"
         )));
-    }
-    if is_redis(url) {
-        return open_redis(url, settings);
     }
     if is_sql(url) {
         return open_database(url, settings);
@@ -135,15 +135,18 @@ fn is_redis(url: &str) -> bool {
 fn open_redis(
     url: &str,
     settings: &ResultSettings,
+    security: Option<&Security>,
 ) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
     debug_assert!(redis::is_redis_url(url));
-    Ok(Some(Arc::new(RedisBackend::new(url, settings.clone())?)))
+    let backend = RedisBackend::new(url, settings.clone())?.with_security(security.cloned());
+    Ok(Some(Arc::new(backend)))
 }
 
 #[cfg(not(feature = "redis"))]
 fn open_redis(
     url: &str,
     _settings: &ResultSettings,
+    _security: Option<&Security>,
 ) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
     Err(BackendError::Config(format!(
         "result backend {:?} needs the `redis` cargo feature of the celeriac crate \

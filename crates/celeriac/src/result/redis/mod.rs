@@ -11,6 +11,7 @@
 
 mod connection;
 mod scripts;
+mod signing;
 mod subscriber;
 mod url;
 
@@ -26,6 +27,7 @@ use redis::AsyncCommands as _;
 use tokio::time::Instant;
 
 use self::connection::Store;
+use self::signing::Documents;
 use self::subscriber::{Heard, Subscriber};
 use self::url::RedisUrl;
 pub(crate) use self::url::is_redis_url;
@@ -34,7 +36,7 @@ use super::{
     BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend,
     ResultSettings, Slot, SlotGaps, UniqueLocks,
 };
-use crate::Request;
+use crate::{Request, Security};
 
 /// The Redis result backend (`redis://`, `rediss://`, `redis+socket://`,
 /// `sentinel://`).
@@ -44,6 +46,7 @@ pub struct RedisBackend {
     keys: StoreKeys,
     settings: ResultSettings,
     seen: StateHistory,
+    documents: Documents,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -67,7 +70,15 @@ impl RedisBackend {
             keys: StoreKeys::new(settings.key_prefix.as_deref()),
             settings,
             seen: StateHistory::default(),
+            documents: Documents::default(),
         })
+    }
+
+    /// Signs what it stores and verifies signed values it reads, with
+    /// `security` (Celery's `result_serializer = 'auth'`).
+    pub fn with_security(mut self, security: Option<Security>) -> RedisBackend {
+        self.documents = Documents::new(security);
+        self
     }
 
     /// Result expiry in whole seconds; 0 for none.
@@ -77,8 +88,9 @@ impl RedisBackend {
             .map_or(0, |d| d.as_secs().max(u64::from(!d.is_zero())))
     }
 
-    fn decode(bytes: &[u8]) -> Result<ResultMeta, BackendError> {
-        let value = celeriac_protocol::json::from_slice(bytes)
+    fn decode(&self, bytes: &[u8]) -> Result<ResultMeta, BackendError> {
+        let document = self.documents.open(bytes)?;
+        let value = celeriac_protocol::json::from_slice(&document)
             .map_err(|e| BackendError::Document(e.to_string()))?;
         ResultMeta::from_json(value).map_err(|e| BackendError::Document(e.to_string()))
     }
@@ -92,7 +104,7 @@ impl RedisBackend {
         let Some(bytes) = stored else {
             return Ok(None);
         };
-        let meta = Self::decode(&bytes)?;
+        let meta = self.decode(&bytes)?;
         self.seen.record(&meta);
         Ok(Some(meta))
     }
@@ -153,7 +165,7 @@ impl ResultBackend for RedisBackend {
                 };
                 match heard {
                     Heard::Published(bytes) => {
-                        let meta = Self::decode(&bytes)?;
+                        let meta = self.decode(&bytes)?;
                         self.seen.record(&meta);
                         if meta.status.is_ready() {
                             return Ok(Some(meta));
@@ -175,7 +187,7 @@ impl ResultBackend for RedisBackend {
         _request: &'a Request,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let document = to_python_json(meta);
+            let document = self.documents.seal(to_python_json(meta));
             let mut connection = self.store.connection().await?;
             let stored = scripts::STORE_RESULT
                 .key(self.keys.task(&meta.task_id))
@@ -204,7 +216,7 @@ impl ResultBackend for RedisBackend {
         Box::pin(async move {
             let mut connection = self.store.connection().await?;
             let key = self.keys.group(group.id());
-            let document = group_document(group);
+            let document = self.documents.seal(group_document(group));
             let saved = match self.expires() {
                 0 => connection.set::<_, _, ()>(key, document).await,
                 expires => connection.set_ex::<_, _, ()>(key, document, expires).await,
@@ -228,7 +240,8 @@ impl ResultBackend for RedisBackend {
             };
             stored
                 .map(|bytes| {
-                    parse_group_document(&bytes).map_err(|e| BackendError::Document(e.to_string()))
+                    parse_group_document(&self.documents.open(&bytes)?)
+                        .map_err(|e| BackendError::Document(e.to_string()))
                 })
                 .transpose()
         })
@@ -476,7 +489,7 @@ impl ChordStore for RedisBackend {
                 .key(key(ChordKey::Claim))
                 .key(self.keys.group(group_id))
                 .arg(&part.task_id)
-                .arg(part.encode())
+                .arg(self.documents.seal(part.encode()))
                 .arg(group_index.map_or_else(|| "+inf".to_owned(), |i| i.to_string()))
                 .arg(self.expires())
                 .arg(self.expires())
@@ -499,7 +512,8 @@ impl ChordStore for RedisBackend {
             let parts = entries
                 .iter()
                 .map(|bytes| {
-                    ChordPart::decode(bytes).map_err(|e| BackendError::Document(e.to_string()))
+                    ChordPart::decode(&self.documents.open(bytes)?)
+                        .map_err(|e| BackendError::Document(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ChordJoin::Complete { parts, claim })

@@ -16,18 +16,42 @@ use std::sync::LazyLock;
 use redis::Script;
 
 /// KEYS: the result key. ARGV: the document, its expiry in seconds (0:
-/// none). Returns 1 if stored, 0 if a `SUCCESS` was already there.
+/// none). Returns 1 if stored, 0 if a `SUCCESS` was already there, in
+/// JSON or signed (Celery's `auth` serializer, either envelope layout).
 pub(crate) static STORE_RESULT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local success = '{"status": "SUCCESS",'
+-- A value signed by Celery's auth serializer is base64 text whose
+-- decoded form ends in the JSON document, after the separator \0\1.
+local function signed_success(text)
+    local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+    local bytes, bits, count = {}, 0, 0
+    for i = 1, #text do
+        local at = string.find(alphabet, string.sub(text, i, i), 1, true)
+        if at then
+            bits = bits * 64 + (at - 1)
+            count = count + 6
+            if count >= 8 then
+                count = count - 8
+                local byte = math.floor(bits / 2 ^ count)
+                bits = bits - byte * 2 ^ count
+                bytes[#bytes + 1] = string.char(byte)
+            end
+        end
+    end
+    return string.find(table.concat(bytes), '\0\1' .. success, 1, true) ~= nil
+end
 local current = redis.call('GET', KEYS[1])
 if current then
     local decoded, document = pcall(cjson.decode, current)
     local succeeded
     if decoded and type(document) == 'table' then
         succeeded = document['status'] == 'SUCCESS'
+    elseif string.sub(current, 1, 1) == '{' then
+        succeeded = string.sub(current, 1, 21) == success
     else
-        succeeded = string.sub(current, 1, 21) == '{"status": "SUCCESS",'
+        succeeded = signed_success(current)
     end
     if succeeded then
         return 0

@@ -1,0 +1,85 @@
+//! Signed values in Redis. With message signing set up, every value the
+//! backend writes (results, saved groups, chord parts) is sealed as a
+//! Celery app with `result_serializer = 'auth'` seals it, and a sealed
+//! value it reads is verified before it is parsed. Unsigned values are
+//! read as ever, since a Python worker whose `result_serializer` stays
+//! `json` writes those.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use celeriac_protocol::{auth, content};
+
+use super::BackendError;
+use crate::Security;
+
+/// Seals and opens the documents of one backend.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Documents {
+    security: Option<Security>,
+}
+
+impl Documents {
+    /// Sealing with `security`'s key and checking against its store, or
+    /// plain JSON without it.
+    pub(crate) fn new(security: Option<Security>) -> Documents {
+        Documents { security }
+    }
+
+    /// The value to store for the JSON `document`.
+    pub(crate) fn seal(&self, document: String) -> Vec<u8> {
+        match &self.security {
+            Some(security) => auth::seal(
+                security.signer(),
+                content::JSON,
+                content::UTF8,
+                document.as_bytes(),
+            ),
+            None => document.into_bytes(),
+        }
+    }
+
+    /// The JSON inside a stored value, verified if it is sealed.
+    pub(crate) fn open<'b>(&self, stored: &'b [u8]) -> Result<Cow<'b, [u8]>, BackendError> {
+        if !is_sealed(stored) {
+            return Ok(Cow::Borrowed(stored));
+        }
+        let Some(security) = &self.security else {
+            return Err(BackendError::Document(
+                "the stored value is signed (Celery's auth result serializer) and no \
+                 certificates to verify it are set up; give this app the signers' \
+                 certificates (App::builder().security, --security-cert-store)"
+                    .into(),
+            ));
+        };
+        let envelope = auth::open(security.verifier(), stored, SystemTime::now())
+            .map_err(|e| BackendError::Document(format!("signature refused: {e}")))?;
+        Ok(Cow::Owned(envelope.body))
+    }
+}
+
+/// Whether `stored` is a sealed envelope (base64 text) rather than JSON,
+/// which starts with `{` or `[`.
+fn is_sealed(stored: &[u8]) -> bool {
+    stored
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| !matches!(b, b'{' | b'['))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_read_as_it_is_and_sealed_values_need_certificates() {
+        let plain = Documents::new(None);
+        assert_eq!(
+            plain.open(br#"{"status": "SUCCESS"}"#).unwrap().as_ref(),
+            br#"{"status": "SUCCESS"}"#
+        );
+        assert_eq!(plain.seal("[1]".into()), b"[1]");
+        let err = plain.open(b"VGVzdCBDQSAxMjM0AAE=").unwrap_err();
+        assert!(err.to_string().contains("--security-cert-store"), "{err}");
+    }
+}
