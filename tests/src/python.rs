@@ -52,6 +52,14 @@ pub fn celery_version() -> Result<(u32, u32)> {
     Ok(*VERSION.get_or_init(|| (major, minor)))
 }
 
+/// The flags of a worker that keeps to itself: no mingle, gossip or
+/// heartbeats from other tests' workers.
+const QUIET: [&str; 3] = [
+    "--without-mingle",
+    "--without-gossip",
+    "--without-heartbeat",
+];
+
 /// A Python Celery worker consuming `queue`, killed on drop (and exiting by
 /// itself if the test process dies first).
 #[derive(Debug)]
@@ -83,12 +91,7 @@ impl PythonWorker {
         backend: &str,
     ) -> Result<PythonWorker> {
         let node = format!("{queue}@%h");
-        let quiet = [
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ];
-        PythonWorker::spawn(queue, &node, routes, backend, &quiet, &[])
+        PythonWorker::spawn(queue, &node, routes, backend, &QUIET, &[])
     }
 
     /// A worker on `queue` traced with `opentelemetry-instrumentation-celery`
@@ -96,14 +99,9 @@ impl PythonWorker {
     /// tasks it runs and carries it on to the tasks it sends.
     pub async fn start_traced(queue: &str) -> Result<PythonWorker> {
         let node = format!("{queue}@%h");
-        let quiet = [
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ];
         let routes = serde_json::json!({});
         let env = [("CELERIAC_TEST_OTEL", "1")];
-        PythonWorker::spawn(queue, &node, &routes, "rpc://", &quiet, &env)
+        PythonWorker::spawn(queue, &node, &routes, "rpc://", &QUIET, &env)
     }
 
     /// A worker on `queue` with signed messages set up
@@ -117,14 +115,9 @@ impl PythonWorker {
         backend: &str,
     ) -> Result<PythonWorker> {
         let node = format!("{queue}@%h");
-        let quiet = [
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ];
         let certs = certs.to_string_lossy();
         let env = [("CELERIAC_TEST_SECURITY", certs.as_ref())];
-        PythonWorker::spawn(queue, &node, &serde_json::json!({}), backend, &quiet, &env)
+        PythonWorker::spawn(queue, &node, &serde_json::json!({}), backend, &QUIET, &env)
     }
 
     /// A worker named `node` on `queue` that mingles and sends heartbeats
@@ -175,13 +168,8 @@ impl PythonWorker {
             ("CELERIAC_TEST_REDIS", redis),
             ("CELERIAC_TEST_EVENTS_KEY", events_key),
         ];
-        let quiet = [
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ];
         let node = format!("{queue}@%h");
-        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &quiet, &env)
+        PythonWorker::spawn(queue, &node, &serde_json::json!({}), "rpc://", &QUIET, &env)
     }
 
     fn spawn(

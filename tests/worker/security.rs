@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use celeriac::broker::dead_letter::{EXCEPTION_MESSAGE_HEADER, REASON_HEADER};
-use celeriac::protocol::HeaderValue;
 use celeriac::result::{RedisBackend, ResultBackend, ResultSettings};
 use celeriac::{App, Queue, Request, ResultMeta, Security, State};
 use celeriac_demo::tasks as demo;
 use celeriac_tests::require_redis;
-use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters};
+use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters, header};
 use celeriac_tests::{PythonWorker, broker_url, celery_version, interop_python, repo_root, unique};
 use celeriac_worker::WorkerConfig;
 use serde::Deserialize;
@@ -78,16 +77,6 @@ struct Driven {
     unsigned: String,
     tampered: String,
     stranger: String,
-}
-
-fn header(delivery: &celeriac::broker::Delivery, name: &str) -> String {
-    delivery
-        .message
-        .headers
-        .get(name)
-        .and_then(HeaderValue::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
