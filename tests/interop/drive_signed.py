@@ -5,6 +5,8 @@
 With the keys and certificates ``make_certs.py`` wrote to CERTS, sends to
 QUEUE (served by a Rust worker with signing required):
 
+- a signed ``ping`` to the worker (``test@QUEUE``), whose signed reply it
+  verifies;
 - ``demo.add(2, 3)`` signed with ``python.key``, and waits for its result
   through BACKEND (``rpc://`` by default; the Rust worker signs the result
   and this app verifies it); on Redis also a chord of ``demo.add`` tasks
@@ -61,6 +63,8 @@ def main(broker, queue, certs, backend='rpc://'):
     signed = make_app(broker, certs, 'python', backend)
     result = signed.send_task('demo.add', args=(2, 3), queue=queue)
     value = result.get(timeout=60)
+    # Remote control is signed too (kombu's mailbox uses the task serializer).
+    pongs = signed.control.ping(destination=[f'test@{queue}'], timeout=5)
     total = None
     if backend.startswith('redis'):
         header = [signed.signature('demo.add', args=(i, i), queue=queue) for i in range(3)]
@@ -78,7 +82,7 @@ def main(broker, queue, certs, backend='rpc://'):
     stranger = stranger_app.send_task('demo.add', args=(2, 3), queue=queue,
                                       ignore_result=True).id
 
-    print(json.dumps({'result': value, 'chord': total, 'unsigned': unsigned,
+    print(json.dumps({'result': value, 'pongs': len(pongs), 'chord': total, 'unsigned': unsigned,
                       'tampered': tampered, 'stranger': stranger}))
 
 

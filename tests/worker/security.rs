@@ -73,6 +73,7 @@ impl Drop for Certs {
 #[derive(Debug, Deserialize)]
 struct Driven {
     result: i64,
+    pongs: usize,
     chord: Option<i64>,
     unsigned: String,
     tampered: String,
@@ -125,8 +126,9 @@ async fn rust_worker_runs_python_signed_tasks(backend: &str) -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     let driven: Driven = serde_json::from_slice(&output.stdout)?;
-    // Python read the result the Rust worker signed, with its store.
-    ensure!(driven.result == 5, "{driven:?}");
+    // Python read the result the Rust worker signed, with its store, and
+    // its signed ping was answered with a signed pong.
+    ensure!(driven.result == 5 && driven.pongs == 1, "{driven:?}");
     if backend.starts_with("redis") {
         ensure!(driven.chord == Some(6), "the signed chord: {driven:?}");
     }
@@ -324,5 +326,47 @@ async fn a_signed_success_in_redis_is_never_overwritten_in_either_layout() -> Re
             "layout {layout}: a late STARTED replaced the signed SUCCESS: {stored:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_control_is_signed_and_an_unsigned_request_is_ignored() -> Result<()> {
+    let certs = Certs::make().await?;
+    let queue = Queue::celery_default(unique("signed-control"));
+    let node = format!("test@{}", queue.name);
+    let worker =
+        RunningWorker::start(App::builder().security(certs.rust()?), &queue, |_| {}).await?;
+    let signed = App::builder()
+        .broker_url(broker_url())
+        .security(certs.rust()?)
+        .build()
+        .await?;
+    let unsigned = App::builder().broker_url(broker_url()).build().await?;
+    let timeout = Duration::from_secs(3);
+    // The worker's control queue exists once it answers a signed ping.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pongs = signed.control().to([&node]).timeout(timeout).ping().await?;
+        if !pongs.is_empty() {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never answered a signed ping"
+        );
+    }
+    let ignored = unsigned
+        .control()
+        .to([&node])
+        .timeout(timeout)
+        .ping()
+        .await?;
+    ensure!(
+        ignored.is_empty(),
+        "a worker with signing set up answered an unsigned ping: {ignored:?}"
+    );
+    worker.stop().await?;
+    unsigned.close().await;
+    cleanup(&signed, &queue.name).await;
     Ok(())
 }

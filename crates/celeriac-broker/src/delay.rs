@@ -218,6 +218,11 @@ impl Broker {
             self.bind_exchange(ROUTER_EXCHANGE, DELIVERY_EXCHANGE, &key)
                 .await?;
             self.bind_queue(queue, ROUTER_EXCHANGE, &key).await?;
+            // Earlier Celeriac bound queues here with `#.<queue>`, which
+            // also takes the messages of `a.<queue>`: undo that on brokers
+            // it ran on.
+            self.unbind_queue(queue, DELIVERY_EXCHANGE, &format!("#.{queue}"))
+                .await?;
             self.mark_delay_bound(queue);
         }
         Ok(())

@@ -83,6 +83,28 @@ impl Broker {
         .await
     }
 
+    /// Removes the binding of `queue` to `exchange` with `routing_key` (a
+    /// binding that is not there is no error).
+    pub async fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        self.on_scratch(async |channel| {
+            channel
+                .queue_unbind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    Default::default(),
+                )
+                .await
+                .map_err(|e| binding_error(&format!("{queue} <- {exchange} ({routing_key})"), &e))
+        })
+        .await
+    }
+
     /// Binds exchange `destination` to exchange `source` with `routing_key`
     /// (an exchange-to-exchange binding, a RabbitMQ extension).
     pub async fn bind_exchange(

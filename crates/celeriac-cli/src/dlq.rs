@@ -162,6 +162,20 @@ pub fn dead_letter_queue(broker: &Broker, queue: &str) -> Queue {
     broker.config().dead_letter.queue_for(queue)
 }
 
+impl Shelf {
+    /// Whether there is nothing to read: the orphans queue is declared by
+    /// the workers' delay topology, and is not created by looking.
+    async fn is_absent(&self, broker: &Broker) -> Result<bool, BrokerError> {
+        match self {
+            Shelf::Queue(_) => Ok(false),
+            Shelf::Orphans => Ok(broker
+                .queue_counts(&self.queue(broker).name)
+                .await?
+                .is_none()),
+        }
+    }
+}
+
 /// Takes up to `limit` messages of `queue` unacked (they go back when the
 /// returned deliveries' channel closes, or when acked/rejected).
 async fn take(
@@ -192,6 +206,9 @@ pub async fn list(
     shelf: &Shelf,
     limit: usize,
 ) -> Result<Vec<DeadLetterView>, BrokerError> {
+    if shelf.is_absent(broker).await? {
+        return Ok(Vec::new());
+    }
     let (consumer, taken) = take(broker, &shelf.queue(broker), limit).await?;
     let views = taken.iter().map(|d| shelf.view(d)).collect();
     consumer.stop();
@@ -204,6 +221,9 @@ pub async fn show(
     shelf: &Shelf,
     id: &str,
 ) -> Result<Option<(DeadLetterView, RawMessage)>, BrokerError> {
+    if shelf.is_absent(broker).await? {
+        return Ok(None);
+    }
     let (consumer, taken) = take(broker, &shelf.queue(broker), 1_000).await?;
     let found = taken
         .iter()
@@ -236,6 +256,9 @@ pub async fn requeue(
     filter: &Filter,
 ) -> Result<RequeueReport, BrokerError> {
     let mut total = RequeueReport::default();
+    if shelf.is_absent(broker).await? {
+        return Ok(total);
+    }
     loop {
         let round = requeue_round(broker, shelf, filter).await?;
         total.requeued += round.requeued;
@@ -261,13 +284,20 @@ async fn requeue_round(
             continue;
         }
         let mut copy = delivery.message.clone();
+        // An orphan did not fail: it keeps its retries and its own headers
+        // (a unique task's key among them), and loses only the broker's
+        // dead-letter record.
+        let dead_lettered = matches!(shelf, Shelf::Queue(_));
+        let broker_record = |key: &str| {
+            ["x-death", "x-first-death", "x-last-death"]
+                .iter()
+                .any(|prefix| key.starts_with(prefix))
+        };
         copy.headers.retain(|key, _| {
-            !key.starts_with("x-celeriac-")
-                && !key.starts_with("x-death")
-                && !key.starts_with("x-first-death")
-                && !key.starts_with("x-last-death")
+            let why_dead = dead_lettered && key.starts_with("x-celeriac-");
+            !(broker_record(key) || why_dead)
         });
-        if copy.headers.contains_key("retries") {
+        if dead_lettered && copy.headers.contains_key("retries") {
             copy.headers.insert("retries".into(), HeaderValue::Int(0));
         }
         match broker.publish("", &view.origin_queue, &copy).await {
@@ -285,5 +315,8 @@ async fn requeue_round(
 
 /// Removes every dead letter of `shelf`, returning how many.
 pub async fn purge(broker: &Broker, shelf: &Shelf) -> Result<u32, BrokerError> {
+    if shelf.is_absent(broker).await? {
+        return Ok(0);
+    }
     broker.purge_queue(&shelf.queue(broker).name).await
 }

@@ -21,6 +21,11 @@ struct Args {
     #[arg(short = 'b', long, global = true, env = "CELERIAC_BROKER_URL")]
     broker: Option<String>,
 
+    /// Queue type of the delay queues, as the workers declare them: quorum
+    /// or classic (for `dlq --orphans`) [default: quorum]
+    #[arg(long, global = true, env = "CELERIAC_DELAY_QUEUE_TYPE")]
+    delay_queue_type: Option<celeriac::QueueType>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -157,6 +162,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut builder = App::builder();
     if let Some(url) = &args.broker {
         builder = builder.broker_url(url.clone());
+    }
+    if let Some(queue_type) = args.delay_queue_type {
+        builder = builder.delay_queue_type(queue_type);
     }
     if matches!(args.command, Command::Send { wait: Some(_), .. }) {
         builder = builder.result_backend("rpc://");

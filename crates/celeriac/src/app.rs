@@ -775,7 +775,11 @@ impl AppBuilder {
         let clock = Arc::new(LamportClock::new());
         Ok(App {
             inner: Arc::new(Inner {
-                mailbox: crate::control::Mailbox::new(broker.clone(), clock.clone()),
+                mailbox: crate::control::Mailbox::new(
+                    broker.clone(),
+                    clock.clone(),
+                    self.security.clone(),
+                ),
                 metrics: OnceLock::new(),
                 clock,
                 broker,

@@ -1,8 +1,9 @@
 //! Signed messages, as Celery's `app.setup_security()` sets them up: task
-//! messages and `rpc://` results are signed with this process's key, and
-//! only task messages signed by a trusted certificate are accepted. A
-//! result is verified when signed and accepted when not (Celery's
-//! `result_serializer` stays `json` unless set to `auth`).
+//! messages, remote-control requests and replies, and results (`rpc://`
+//! and Redis) are signed with this process's key, and only those signed by
+//! a trusted certificate are accepted, as Celery's `accept_content =
+//! ['auth']` accepts them (so Python workers must set `result_serializer =
+//! 'auth'` too, as Python clients would otherwise refuse their results).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), celeriac::Error> {
@@ -71,9 +72,10 @@ impl Security {
         Ok(Security::new(signer, verifier))
     }
 
-    /// Also accepts unsigned messages (a signed one is still verified):
-    /// for moving a fleet to signing one producer at a time. Celery has no
-    /// such mode; a Python worker with security accepts signed ones only.
+    /// Also accepts unsigned messages and results (a signed one is still
+    /// verified): for moving a fleet to signing one producer at a time.
+    /// Celery has no such mode; a Python worker with security accepts
+    /// signed ones only.
     pub fn accept_unsigned(mut self) -> Security {
         self.require_signed = false;
         self
@@ -125,14 +127,9 @@ impl Security {
         }
     }
 
-    /// Decode options for results: a signed result is verified, an
-    /// unsigned one accepted, as a Python worker whose `result_serializer`
-    /// is Celery's default `json` sends them.
-    pub fn result_decode_options(&self) -> DecodeOptions {
-        DecodeOptions {
-            signatures: Signatures::Optional(self.verifier.clone()),
-            ..DecodeOptions::default()
-        }
+    /// Whether unsigned messages and results are refused (the default).
+    pub fn requires_signed(&self) -> bool {
+        self.require_signed
     }
 }
 

@@ -106,10 +106,29 @@ impl Digest {
     }
 
     /// `PSS.MAX_LENGTH` for a key of `modulus_bits`: the encoded message's
-    /// length less the digest and two bytes.
+    /// length less the digest and two bytes (0 for a key too small for the
+    /// digest, which [`check_key_size`] refuses first).
     fn max_salt(self, modulus_bits: usize) -> usize {
-        (modulus_bits - 1).div_ceil(8) - self.output_size() - 2
+        modulus_bits
+            .saturating_sub(1)
+            .div_ceil(8)
+            .saturating_sub(self.output_size() + 2)
     }
+}
+
+/// The smallest RSA key Celeriac signs with or trusts.
+const MIN_KEY_BITS: usize = 2048;
+
+/// Refuses a key under [`MIN_KEY_BITS`] (which also leaves room for any
+/// digest's salt), naming `what` holds it.
+fn check_key_size(key: &RsaPublicKey, what: &str) -> Result<(), String> {
+    let bits = key.n().bits();
+    if bits < MIN_KEY_BITS {
+        return Err(format!(
+            "{what} has a {bits}-bit RSA key; use at least {MIN_KEY_BITS} bits"
+        ));
+    }
+    Ok(())
 }
 
 /// Signs with one private key, as the holder of one certificate
@@ -143,6 +162,9 @@ impl Signer {
     ) -> Result<Signer, AuthError> {
         let key = private_key(key_pem, password)?;
         let certificate = Certificate::from_pem(certificate_pem)?;
+        if SystemTime::now() >= certificate.not_after {
+            return Err(AuthError::Expired(certificate.id));
+        }
         if RsaPublicKey::from(&key) != certificate.key {
             return Err(AuthError::Key(format!(
                 "it is not the key of the certificate {:?}",
@@ -305,8 +327,13 @@ impl Certificate {
         let certificate = x509_cert::Certificate::from_pem(pem).map_err(|e| bad(&e))?;
         let tbs = &certificate.tbs_certificate;
         let spki = tbs.subject_public_key_info.to_der().map_err(|e| bad(&e))?;
-        let key = RsaPublicKey::from_public_key_der(&spki)
-            .map_err(|_| bad(&"it does not hold an RSA key; Celery signs with RSA only"))?;
+        let key = RsaPublicKey::from_public_key_der(&spki).map_err(|e| {
+            AuthError::Certificate(format!(
+                "its public key is not an RSA key of 2048 to 4096 bits ({e}); Celery signs \
+                 with RSA only, and larger keys are not supported here"
+            ))
+        })?;
+        check_key_size(&key, "the certificate").map_err(AuthError::Certificate)?;
         let mut values = Vec::new();
         for rdn in &tbs.issuer.0 {
             for attribute in rdn.0.iter() {
@@ -371,6 +398,8 @@ mod tests {
         assert_eq!(Digest::Sha512.max_salt(4096), 512 - 64 - 2);
         // A modulus one bit past a byte boundary still encodes in 256.
         assert_eq!(Digest::Sha256.max_salt(2049), 222);
+        // Too small for the digest: no salt rather than an underflow.
+        assert_eq!(Digest::Sha512.max_salt(512), 0);
     }
 
     #[test]

@@ -43,6 +43,25 @@ pub fn seal(signer: &Signer, content_type: &str, content_encoding: &str, body: &
     .pack(signer.layout())
 }
 
+/// Signs an encoded, uncompressed JSON message in place (a control
+/// request or reply, which kombu serializes with the task serializer):
+/// its body becomes the envelope and its content type [`CONTENT_TYPE`].
+pub fn seal_message(raw: &mut crate::RawMessage, signer: &Signer) {
+    let content_type = raw
+        .properties
+        .content_type
+        .take()
+        .unwrap_or_else(|| crate::content::JSON.into());
+    let content_encoding = raw
+        .properties
+        .content_encoding
+        .take()
+        .unwrap_or_else(|| crate::content::UTF8.into());
+    raw.body = seal(signer, &content_type, &content_encoding, &raw.body);
+    raw.properties.content_type = Some(CONTENT_TYPE.into());
+    raw.properties.content_encoding = Some(CONTENT_ENCODING.into());
+}
+
 /// Unpacks a signed body (either layout) and verifies it at `now`; the
 /// envelope returned holds the inner body, which may then be decoded.
 pub fn open(verifier: &Verifier, sealed: &[u8], now: SystemTime) -> Result<Envelope, AuthError> {

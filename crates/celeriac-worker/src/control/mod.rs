@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use celeriac::broker::control::reply_exchange;
 use celeriac::broker::{ConsumeOptions, Consumer, Exchange, ExchangeKind, Queue, ReplyCode};
-use celeriac::protocol::DecodeOptions;
 use celeriac::protocol::control::{ControlOutcome, ControlReply, ControlRequest};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +66,9 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut consumer: Consumer, stop: Cance
         }) {
             ctx.app.clock().adjust(clock);
         }
-        let request = match ControlRequest::decode(&delivery.message, &DecodeOptions::default()) {
+        // Signed, and only signed, with message signing set up: kombu's
+        // mailbox serializes with the task serializer.
+        let request = match ControlRequest::decode(&delivery.message, &ctx.decode) {
             Ok(request) => request,
             Err(e) => {
                 warn!(error = %e, "ignoring an undecodable control message");
@@ -121,7 +122,10 @@ async fn dispatch(ctx: &Arc<Context>, request: &ControlRequest) -> Option<Value>
 
 async fn send_reply(ctx: &Context, ticket: &str, exchange: &str, routing_key: &str, value: Value) {
     let reply = ControlReply::new(ticket, ctx.config.hostname.clone(), value);
-    let message = reply.encode(ctx.app.clock().forward());
+    let mut message = reply.encode(ctx.app.clock().forward());
+    if let Some(security) = ctx.app.security() {
+        celeriac::protocol::auth::seal_message(&mut message, security.signer());
+    }
     let exchange = if exchange == reply_exchange().name {
         reply_exchange()
     } else {

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use celeriac_broker::control::control_exchange;
 use celeriac_broker::{Broker, BrokerError, ConsumeOptions, Queue};
-use celeriac_protocol::DecodeOptions;
 use celeriac_protocol::control::{ControlReply, ControlRequest, REPLY_EXCHANGE, ReplyTo};
 use celeriac_protocol::event::LamportClock;
+use celeriac_protocol::{DecodeOptions, auth};
 use tokio::sync::{OnceCell, mpsc};
 use tracing::{debug, warn};
 
-use crate::Error;
+use crate::{Error, Security};
 
 type Waiting = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<ControlReply>>>>;
 
@@ -23,6 +23,9 @@ type Waiting = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<ControlReply>>>>;
 pub(crate) struct Mailbox {
     broker: Broker,
     clock: Arc<LamportClock>,
+    /// Signs requests and checks replies, if message signing is set up
+    /// (kombu's mailbox uses the task serializer, `auth` then).
+    security: Option<Security>,
     /// This client's id: its reply queue's routing key.
     oid: String,
     consumer: OnceCell<()>,
@@ -36,11 +39,17 @@ fn lock(waiting: &Waiting) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSend
 }
 
 impl Mailbox {
-    /// A mailbox on `broker`, stamping messages with `clock`.
-    pub(crate) fn new(broker: Broker, clock: Arc<LamportClock>) -> Mailbox {
+    /// A mailbox on `broker`, stamping messages with `clock`, signing and
+    /// verifying with `security`.
+    pub(crate) fn new(
+        broker: Broker,
+        clock: Arc<LamportClock>,
+        security: Option<Security>,
+    ) -> Mailbox {
         Mailbox {
             broker,
             clock,
+            security,
             oid: uuid::Uuid::new_v4().to_string(),
             consumer: OnceCell::new(),
             waiting: Waiting::default(),
@@ -95,7 +104,10 @@ impl Mailbox {
 
     async fn publish(&self, request: &ControlRequest, timeout: Duration) -> Result<(), Error> {
         let expires_at = unix_now() + timeout.as_secs_f64();
-        let raw = request.encode(self.clock.forward(), expires_at)?;
+        let mut raw = request.encode(self.clock.forward(), expires_at)?;
+        if let Some(security) = &self.security {
+            auth::seal_message(&mut raw, security.signer());
+        }
         self.broker
             .publish_transient(&control_exchange(), "", &raw)
             .await?;
@@ -110,9 +122,13 @@ impl Mailbox {
         let mut consumer = self.broker.consume(options).await?;
         let waiting = self.waiting.clone();
         let clock = self.clock.clone();
+        let decode = self
+            .security
+            .as_ref()
+            .map_or_else(DecodeOptions::default, Security::decode_options);
         tokio::spawn(async move {
             while let Some(delivery) = consumer.next().await {
-                match ControlReply::decode(&delivery.message, &DecodeOptions::default()) {
+                match ControlReply::decode(&delivery.message, &decode) {
                     Ok(replies) => {
                         for reply in replies {
                             if let Some(received) = reply.clock {

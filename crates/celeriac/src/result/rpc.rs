@@ -135,7 +135,7 @@ impl RpcBackend {
         let decode = self
             .security
             .as_ref()
-            .map_or_else(DecodeOptions::default, Security::result_decode_options);
+            .map_or_else(DecodeOptions::default, Security::decode_options);
         tokio::spawn(async move {
             while let Some(delivery) = consumer.next().await {
                 match ResultMeta::decode(&delivery.message, &decode) {

@@ -26,8 +26,10 @@ local success = '{"status": "SUCCESS",'
 -- decoded form ends in the JSON document, after the separator \0\1.
 local function signed_success(text)
     local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+    -- The document's status sits within the first kilobyte or so (after
+    -- the signer, the signature and two MIME names): decode no further.
     local bytes, bits, count = {}, 0, 0
-    for i = 1, #text do
+    for i = 1, math.min(#text, 4096) do
         local at = string.find(alphabet, string.sub(text, i, i), 1, true)
         if at then
             bits = bits * 64 + (at - 1)

@@ -1,9 +1,10 @@
 //! Signed values in Redis. With message signing set up, every value the
 //! backend writes (results, saved groups, chord parts) is sealed as a
 //! Celery app with `result_serializer = 'auth'` seals it, and a sealed
-//! value it reads is verified before it is parsed. Unsigned values are
-//! read as ever, since a Python worker whose `result_serializer` stays
-//! `json` writes those.
+//! value it reads is verified before it is parsed. An unsigned value is
+//! refused, as Celery's `accept_content = ['auth']` refuses it, unless
+//! unsigned ones are accepted too (`Security::accept_unsigned`): a forged
+//! chord part would otherwise become a signed callback's argument.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -39,9 +40,22 @@ impl Documents {
         }
     }
 
-    /// The JSON inside a stored value, verified if it is sealed.
+    /// The JSON inside a stored value, verified if it is sealed; an
+    /// unsigned value is refused where signatures are required.
     pub(crate) fn open<'b>(&self, stored: &'b [u8]) -> Result<Cow<'b, [u8]>, BackendError> {
         if !is_sealed(stored) {
+            if self
+                .security
+                .as_ref()
+                .is_some_and(Security::requires_signed)
+            {
+                return Err(BackendError::Document(
+                    "the stored value is not signed, and this app accepts signed results only \
+                     (set result_serializer = 'auth' on Python workers, or accept unsigned \
+                     ones with --security-accept-unsigned)"
+                        .into(),
+                ));
+            }
             return Ok(Cow::Borrowed(stored));
         }
         let Some(security) = &self.security else {
