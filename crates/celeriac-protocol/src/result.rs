@@ -241,7 +241,18 @@ impl ResultMeta {
 
     /// Encodes a result message body as Celery's `rpc://` backend does.
     pub fn encode(&self) -> Result<RawMessage, EncodeError> {
-        self.encode_signed(None)
+        Ok(RawMessage {
+            properties: crate::Properties {
+                content_type: Some(content::JSON.into()),
+                content_encoding: Some(content::UTF8.into()),
+                correlation_id: Some(self.task_id.clone()),
+                delivery_mode: Some(1),
+                priority: Some(0),
+                ..crate::Properties::default()
+            },
+            headers: crate::Headers::new(),
+            body: json::to_python_json(self).into_bytes(),
+        })
     }
 
     /// Like [`encode`](Self::encode), signed by `signer` if given, as a
@@ -250,26 +261,11 @@ impl ResultMeta {
         &self,
         signer: Option<&crate::auth::Signer>,
     ) -> Result<RawMessage, EncodeError> {
-        let text = json::to_python_json(self).into_bytes();
-        let (content_type, body) = match signer {
-            Some(signer) => (
-                crate::auth::CONTENT_TYPE,
-                crate::auth::seal(signer, content::JSON, content::UTF8, &text),
-            ),
-            None => (content::JSON, text),
-        };
-        Ok(RawMessage {
-            properties: crate::Properties {
-                content_type: Some(content_type.into()),
-                content_encoding: Some(content::UTF8.into()),
-                correlation_id: Some(self.task_id.clone()),
-                delivery_mode: Some(1),
-                priority: Some(0),
-                ..crate::Properties::default()
-            },
-            headers: crate::Headers::new(),
-            body,
-        })
+        let mut raw = self.encode()?;
+        if let Some(signer) = signer {
+            crate::auth::seal_message(&mut raw, signer);
+        }
+        Ok(raw)
     }
 
     /// Reads a result document.
