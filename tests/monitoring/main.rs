@@ -1,4 +1,5 @@
-//! Remote control, revocation and events against the real tools: Python
+//! The on-call dashboard over HTTP and in a real browser; remote control,
+//! revocation and events against the real tools: Python
 //! Celery 5.7's `app.control`, `celery inspect` / `celery control`, its
 //! event receiver, `celery events` and Flower, all pointed at Rust
 //! workers (`tests/interop/drive_control.py`, `flower_check.py`); the
@@ -7,6 +8,8 @@
 //! shared through mingle.
 
 mod cli;
+mod dashboard;
+mod dashboard_browser;
 mod python_tools;
 mod revocation;
 mod rust_client;

@@ -1,6 +1,7 @@
 //! Shared helpers for Celeriac's integration and Python interop tests, so
 //! no test binary carries its own copy:
 //!
+//! - [`browser`]: headless Chromium through chromedriver;
 //! - [`fixtures`]: messages captured from the pinned Python Celery;
 //! - [`postgres`]: a database of the test's own, for the SQL result backend;
 //! - [`python`]: the interop virtualenv, Python scripts and Celery workers;
@@ -15,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod browser;
 pub mod fixtures;
 pub mod postgres;
 pub mod python;

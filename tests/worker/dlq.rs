@@ -75,7 +75,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
     );
     ensure!(raw.headers[REASON_HEADER] == HeaderValue::Str("unknown_task".into()));
 
-    let report = dlq::requeue(&broker, &shelf, &Filter::Reason("unknown_task".into())).await?;
+    let report = dlq::requeue(&broker, &shelf, &Filter::reason("unknown_task")).await?;
     ensure!(report.requeued == 1 && report.kept == 2, "{report:?}");
     let mut consumer = broker
         .consume(ConsumeOptions {
@@ -158,7 +158,7 @@ async fn delayed_messages_whose_queue_was_deleted_are_kept_and_requeued_once_it_
     );
 
     // While the queue is missing, a requeue keeps them.
-    let only_ours = Filter::Task(task.clone());
+    let only_ours = Filter::task(task.clone());
     let report = dlq::requeue(&broker, &Shelf::Orphans, &only_ours).await?;
     ensure!(report.requeued == 0 && report.no_queue == 3, "{report:?}");
 

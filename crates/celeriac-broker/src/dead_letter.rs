@@ -38,6 +38,9 @@ pub const ORIGIN_ROUTING_KEY_HEADER: &str = "x-celeriac-origin-routing-key";
 pub const HOSTNAME_HEADER: &str = "x-celeriac-hostname";
 /// Header holding when it was dead-lettered (ISO 8601, UTC).
 pub const TIME_HEADER: &str = "x-celeriac-dead-lettered-at";
+/// Header holding when it was first dead-lettered: a requeued dead letter
+/// keeps it, so a task that fails again shows when its trouble began.
+pub const FIRST_TIME_HEADER: &str = "x-celeriac-first-dead-lettered-at";
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +134,7 @@ impl DeadLetter {
     /// headers, plus the dead-letter headers, persistent, without a TTL.
     pub fn letter_for(&self, delivery: &Delivery) -> RawMessage {
         let mut message = delivery.message.clone();
+        let first_time = message.headers.contains_key(FIRST_TIME_HEADER);
         message.properties.expiration = None;
         message.properties.delivery_mode = Some(2);
         let mut put = |key: &str, value: String| {
@@ -150,7 +154,11 @@ impl DeadLetter {
         put(ORIGIN_EXCHANGE_HEADER, delivery.exchange.clone());
         put(ORIGIN_ROUTING_KEY_HEADER, delivery.routing_key.clone());
         put(HOSTNAME_HEADER, self.hostname.clone());
-        put(TIME_HEADER, format_time(&now()));
+        let time = format_time(&now());
+        if !first_time {
+            put(FIRST_TIME_HEADER, time.clone());
+        }
+        put(TIME_HEADER, time);
         message
     }
 }

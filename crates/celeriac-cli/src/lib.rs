@@ -5,6 +5,8 @@
 //!
 //! - [`dlq`]: dead letters: list, show, requeue and purge them without ever
 //!   losing one;
+//! - [`dashboard`]: `celeriac dashboard`, the same on a web page, with
+//!   queues and workers live;
 //! - `celeriac queues`: ready messages and consumers per queue;
 //! - `celeriac send`: send a task by name;
 //! - [`remote`]: `celeriac inspect` and `celeriac control`, Celery's remote
@@ -12,5 +14,6 @@
 //!
 //! Install it with `cargo install celeriac-cli`; guide: `docs/operations.md`.
 
+pub mod dashboard;
 pub mod dlq;
 pub mod remote;

@@ -1,5 +1,5 @@
 //! `celeriac`: operator commands. Dead letters (`dlq list|show|requeue|purge`),
-//! queue counts (`queues`), sending a task by name (`send`), and Celery's
+//! the on-call web page (`dashboard`), queue counts (`queues`), sending a task by name (`send`), and Celery's
 //! remote control (`inspect`, `control`).
 
 use std::io::{BufRead as _, Write as _};
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use celeriac::App;
+use celeriac_cli::dashboard::{Access, Dashboard, DashboardConfig};
 use celeriac_cli::dlq::{self, Filter, Shelf};
 use celeriac_cli::remote;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
         #[command(subcommand)]
         action: Dlq,
     },
+    /// A web page for the engineer on call: dead letters (requeue, purge),
+    /// queues live, workers and their active tasks
+    Dashboard(DashboardArgs),
     /// Ready messages and consumers of queues (and their dead-letter queues)
     Queues {
         /// Queues, comma-separated
@@ -79,6 +83,40 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct DashboardArgs {
+    /// Address to listen on; anything but loopback needs --basic-auth or --token
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        env = "CELERIAC_DASHBOARD_LISTEN"
+    )]
+    listen: std::net::SocketAddr,
+    /// Task queues to watch from the start (those the workers consume are
+    /// added as they answer), comma-separated
+    #[arg(short = 'Q', long, value_delimiter = ',', default_value = "celery")]
+    queues: Vec<String>,
+    /// Ask for this user and password (USER:PASSWORD); prefer the
+    /// environment variable, which other users cannot see in `ps`
+    #[arg(long, env = "CELERIAC_DASHBOARD_BASIC_AUTH", hide_env_values = true)]
+    basic_auth: Option<String>,
+    /// Ask for this token (`Authorization: Bearer`, or as the basic-auth
+    /// password)
+    #[arg(
+        long,
+        env = "CELERIAC_DASHBOARD_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "basic_auth"
+    )]
+    token: Option<String>,
+    /// Show everything, change nothing
+    #[arg(long)]
+    read_only: bool,
+    /// Flower's address, linked for task history (e.g. http://localhost:5555)
+    #[arg(long, env = "CELERIAC_FLOWER_URL")]
+    flower_url: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Dlq {
     /// List dead letters: task, id, reason, error, time
@@ -116,8 +154,8 @@ enum Dlq {
         /// Only the one with this task id
         #[arg(long, conflicts_with_all = ["task", "reason", "all"])]
         id: Option<String>,
-        /// Only those of this task name
-        #[arg(long, conflicts_with_all = ["reason", "all"])]
+        /// Only those of this task name (with --reason: both must match)
+        #[arg(long, conflicts_with = "all")]
         task: Option<String>,
         /// Only those dead-lettered for this reason (e.g. failed)
         #[arg(long, conflicts_with = "all")]
@@ -172,6 +210,33 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let app = builder.build().await?;
     let broker = app.broker();
     let code = match args.command {
+        Command::Dashboard(options) => {
+            let access = match (options.basic_auth, options.token) {
+                (Some(spec), _) => Access::basic(&spec)?,
+                (_, Some(token)) => Access::Token(token),
+                _ => Access::Open,
+            };
+            let config = DashboardConfig {
+                listen: options.listen,
+                queues: options.queues,
+                access,
+                read_only: options.read_only,
+                flower_url: options.flower_url,
+                broker_label: args
+                    .broker
+                    .clone()
+                    .unwrap_or_else(|| DashboardConfig::default().broker_label),
+                ..DashboardConfig::default()
+            };
+            let dashboard = Dashboard::start(app.clone(), config).await?;
+            println!(
+                "celeriac dashboard on http://{} (Ctrl-C to stop)",
+                dashboard.addr()
+            );
+            tokio::signal::ctrl_c().await?;
+            dashboard.stop().await;
+            ExitCode::SUCCESS
+        }
         Command::Inspect { command, target } => remote::inspect(&app, &command, &target).await?,
         Command::Control { command, target } => remote::control(&app, &command, &target).await?,
         Command::Dlq {
@@ -238,10 +303,10 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 },
         } => {
             let filter = match (id, task, reason, all) {
-                (Some(id), ..) => Filter::Id(id),
-                (_, Some(task), ..) => Filter::Task(task),
-                (_, _, Some(reason), _) => Filter::Reason(reason),
-                (.., true) => Filter::All,
+                (Some(id), ..) => Filter::id(id),
+                (_, task @ Some(_), reason, _) => Filter::all().and_task(task).and_reason(reason),
+                (_, _, reason @ Some(_), _) => Filter::all().and_reason(reason),
+                (.., true) => Filter::all(),
                 _ => {
                     eprintln!("say which: --id, --task, --reason or --all");
                     return Ok(ExitCode::from(2));

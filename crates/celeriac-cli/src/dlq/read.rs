@@ -1,0 +1,181 @@
+//! Reading dead letters in queue order without taking them: a [`Reader`]
+//! holds what it read unacked, and the broker hands it all back when the
+//! reader closes.
+
+use std::time::Duration;
+
+use celeriac::broker::{Broker, BrokerError, ConsumeOptions, Consumer, Delivery};
+use celeriac::protocol::RawMessage;
+
+use super::{DeadLetterView, Filter, SCAN_DEPTH, Shelf};
+
+/// How long a queue may stay quiet before a read of it is complete (the
+/// count said more, but another reader took them meanwhile).
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Reads up to a fixed number of a dead-letter queue's messages, unacked.
+pub(super) struct Reader {
+    consumer: Option<Consumer>,
+    /// Messages the queue held when the read began.
+    pub(super) total: usize,
+    /// Messages this reader reads at most.
+    limit: usize,
+    /// Messages read so far.
+    pub(super) read: usize,
+}
+
+impl Reader {
+    /// Opens `shelf` to read at most `depth` of its messages. The broker
+    /// sends no more than that at once (the consumer's prefetch), so memory
+    /// stays bounded however deep the queue is. A queue that does not exist
+    /// reads as empty, and is not created by looking.
+    pub(super) async fn open(
+        broker: &Broker,
+        shelf: &Shelf,
+        depth: usize,
+    ) -> Result<Reader, BrokerError> {
+        let queue = shelf.queue(broker);
+        let total = broker
+            .queue_counts(&queue.name)
+            .await?
+            .map_or(0, |(messages, _)| messages as usize);
+        let limit = depth.min(total);
+        let consumer = if limit == 0 {
+            None
+        } else {
+            let prefetch = u16::try_from(limit).unwrap_or(u16::MAX);
+            Some(
+                broker
+                    .consume(ConsumeOptions {
+                        queues: vec![queue],
+                        prefetch,
+                    })
+                    .await?,
+            )
+        };
+        Ok(Reader {
+            consumer,
+            total,
+            limit,
+            read: 0,
+        })
+    }
+
+    /// The next message, or `None` once `depth` are read or the queue has
+    /// no more.
+    pub(super) async fn next(&mut self) -> Option<Delivery> {
+        let consumer = self.consumer.as_mut()?;
+        if self.read >= self.limit {
+            return None;
+        }
+        let delivery = tokio::time::timeout(QUIET, consumer.next())
+            .await
+            .ok()
+            .flatten()?;
+        self.read += 1;
+        Some(delivery)
+    }
+
+    /// Messages past the depth this reader stopped at, which it never saw.
+    pub(super) fn beyond(&self) -> usize {
+        if self.read == self.limit {
+            self.total - self.read
+        } else {
+            0
+        }
+    }
+
+    /// Hands back every message read and not acked.
+    pub(super) fn close(self) {
+        if let Some(consumer) = self.consumer {
+            consumer.stop();
+        }
+    }
+}
+
+/// One page of a dead-letter queue, as the dashboard shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The dead letters on this page, in queue order.
+    pub letters: Vec<DeadLetterView>,
+    /// How many matching dead letters come before this page.
+    pub offset: usize,
+    /// Messages in the queue when it was read.
+    pub total: usize,
+    /// Matching dead letters among those examined, when a filter was given
+    /// (without one, every message matches: see `total`).
+    pub matched: Option<usize>,
+    /// Whether more matching dead letters follow this page.
+    pub has_more: bool,
+    /// Messages past the read depth ([`SCAN_DEPTH`]) that were not looked at.
+    pub beyond: usize,
+}
+
+/// The `limit` dead letters of `shelf` matching `filter` after the first
+/// `offset` of them, leaving every message in place. Without a filter it
+/// reads only as far as the page; with one it reads up to [`SCAN_DEPTH`]
+/// messages to count the matches.
+pub async fn page(
+    broker: &Broker,
+    shelf: &Shelf,
+    filter: &Filter,
+    offset: usize,
+    limit: usize,
+) -> Result<Page, BrokerError> {
+    let depth = if filter.is_all() {
+        offset.saturating_add(limit).saturating_add(1)
+    } else {
+        SCAN_DEPTH
+    };
+    let mut reader = Reader::open(broker, shelf, depth.min(SCAN_DEPTH)).await?;
+    let mut page = Page {
+        offset,
+        total: reader.total,
+        ..Page::default()
+    };
+    let mut matched = 0;
+    while let Some(delivery) = reader.next().await {
+        let view = shelf.view(&delivery);
+        if !filter.matches(&view) {
+            continue;
+        }
+        if matched >= offset && page.letters.len() < limit {
+            page.letters.push(view);
+        }
+        matched += 1;
+    }
+    page.has_more = matched > offset + page.letters.len();
+    page.matched = (!filter.is_all()).then_some(matched);
+    page.beyond = if filter.is_all() { 0 } else { reader.beyond() };
+    reader.close();
+    Ok(page)
+}
+
+/// Lists up to `limit` dead letters of `shelf`, leaving them in place.
+pub async fn list(
+    broker: &Broker,
+    shelf: &Shelf,
+    limit: usize,
+) -> Result<Vec<DeadLetterView>, BrokerError> {
+    Ok(page(broker, shelf, &Filter::all(), 0, limit).await?.letters)
+}
+
+/// The dead letter with task id `id`, in full: its view and raw message
+/// (looked for among the first [`SCAN_DEPTH`]).
+pub async fn show(
+    broker: &Broker,
+    shelf: &Shelf,
+    id: &str,
+) -> Result<Option<(DeadLetterView, RawMessage)>, BrokerError> {
+    let mut reader = Reader::open(broker, shelf, SCAN_DEPTH).await?;
+    let mut found = None;
+    while let Some(delivery) = reader.next().await {
+        let view = shelf.view(&delivery);
+        if view.id == id {
+            found = Some((view, delivery.message));
+            break;
+        }
+    }
+    reader.close();
+    Ok(found)
+}
