@@ -75,16 +75,9 @@ async fn unroutable_and_refused_publishes_are_errors() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_negative_confirm_is_an_error() -> Result<()> {
-    let broker = connect().await?;
-    let name = unique("full");
-    let _cleanup = Cleanup(vec![name.clone()]);
-    // A queue that holds one message and refuses the rest (set up raw: our
-    // API deliberately offers no such queue).
-    let conn =
-        lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
+/// A queue that holds one message and refuses the rest (set up raw: our
+/// API deliberately offers no such queue), on `channel`.
+async fn declare_full_queue(channel: &lapin::Channel, name: &str) -> Result<()> {
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(1));
     args.insert(
@@ -92,14 +85,75 @@ async fn a_negative_confirm_is_an_error() -> Result<()> {
         AMQPValue::LongString("reject-publish".into()),
     );
     channel
-        .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
+        .queue_declare(name.into(), QueueDeclareOptions::default(), args)
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_negative_confirm_is_an_error_once_the_publish_wait_is_over() -> Result<()> {
+    let mut config = BrokerConfig::from_url(&broker_url())?;
+    config.publish_wait = Duration::from_secs(1);
+    let broker = Broker::connect(config).await?;
+    let name = unique("full");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let conn =
+        lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await?;
+    declare_full_queue(&conn.create_channel().await?, &name).await?;
     let body = task("t").encode()?;
     broker.publish("", &name, &body).await?;
+    let resent_before = broker.publishes_resent();
     let refused = broker.publish("", &name, &body).await;
     ensure!(
         matches!(refused, Err(BrokerError::Nacked { .. })),
         "{refused:?}"
+    );
+    ensure!(
+        broker.publishes_resent() > resent_before,
+        "the refused message was not sent again before giving up"
+    );
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_publish_goes_through_once_the_queue_takes_it() -> Result<()> {
+    let broker = connect().await?;
+    let name = unique("full-then-room");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let conn =
+        lapin::Connection::connect(&broker_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    declare_full_queue(&channel, &name).await?;
+    let body = task("t").encode()?;
+    broker.publish("", &name, &body).await?;
+    // The second is refused while the queue is full...
+    let second = tokio::spawn({
+        let (broker, name, body) = (broker.clone(), name.clone(), body.clone());
+        async move { broker.publish("", &name, &body).await }
+    });
+    let resent_before = broker.publishes_resent();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.publishes_resent() == resent_before {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the second publish was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... and stored once a consumer makes room.
+    let taken = channel
+        .basic_get(
+            name.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await?;
+    ensure!(taken.is_some(), "the first message was not in the queue");
+    second.await??;
+    let counts = broker.queue_counts(&name).await?;
+    ensure!(
+        counts.map(|c| c.0) == Some(1),
+        "the second message is not in the queue: {counts:?}"
     );
     conn.close(200, "done".into()).await?;
     Ok(())

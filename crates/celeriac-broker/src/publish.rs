@@ -1,19 +1,25 @@
 //! Confirmed publishing.
 //!
 //! Every publish is `mandatory` and waits for the broker's confirm: a
-//! negative confirm, a returned (unroutable) message or a timeout is an error,
-//! never a success. Publishes from concurrent tasks share one confirming
+//! negative confirm (once the wait is over), a returned (unroutable) message
+//! or a timeout is an error, never a success. Publishes from concurrent tasks share one confirming
 //! channel and are in flight together (pipelined confirms), so throughput is
 //! bounded by the broker, not by round trips.
 //!
 //! If the connection drops before the confirm arrives, the outcome is
 //! unknown; the publish waits for the connection to come back (up to
 //! `publish_wait`) and sends again. That is at-least-once: a message that had
-//! in fact been stored may be stored twice, never lost.
+//! in fact been stored may be stored twice, never lost. A negative confirm
+//! is sent again too, with backoff, within the same `publish_wait`: on a
+//! cluster a quorum queue nacks while it elects a new leader after a node
+//! loss (and RabbitMQ may still have stored a nacked message, so this too
+//! can make a duplicate); a full `reject-publish` queue nacks until a
+//! consumer makes room.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
@@ -31,16 +37,32 @@ use crate::wire::basic_properties;
 enum Attempt {
     /// A final answer about this message.
     Failed(BrokerError),
+    /// The broker refused it for now (a negative confirm): a quorum queue
+    /// electing a new leader after a node loss, or a full queue with
+    /// `x-overflow: reject-publish`. Worth sending again until the wait is
+    /// over.
+    Refused(BrokerError),
     /// The connection or channel went away before the outcome was known.
     InDoubt(String),
 }
+
+/// First pause before a refused message is sent again; it doubles per
+/// refusal up to [`REFUSED_PAUSE_MAX`].
+const REFUSED_PAUSE_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between sends of a refused message.
+const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 impl Broker {
     /// Publishes `message` to `exchange` with `routing_key` and waits for the
     /// broker to confirm it.
     ///
     /// Returns `Ok` only once the broker has taken responsibility for the
-    /// message (confirmed, and routed to at least one queue).
+    /// message (confirmed, and routed to at least one queue). A lost
+    /// connection, and a negative confirm (a quorum queue between leaders,
+    /// a full `reject-publish` queue), make it send the message again, with
+    /// backoff, until [`BrokerConfig::publish_wait`] is over.
+    ///
+    /// [`BrokerConfig::publish_wait`]: crate::BrokerConfig::publish_wait
     pub async fn publish(
         &self,
         exchange: &str,
@@ -49,6 +71,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let properties = basic_properties(message)?;
         let deadline = Instant::now() + self.shared.config.publish_wait;
+        let mut refused_pause = REFUSED_PAUSE_MIN;
         loop {
             let session = self.session_until(deadline).await?;
             match self
@@ -63,6 +86,19 @@ impl Broker {
             {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Failed(error)) => return Err(error),
+                Err(Attempt::Refused(error)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(error);
+                    }
+                    debug!(
+                        exchange,
+                        routing_key, "publish refused (negative confirm); sending again"
+                    );
+                    self.shared.resent.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(refused_pause.min(deadline - now)).await;
+                    refused_pause = (refused_pause * 2).min(REFUSED_PAUSE_MAX);
+                }
                 Err(Attempt::InDoubt(reason)) => {
                     debug!(reason = %reason, exchange, routing_key, "publish outcome unknown; sending again");
                     if Instant::now() >= deadline {
@@ -75,7 +111,7 @@ impl Broker {
                     self.shared.resent.fetch_add(1, Ordering::Relaxed);
                     // Give a dying connection a moment to be noticed, so the
                     // next attempt waits for its replacement.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -153,7 +189,7 @@ impl Broker {
                     routing_key: routing_key.to_owned(),
                 }))
             }
-            Ok(Confirmation::Nack(_)) => Err(Attempt::Failed(BrokerError::Nacked {
+            Ok(Confirmation::Nack(_)) => Err(Attempt::Refused(BrokerError::Nacked {
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
             })),
@@ -238,7 +274,8 @@ impl Broker {
         {
             Ok(()) => Ok(()),
             Err(Attempt::Failed(error)) => Err(error),
-            Err(Attempt::InDoubt(_)) => {
+            // Sent again one by one, as `publish` does.
+            Err(Attempt::Refused(_) | Attempt::InDoubt(_)) => {
                 in_doubt.push(index);
                 Ok(())
             }
