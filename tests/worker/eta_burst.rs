@@ -92,12 +92,19 @@ async fn start_worker(queue: &str, redis: &str) -> Result<(RunningWorker, App)> 
 /// When each task ran (the `demo.now` / `demo.retry_once` value), in order.
 async fn run_times(app: &App, tasks: &[Sent], timeout: Duration) -> Result<Vec<f64>> {
     let mut times = Vec::with_capacity(tasks.len());
-    for task in tasks {
+    for (index, task) in tasks.iter().enumerate() {
         let ran = app
             .async_result::<f64>(task.id.clone())
             .get(timeout)
             .await
-            .with_context(|| format!("task {} has no result", task.id))?;
+            .with_context(|| {
+                format!(
+                    "task {} (number {} of {} in send order) has no result",
+                    task.id,
+                    index + 1,
+                    tasks.len()
+                )
+            })?;
         times.push(ran);
     }
     Ok(times)
@@ -121,6 +128,22 @@ fn where_tasks_are(queue: &str) -> String {
         .filter(|line| !line.ends_with("\t0\t0\t0"))
         .collect();
     format!("the broker holds (name, ready, unacked, consumers): {lines:?}")
+}
+
+/// `error` (tasks that never ran) with what the broker holds for `queue`
+/// and, once `worker` is stopped, what it says it did: whether the missing
+/// tasks ran (and their results went missing) or never reached it.
+async fn with_worker_state(
+    error: anyhow::Error,
+    queue: &str,
+    worker: RunningWorker,
+) -> anyhow::Error {
+    let held = where_tasks_are(queue);
+    let summary = match worker.stop().await {
+        Ok(summary) => format!("{summary:?}"),
+        Err(e) => format!("(stopping it failed: {e:#})"),
+    };
+    error.context(format!("{held}; the worker, stopped, says {summary}"))
 }
 
 /// The latest of `times`.
@@ -156,9 +179,10 @@ async fn a_burst_of_countdown_tasks_does_not_hold_up_the_tasks_behind_it() -> Re
         .filter_map(|task| task.eta)
         .fold(f64::INFINITY, f64::min);
 
-    let ordinary_ran = run_times(&reader, &ordinary, Duration::from_secs(60))
-        .await
-        .with_context(|| where_tasks_are(&queue))?;
+    let ordinary_ran = match run_times(&reader, &ordinary, Duration::from_secs(60)).await {
+        Ok(times) => times,
+        Err(e) => return Err(with_worker_state(e, &queue, worker).await),
+    };
     let last_ordinary = latest(&ordinary_ran);
     println!(
         "the last of {ORDINARY} ordinary tasks ran {:.2} s after it was sent; the first of \
@@ -229,9 +253,10 @@ async fn a_retry_storm_with_backoff_does_not_hold_up_fresh_tasks() -> Result<()>
     let first_retry_due = storm.iter().map(|t| t.sent).fold(f64::INFINITY, f64::min) + RETRY_IN;
     let fresh = send_from_python(&queue, "demo.now", ORDINARY, None, None).await?;
 
-    let fresh_ran = run_times(&reader, &fresh, Duration::from_secs(60))
-        .await
-        .with_context(|| where_tasks_are(&queue))?;
+    let fresh_ran = match run_times(&reader, &fresh, Duration::from_secs(60)).await {
+        Ok(times) => times,
+        Err(e) => return Err(with_worker_state(e, &queue, worker).await),
+    };
     let last_fresh = latest(&fresh_ran);
     ensure!(
         last_fresh < first_retry_due,
