@@ -1,4 +1,5 @@
-//! Faults that disturb the whole broker or a result store: restarts,
+//! Faults that disturb the whole broker or a result store: a node lost
+//! from a RabbitMQ cluster, restarts,
 //! connections closed by the broker, alarms, short consumer timeouts,
 //! killed workers, a restarted Redis. Each test holds
 //! `celeriac_tests::disturbing()`, so they run one at a time, and restores
@@ -6,6 +7,7 @@
 //! the others.
 
 mod broker;
+mod cluster;
 mod declarations;
 mod reliability;
 mod result_store;

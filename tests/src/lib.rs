@@ -2,6 +2,7 @@
 //! no test binary carries its own copy:
 //!
 //! - [`browser`]: headless Chromium through chromedriver;
+//! - [`cluster`]: a 3-node RabbitMQ cluster of the test's own;
 //! - [`fixtures`]: messages captured from the pinned Python Celery;
 //! - [`postgres`]: a database of the test's own, for the SQL result backend;
 //! - [`python`]: the interop virtualenv, Python scripts and Celery workers;
@@ -17,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod browser;
+pub mod cluster;
 pub mod fixtures;
 pub mod postgres;
 pub mod python;

@@ -29,6 +29,13 @@ struct Args {
     #[arg(long, env = "CELERIAC_RESULT_BACKEND")]
     result_backend: Option<String>,
 
+    /// x-queue-type of the queues beat sends to when they do not set one,
+    /// and of its shared state slot (Celery's task_default_queue_type):
+    /// quorum on a RabbitMQ cluster, so the state outlives any one node
+    /// [default: classic]
+    #[arg(long, env = "CELERIAC_DEFAULT_QUEUE_TYPE")]
+    default_queue_type: Option<celeriac::QueueType>,
+
     /// The schedule file (TOML; see docs/beat.md)
     #[arg(short = 's', long, env = "CELERIAC_SCHEDULE")]
     schedule: PathBuf,
@@ -101,6 +108,9 @@ fn main() -> ExitCode {
         }
         if let Some(url) = args.result_backend {
             app = app.result_backend(url);
+        }
+        if let Some(queue_type) = args.default_queue_type {
+            app = app.default_queue_type(queue_type);
         }
         let app = match app.build().await {
             Ok(app) => app,

@@ -34,6 +34,11 @@ pub struct BrokerConfig {
     /// `x-queue-type` of the delay queues (`celery_delayed_*`): quorum, as
     /// Celery's `broker_native_delayed_delivery_queue_type` defaults to.
     pub delay_queue_type: QueueType,
+    /// `x-queue-type` of the durable latest-value slots (beat's shared
+    /// state): classic by default; quorum on a cluster, so the state
+    /// outlives the node that holds it (an app's `default_queue_type`
+    /// sets it).
+    pub state_queue_type: QueueType,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +54,7 @@ impl Default for BrokerConfig {
             confirm_timeout: Duration::from_secs(30),
             dead_letter: DeadLetterTopology::default(),
             delay_queue_type: QueueType::Quorum,
+            state_queue_type: QueueType::Classic,
         }
     }
 }

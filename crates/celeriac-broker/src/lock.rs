@@ -31,7 +31,7 @@ impl Broker {
     /// Stores `message` as the newest value of slot `name` and waits for the
     /// confirm; older values are dropped by the broker.
     pub async fn save_latest(&self, name: &str, message: &RawMessage) -> Result<(), BrokerError> {
-        let slot = Queue::latest_value(name);
+        let slot = Queue::latest_value(name, self.config().state_queue_type);
         if !self.is_declared(&slot) {
             self.declare(&slot).await?;
         }
@@ -41,7 +41,8 @@ impl Broker {
     /// The newest value saved in slot `name`, left in place; `None` if none
     /// was saved.
     pub async fn load_latest(&self, name: &str) -> Result<Option<RawMessage>, BrokerError> {
-        self.declare(&Queue::latest_value(name)).await?;
+        self.declare(&Queue::latest_value(name, self.config().state_queue_type))
+            .await?;
         self.peek(name).await
     }
 }

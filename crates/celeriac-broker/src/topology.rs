@@ -332,8 +332,10 @@ impl Queue {
 
     /// A durable slot holding only the newest message published to it
     /// (`x-max-length: 1`, `x-overflow: drop-head`), on the default
-    /// exchange. Used by [`Broker::save_latest`](crate::Broker::save_latest).
-    pub fn latest_value(name: impl Into<String>) -> Queue {
+    /// exchange, a quorum queue if `queue_type` says so (a classic one
+    /// declares no `x-queue-type`, as slots always have). Used by
+    /// [`Broker::save_latest`](crate::Broker::save_latest).
+    pub fn latest_value(name: impl Into<String>, queue_type: QueueType) -> Queue {
         let name = name.into();
         Queue {
             exchange: Exchange::direct(""),
@@ -345,6 +347,7 @@ impl Queue {
             arguments: QueueArguments {
                 max_length: Some(1),
                 overflow: Some("drop-head".into()),
+                queue_type: (queue_type == QueueType::Quorum).then_some(QueueType::Quorum),
                 ..QueueArguments::default()
             },
         }

@@ -651,7 +651,8 @@ impl AppBuilder {
     }
 
     /// `x-queue-type` of every queue that does not set its own (Celery's
-    /// `task_default_queue_type`; default classic).
+    /// `task_default_queue_type`; default classic), and of beat's shared
+    /// state slot.
     pub fn default_queue_type(mut self, queue_type: QueueType) -> Self {
         self.queue_defaults.queue_type = Some(queue_type);
         self
@@ -742,6 +743,9 @@ impl AppBuilder {
         };
         if let Some(queue_type) = self.delay_queue_type {
             broker_config.delay_queue_type = queue_type;
+        }
+        if let Some(queue_type) = self.queue_defaults.queue_type {
+            broker_config.state_queue_type = queue_type;
         }
         let mut router = Router::new(
             self.default_queue
