@@ -4,10 +4,11 @@
 use anyhow::{Context as _, Result, bail, ensure};
 use celeriac_broker::dead_letter::{ORIGIN_QUEUE_HEADER, REASON_HEADER};
 use celeriac_broker::{
-    BrokerError, ConsumeOptions, DeadLetter, DeadLetterReason, DeadLetterTopology, Exchange,
-    Inequivalent, Queue, QueueArguments, QueueType, RouteOptions, Router,
+    Broker, BrokerConfig, BrokerError, ConsumeOptions, DeadLetter, DeadLetterReason,
+    DeadLetterTopology, Exchange, Inequivalent, Queue, QueueArguments, QueueType, RouteOptions,
+    Router,
 };
-use celeriac_protocol::HeaderValue;
+use celeriac_protocol::{HeaderValue, TaskMessage};
 use celeriac_tests::{broker_url, connect, interop_python, repo_root, unique};
 
 use crate::{Cleanup, next, task};
@@ -251,5 +252,36 @@ async fn broker_native_dead_lettering_routes_rejects_to_the_same_queue() -> Resu
         "{first:?}"
     );
     lettered.ack().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_classic_state_slot_keeps_working_after_a_switch_to_quorum() -> Result<()> {
+    let name = unique("slot");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let classic = connect().await?;
+    let before = TaskMessage::new("beat.state", "before").encode()?;
+    classic.save_latest(&name, &before).await?;
+
+    // The same slot, from a process told to use quorum queues: it finds the
+    // classic slot, warns, and uses it rather than failing on every save.
+    let mut config = BrokerConfig::from_url(&broker_url())?;
+    config.state_queue_type = QueueType::Quorum;
+    let quorum = Broker::connect(config).await?;
+    let loaded = quorum
+        .load_latest(&name)
+        .await?
+        .context("the saved state is gone")?;
+    ensure!(loaded.body == before.body, "another state came back");
+    let after = TaskMessage::new("beat.state", "after").encode()?;
+    quorum.save_latest(&name, &after).await?;
+    let loaded = classic
+        .load_latest(&name)
+        .await?
+        .context("the new state is gone")?;
+    ensure!(
+        loaded.body == after.body,
+        "the quorum-configured save did not land"
+    );
     Ok(())
 }

@@ -10,8 +10,11 @@
 
 use celeriac_protocol::RawMessage;
 
+use tracing::warn;
+
 use crate::error::ReplyCode;
-use crate::topology::Queue;
+use crate::publish::Nacks;
+use crate::topology::{Queue, QueueType};
 use crate::{Broker, BrokerError};
 
 impl Broker {
@@ -29,20 +32,49 @@ impl Broker {
     }
 
     /// Stores `message` as the newest value of slot `name` and waits for the
-    /// confirm; older values are dropped by the broker.
+    /// confirm; older values are dropped by the broker. A negative confirm
+    /// is an error at once, not sent again until `publish_wait` is over:
+    /// the next save supersedes this one, and a caller such as beat must
+    /// not be held up by a slot that is unavailable for a while.
     pub async fn save_latest(&self, name: &str, message: &RawMessage) -> Result<(), BrokerError> {
-        let slot = Queue::latest_value(name, self.config().state_queue_type);
-        if !self.is_declared(&slot) {
-            self.declare(&slot).await?;
-        }
-        self.publish("", name, message).await
+        self.declare_slot(name).await?;
+        self.publish_with("", name, message, Nacks::Fail).await
     }
 
     /// The newest value saved in slot `name`, left in place; `None` if none
     /// was saved.
     pub async fn load_latest(&self, name: &str) -> Result<Option<RawMessage>, BrokerError> {
-        self.declare(&Queue::latest_value(name, self.config().state_queue_type))
-            .await?;
+        self.declare_slot(name).await?;
         self.peek(name).await
+    }
+
+    /// Declares slot `name` (once per handle) as `state_queue_type` says. A
+    /// slot that already exists as the other queue type (a classic slot
+    /// from before a switch to quorum) is used as it is, with a warning
+    /// saying how to move it.
+    async fn declare_slot(&self, name: &str) -> Result<(), BrokerError> {
+        let wanted = self.config().state_queue_type;
+        let other = match wanted {
+            QueueType::Quorum => QueueType::Classic,
+            QueueType::Classic => QueueType::Quorum,
+        };
+        let (slot, fallback) = (
+            Queue::latest_value(name, wanted),
+            Queue::latest_value(name, other),
+        );
+        if self.is_declared(&slot) || self.is_declared(&fallback) {
+            return Ok(());
+        }
+        match self.declare(&slot).await {
+            Err(e) if e.reply_code() == Some(ReplyCode::PreconditionFailed) => {
+                warn!(
+                    queue = %name,
+                    "the state slot exists as a {other} queue, not {wanted}; using it as it is \
+                     (delete it while no beat runs to have it declared {wanted})"
+                );
+                self.declare(&fallback).await
+            }
+            declared => declared,
+        }
     }
 }

@@ -10,11 +10,13 @@
 //! unknown; the publish waits for the connection to come back (up to
 //! `publish_wait`) and sends again. That is at-least-once: a message that had
 //! in fact been stored may be stored twice, never lost. A negative confirm
-//! is sent again too, with backoff, within the same `publish_wait`: on a
-//! cluster a quorum queue nacks while it elects a new leader after a node
-//! loss (and RabbitMQ may still have stored a nacked message, so this too
-//! can make a duplicate); a full `reject-publish` queue nacks until a
-//! consumer makes room.
+//! for a message going to one queue is sent again too, with backoff, within
+//! the same `publish_wait`: on a cluster a quorum queue nacks while it
+//! elects a new leader after a node loss (and RabbitMQ may still have
+//! stored a nacked message, so this too can make a duplicate); a full
+//! `reject-publish` queue nacks until a consumer makes room. A message for
+//! a topic or fanout exchange is not sent again on a nack: the queues that
+//! took it would get it twice.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -31,6 +33,7 @@ use celeriac_protocol::RawMessage;
 use crate::BrokerError;
 use crate::connection::{Broker, Session};
 use crate::routing::Destination;
+use crate::topology::ExchangeKind;
 use crate::wire::basic_properties;
 
 /// Why one attempt did not end in a confirmed publish.
@@ -46,6 +49,45 @@ enum Attempt {
     InDoubt(String),
 }
 
+/// What a negative confirm does to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nacks {
+    /// Send again until `publish_wait` is over: the message goes to one
+    /// queue, so the resend can only duplicate it where RabbitMQ stored
+    /// it despite the nack.
+    Resend,
+    /// An error at once: the message may have gone to several queues, and
+    /// those that took it would get it again.
+    Fail,
+}
+
+impl Nacks {
+    /// The default exchange routes to one queue; any other may route to
+    /// several.
+    fn for_exchange(exchange: &str) -> Nacks {
+        if exchange.is_empty() {
+            Nacks::Resend
+        } else {
+            Nacks::Fail
+        }
+    }
+
+    /// A routed destination names its queue: through a direct exchange
+    /// (Celery's per-queue exchange) that is the one queue it goes to.
+    fn for_destination(destination: &Destination) -> Nacks {
+        match &destination.queue {
+            Some(queue)
+                if !queue.is_broadcast()
+                    && queue.exchange.kind == ExchangeKind::Direct
+                    && queue.exchange.name == destination.exchange =>
+            {
+                Nacks::Resend
+            }
+            _ => Nacks::for_exchange(&destination.exchange),
+        }
+    }
+}
+
 /// First pause before a refused message is sent again; it doubles per
 /// refusal up to [`REFUSED_PAUSE_MAX`].
 const REFUSED_PAUSE_MIN: Duration = Duration::from_millis(50);
@@ -58,9 +100,12 @@ impl Broker {
     ///
     /// Returns `Ok` only once the broker has taken responsibility for the
     /// message (confirmed, and routed to at least one queue). A lost
-    /// connection, and a negative confirm (a quorum queue between leaders,
-    /// a full `reject-publish` queue), make it send the message again, with
-    /// backoff, until [`BrokerConfig::publish_wait`] is over.
+    /// connection makes it send the message again until
+    /// [`BrokerConfig::publish_wait`] is over. So does a negative confirm (a
+    /// quorum queue between leaders, a full `reject-publish` queue) when
+    /// `exchange` is the default exchange, which routes to one queue; through
+    /// another exchange a nack is an error at once, as the queues that did
+    /// take the message would get it again ([`send`](Self::send) knows more).
     ///
     /// [`BrokerConfig::publish_wait`]: crate::BrokerConfig::publish_wait
     pub async fn publish(
@@ -68,6 +113,20 @@ impl Broker {
         exchange: &str,
         routing_key: &str,
         message: &RawMessage,
+    ) -> Result<(), BrokerError> {
+        let nacks = Nacks::for_exchange(exchange);
+        self.publish_with(exchange, routing_key, message, nacks)
+            .await
+    }
+
+    /// [`publish`](Self::publish) with `nacks` saying what a negative
+    /// confirm does.
+    pub(crate) async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &RawMessage,
+        nacks: Nacks,
     ) -> Result<(), BrokerError> {
         let properties = basic_properties(message)?;
         let deadline = Instant::now() + self.shared.config.publish_wait;
@@ -88,7 +147,7 @@ impl Broker {
                 Err(Attempt::Failed(error)) => return Err(error),
                 Err(Attempt::Refused(error)) => {
                     let now = Instant::now();
-                    if now >= deadline {
+                    if nacks == Nacks::Fail || now >= deadline {
                         return Err(error);
                     }
                     debug!(
@@ -119,6 +178,8 @@ impl Broker {
 
     /// Declares the destination's queue (once per handle, as Python's
     /// `maybe_declare` does), then publishes with the destination's priority.
+    /// A nacked message is sent again when the destination is one queue
+    /// (see [`publish`](Self::publish)).
     pub async fn send(
         &self,
         destination: &Destination,
@@ -126,8 +187,14 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         self.declare_destination(destination).await?;
         let message = with_priority(destination, message);
-        self.publish(&destination.exchange, &destination.routing_key, &message)
-            .await
+        let nacks = Nacks::for_destination(destination);
+        self.publish_with(
+            &destination.exchange,
+            &destination.routing_key,
+            &message,
+            nacks,
+        )
+        .await
     }
 
     /// Declares the destination's queue unless this handle already has (as
@@ -274,7 +341,10 @@ impl Broker {
         {
             Ok(()) => Ok(()),
             Err(Attempt::Failed(error)) => Err(error),
-            // Sent again one by one, as `publish` does.
+            Err(Attempt::Refused(error)) if Nacks::for_destination(destination) == Nacks::Fail => {
+                Err(error)
+            }
+            // Sent again one by one, as `send` does.
             Err(Attempt::Refused(_) | Attempt::InDoubt(_)) => {
                 in_doubt.push(index);
                 Ok(())
@@ -324,4 +394,44 @@ async fn start_publish(
         )
         .await
         .map_err(|e| Attempt::InDoubt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{Exchange, Queue};
+
+    fn to(exchange: &str, queue: Option<Queue>) -> Destination {
+        Destination {
+            exchange: exchange.to_owned(),
+            routing_key: "images".to_owned(),
+            priority: None,
+            queue,
+        }
+    }
+
+    #[test]
+    fn a_nack_is_resent_only_where_the_message_goes_to_one_queue() {
+        let images = Queue::celery_default("images");
+        assert_eq!(Nacks::for_exchange(""), Nacks::Resend);
+        assert_eq!(Nacks::for_exchange("events"), Nacks::Fail);
+        assert_eq!(
+            Nacks::for_destination(&to("images", Some(images.clone()))),
+            Nacks::Resend
+        );
+        assert_eq!(Nacks::for_destination(&to("", None)), Nacks::Resend);
+        let mut on_topic = images;
+        on_topic.exchange = Exchange::topic("events");
+        assert_eq!(
+            Nacks::for_destination(&to("events", Some(on_topic))),
+            Nacks::Fail
+        );
+        let broadcast = Queue::broadcast("everyone");
+        let exchange = broadcast.exchange.name.clone();
+        assert_eq!(
+            Nacks::for_destination(&to(&exchange, Some(broadcast))),
+            Nacks::Fail
+        );
+        assert_eq!(Nacks::for_destination(&to("elsewhere", None)), Nacks::Fail);
+    }
 }
