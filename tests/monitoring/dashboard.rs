@@ -11,7 +11,7 @@ use celeriac::{App, AsyncResult};
 use celeriac_cli::dashboard::{Access, Dashboard, DashboardConfig, DashboardError};
 use celeriac_cli::dlq::dead_letter_queue;
 use celeriac_demo::tasks as demo;
-use celeriac_tests::worker::{RunningWorker, cleanup};
+use celeriac_tests::worker::{RunningWorker, cleanup, client, fill_dead_letters};
 use celeriac_tests::{broker_url, unique};
 use celeriac_worker::WorkerConfig;
 use reqwest::StatusCode;
@@ -49,13 +49,7 @@ impl Scene {
                 ..WorkerConfig::default()
             },
         );
-        let client = App::builder()
-            .broker_url(broker_url())
-            .result_backend("rpc://")
-            .queue(queue.clone())
-            .default_queue(queue.name.clone())
-            .build()
-            .await?;
+        let client = client(&queue).await?;
         let mut failed = Vec::new();
         for n in 1..=2 {
             let sent = client
@@ -472,52 +466,18 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_dead_letters_page_without_loading_them_all() -> Result<()> {
-    use celeriac::broker::Destination;
-    use celeriac::broker::dead_letter::{
-        EXCEPTION_MESSAGE_HEADER, ORIGIN_QUEUE_HEADER, REASON_HEADER, TIME_HEADER,
-    };
-    use celeriac::protocol::{HeaderValue, TaskMessage};
-
     let broker = celeriac_tests::connect().await?;
     let queue = unique("dash-many");
     let dead = dead_letter_queue(&broker, &queue);
-    broker.declare(&dead).await?;
     // As a worker leaves them: one in ten for an unknown task.
-    let mut batch = Vec::with_capacity(10_000);
-    for i in 0..MANY {
-        let (task, reason) = if i % 10 == 0 {
+    fill_dead_letters(&broker, &queue, "many", MANY, |i| {
+        if i % 10 == 0 {
             ("proj.unknown", "unknown_task")
         } else {
             ("proj.fails", "failed")
-        };
-        let mut message = TaskMessage::new(task, format!("many-{i}"))
-            .with_args(vec![
-                json!(i),
-                json!("some text to make it a realistic size"),
-            ])
-            .encode()?;
-        for (key, value) in [
-            (REASON_HEADER, reason),
-            (EXCEPTION_MESSAGE_HEADER, "boom"),
-            (ORIGIN_QUEUE_HEADER, queue.as_str()),
-            (TIME_HEADER, "2026-12-06T03:00:00+00:00"),
-        ] {
-            message
-                .headers
-                .insert(key.into(), HeaderValue::Str(value.into()));
         }
-        let to = Destination {
-            exchange: String::new(),
-            routing_key: dead.name.clone(),
-            priority: None,
-            queue: None,
-        };
-        batch.push((to, message));
-        if batch.len() == 10_000 {
-            broker.send_many(&batch).await?;
-            batch.clear();
-        }
-    }
+    })
+    .await?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

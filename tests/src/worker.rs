@@ -262,3 +262,56 @@ pub fn failure<T: std::fmt::Debug>(result: Result<T, ResultError>) -> Result<Tas
         other => bail!("expected a failure, got {other:?}"),
     }
 }
+
+/// Fills `queue`'s dead-letter queue with `count` dead letters as a worker
+/// leaves them (reason, message, origin queue, time headers), in batches
+/// of confirmed publishes: number `i` is task `kind(i).0`, id `<prefix>-<i>`,
+/// dead-lettered for reason `kind(i).1`.
+pub async fn fill_dead_letters(
+    broker: &celeriac::broker::Broker,
+    queue: &str,
+    prefix: &str,
+    count: usize,
+    kind: impl Fn(usize) -> (&'static str, &'static str),
+) -> Result<()> {
+    use celeriac::broker::Destination;
+    use celeriac::broker::dead_letter::{
+        EXCEPTION_MESSAGE_HEADER, ORIGIN_QUEUE_HEADER, REASON_HEADER, TIME_HEADER,
+    };
+    use celeriac::protocol::TaskMessage;
+
+    let dead = broker.config().dead_letter.queue_for(queue);
+    broker.declare(&dead).await?;
+    let to = Destination {
+        exchange: String::new(),
+        routing_key: dead.name.clone(),
+        priority: None,
+        queue: None,
+    };
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..count {
+        let (task, reason) = kind(i);
+        let mut message = TaskMessage::new(task, format!("{prefix}-{i}"))
+            .with_args(vec![
+                serde_json::json!(i),
+                serde_json::json!("some text to make it a realistic size"),
+            ])
+            .encode()?;
+        for (key, value) in [
+            (REASON_HEADER, reason),
+            (EXCEPTION_MESSAGE_HEADER, "boom"),
+            (ORIGIN_QUEUE_HEADER, queue),
+            (TIME_HEADER, "2026-12-06T03:00:00+00:00"),
+        ] {
+            message
+                .headers
+                .insert(key.into(), HeaderValue::Str(value.into()));
+        }
+        batch.push((to.clone(), message));
+        if batch.len() == 10_000 || i + 1 == count {
+            broker.send_many(&batch).await?;
+            batch.clear();
+        }
+    }
+    Ok(())
+}

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use celeriac_broker::dead_letter::REASON_HEADER;
+use celeriac_broker::dead_letter::{FIRST_TIME_HEADER, REASON_HEADER};
 use celeriac_broker::{ConsumeOptions, DeadLetter, DeadLetterReason, Queue};
 use celeriac_cli::dlq::{self, Filter, QUEUE_DELETED, Shelf};
 use celeriac_protocol::{DecodeOptions, HeaderValue, TaskMessage};
+use celeriac_tests::worker::fill_dead_letters;
 use celeriac_tests::{connect, unique};
 use serde_json::json;
 
@@ -92,13 +93,16 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
         "retries reset: {:?}",
         task.headers
     );
+    // Why it died is gone; when it first died stays, for the next time.
+    let kept: Vec<&String> = back
+        .message
+        .headers
+        .keys()
+        .filter(|k| k.starts_with("x-celeriac-"))
+        .collect();
     ensure!(
-        !back
-            .message
-            .headers
-            .keys()
-            .any(|k| k.starts_with("x-celeriac-")),
-        "dead-letter headers removed"
+        kept == [FIRST_TIME_HEADER],
+        "dead-letter headers other than the first failure's time kept: {kept:?}"
     );
     back.ack().await?;
     consumer.stop();
@@ -122,6 +126,22 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() -> Result<()> {
         .await;
     let _ = broker.delete_exchange(&queue.name).await;
     broker.close().await;
+    Ok(())
+}
+
+/// Waits until the orphans queue holds at least `count` ready messages: it
+/// is a quorum queue, and the messages a read held come back a moment after
+/// the read's channel closed.
+async fn orphans_back(broker: &celeriac_broker::Broker, count: u32) -> Result<()> {
+    let orphans = Shelf::Orphans.queue(broker).name;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.queue_counts(&orphans).await?.map_or(0, |c| c.0) < count {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the orphans a read held did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
@@ -158,9 +178,11 @@ async fn delayed_messages_whose_queue_was_deleted_are_kept_and_requeued_once_it_
     );
 
     // While the queue is missing, a requeue keeps them.
+    orphans_back(&broker, 3).await?;
     let only_ours = Filter::task(task.clone());
     let report = dlq::requeue(&broker, &Shelf::Orphans, &only_ours).await?;
     ensure!(report.requeued == 0 && report.no_queue == 3, "{report:?}");
+    orphans_back(&broker, 3).await?;
 
     broker.declare(&queue).await?;
     let report = dlq::requeue(&broker, &Shelf::Orphans, &only_ours).await?;
@@ -182,5 +204,56 @@ async fn delayed_messages_whose_queue_was_deleted_are_kept_and_requeued_once_it_
     let _ = broker.delete_queue(&queue.name).await;
     let _ = broker.delete_exchange(&queue.name).await;
     broker.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeue_gets_past_the_read_window_and_reports_what_it_could_not_reach() -> Result<()> {
+    let broker = connect().await?;
+    let queue = Queue::celery_default(unique("deep"));
+    broker.declare(&queue).await?;
+    let shelf = Shelf::Queue(queue.name.clone());
+    let window = dlq::SCAN_DEPTH;
+
+    // More dead letters than one read holds, all taken: each requeued one
+    // makes room for the next, so all of them go back.
+    fill_dead_letters(&broker, &queue.name, "deep", window + 500, |_| {
+        ("proj.deep", "unknown_task")
+    })
+    .await?;
+    let report = dlq::requeue(&broker, &shelf, &Filter::reason("unknown_task")).await?;
+    ensure!(
+        report.requeued == window + 500 && report.beyond == 0,
+        "{report:?}"
+    );
+    broker.purge_queue(&queue.name).await?;
+
+    // A full window of dead letters left in place ahead of the ones asked
+    // for: those cannot be reached, and the report says how many.
+    fill_dead_letters(&broker, &queue.name, "held", window + 100, |i| {
+        if i < window {
+            ("proj.kept", "failed")
+        } else {
+            ("proj.deep", "unknown_task")
+        }
+    })
+    .await?;
+    let report = dlq::requeue(&broker, &shelf, &Filter::reason("unknown_task")).await?;
+    ensure!(
+        report.requeued == 0 && report.kept == window && report.beyond == 100,
+        "{report:?}"
+    );
+    // Nothing was lost on the way: everything is back where it was.
+    let dead = dlq::dead_letter_queue(&broker, &queue.name).name;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while broker.queue_counts(&dead).await?.map(|c| c.0) != Some((window + 100) as u32) {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the dead letters held by the read did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.delete_queue(&dead).await?;
+    broker.delete_queue(&queue.name).await?;
     Ok(())
 }

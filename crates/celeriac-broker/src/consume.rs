@@ -76,6 +76,8 @@ pub struct Consumer {
     stop: CancellationToken,
     subscriptions: SharedSubscriptions,
     sender: mpsc::Sender<Delivery>,
+    /// The task keeping it subscribed, which closes its channel on stop.
+    subscriber: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -130,9 +132,19 @@ impl Consumer {
     }
 
     /// Stops consuming. Deliveries not yet acked are requeued by the broker
-    /// when the channel closes.
+    /// when the channel closes, which happens in the background.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Stops consuming and waits until the channel is closed, so the
+    /// deliveries not acked are back in their queues when this returns
+    /// (for a reader that looks at a queue again right after).
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        if let Some(subscriber) = self.subscriber.take() {
+            let _ = subscriber.await;
+        }
     }
 }
 
@@ -182,12 +194,13 @@ impl Broker {
             stop: stop.clone(),
             subscriptions: subscriptions.clone(),
         };
-        tokio::spawn(keep_subscribed.run(session, channel));
+        let subscriber = tokio::spawn(keep_subscribed.run(session, channel));
         Ok(Consumer {
             deliveries,
             stop,
             subscriptions,
             sender,
+            subscriber: Some(subscriber),
         })
     }
 }

@@ -324,6 +324,14 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     report.no_queue
                 );
             }
+            if report.beyond > 0 {
+                println!(
+                    "{} not looked at: {} dead letters left in place came first (purge or \
+                     requeue those, then requeue again)",
+                    report.beyond,
+                    dlq::SCAN_DEPTH
+                );
+            }
             ExitCode::SUCCESS
         }
         Command::Dlq {

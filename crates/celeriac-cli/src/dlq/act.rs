@@ -1,13 +1,15 @@
 //! Acting on dead letters: requeue them to their queue, or delete them.
-//! Both work through the queue in rounds of at most [`SCAN_DEPTH`]
-//! messages; what they take leaves the queue, so each round reads further.
+//! Both read the queue once, holding at most [`SCAN_DEPTH`](super::SCAN_DEPTH) messages
+//! unacked: each dead letter taken makes room for the next, so they get
+//! through a queue of any depth, unless [`SCAN_DEPTH`](super::SCAN_DEPTH) dead letters that do
+//! not match come first (those further back are reported, not read).
 
 use celeriac::broker::dead_letter::FIRST_TIME_HEADER;
 use celeriac::broker::{Broker, BrokerError, Delivery};
 use celeriac::protocol::{HeaderValue, RawMessage};
 
 use super::read::Reader;
-use super::{DeadLetterView, Filter, SCAN_DEPTH, Shelf};
+use super::{DeadLetterView, Filter, Shelf};
 
 /// What a requeue did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,8 +21,8 @@ pub struct RequeueReport {
     /// Matching dead letters left in place because their queue does not
     /// exist (declare it, then requeue again).
     pub no_queue: usize,
-    /// Dead letters past the read depth that were not looked at: more
-    /// than [`SCAN_DEPTH`] non-matching ones come before them.
+    /// Dead letters that were not looked at: [`SCAN_DEPTH`](super::SCAN_DEPTH) non-matching
+    /// ones (or ones left for a missing queue) came before them.
     pub beyond: usize,
 }
 
@@ -31,7 +33,8 @@ pub struct PurgeReport {
     pub purged: usize,
     /// Dead letters left in place (not matching the filter).
     pub kept: usize,
-    /// Dead letters past the read depth that were not looked at.
+    /// Dead letters that were not looked at ([`SCAN_DEPTH`](super::SCAN_DEPTH) non-matching
+    /// ones came before them).
     pub beyond: usize,
 }
 
@@ -97,50 +100,42 @@ struct Tally {
     beyond: usize,
 }
 
-/// Takes the matching dead letters of `shelf`, round after round until a
-/// round takes none.
+/// Takes the matching dead letters of `shelf` in one read of what it holds
+/// now (dead letters arriving meanwhile wait for the next action).
 async fn take_matching(
     broker: &Broker,
     shelf: &Shelf,
     filter: &Filter,
     take: Take,
 ) -> Result<Tally, BrokerError> {
-    let mut total = Tally::default();
+    let mut tally = Tally::default();
     let mut found = 0;
-    loop {
-        let mut reader = Reader::open(broker, shelf, SCAN_DEPTH).await?;
-        let mut round = Tally::default();
-        while let Some(delivery) = reader.next().await {
-            let view = shelf.view(&delivery);
-            if !filter.matches(&view) {
-                round.kept += 1;
-                continue;
-            }
-            found += 1;
-            let taken = match take {
-                Take::Requeue => send_back(broker, shelf, &delivery, &view).await?,
-                Take::Delete => true,
-            };
-            if taken {
-                delivery.ack().await?;
-                round.taken += 1;
-            } else {
-                round.no_queue += 1;
-            }
-            if filter.exhausted_by(found) {
-                break;
-            }
+    let mut reader = Reader::open_all(broker, shelf).await?;
+    while let Some(delivery) = reader.next().await {
+        let view = shelf.view(&delivery);
+        if !filter.matches(&view) {
+            tally.kept += 1;
+            continue;
         }
-        round.beyond = reader.beyond();
-        reader.close();
-        total.taken += round.taken;
-        total.kept = round.kept;
-        total.no_queue = round.no_queue;
-        total.beyond = round.beyond;
-        if round.taken == 0 || round.beyond == 0 || filter.exhausted_by(found) {
-            return Ok(total);
+        found += 1;
+        let taken = match take {
+            Take::Requeue => send_back(broker, shelf, &delivery, &view).await?,
+            Take::Delete => true,
+        };
+        if taken {
+            delivery.ack().await?;
+            tally.taken += 1;
+        } else {
+            tally.no_queue += 1;
+        }
+        if filter.exhausted_by(found) {
+            reader.close().await;
+            return Ok(tally);
         }
     }
+    tally.beyond = reader.beyond();
+    reader.close().await;
+    Ok(tally)
 }
 
 /// Publishes a clean copy of `delivery` to its original queue and waits for

@@ -6,7 +6,7 @@
 //! Reading a dead-letter queue never loses a message: messages are taken
 //! unacked and handed back when the channel closes, and a requeue acks a
 //! dead letter only after its copy in the original queue is confirmed.
-//! A read looks at most [`SCAN_DEPTH`] messages deep, so memory stays
+//! A read holds at most [`SCAN_DEPTH`] messages at once, so memory stays
 //! bounded however many dead letters a queue holds.
 
 mod act;
@@ -27,10 +27,10 @@ pub use read::{Page, list, page, show};
 
 /// The reason shown for an orphaned delayed message.
 pub const QUEUE_DELETED: &str = "queue_deleted";
-/// How many messages of a dead-letter queue a read looks at, at most: the
-/// messages are held unacked while they are read, so this bounds what the
-/// broker sends at once. Requeue and purge work through deeper queues in
-/// rounds, as the dead letters they take leave the queue.
+/// How many messages of a dead-letter queue a read holds at most: they are
+/// held unacked while they are read, so this bounds what the broker sends
+/// at once. A page reads no deeper; requeue and purge go deeper as the
+/// dead letters they take leave the queue and make room.
 pub const SCAN_DEPTH: usize = 10_000;
 
 /// Where the dead letters are read from.

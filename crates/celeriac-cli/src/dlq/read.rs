@@ -34,6 +34,24 @@ impl Reader {
         shelf: &Shelf,
         depth: usize,
     ) -> Result<Reader, BrokerError> {
+        Reader::open_with(broker, shelf, depth, depth).await
+    }
+
+    /// Opens `shelf` to read every message it holds now, holding at most
+    /// [`SCAN_DEPTH`] unacked at once: for a reader that acks what it
+    /// takes, each ack makes room for the next message, so it gets through
+    /// a queue of any depth unless [`SCAN_DEPTH`] messages it leaves come
+    /// first.
+    pub(super) async fn open_all(broker: &Broker, shelf: &Shelf) -> Result<Reader, BrokerError> {
+        Reader::open_with(broker, shelf, SCAN_DEPTH, usize::MAX).await
+    }
+
+    async fn open_with(
+        broker: &Broker,
+        shelf: &Shelf,
+        window: usize,
+        depth: usize,
+    ) -> Result<Reader, BrokerError> {
         let queue = shelf.queue(broker);
         let total = broker
             .queue_counts(&queue.name)
@@ -43,7 +61,7 @@ impl Reader {
         let consumer = if limit == 0 {
             None
         } else {
-            let prefetch = u16::try_from(limit).unwrap_or(u16::MAX);
+            let prefetch = u16::try_from(window.min(limit)).unwrap_or(u16::MAX);
             Some(
                 broker
                     .consume(ConsumeOptions {
@@ -61,8 +79,9 @@ impl Reader {
         })
     }
 
-    /// The next message, or `None` once `depth` are read or the queue has
-    /// no more.
+    /// The next message, or `None` once `depth` are read, or none came for
+    /// [`QUIET`] (the queue has no more, or the window is full of messages
+    /// held unacked).
     pub(super) async fn next(&mut self) -> Option<Delivery> {
         let consumer = self.consumer.as_mut()?;
         if self.read >= self.limit {
@@ -76,19 +95,18 @@ impl Reader {
         Some(delivery)
     }
 
-    /// Messages past the depth this reader stopped at, which it never saw.
+    /// Messages the queue held when the read began that this reader never
+    /// saw (past its depth, or behind a full window).
     pub(super) fn beyond(&self) -> usize {
-        if self.read == self.limit {
-            self.total - self.read
-        } else {
-            0
-        }
+        self.total.saturating_sub(self.read)
     }
 
-    /// Hands back every message read and not acked.
-    pub(super) fn close(self) {
+    /// Hands back every message read and not acked, and waits until the
+    /// channel is closed: a classic queue has them back then, so a read
+    /// right after sees them (a quorum queue may take a moment more).
+    pub(super) async fn close(self) {
         if let Some(consumer) = self.consumer {
-            consumer.stop();
+            consumer.close().await;
         }
     }
 }
@@ -147,7 +165,7 @@ pub async fn page(
     page.has_more = matched > offset + page.letters.len();
     page.matched = (!filter.is_all()).then_some(matched);
     page.beyond = if filter.is_all() { 0 } else { reader.beyond() };
-    reader.close();
+    reader.close().await;
     Ok(page)
 }
 
@@ -176,6 +194,6 @@ pub async fn show(
             break;
         }
     }
-    reader.close();
+    reader.close().await;
     Ok(found)
 }
