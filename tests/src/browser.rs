@@ -12,13 +12,24 @@ use fantoccini::{Client, ClientBuilder};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-/// A chromedriver process and a browser session on it; the process is
-/// killed when this is dropped.
+/// A chromedriver process and a browser session on it; the driver and the
+/// Chromium it started are killed when this is dropped (a test that fails
+/// before [`close`](Browser::close) leaves nothing running).
 #[derive(Debug)]
 pub struct Browser {
     /// The WebDriver session.
     pub client: Client,
-    _driver: Child,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
+    }
 }
 
 /// chromedriver on `PATH` (or at `$CHROMEDRIVER`), or an error saying how
@@ -53,6 +64,8 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            // Its own process group, so the Chromium it starts goes with it.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", driver_path.display()))?;
         let mut capabilities = Capabilities::new();
@@ -78,10 +91,7 @@ impl Browser {
                 .await
             {
                 Ok(client) => {
-                    return Ok(Browser {
-                        client,
-                        _driver: driver,
-                    });
+                    return Ok(Browser { client, driver });
                 }
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     bail!("chromedriver at {url} did not open a Chromium session in 30 s: {e}")
@@ -93,7 +103,7 @@ impl Browser {
 
     /// Ends the session (the driver process goes with `self`).
     pub async fn close(self) -> Result<()> {
-        self.client.close().await?;
+        self.client.clone().close().await?;
         Ok(())
     }
 }

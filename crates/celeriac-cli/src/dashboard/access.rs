@@ -137,9 +137,34 @@ pub(super) fn is_same_site_form(headers: &HeaderMap, csrf: &str, given: Option<&
     token_ok && origin_ok
 }
 
+/// Whether the request names this machine by a loopback name or address
+/// in its `Host`, not by a DNS name that merely resolves here (what a DNS
+/// rebinding attack from another site's page would send).
+fn addressed_locally(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Lets in the requests [`Access`] admits, asks the others for
 /// credentials, and adds the headers every page carries.
 pub(super) async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    if shared.access == Access::Open && !addressed_locally(request.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "without a password this dashboard answers only requests addressed to localhost or \
+             a loopback address; to serve it under another name, set --basic-auth or --token\n",
+        )
+            .into_response();
+    }
     if !shared.access.admits(request.headers()) {
         let mut response = (
             StatusCode::UNAUTHORIZED,
@@ -236,6 +261,27 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert!(!is_same_site_form(&headers, "abc", Some("abc")));
+    }
+
+    #[test]
+    fn without_a_password_only_loopback_host_names_are_served() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.0.0.2",
+        ] {
+            assert!(addressed_locally(&with(header::HOST, host)), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "10.0.0.5:8080",
+            "localhost.evil.example",
+        ] {
+            assert!(!addressed_locally(&with(header::HOST, host)), "{host}");
+        }
+        assert!(!addressed_locally(&HeaderMap::new()));
     }
 
     #[test]

@@ -562,6 +562,22 @@ fn clock(time: Option<SystemTime>) -> PreEscaped<String> {
 mod tests {
     use super::*;
 
+    /// The dead-letter view of `page` in queue `q`, as HTML.
+    fn render(page: &Page, read_only: bool) -> String {
+        let shelf = Shelf::Queue("q".into());
+        dead_letters(&DeadLetters {
+            shelves: &[(shelf.clone(), page.total)],
+            shelf: &shelf,
+            task: "",
+            reason: "",
+            page,
+            number: 1,
+            csrf: "t",
+            read_only,
+        })
+        .into_string()
+    }
+
     #[test]
     fn counts_read_with_thousands_separators() {
         assert_eq!(thousands(0), "0");
@@ -587,18 +603,7 @@ mod tests {
             total: 1,
             ..Page::default()
         };
-        let shelf = Shelf::Queue("q".into());
-        let html = dead_letters(&DeadLetters {
-            shelves: &[(shelf.clone(), 1)],
-            shelf: &shelf,
-            task: "",
-            reason: "",
-            page: &page,
-            number: 1,
-            csrf: "t",
-            read_only: false,
-        })
-        .into_string();
+        let html = render(&page, false);
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(!html.contains("<img>"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
@@ -606,23 +611,12 @@ mod tests {
 
     #[test]
     fn a_read_only_page_has_no_action_buttons() {
-        let shelf = Shelf::Queue("q".into());
         let page = Page {
             letters: vec![DeadLetterView::example("1", "t", "failed")],
             total: 1,
             ..Page::default()
         };
-        let html = dead_letters(&DeadLetters {
-            shelves: &[],
-            shelf: &shelf,
-            task: "",
-            reason: "",
-            page: &page,
-            number: 1,
-            csrf: "t",
-            read_only: true,
-        })
-        .into_string();
+        let html = render(&page, true);
         assert!(!html.contains("Requeue"), "{html}");
         assert!(!html.contains("Purge"), "{html}");
     }
