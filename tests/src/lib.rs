@@ -10,6 +10,7 @@
 //!   that disturb the broker;
 //! - [`redis_server`]: a private Redis, for tests that restart it;
 //! - [`scrape`]: a worker's metrics and probes over HTTP;
+//! - [`ticks`]: beat's ticks as a failover test receives and checks them;
 //! - [`tls`]: a RabbitMQ node and a Redis with TLS listeners, and the
 //!   certificates for them;
 //! - [`worker`]: apps, in-process and out-of-process Celeriac workers, dead
@@ -25,6 +26,7 @@ pub mod python;
 pub mod rabbit;
 pub mod redis_server;
 pub mod scrape;
+pub mod ticks;
 pub mod tls;
 pub mod worker;
 

@@ -401,6 +401,9 @@ async fn main() {
                 }
                 Err(e) => {
                     eprintln!("killing the leader failed, so this run proves nothing: {e}");
+                    for worker in &mut workers {
+                        let _ = worker.kill();
+                    }
                     std::process::exit(2);
                 }
             }
