@@ -60,16 +60,26 @@ impl RedisServer {
                 "starting redis-server: these fault tests need it on PATH (Debian: redis-server)",
             )?;
         self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+        // Listening is not serving: while it replays its append-only file,
+        // Redis answers every command with LOADING. Wait for a PONG.
+        for _ in 0..600 {
+            if self.answers_ping() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
-            "redis-server did not listen on port {} within 5 s",
+            "redis-server on port {} did not answer PING within 30 s",
             self.port
         )
+    }
+
+    /// Whether it answers `PING` with `PONG` (not refused, not LOADING).
+    fn answers_ping(&self) -> bool {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "ping"])
+            .output()
+            .is_ok_and(|output| output.stdout.starts_with(b"PONG"))
     }
 
     /// Stops it (every acknowledged write is on disk) and, after `down`,
