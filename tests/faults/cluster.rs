@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use celeriac::broker::url::rotated;
 use celeriac::broker::{ConsumeOptions, Queue, QueueType};
 use celeriac::{App, AppBuilder, State};
 use celeriac_demo::tasks as demo;
@@ -36,14 +37,6 @@ fn on_quorum(builder: AppBuilder, urls: &str, redis: &str, queue: &Queue) -> App
         .default_queue_type(QueueType::Quorum)
         .queue(queue.clone())
         .default_queue(queue.name.clone())
-}
-
-/// `urls` starting from the `first`-th (0-based), so processes start on
-/// different nodes.
-fn rotated(urls: &str, first: usize) -> String {
-    let urls: Vec<&str> = urls.split(';').collect();
-    let turn = first % urls.len();
-    [&urls[turn..], &urls[..turn]].concat().join(";")
 }
 
 /// The delay queue (`celery_delayed_<n>`) holding a message now.

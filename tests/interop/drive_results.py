@@ -24,12 +24,15 @@ Output: one ``ok <name>`` or ``FAIL <name>: <detail>`` line per scenario,
 then ``N passed, M failed``.  Exit status 1 if any scenario failed.
 """
 
+import json
+import pickle
 import sys
 import time
 import traceback
 
 from django_results.setup import celery_backend
 
+import celery
 from celery import Celery, chain, chord, group, states
 from celery.result import AsyncResult, GroupResult
 
@@ -93,7 +96,15 @@ class DatabaseStore:
         if row is None:
             return None
         status, result, date_done = row
-        document = f'{{"status": "{status}", "result": {bytes(result).decode()}'
+        result = bytes(result)
+        # Celery 5.6 and earlier pickle the column (SQLAlchemy's PickleType),
+        # 5.7 stores JSON bytes: the Rust worker must write what this reads.
+        pickled = result[:1] == b'\x80'
+        expect(pickled == (celery.VERSION < (5, 7)),
+               f'{task_id}: result column {result[:20]!r} for Celery {celery.__version__}')
+        if pickled:
+            result = json.dumps(pickle.loads(result)).encode()
+        document = f'{{"status": "{status}", "result": {result.decode()}'
         expect(date_done is not None, f'{task_id} has no date_done')
         return document, None
 

@@ -11,7 +11,8 @@ use celeriac_demo::tasks as demo;
 use celeriac_tests::postgres::TestDatabase;
 use celeriac_tests::worker::{RunningWorker, binary, cleanup};
 use celeriac_tests::{
-    PythonWorker, broker_url, delete_queue, interop_python, repo_root, require_redis, unique,
+    PythonWorker, broker_url, delete_queue, interop_python, interop_result_column, repo_root,
+    require_redis, unique,
 };
 use celeriac_worker::WorkerConfig;
 use serde_json::json;
@@ -53,6 +54,7 @@ async fn python_app_uses_rust_workers(backend: &str, tag: &str) -> Result<()> {
     let app = demo::register(App::builder())
         .broker_url(broker_url())
         .result_backend(backend)
+        .database_result_column(interop_result_column()?)
         .route("demo.*", route(&rust_queue))
         .route("interop.*", route(&python_queue))
         .build()
@@ -131,6 +133,7 @@ async fn rust_app_uses_python_workers(backend: &str, tag: &str) -> Result<()> {
     let app = App::builder()
         .broker_url(broker_url())
         .result_backend(backend)
+        .database_result_column(interop_result_column()?)
         .route("interop.*", route(&python_queue))
         .build()
         .await?;

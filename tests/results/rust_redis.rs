@@ -120,8 +120,11 @@ async fn progress_and_started_states_are_seen_while_a_task_runs() -> Result<()> 
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
-        let state = running.state().await?;
-        let info = running.info().await?;
+        // One read, so the state and what it carries belong together.
+        let (state, info) = running
+            .meta()
+            .await?
+            .map_or((State::Pending, Value::Null), |m| (m.status, m.result));
         if seen.last() != Some(&(state.clone(), info.clone())) {
             seen.push((state.clone(), info));
         }

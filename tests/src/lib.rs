@@ -31,7 +31,7 @@ pub mod tls;
 pub mod worker;
 
 pub use fixtures::{Fixture, all_fixtures, fixture, oldest_celery_fixtures, typed_header};
-pub use python::{PythonWorker, celery_version, interop_python};
+pub use python::{PythonWorker, celery_version, interop_python, interop_result_column};
 pub use rabbit::{
     ConsumerTimeout, broker_url, connect, delete_queue, disturbing, queue_stats, rabbitmqctl,
     redis_url, require_redis, restore_broker, unique,

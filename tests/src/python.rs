@@ -52,6 +52,16 @@ pub fn celery_version() -> Result<(u32, u32)> {
     Ok(*VERSION.get_or_init(|| (major, minor)))
 }
 
+/// How Rust must write the database backend's `result` column for the
+/// interop venv's Celery to read it: a pickle up to 5.6, JSON from 5.7.
+pub fn interop_result_column() -> Result<celeriac::ResultColumn> {
+    Ok(if celery_version()? < (5, 7) {
+        celeriac::ResultColumn::Pickle
+    } else {
+        celeriac::ResultColumn::Json
+    })
+}
+
 /// The flags of a worker that keeps to itself: no mingle, gossip or
 /// heartbeats from other tests' workers.
 const QUIET: [&str; 3] = [

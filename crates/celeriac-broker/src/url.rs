@@ -397,6 +397,29 @@ pub fn redact(text: &str) -> String {
         .join(";")
 }
 
+/// The same `;`-separated URL list, starting at the URL `first` (modulo
+/// the count), so that several processes given one list prefer different
+/// nodes of a cluster. The text is kept as written, password included.
+///
+/// ```
+/// assert_eq!(
+///     celeriac_broker::url::rotated("amqp://a//;amqp://b//;amqp://c//", 4),
+///     "amqp://b//;amqp://c//;amqp://a//"
+/// );
+/// ```
+pub fn rotated(text: &str, first: usize) -> String {
+    let urls: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return String::new();
+    }
+    let turn = first % urls.len();
+    [&urls[turn..], &urls[..turn]].concat().join(";")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

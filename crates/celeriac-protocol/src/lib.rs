@@ -49,6 +49,7 @@ mod header;
 pub mod json;
 pub mod kombu;
 mod message;
+pub mod pickle;
 pub mod repr;
 mod result;
 mod signature;

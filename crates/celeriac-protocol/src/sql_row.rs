@@ -6,7 +6,7 @@
 //! | column | holds |
 //! |---|---|
 //! | `status` | the state name |
-//! | `result` | the result (an exception dict for failures), JSON bytes |
+//! | `result` | the result (an exception dict for failures), JSON bytes; a pickle up to Celery 5.6 |
 //! | `date_done` | when a ready state was stored, UTC, no time zone |
 //! | `traceback` | the formatted traceback, text |
 //! | `children` | the result tuples of tasks it sent, JSON bytes (NULL if none) |
@@ -14,8 +14,11 @@
 //! | `args`, `kwargs` | the extended arguments, JSON bytes |
 //! | `stamps` | `{"stamped_headers": [...], "stamps": {...}}`, JSON bytes |
 //!
-//! Rows Celery wrote before 5.x pickled the `result` column (bytes starting
-//! `0x80`); they are reported as such, not guessed at.
+//! Celery 5.0 to 5.6 pickle the `result` column (SQLAlchemy's
+//! `PickleType`): [`ResultColumn`] says which to write, and either is read
+//! (a pickle starts with `0x80`, JSON never does). Their saved groups are
+//! pickled `GroupResult` objects, which are refused with an error, never
+//! built.
 //!
 //! [`DjangoTaskRow`] is the same for django-celery-results 2.6's
 //! `django_celery_results_taskresult`, whose columns are text: the result
@@ -61,32 +64,73 @@ pub struct TaskRow {
     pub stamps: Option<Vec<u8>>,
 }
 
+/// How the `result` column is encoded: Celery 5.7 writes JSON bytes there,
+/// Celery 5.0 to 5.6 a pickle. Both are read whatever this says; it
+/// decides what is written, so set it to what the oldest Python process
+/// sharing the tables reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResultColumn {
+    /// JSON bytes, as Celery 5.7 and later write them (the default).
+    #[default]
+    Json,
+    /// A pickle of the plain value, as Celery 5.0 to 5.6 write them.
+    Pickle,
+}
+
+impl std::str::FromStr for ResultColumn {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "json" => Ok(ResultColumn::Json),
+            "pickle" => Ok(ResultColumn::Pickle),
+            _ => Err(format!(
+                "unknown result column format {text:?}: use `json` (Celery 5.7 and later) or \
+                 `pickle` (Celery 5.0 to 5.6)"
+            )),
+        }
+    }
+}
+
 fn encode(value: &Value) -> Vec<u8> {
     to_python_json(value).into_bytes()
 }
 
 fn decode(column: &str, bytes: &[u8]) -> Result<Value, DecodeError> {
-    if bytes.first() == Some(&0x80) {
-        return Err(DecodeError::Result(format!(
-            "the `{column}` column holds a Python pickle (a row written by Celery before \
-             5.x stored results with pickle); read it from Python or store it again"
-        )));
+    if crate::pickle::is_pickle(bytes) {
+        return crate::pickle::from_pickle(bytes)
+            .map_err(|e| DecodeError::Result(format!("the `{column}` column: {e}")));
     }
     crate::json::from_slice(bytes)
 }
 
 impl TaskRow {
-    /// The row Celery's backend writes for `meta`: `date_done` only for
-    /// ready states, the extended columns only when `meta` has them.
+    /// The row Celery's backend writes for `meta`, with the `result`
+    /// column as `column` says: `date_done` only for ready states, the
+    /// extended columns only when `meta` has them.
     ///
     /// ```
-    /// use celeriac_protocol::{ResultMeta, State, sql_row::TaskRow};
-    /// let row = TaskRow::from_meta(&ResultMeta::new("t1", State::Success, 4.into()));
+    /// use celeriac_protocol::{ResultMeta, State, sql_row::{ResultColumn, TaskRow}};
+    /// let meta = ResultMeta::new("t1", State::Success, 4.into());
+    /// let row = TaskRow::from_meta(&meta, ResultColumn::Json).unwrap();
     /// assert_eq!(row.status, "SUCCESS");
     /// assert_eq!(row.result.as_deref(), Some(&b"4"[..]));
     /// assert!(row.children.is_none());
+    /// let old = TaskRow::from_meta(&meta, ResultColumn::Pickle).unwrap();
+    /// assert_eq!(old.result.as_deref(), Some(&b"\x80\x03J\x04\x00\x00\x00."[..]));
     /// ```
-    pub fn from_meta(meta: &ResultMeta) -> TaskRow {
+    ///
+    /// # Errors
+    ///
+    /// A result that a pickle cannot hold as a plain value (an integer
+    /// beyond 64 bits).
+    pub fn from_meta(meta: &ResultMeta, column: ResultColumn) -> Result<TaskRow, DecodeError> {
+        let result = match column {
+            ResultColumn::Json => encode(&meta.result),
+            ResultColumn::Pickle => crate::pickle::to_pickle(&meta.result).map_err(|e| {
+                DecodeError::Result(format!("task {}: pickling its result: {e}", meta.task_id))
+            })?,
+        };
         let date_done = meta.status.is_ready().then(|| {
             meta.date_done
                 .map_or_else(Utc::now, |d| d.with_timezone(&Utc))
@@ -95,7 +139,7 @@ impl TaskRow {
         let mut row = TaskRow {
             task_id: meta.task_id.clone(),
             status: meta.status.as_str().to_owned(),
-            result: Some(encode(&meta.result)),
+            result: Some(result),
             date_done,
             traceback: meta.traceback.clone(),
             children: (!meta.children.is_empty())
@@ -111,7 +155,7 @@ impl TaskRow {
             row.queue = extended.queue.clone();
             row.stamps = stamps_of(&meta.extra).map(|s| encode(&s));
         }
-        row
+        Ok(row)
     }
 
     /// The result document this row holds, as Celery's backend reads it.
@@ -343,6 +387,13 @@ pub fn group_column(group: &ResultTuple) -> Vec<u8> {
 
 /// Reads a saved group's `result` column.
 pub fn parse_group_column(bytes: &[u8]) -> Result<ResultTuple, DecodeError> {
+    if crate::pickle::is_pickle(bytes) {
+        return Err(DecodeError::Result(
+            "the group was saved by Celery 5.6 or earlier, which pickles the GroupResult \
+             object itself; restore it from Python"
+                .into(),
+        ));
+    }
     ResultTuple::from_json(&decode("result", bytes)?)
 }
 
@@ -393,9 +444,14 @@ mod tests {
         let extended = meta.extended.clone().unwrap();
         assert_eq!(extended.args, json!([1, 2]));
         assert_eq!(extended.kwargs, json!({"x": 1}));
-        assert_eq!(TaskRow::from_meta(&meta).args, success.args);
         assert_eq!(
-            TaskRow::from_meta(&meta).result,
+            TaskRow::from_meta(&meta, ResultColumn::Json).unwrap().args,
+            success.args
+        );
+        assert_eq!(
+            TaskRow::from_meta(&meta, ResultColumn::Json)
+                .unwrap()
+                .result,
             success.result,
             "written back byte for byte"
         );
@@ -404,13 +460,23 @@ mod tests {
     #[test]
     fn only_ready_states_have_a_date_done() {
         let started = ResultMeta::new("t", State::Started, json!({"pid": 1}));
-        assert!(TaskRow::from_meta(&started).date_done.is_none());
+        assert!(
+            TaskRow::from_meta(&started, ResultColumn::Json)
+                .unwrap()
+                .date_done
+                .is_none()
+        );
         let failed = ResultMeta::new(
             "t",
             State::Failure,
             ExceptionInfo::new("builtins", "KeyError", "k").to_json(),
         );
-        assert!(TaskRow::from_meta(&failed).date_done.is_some());
+        assert!(
+            TaskRow::from_meta(&failed, ResultColumn::Json)
+                .unwrap()
+                .date_done
+                .is_some()
+        );
     }
 
     #[test]
@@ -427,7 +493,7 @@ mod tests {
         meta.extra
             .insert("stamped_headers".into(), json!(["tenant"]));
         meta.extra.insert("tenant".into(), json!("acme"));
-        let row = TaskRow::from_meta(&meta);
+        let row = TaskRow::from_meta(&meta, ResultColumn::Json).unwrap();
         assert_eq!(
             row.stamps.as_deref(),
             Some(&br#"{"stamped_headers": ["tenant"], "stamps": {"tenant": "acme"}}"#[..])
@@ -483,7 +549,31 @@ mod tests {
     }
 
     #[test]
-    fn a_pickled_result_is_named_not_guessed() {
+    fn rows_of_celery_5_6_read_and_write_with_a_pickled_result() {
+        // What Celery 5.6 stores for a task returning {"total": 4}: the
+        // result pickled by SQLAlchemy (highest protocol), args as JSON.
+        let row = TaskRow {
+            task_id: "t".into(),
+            status: "SUCCESS".into(),
+            result: Some(
+                b"\x80\x05\x95\x0e\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x05total\x94K\x04s."
+                    .to_vec(),
+            ),
+            name: Some("demo.count".into()),
+            args: Some(b"[4]".to_vec()),
+            ..TaskRow::default()
+        };
+        let meta = row.to_meta().unwrap();
+        assert_eq!(meta.result, json!({"total": 4}));
+        assert_eq!(meta.extended.as_ref().unwrap().args, json!([4]));
+        let written = TaskRow::from_meta(&meta, ResultColumn::Pickle).unwrap();
+        assert!(crate::pickle::is_pickle(written.result.as_deref().unwrap()));
+        assert_eq!(written.args.as_deref(), Some(&b"[4]"[..]), "args stay JSON");
+        assert_eq!(written.to_meta().unwrap().result, meta.result);
+    }
+
+    #[test]
+    fn a_broken_pickle_or_a_pickled_group_is_named_not_guessed() {
         let row = TaskRow {
             task_id: "t".into(),
             status: "SUCCESS".into(),
@@ -491,6 +581,20 @@ mod tests {
             ..TaskRow::default()
         };
         let error = row.to_meta().unwrap_err().to_string();
-        assert!(error.contains("pickle"), "{error}");
+        assert!(error.contains("`result` column"), "{error}");
+        let error = parse_group_column(b"\x80\x04\x95").unwrap_err().to_string();
+        assert!(error.contains("Celery 5.6 or earlier"), "{error}");
+    }
+
+    #[test]
+    fn the_column_format_is_named_as_users_write_it() {
+        assert_eq!("pickle".parse::<ResultColumn>(), Ok(ResultColumn::Pickle));
+        assert_eq!("JSON".parse::<ResultColumn>(), Ok(ResultColumn::Json));
+        assert!(
+            "yaml"
+                .parse::<ResultColumn>()
+                .unwrap_err()
+                .contains("Celery 5.0 to 5.6")
+        );
     }
 }

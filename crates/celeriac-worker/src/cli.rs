@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use celeriac::{AppBuilder, Queue, QueueType, RouteOptions, Security};
+use celeriac::{AppBuilder, Queue, QueueType, ResultColumn, RouteOptions, Security};
 use clap::Parser;
 use tracing::error;
 
@@ -196,6 +196,12 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_RESULT_KEY_PREFIX")]
     pub result_key_prefix: Option<String>,
 
+    /// How the database backend writes its result column: json (Celery
+    /// 5.7 and later) or pickle (when Python processes of Celery 5.0 to
+    /// 5.6 share the tables); both are read [default: the app's, else json]
+    #[arg(long, env = "CELERIAC_DATABASE_RESULT_COLUMN")]
+    pub database_result_column: Option<ResultColumn>,
+
     /// A queue definition, as an entry of Celery's task_queues:
     /// NAME[:key=value,...] with the keys of the config file's
     /// [task_queues] (queue_type, max_priority, dead_letter, exchange,
@@ -279,6 +285,8 @@ pub struct AppSettings {
     pub result_extended: Option<bool>,
     /// `global_keyprefix`.
     pub result_key_prefix: Option<String>,
+    /// The database backend's `result` column format.
+    pub database_result_column: Option<ResultColumn>,
 }
 
 impl AppSettings {
@@ -317,6 +325,9 @@ impl AppSettings {
         }
         if let Some(prefix) = self.result_key_prefix {
             app = app.result_key_prefix(prefix);
+        }
+        if let Some(column) = self.database_result_column {
+            app = app.database_result_column(column);
         }
         app
     }
@@ -525,6 +536,15 @@ impl Args {
                 .result_key_prefix
                 .clone()
                 .or_else(|| file.result_key_prefix.clone()),
+            database_result_column: match self.database_result_column {
+                Some(column) => Some(column),
+                None => file
+                    .database_result_column
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e| format!("database_result_column: {e}"))?,
+            },
         })
     }
 }
@@ -766,6 +786,38 @@ mod tests {
         let settings = parse(&[]).settings().unwrap();
         assert!(settings.app.default_queue_type.is_none());
         assert!(settings.app.create_missing_queues.is_none());
+    }
+
+    #[test]
+    fn the_result_column_comes_from_the_flag_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("celeriac-cli-column-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, "database_result_column = \"pickle\"\n").unwrap();
+        let config = path.to_str().unwrap();
+        let from_file = parse(&["--config", config]).settings().unwrap();
+        assert_eq!(
+            from_file.app.database_result_column,
+            Some(ResultColumn::Pickle)
+        );
+        let from_flag = parse(&["--config", config, "--database-result-column", "json"])
+            .settings()
+            .unwrap();
+        assert_eq!(
+            from_flag.app.database_result_column,
+            Some(ResultColumn::Json)
+        );
+        assert_eq!(
+            parse(&[]).settings().unwrap().app.database_result_column,
+            None
+        );
+        std::fs::write(&path, "database_result_column = \"yaml\"\n").unwrap();
+        let bad = parse(&["--config", config]).settings().unwrap_err();
+        assert!(
+            bad.contains("database_result_column") && bad.contains("pickle"),
+            "{bad}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct ConfigFile {
     pub result_extended: Option<bool>,
     /// A prefix for result store keys.
     pub result_key_prefix: Option<String>,
+    /// The database backend's `result` column format (`json` or `pickle`).
+    pub database_result_column: Option<String>,
     /// `x-queue-type` of queues that set none (`classic` or `quorum`).
     pub default_queue_type: Option<String>,
     /// `x-max-priority` of queues that set none.

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::call::{SendTask, TaskCall};
 use crate::metrics::SendMetrics;
 use crate::registry::Registry;
-use crate::result::{ResultBackend, ResultSettings, open_backend};
+use crate::result::{ResultBackend, ResultColumn, ResultSettings, open_backend};
 use crate::topic::Topic;
 use crate::unique::{self, UNIQUE_KEY_HEADER, UniqueLock};
 use crate::{AsyncResult, Error, Security, Task, TaskOptions, request};
@@ -614,6 +614,16 @@ impl AppBuilder {
     /// default is false).
     pub fn result_extended(mut self, extended: bool) -> Self {
         self.result_settings.extended = extended;
+        self
+    }
+
+    /// How the database backend (`db+postgresql://`) writes the `result`
+    /// column: [`ResultColumn::Json`] as Celery 5.7 and later (the default),
+    /// or [`ResultColumn::Pickle`] when Python processes of Celery 5.0 to
+    /// 5.6 share the tables, since they read only pickles there. Rows in
+    /// either format are read whatever this says.
+    pub fn database_result_column(mut self, column: ResultColumn) -> Self {
+        self.result_settings.database_result_column = column;
         self
     }
 

@@ -84,7 +84,8 @@ pub use panic::catch_panic;
 pub use registry::Registry;
 pub use request::{DeliveryInfo, Request, Retry, SoftLimit};
 pub use result::{
-    AsyncResult, BACKEND_CLEANUP, BackendError, GroupResult, ResultBackend, ResultSettings,
+    AsyncResult, BACKEND_CLEANUP, BackendError, GroupResult, ResultBackend, ResultColumn,
+    ResultSettings,
 };
 pub use security::Security;
 pub use task::{RetryMatcher, Task, TaskFuture, TaskOptions};

@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use celeriac_broker::url::rotated;
 use celeriac_broker::{Broker, BrokerConfig, Destination, Queue, QueueType};
 use celeriac_protocol::TaskMessage;
 use clap::Parser;
@@ -41,14 +42,6 @@ struct Args {
     /// Concurrency of each worker process.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-}
-
-/// `urls` starting from the `first`-th, so worker processes start on
-/// different nodes.
-fn rotated(urls: &str, first: usize) -> String {
-    let urls: Vec<&str> = urls.split(';').collect();
-    let turn = first % urls.len();
-    [&urls[turn..], &urls[..turn]].concat().join(";")
 }
 
 /// One target's medians.

@@ -91,14 +91,7 @@ impl Args {
     /// The broker URL list rotated by `by`, so workers start on different
     /// nodes of a cluster (a single URL stays as it is).
     fn broker_for(&self, by: usize) -> String {
-        let urls: Vec<&str> = self.broker.split(';').collect();
-        let turn = by % urls.len();
-        urls[turn..]
-            .iter()
-            .chain(&urls[..turn])
-            .copied()
-            .collect::<Vec<_>>()
-            .join(";")
+        celeriac_broker::url::rotated(&self.broker, by)
     }
 }
 

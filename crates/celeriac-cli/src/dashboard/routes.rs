@@ -346,7 +346,7 @@ async fn act(shared: &Shared, headers: &HeaderMap, body: &[u8], action: Action) 
                     dlq::SCAN_DEPTH
                 );
             }
-            (report.requeued, text)
+            (report.requeued + report.no_queue, report.beyond, text)
         }),
         Action::Purge => dlq::purge_selected(broker, &shelf, &filter)
             .await
@@ -359,17 +359,20 @@ async fn act(shared: &Shared, headers: &HeaderMap, body: &[u8], action: Action) 
                         dlq::SCAN_DEPTH
                     );
                 }
-                (report.purged, text)
+                (report.purged, report.beyond, text)
             }),
     };
     match done {
-        Ok((taken, mut text)) => {
+        Ok((found, unread, mut text)) => {
+            // Selected letters that were read but not found were taken by
+            // someone else meanwhile; unread ones are reported above.
             if let Scope::Ids(ids) = &scope
-                && taken < ids.len()
+                && unread == 0
+                && found < ids.len()
             {
                 text += &format!(
                     " {} of those selected were no longer there (taken meanwhile?).",
-                    ids.len() - taken
+                    ids.len() - found
                 );
             }
             eprintln!(

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use celeriac_protocol::sql_row::ResultColumn;
 use celeriac_protocol::store::{ChordPart, ResultTuple};
 use celeriac_protocol::{ResultMeta, State};
 
@@ -32,6 +33,10 @@ pub struct ResultSettings {
     /// results before another may take over (Celery's
     /// `result_chord_join_timeout`, 3 s).
     pub chord_join_timeout: Duration,
+    /// How the database backend writes its `result` column: JSON bytes
+    /// (Celery 5.7 and later, the default) or a pickle (Celery 5.0 to 5.6,
+    /// whose processes cannot read JSON there). Both are read.
+    pub database_result_column: ResultColumn,
 }
 
 impl Default for ResultSettings {
@@ -41,6 +46,7 @@ impl Default for ResultSettings {
             extended: true,
             key_prefix: None,
             chord_join_timeout: Duration::from_secs(3),
+            database_result_column: ResultColumn::Json,
         }
     }
 }

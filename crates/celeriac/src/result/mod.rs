@@ -39,6 +39,7 @@ pub use backend::{
     BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend, ResultSettings,
     Slot, SlotGaps, UniqueLocks,
 };
+pub use celeriac_protocol::sql_row::ResultColumn;
 #[cfg(feature = "postgres")]
 pub use database::{DatabaseBackend, DjangoBackend};
 pub use error::BackendError;

@@ -1,5 +1,6 @@
 //! Celery's `database` result backend on PostgreSQL (`db+postgresql://`),
-//! row for row what Celery 5.7's SQLAlchemy backend writes and reads
+//! row for row what Celery 5.7's SQLAlchemy backend writes and reads (or,
+//! with `ResultColumn::Pickle`, what 5.0 to 5.6 write)
 //! ([`celeriac_protocol::sql_row`]): results in `celery_taskmeta`, saved
 //! groups in `celery_tasksetmeta`, both created when missing. A stored
 //! `SUCCESS` is never overwritten, as in Celery, and a write without the
@@ -137,7 +138,8 @@ impl DatabaseBackend {
     }
 
     async fn write(&self, meta: &ResultMeta) -> Result<(), BackendError> {
-        let row = TaskRow::from_meta(meta);
+        let row = TaskRow::from_meta(meta, self.settings.database_result_column)
+            .map_err(|e| BackendError::Document(e.to_string()))?;
         let client = self.pool.connection().await?;
         let failed = |e| self.pool.error("storing a result", &e);
         let statement = client.prepare_cached(STORE).await.map_err(failed)?;
