@@ -66,7 +66,7 @@ def main(broker, queue, certs, backend='rpc://'):
     # Remote control is signed too (kombu's mailbox uses the task serializer).
     pongs = signed.control.ping(destination=[f'test@{queue}'], timeout=5)
     total = None
-    if backend.startswith('redis'):
+    if not backend.startswith('rpc'):
         header = [signed.signature('demo.add', args=(i, i), queue=queue) for i in range(3)]
         body = signed.signature('demo.tsum', queue=queue)
         total = chord(header)(body).get(timeout=60)

@@ -28,6 +28,13 @@ pub enum Layout {
     Celery54,
 }
 
+/// Whether `packed` is base64 text holding the field separator.
+pub(super) fn looks_packed(packed: &[u8]) -> bool {
+    STANDARD
+        .decode(packed.trim_ascii())
+        .is_ok_and(|raw| raw.windows(SEPARATOR.len()).any(|w| w == SEPARATOR))
+}
+
 /// One signed body, unpacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {

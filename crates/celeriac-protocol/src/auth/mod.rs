@@ -30,6 +30,21 @@ pub fn is_signed(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE))
 }
 
+/// Whether a stored value is a sealed envelope rather than plain JSON or
+/// a pickle: base64 text whose decoding holds the field separator. A JSON
+/// value is never that (`"…"`, `{`, `[` and `-` are not base64, and a bare
+/// number or `true` decodes to bytes without the separator).
+///
+/// ```
+/// use celeriac_protocol::auth::looks_sealed;
+/// assert!(looks_sealed(b"VGVzdCBDQSAxMjM0AAE="));
+/// assert!(!looks_sealed(b"1234"));
+/// assert!(!looks_sealed(br#"{"status": "SUCCESS"}"#));
+/// ```
+pub fn looks_sealed(stored: &[u8]) -> bool {
+    envelope::looks_packed(stored)
+}
+
 /// Signs `body` (of `content_type` and `content_encoding`) and packs it as
 /// Celery's `auth` serializer does, in the signer's [`Layout`].
 pub fn seal(signer: &Signer, content_type: &str, content_encoding: &str, body: &[u8]) -> Vec<u8> {

@@ -22,6 +22,8 @@ mod history;
 #[cfg(feature = "redis")]
 mod redis;
 mod rpc;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod signing;
 
 use std::sync::Arc;
 
@@ -52,7 +54,8 @@ pub use rpc::RpcBackend;
 /// `disabled`), `rpc://`, a Redis URL (`redis://`, `rediss://`,
 /// `redis+socket://`, `sentinel://`), or a PostgreSQL one
 /// (`db+postgresql://`, `django-db+postgresql://`). With `security`, results
-/// are signed and signed ones verified (`rpc://` and Redis so far).
+/// are signed and signed ones verified (`rpc://`, Redis and `db+`;
+/// `django-db+` refuses it).
 pub fn open_backend(
     url: &str,
     broker: &Broker,
@@ -73,14 +76,14 @@ pub fn open_backend(
     if is_redis(url) {
         return open_redis(url, settings, security);
     }
-    if security.is_some() {
+    if security.is_some() && url.starts_with("django-db+") {
         return Err(BackendError::Config(format!(
-            "result backend {redacted:?} cannot store signed results yet; with message \
-             signing set up, use rpc:// or Redis (or no result backend)"
+            "result backend {redacted:?} cannot store signed results; with message signing \
+             set up, use rpc://, Redis or db+postgresql:// (or no result backend)"
         )));
     }
     if is_sql(url) {
-        return open_database(url, settings);
+        return open_database(url, settings, security);
     }
     if url == "django-db" {
         return Err(BackendError::Config(
@@ -100,18 +103,21 @@ pub fn open_backend(
 fn open_database(
     url: &str,
     settings: &ResultSettings,
+    security: Option<&Security>,
 ) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
     if database::is_django_url(url) {
         return Ok(Some(Arc::new(DjangoBackend::new(url, settings.clone())?)));
     }
     debug_assert!(database::is_database_url(url));
-    Ok(Some(Arc::new(DatabaseBackend::new(url, settings.clone())?)))
+    let backend = DatabaseBackend::new(url, settings.clone())?.with_security(security.cloned());
+    Ok(Some(Arc::new(backend)))
 }
 
 #[cfg(not(feature = "postgres"))]
 fn open_database(
     url: &str,
     _settings: &ResultSettings,
+    _security: Option<&Security>,
 ) -> Result<Option<Arc<dyn ResultBackend>>, BackendError> {
     Err(BackendError::Config(format!(
         "result backend {:?} needs the `postgres` cargo feature of the celeriac crate \

@@ -12,6 +12,13 @@
 //! results do not expire by themselves: the `celery.backend_cleanup` task
 //! deletes the expired ones (beat runs it daily).
 //!
+//! With message signing set up, every JSON column (`result`, `children`,
+//! `args`, `kwargs`, `stamps`, a saved group's `result`) is sealed as
+//! Celery 5.7 seals each with `result_serializer = 'auth'`, and verified
+//! when read. A pickled `result` column (Celery 5.0 to 5.6) is not signed
+//! there, since those versions pickle the plain value whatever the
+//! serializer: it is accepted only when this app writes pickles itself.
+//!
 //! A database that cannot be reached is [`BackendError::Unavailable`],
 //! which the worker retries with backoff before it settles a delivery, so
 //! a result is stored (committed) before its task message is acked.
@@ -33,8 +40,9 @@ pub use self::django::DjangoBackend;
 use self::pool::{Pool, Tables, column};
 pub(crate) use self::url::{is_database_url, is_django_url};
 use super::history::StateHistory;
-use super::{BackendError, BoxFuture, ResultBackend, ResultSettings};
-use crate::Request;
+use super::signing::Documents;
+use super::{BackendError, BoxFuture, ResultBackend, ResultColumn, ResultSettings};
+use crate::{Request, Security};
 
 const STORE: &str = "
 INSERT INTO celery_taskmeta
@@ -80,6 +88,7 @@ pub struct DatabaseBackend {
     pool: Pool,
     settings: ResultSettings,
     seen: StateHistory,
+    documents: Documents,
 }
 
 impl std::fmt::Debug for DatabaseBackend {
@@ -101,7 +110,51 @@ impl DatabaseBackend {
             pool: Pool::new(connection, redacted, Tables::Celery)?,
             settings,
             seen: StateHistory::default(),
+            documents: Documents::default(),
         })
+    }
+
+    /// The same backend signing what it writes with `security`'s key and
+    /// verifying what it reads against its certificates (Celery's
+    /// `result_serializer = 'auth'`).
+    pub fn with_security(mut self, security: Option<Security>) -> DatabaseBackend {
+        self.documents = Documents::new(security);
+        self
+    }
+
+    /// A column's JSON, its seal verified and removed.
+    fn open(&self, stored: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, BackendError> {
+        stored
+            .map(|bytes| Ok(self.documents.open(&bytes)?.into_owned()))
+            .transpose()
+    }
+
+    /// The `result` column's content, verified: as [`open`](Self::open),
+    /// except that a pickle (Celery 5.0 to 5.6 never sign it) is taken as
+    /// it is where this app writes pickles too.
+    fn open_result(&self, stored: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, BackendError> {
+        match stored {
+            Some(bytes)
+                if celeriac_protocol::pickle::is_pickle(&bytes)
+                    && self.settings.database_result_column == ResultColumn::Pickle =>
+            {
+                Ok(Some(bytes))
+            }
+            other => self.open(other),
+        }
+    }
+
+    /// `row` with its JSON columns sealed (a no-op without security).
+    fn seal(&self, mut row: TaskRow) -> TaskRow {
+        let seal = |column: Option<Vec<u8>>| column.map(|bytes| self.documents.seal(bytes));
+        if self.settings.database_result_column == ResultColumn::Json {
+            row.result = seal(row.result);
+        }
+        row.children = seal(row.children);
+        row.args = seal(row.args);
+        row.kwargs = seal(row.kwargs);
+        row.stamps = seal(row.stamps);
+        row
     }
 
     async fn read(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
@@ -118,17 +171,17 @@ impl DatabaseBackend {
         let task_row = TaskRow {
             task_id: column(&row, 0)?,
             status: column::<Option<String>>(&row, 1)?.unwrap_or_default(),
-            result: column(&row, 2)?,
+            result: self.open_result(column(&row, 2)?)?,
             date_done: column(&row, 3)?,
             traceback: column(&row, 4)?,
-            children: column(&row, 5)?,
+            children: self.open(column(&row, 5)?)?,
             name: column(&row, 6)?,
-            args: column(&row, 7)?,
-            kwargs: column(&row, 8)?,
+            args: self.open(column(&row, 7)?)?,
+            kwargs: self.open(column(&row, 8)?)?,
             worker: column(&row, 9)?,
             retries: column(&row, 10)?,
             queue: column(&row, 11)?,
-            stamps: column(&row, 12)?,
+            stamps: self.open(column(&row, 12)?)?,
         };
         let meta = task_row
             .to_meta()
@@ -140,6 +193,7 @@ impl DatabaseBackend {
     async fn write(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         let row = TaskRow::from_meta(meta, self.settings.database_result_column)
             .map_err(|e| BackendError::Document(e.to_string()))?;
+        let row = self.seal(row);
         let client = self.pool.connection().await?;
         let failed = |e| self.pool.error("storing a result", &e);
         let statement = client.prepare_cached(STORE).await.map_err(failed)?;
@@ -215,7 +269,7 @@ impl ResultBackend for DatabaseBackend {
 
     fn save_group<'a>(&'a self, group: &'a ResultTuple) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let column = group_column(group);
+            let column = self.documents.seal(group_column(group));
             self.pool
                 .execute("saving a group", SAVE_GROUP, &[&group.id(), &column])
                 .await
@@ -239,6 +293,7 @@ impl ResultBackend for DatabaseBackend {
             let Some(stored) = column::<Option<Vec<u8>>>(&row, 0)? else {
                 return Ok(None);
             };
+            let stored = self.documents.open(&stored)?;
             parse_group_column(&stored)
                 .map(Some)
                 .map_err(|e| BackendError::Document(format!("group {group_id}: {e}")))

@@ -11,7 +11,6 @@
 
 mod connection;
 mod scripts;
-mod signing;
 mod subscriber;
 mod url;
 
@@ -27,11 +26,11 @@ use redis::AsyncCommands as _;
 use tokio::time::Instant;
 
 use self::connection::Store;
-use self::signing::Documents;
 use self::subscriber::{Heard, Subscriber};
 use self::url::RedisUrl;
 pub(crate) use self::url::is_redis_url;
 use super::history::StateHistory;
+use super::signing::Documents;
 use super::{
     BackendError, BoxFuture, ChordClaim, ChordJoin, ChordStore, Leases, RateSlots, ResultBackend,
     ResultSettings, Slot, SlotGaps, UniqueLocks,

@@ -1,7 +1,8 @@
-//! Signed values in Redis. With message signing set up, every value the
-//! backend writes (results, saved groups, chord parts) is sealed as a
-//! Celery app with `result_serializer = 'auth'` seals it, and a sealed
-//! value it reads is verified before it is parsed. An unsigned value is
+//! Signed stored values, in Redis and in the database. With message
+//! signing set up, every value a backend writes (results, saved groups,
+//! chord parts; in the database each JSON column) is sealed as a Celery
+//! app with `result_serializer = 'auth'` seals it, and a sealed value it
+//! reads is verified before it is parsed. An unsigned value is
 //! refused, as Celery's `accept_content = ['auth']` refuses it, unless
 //! unsigned ones are accepted too (`Security::accept_unsigned`): a forged
 //! chord part would otherwise become a signed callback's argument.
@@ -28,27 +29,28 @@ impl Documents {
     }
 
     /// The value to store for the JSON `document`.
-    pub(crate) fn seal(&self, document: String) -> Vec<u8> {
+    pub(crate) fn seal(&self, document: impl Into<Vec<u8>>) -> Vec<u8> {
+        let document = document.into();
         match &self.security {
-            Some(security) => auth::seal(
-                security.signer(),
-                content::JSON,
-                content::UTF8,
-                document.as_bytes(),
-            ),
-            None => document.into_bytes(),
+            Some(security) => {
+                auth::seal(security.signer(), content::JSON, content::UTF8, &document)
+            }
+            None => document,
         }
+    }
+
+    /// Whether values that are not sealed are refused.
+    pub(crate) fn requires_signed(&self) -> bool {
+        self.security
+            .as_ref()
+            .is_some_and(Security::requires_signed)
     }
 
     /// The JSON inside a stored value, verified if it is sealed; an
     /// unsigned value is refused where signatures are required.
     pub(crate) fn open<'b>(&self, stored: &'b [u8]) -> Result<Cow<'b, [u8]>, BackendError> {
-        if !is_sealed(stored) {
-            if self
-                .security
-                .as_ref()
-                .is_some_and(Security::requires_signed)
-            {
+        if !auth::looks_sealed(stored) {
+            if self.requires_signed() {
                 return Err(BackendError::Document(
                     "the stored value is not signed, and this app accepts signed results only \
                      (set result_serializer = 'auth' on Python workers, or accept unsigned \
@@ -72,15 +74,6 @@ impl Documents {
     }
 }
 
-/// Whether `stored` is a sealed envelope (base64 text) rather than JSON,
-/// which starts with `{` or `[`.
-fn is_sealed(stored: &[u8]) -> bool {
-    stored
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| !matches!(b, b'{' | b'['))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,7 +85,7 @@ mod tests {
             plain.open(br#"{"status": "SUCCESS"}"#).unwrap().as_ref(),
             br#"{"status": "SUCCESS"}"#
         );
-        assert_eq!(plain.seal("[1]".into()), b"[1]");
+        assert_eq!(plain.seal("[1]"), b"[1]");
         let err = plain.open(b"VGVzdCBDQSAxMjM0AAE=").unwrap_err();
         assert!(err.to_string().contains("--security-cert-store"), "{err}");
     }
