@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures_lite::{Stream, StreamExt as _};
 use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::ChannelId;
 use lapin::uri::{
     AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
 };
@@ -99,6 +100,38 @@ impl Session {
             *channel = confirming_channel(&self.connection).await?;
         }
         Ok(channel.clone())
+    }
+
+    /// Replaces the publisher channel with a fresh one after channel
+    /// `nacked` got a negative confirm, unless another publish already did.
+    ///
+    /// On RabbitMQ 3.10, a channel that first published to a quorum queue
+    /// while its leader's node was just lost keeps being nacked until that
+    /// node returns, even once a new leader is elected; a new channel is
+    /// confirmed at once (`tests/faults/cluster.rs`). The old channel is
+    /// closed once the confirms in flight on it have arrived, so nothing
+    /// sent on it is left in doubt.
+    pub(crate) async fn renew_publisher(&self, nacked: ChannelId) {
+        let mut channel = self.publisher.lock().await;
+        if channel.id() != nacked || !self.is_connected() {
+            return;
+        }
+        match confirming_channel(&self.connection).await {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *channel, fresh);
+                debug!(
+                    channel = nacked,
+                    "publisher channel renewed after a negative confirm"
+                );
+                tokio::spawn(async move {
+                    let _ = old.wait_for_confirms().await;
+                    let _ = old
+                        .close(200, "renewed after a negative confirm".into())
+                        .await;
+                });
+            }
+            Err(e) => debug!(error = %e, "could not open a fresh publisher channel"),
+        }
     }
 
     pub(crate) fn is_connected(&self) -> bool {

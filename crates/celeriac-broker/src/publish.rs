@@ -16,7 +16,10 @@
 //! stored a nacked message, so this too can make a duplicate); a full
 //! `reject-publish` queue nacks until a consumer makes room. A message for
 //! a topic or fanout exchange is not sent again on a nack: the queues that
-//! took it would get it twice.
+//! took it would get it twice. Every nack also renews the publishing
+//! channel: RabbitMQ 3.10 keeps nacking a channel first used just after a
+//! quorum queue's leader was lost until that node returns
+//! (`Session::renew_publisher` in `connection.rs`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -24,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
+use lapin::types::ChannelId;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 use tracing::debug;
@@ -229,18 +233,21 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Attempt> {
-        let confirm = start_publish(session, exchange, routing_key, body, properties).await?;
-        self.settle(session, exchange, routing_key, confirm).await
+        let sent = start_publish(session, exchange, routing_key, body, properties).await?;
+        self.settle(session, exchange, routing_key, sent).await
     }
 
-    /// Waits for one publish's confirm and says what it means.
+    /// Waits for one publish's confirm and says what it means. A negative
+    /// confirm also renews the session's publisher channel, so that what is
+    /// sent again goes on a fresh one (`Session::renew_publisher` in `connection.rs`).
     async fn settle(
         &self,
         session: &Session,
         exchange: &str,
         routing_key: &str,
-        confirm: PublisherConfirm,
+        sent: Sent,
     ) -> Result<(), Attempt> {
+        let Sent { channel, confirm } = sent;
         let timeout = self.shared.config.confirm_timeout;
         let Ok(outcome) = tokio::time::timeout(timeout, confirm).await else {
             return Err(Attempt::Failed(BrokerError::ConfirmTimeout {
@@ -256,10 +263,13 @@ impl Broker {
                     routing_key: routing_key.to_owned(),
                 }))
             }
-            Ok(Confirmation::Nack(_)) => Err(Attempt::Refused(BrokerError::Nacked {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            })),
+            Ok(Confirmation::Nack(_)) => {
+                session.renew_publisher(channel).await;
+                Err(Attempt::Refused(BrokerError::Nacked {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                }))
+            }
             Ok(Confirmation::NotRequested) => Err(Attempt::InDoubt(
                 "the channel was not in confirm mode".into(),
             )),
@@ -299,18 +309,18 @@ impl Broker {
             let properties = basic_properties(&with_priority(destination, message))?;
             let (exchange, routing_key) = (&destination.exchange, &destination.routing_key);
             match start_publish(&session, exchange, routing_key, &message.body, properties).await {
-                Ok(confirm) => in_flight.push_back((index, confirm)),
+                Ok(sent) => in_flight.push_back((index, sent)),
                 Err(_) => in_doubt.push(index),
             }
             if in_flight.len() >= SEND_MANY_WINDOW
-                && let Some((index, confirm)) = in_flight.pop_front()
+                && let Some((index, sent)) = in_flight.pop_front()
             {
-                self.settle_in_batch(&session, batch, index, confirm, &mut in_doubt)
+                self.settle_in_batch(&session, batch, index, sent, &mut in_doubt)
                     .await?;
             }
         }
-        while let Some((index, confirm)) = in_flight.pop_front() {
-            self.settle_in_batch(&session, batch, index, confirm, &mut in_doubt)
+        while let Some((index, sent)) = in_flight.pop_front() {
+            self.settle_in_batch(&session, batch, index, sent, &mut in_doubt)
                 .await?;
         }
         for index in in_doubt {
@@ -326,7 +336,7 @@ impl Broker {
         session: &Session,
         batch: &[(Destination, RawMessage)],
         index: usize,
-        confirm: PublisherConfirm,
+        sent: Sent,
         in_doubt: &mut Vec<usize>,
     ) -> Result<(), BrokerError> {
         let destination = &batch[index].0;
@@ -335,7 +345,7 @@ impl Broker {
                 session,
                 &destination.exchange,
                 &destination.routing_key,
-                confirm,
+                sent,
             )
             .await
         {
@@ -368,6 +378,13 @@ fn with_priority<'a>(destination: &Destination, message: &'a RawMessage) -> Cow<
     }
 }
 
+/// One message handed to a confirming channel: the channel's id and the
+/// confirm to wait for.
+struct Sent {
+    channel: ChannelId,
+    confirm: PublisherConfirm,
+}
+
 /// Hands one message to the session's confirming channel.
 async fn start_publish(
     session: &Session,
@@ -375,7 +392,7 @@ async fn start_publish(
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> Result<PublisherConfirm, Attempt> {
+) -> Result<Sent, Attempt> {
     let channel = session
         .publisher()
         .await
@@ -384,7 +401,7 @@ async fn start_publish(
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    channel
+    let confirm = channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -393,7 +410,11 @@ async fn start_publish(
             properties,
         )
         .await
-        .map_err(|e| Attempt::InDoubt(e.to_string()))
+        .map_err(|e| Attempt::InDoubt(e.to_string()))?;
+    Ok(Sent {
+        channel: channel.id(),
+        confirm,
+    })
 }
 
 #[cfg(test)]
