@@ -9,7 +9,7 @@ use celeriac_broker::{
     Router,
 };
 use celeriac_protocol::{HeaderValue, TaskMessage};
-use celeriac_tests::{broker_url, connect, interop_python, repo_root, unique};
+use celeriac_tests::{broker_url, connect, interop_python, queue_stats, repo_root, unique};
 
 use crate::{Cleanup, next, task};
 
@@ -207,6 +207,72 @@ async fn worker_published_dead_letters_keep_the_message_and_say_why() -> Result<
         "Celery headers kept"
     );
     lettered.ack().await?;
+    Ok(())
+}
+
+/// Dead-letters one `proj.unknown` task from queue `name` through
+/// `broker`.
+async fn dead_letter_one(broker: &Broker, name: &str) -> Result<()> {
+    let queue = Queue::celery_default(name.to_owned());
+    broker.declare(&queue).await?;
+    broker
+        .publish("", name, &task("proj.unknown").encode()?)
+        .await?;
+    let mut consumer = broker
+        .consume(ConsumeOptions {
+            queues: vec![queue],
+            prefetch: 1,
+        })
+        .await?;
+    let delivery = next(&mut consumer).await?;
+    let letter = DeadLetter::new(DeadLetterReason::UnknownTask, "not registered");
+    broker.dead_letter(&delivery, &letter).await?;
+    delivery.ack().await?;
+    consumer.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dead_letter_queues_follow_the_queue_type_and_keep_the_one_they_have() -> Result<()> {
+    let mut config = BrokerConfig::from_url(&broker_url())?;
+    config.dead_letter.queue_type = QueueType::Quorum;
+    let quorum = Broker::connect(config).await?;
+    let classic = connect().await?;
+
+    // A quorum-configured process makes a quorum dead-letter queue.
+    let fresh = unique("dlq-quorum");
+    let fresh_dead = quorum.config().dead_letter.queue_for(&fresh).name;
+    let _cleanup = Cleanup(vec![fresh.clone(), fresh_dead.clone()]);
+    dead_letter_one(&quorum, &fresh).await?;
+    let kind = queue_stats(&fresh_dead, &["type"])?;
+    let counts = classic.queue_counts(&fresh_dead).await?;
+    ensure!(
+        kind == ["quorum"] && counts.is_some_and(|(ready, _)| ready == 1),
+        "{fresh_dead}: {kind:?}, {counts:?}"
+    );
+    // A classic-configured reader still reads it, as it is.
+    let read = classic
+        .declare_of_either_type(&classic.config().dead_letter.queue_for(&fresh))
+        .await?;
+    ensure!(
+        read.arguments.queue_type == Some(QueueType::Quorum),
+        "{read:?}"
+    );
+
+    // A classic dead-letter queue from before the switch keeps working.
+    let old = unique("dlq-classic");
+    let old_dead = classic.config().dead_letter.queue_for(&old).name;
+    let _cleanup_old = Cleanup(vec![old.clone(), old_dead.clone()]);
+    dead_letter_one(&classic, &old).await?;
+    dead_letter_one(&quorum, &old).await?;
+    let kind = queue_stats(&old_dead, &["type"])?;
+    let counts = classic.queue_counts(&old_dead).await?;
+    ensure!(
+        kind == ["classic"] && counts.is_some_and(|(ready, _)| ready == 2),
+        "{old_dead}: {kind:?}, {counts:?}"
+    );
+    quorum.close().await;
+    classic.close().await;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use celeriac_protocol::time::{format_time, now};
 use celeriac_protocol::{HeaderValue, RawMessage};
 
 use crate::delivery::Delivery;
+use crate::publish::Nacks;
 use crate::{Broker, BrokerError};
 
 /// Header holding the reason code.
@@ -173,14 +174,15 @@ impl Broker {
         letter: &DeadLetter,
     ) -> Result<(), BrokerError> {
         let topology = &self.config().dead_letter;
-        let queue = topology.queue_for(&delivery.queue);
-        if !self.is_declared(&queue) {
-            self.declare(&queue).await?;
-        }
-        self.publish(
+        self.declare_of_either_type(&topology.queue_for(&delivery.queue))
+            .await?;
+        // The dead-letter exchange binds one queue per key, so a nacked
+        // letter (a quorum dead-letter queue between leaders) is sent again.
+        self.publish_with(
             &topology.exchange,
             &delivery.queue,
             &letter.letter_for(delivery),
+            Nacks::Resend,
         )
         .await
     }

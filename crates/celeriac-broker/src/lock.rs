@@ -10,11 +10,9 @@
 
 use celeriac_protocol::RawMessage;
 
-use tracing::warn;
-
 use crate::error::ReplyCode;
 use crate::publish::Nacks;
-use crate::topology::{Queue, QueueType};
+use crate::topology::Queue;
 use crate::{Broker, BrokerError};
 
 impl Broker {
@@ -53,28 +51,7 @@ impl Broker {
     /// from before a switch to quorum) is used as it is, with a warning
     /// saying how to move it.
     async fn declare_slot(&self, name: &str) -> Result<(), BrokerError> {
-        let wanted = self.config().state_queue_type;
-        let other = match wanted {
-            QueueType::Quorum => QueueType::Classic,
-            QueueType::Classic => QueueType::Quorum,
-        };
-        let (slot, fallback) = (
-            Queue::latest_value(name, wanted),
-            Queue::latest_value(name, other),
-        );
-        if self.is_declared(&slot) || self.is_declared(&fallback) {
-            return Ok(());
-        }
-        match self.declare(&slot).await {
-            Err(e) if e.reply_code() == Some(ReplyCode::PreconditionFailed) => {
-                warn!(
-                    queue = %name,
-                    "the state slot exists as a {other} queue, not {wanted}; using it as it is \
-                     (delete it while no beat runs to have it declared {wanted})"
-                );
-                self.declare(&fallback).await
-            }
-            declared => declared,
-        }
+        let slot = Queue::latest_value(name, self.config().state_queue_type);
+        self.declare_of_either_type(&slot).await.map(drop)
     }
 }

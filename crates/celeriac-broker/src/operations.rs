@@ -14,8 +14,9 @@ use crate::BrokerError;
 use crate::connection::Broker;
 use crate::declare::{binding_error, declare_exchange, declare_queue};
 use crate::error::{ReplyCode, channel_error};
-use crate::topology::{Exchange, Queue};
+use crate::topology::{Exchange, Queue, QueueType};
 use crate::wire::raw_message;
+use tracing::warn;
 
 impl Broker {
     /// Runs `op` on a fresh channel, closing it afterwards.
@@ -44,6 +45,40 @@ impl Broker {
             .await?;
         self.remember(queue);
         Ok(())
+    }
+
+    /// Declares `queue` (once per handle), or, if it already exists as the
+    /// other queue type (RabbitMQ answers 406), the existing one as it is,
+    /// with a warning naming how to move it. Returns the queue as declared.
+    /// For queues Celeriac owns whose type follows a setting that can
+    /// change: dead-letter queues and beat's state slot.
+    pub async fn declare_of_either_type(&self, queue: &Queue) -> Result<Queue, BrokerError> {
+        let wanted = queue.arguments.queue_type.unwrap_or(QueueType::Classic);
+        let other_type = match wanted {
+            QueueType::Quorum => QueueType::Classic,
+            QueueType::Classic => QueueType::Quorum,
+        };
+        let mut other = queue.clone();
+        other.arguments.queue_type = (other_type == QueueType::Quorum).then_some(other_type);
+        for declared in [queue, &other] {
+            if self.is_declared(declared) {
+                return Ok(declared.clone());
+            }
+        }
+        match self.declare(queue).await {
+            Ok(()) => Ok(queue.clone()),
+            Err(e) if e.reply_code() == Some(ReplyCode::PreconditionFailed) => {
+                warn!(
+                    queue = %queue.name,
+                    "{} exists as a {other_type} queue, not {wanted}; using it as it is \
+                     (delete it while it is empty and unused to have it declared {wanted})",
+                    queue.name
+                );
+                self.declare(&other).await?;
+                Ok(other)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Declares `queue` like [`declare`](Self::declare) but without

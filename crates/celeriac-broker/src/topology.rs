@@ -447,6 +447,11 @@ pub struct DeadLetterTopology {
     pub exchange: String,
     /// Appended to a queue's name to name its dead-letter queue.
     pub queue_suffix: String,
+    /// `x-queue-type` of the dead-letter queues: classic by default;
+    /// quorum on a cluster, so that dead letters outlive the node holding
+    /// them (an app's `default_queue_type` sets it). A dead-letter queue
+    /// that already exists as the other type is used as it is.
+    pub queue_type: QueueType,
 }
 
 impl Default for DeadLetterTopology {
@@ -454,6 +459,7 @@ impl Default for DeadLetterTopology {
         DeadLetterTopology {
             exchange: "celeriac.dead-letter".into(),
             queue_suffix: ".dead".into(),
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -468,8 +474,12 @@ impl DeadLetterTopology {
     ///            ("images.dead", "celeriac.dead-letter", "images"));
     /// ```
     pub fn queue_for(&self, queue: &str) -> Queue {
-        Queue::celery_default(format!("{queue}{}", self.queue_suffix))
-            .bound_to(Exchange::direct(self.exchange.clone()), queue)
+        let mut dead = Queue::celery_default(format!("{queue}{}", self.queue_suffix))
+            .bound_to(Exchange::direct(self.exchange.clone()), queue);
+        if self.queue_type == QueueType::Quorum {
+            dead.arguments.queue_type = Some(QueueType::Quorum);
+        }
+        dead
     }
 
     /// Adds broker-native dead-lettering into this topology to `queue`'s

@@ -27,6 +27,13 @@ struct Args {
     #[arg(long, global = true, env = "CELERIAC_DELAY_QUEUE_TYPE")]
     delay_queue_type: Option<celeriac::QueueType>,
 
+    /// Queue type the workers declare their queues with (quorum on a
+    /// cluster); the dead-letter queues and the queues `send` declares
+    /// follow it. A dead-letter queue of the other type is read as it is
+    /// [default: classic]
+    #[arg(long, global = true, env = "CELERIAC_DEFAULT_QUEUE_TYPE")]
+    default_queue_type: Option<celeriac::QueueType>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -203,6 +210,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     if let Some(queue_type) = args.delay_queue_type {
         builder = builder.delay_queue_type(queue_type);
+    }
+    if let Some(queue_type) = args.default_queue_type {
+        builder = builder.default_queue_type(queue_type);
     }
     if matches!(args.command, Command::Send { wait: Some(_), .. }) {
         builder = builder.result_backend("rpc://");

@@ -756,6 +756,7 @@ impl AppBuilder {
         }
         if let Some(queue_type) = self.queue_defaults.queue_type {
             broker_config.state_queue_type = queue_type;
+            broker_config.dead_letter.queue_type = queue_type;
         }
         let mut router = Router::new(
             self.default_queue

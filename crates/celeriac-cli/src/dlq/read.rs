@@ -62,6 +62,9 @@ impl Reader {
             None
         } else {
             let prefetch = u16::try_from(window.min(limit)).unwrap_or(u16::MAX);
+            // Consumed as it exists: a dead-letter queue keeps the type it
+            // was first declared with.
+            let queue = broker.declare_of_either_type(&queue).await?;
             Some(
                 broker
                     .consume(ConsumeOptions {
