@@ -8,7 +8,7 @@ use celeriac_broker::{
     DeadLetterTopology, Exchange, Inequivalent, Queue, QueueArguments, QueueType, RouteOptions,
     Router,
 };
-use celeriac_protocol::{HeaderValue, TaskMessage};
+use celeriac_protocol::{HeaderValue, RawMessage, TaskMessage};
 use celeriac_tests::{broker_url, connect, interop_python, queue_stats, repo_root, unique};
 
 use crate::{Cleanup, next, task};
@@ -169,24 +169,7 @@ async fn worker_published_dead_letters_keep_the_message_and_say_why() -> Result<
     let name = unique("dlq-worker");
     let dead = DeadLetterTopology::default().queue_for(&name);
     let _cleanup = Cleanup(vec![name.clone(), dead.name.clone()]);
-    let queue = Queue::celery_default(name.clone());
-    broker.declare(&queue).await?;
-    let sent = task("proj.unknown").encode()?;
-    broker.publish("", &name, &sent).await?;
-
-    let mut consumer = broker
-        .consume(ConsumeOptions {
-            queues: vec![queue],
-            prefetch: 1,
-        })
-        .await?;
-    let delivery = next(&mut consumer).await?;
-    let letter = DeadLetter::new(
-        DeadLetterReason::UnknownTask,
-        "task proj.unknown is not registered",
-    );
-    broker.dead_letter(&delivery, &letter).await?;
-    delivery.ack().await?;
+    let sent = dead_letter_one(&broker, &name).await?;
 
     let mut dlq = broker
         .consume(ConsumeOptions {
@@ -210,14 +193,13 @@ async fn worker_published_dead_letters_keep_the_message_and_say_why() -> Result<
     Ok(())
 }
 
-/// Dead-letters one `proj.unknown` task from queue `name` through
-/// `broker`.
-async fn dead_letter_one(broker: &Broker, name: &str) -> Result<()> {
+/// Dead-letters one `proj.unknown` task from queue `name` (declared)
+/// through `broker`, as a worker does; returns the message sent.
+async fn dead_letter_one(broker: &Broker, name: &str) -> Result<RawMessage> {
     let queue = Queue::celery_default(name.to_owned());
     broker.declare(&queue).await?;
-    broker
-        .publish("", name, &task("proj.unknown").encode()?)
-        .await?;
+    let sent = task("proj.unknown").encode()?;
+    broker.publish("", name, &sent).await?;
     let mut consumer = broker
         .consume(ConsumeOptions {
             queues: vec![queue],
@@ -225,11 +207,14 @@ async fn dead_letter_one(broker: &Broker, name: &str) -> Result<()> {
         })
         .await?;
     let delivery = next(&mut consumer).await?;
-    let letter = DeadLetter::new(DeadLetterReason::UnknownTask, "not registered");
+    let letter = DeadLetter::new(
+        DeadLetterReason::UnknownTask,
+        "task proj.unknown is not registered",
+    );
     broker.dead_letter(&delivery, &letter).await?;
     delivery.ack().await?;
     consumer.close().await;
-    Ok(())
+    Ok(sent)
 }
 
 #[tokio::test]
