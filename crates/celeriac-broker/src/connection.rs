@@ -109,8 +109,9 @@ impl Session {
     /// while its leader's node was just lost keeps being nacked until that
     /// node returns, even once a new leader is elected; a new channel is
     /// confirmed at once (`tests/faults/cluster.rs`). The old channel is
-    /// closed once the confirms in flight on it have arrived, so nothing
-    /// sent on it is left in doubt.
+    /// closed once the confirms in flight on it have arrived (or after
+    /// [`RENEWED_CHANNEL_GRACE`], when any still missing are in doubt and
+    /// sent again by their publishers), so nothing sent on it is lost.
     pub(crate) async fn renew_publisher(&self, nacked: ChannelId) {
         let mut channel = self.publisher.lock().await;
         if channel.id() != nacked || !self.is_connected() {
@@ -124,7 +125,8 @@ impl Session {
                     "publisher channel renewed after a negative confirm"
                 );
                 tokio::spawn(async move {
-                    let _ = old.wait_for_confirms().await;
+                    let _ =
+                        tokio::time::timeout(RENEWED_CHANNEL_GRACE, old.wait_for_confirms()).await;
                     let _ = old
                         .close(200, "renewed after a negative confirm".into())
                         .await;
@@ -138,6 +140,10 @@ impl Session {
         self.connection.status().connected()
     }
 }
+
+/// How long a publisher channel replaced after a nack stays open for the
+/// confirms still in flight on it.
+const RENEWED_CHANNEL_GRACE: Duration = Duration::from_secs(60);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex

@@ -293,7 +293,13 @@ impl ResultBackend for DatabaseBackend {
             let Some(stored) = column::<Option<Vec<u8>>>(&row, 0)? else {
                 return Ok(None);
             };
-            let stored = self.documents.open(&stored)?;
+            // A group Celery 5.6 saved is a pickled object, never signed:
+            // say that rather than "not signed".
+            let stored = if celeriac_protocol::pickle::is_pickle(&stored) {
+                std::borrow::Cow::Owned(stored)
+            } else {
+                self.documents.open(&stored)?
+            };
             parse_group_column(&stored)
                 .map(Some)
                 .map_err(|e| BackendError::Document(format!("group {group_id}: {e}")))
