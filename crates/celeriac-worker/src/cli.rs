@@ -682,18 +682,42 @@ mod tests {
         Args::try_parse_from(std::iter::once("worker").chain(argv.iter().copied())).unwrap()
     }
 
+    /// A `worker.toml` holding `contents` in a directory of its own,
+    /// removed when dropped (also when an assertion fails).
+    struct TomlFile(PathBuf);
+
+    impl TomlFile {
+        fn new(tag: &str, contents: &str) -> TomlFile {
+            let dir = std::env::temp_dir().join(format!("celeriac-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = TomlFile(dir);
+            file.write(contents);
+            file
+        }
+
+        fn write(&self, contents: &str) {
+            std::fs::write(self.0.join("worker.toml"), contents).unwrap();
+        }
+
+        fn path(&self) -> String {
+            self.0.join("worker.toml").to_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for TomlFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let dir = std::env::temp_dir().join(format!("celeriac-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("worker.toml");
-        std::fs::write(
-            &path,
+        let file = TomlFile::new(
+            "cli",
             "concurrency = 3\nprefetch_multiplier = 2\nqueue_max_priority = 5\n\
              [task_routes]\n\"a.*\" = \"from-file\"\n",
-        )
-        .unwrap();
-        let config = path.to_str().unwrap();
+        );
+        let config = &file.path();
         let settings = parse(&["--config", config, "-c", "7", "--route", "a.*=from-flag"])
             .settings()
             .unwrap();
@@ -716,22 +740,17 @@ mod tests {
             [Some("from-flag".to_owned()), Some("from-file".to_owned())],
             "flag routes are tried first"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn rate_limit_flags_go_over_the_files_table() {
-        let dir = std::env::temp_dir().join(format!("celeriac-rates-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("worker.toml");
-        std::fs::write(
-            &path,
+        let file = TomlFile::new(
+            "rates",
             "[rate_limits]\n\"mail.send\" = \"100/m\"\n\"images.resize\" = \"5/s\"\n",
-        )
-        .unwrap();
+        );
         let settings = parse(&[
             "--config",
-            path.to_str().unwrap(),
+            &file.path(),
             "--rate-limit",
             "images.resize=10/s",
             "--rate-limit",
@@ -757,7 +776,6 @@ mod tests {
             .settings()
             .unwrap_err();
         assert!(err.contains("TASK=RATE"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -790,11 +808,8 @@ mod tests {
 
     #[test]
     fn the_result_column_comes_from_the_flag_or_the_file() {
-        let dir = std::env::temp_dir().join(format!("celeriac-cli-column-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("worker.toml");
-        std::fs::write(&path, "database_result_column = \"pickle\"\n").unwrap();
-        let config = path.to_str().unwrap();
+        let file = TomlFile::new("cli-column", "database_result_column = \"pickle\"\n");
+        let config = &file.path();
         let from_file = parse(&["--config", config]).settings().unwrap();
         assert_eq!(
             from_file.app.database_result_column,
@@ -811,22 +826,18 @@ mod tests {
             parse(&[]).settings().unwrap().app.database_result_column,
             None
         );
-        std::fs::write(&path, "database_result_column = \"yaml\"\n").unwrap();
+        file.write("database_result_column = \"yaml\"\n");
         let bad = parse(&["--config", config]).settings().unwrap_err();
         assert!(
             bad.contains("database_result_column") && bad.contains("pickle"),
             "{bad}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_metrics_address_comes_from_the_flag_or_the_file() {
-        let dir = std::env::temp_dir().join(format!("celeriac-cli-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("worker.toml");
-        std::fs::write(&path, "metrics_addr = \"0.0.0.0:9808\"\n").unwrap();
-        let config = path.to_str().unwrap();
+        let file = TomlFile::new("cli-metrics", "metrics_addr = \"0.0.0.0:9808\"\n");
+        let config = &file.path();
         let from_file = parse(&["--config", config]).settings().unwrap();
         assert_eq!(
             from_file.worker.metrics_addr,
@@ -842,16 +853,12 @@ mod tests {
         assert_eq!(parse(&[]).settings().unwrap().worker.metrics_addr, None);
         let bad = parse(&["--metrics-addr", "9808"]).settings().unwrap_err();
         assert!(bad.contains("0.0.0.0:9808"), "{bad}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_otlp_endpoint_comes_from_the_flag_or_the_file() {
-        let dir = std::env::temp_dir().join(format!("celeriac-cli-otlp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("worker.toml");
-        std::fs::write(&path, "otlp_endpoint = \"http://collector:4318\"\n").unwrap();
-        let config = path.to_str().unwrap();
+        let file = TomlFile::new("cli-otlp", "otlp_endpoint = \"http://collector:4318\"\n");
+        let config = &file.path();
         let from_file = parse(&["--config", config]).settings().unwrap();
         assert_eq!(
             from_file.otlp_endpoint.as_deref(),
@@ -870,7 +877,6 @@ mod tests {
             Some("http://127.0.0.1:4318")
         );
         assert_eq!(parse(&[]).settings().unwrap().otlp_endpoint, None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
