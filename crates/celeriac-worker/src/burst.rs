@@ -170,7 +170,7 @@ async fn drain_burst(ctx: Arc<Context>, queue: String, taking: Taking) {
     let mut consumer = match ctx
         .app
         .broker()
-        .consume_with(options, ctx.config.ack_policy())
+        .consume_with(options, ctx.config.ack_policy_for(BURST_WINDOW))
         .await
     {
         Ok(consumer) => consumer,

@@ -49,7 +49,8 @@ pub struct WorkerConfig {
     /// Default true.
     pub dead_letter_failures: bool,
     /// Finished deliveries acked together with one `multiple` ack (1: one
-    /// ack per message). Default 32.
+    /// ack per message). Default 32. A consumer's batch is at most half its
+    /// prefetch window (see [`ack_policy_for`](Self::ack_policy_for)).
     pub ack_batch: u16,
     /// Longest wait before coalesced acks are sent. Default 5 ms.
     pub ack_flush: Duration,
@@ -111,13 +112,31 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// How the worker acks: coalesced unless `ack_batch` is 1 (or 0).
+    /// How the worker's main consumer acks: [`ack_policy_for`](Self::ack_policy_for)
+    /// its prefetch window.
     pub fn ack_policy(&self) -> celeriac::broker::AckPolicy {
-        if self.ack_batch <= 1 {
+        self.ack_policy_for(self.prefetch())
+    }
+
+    /// How a consumer with a window of `prefetch` deliveries acks:
+    /// coalesced in batches of `ack_batch`, but at most half the window,
+    /// or one ack per message if that leaves a batch of 1 (or `ack_batch`
+    /// is 1 or 0). A batch as large as the window could only ever be sent
+    /// by the `ack_flush` timer: the broker delivers nothing more until
+    /// acks come, so at `-c 2` (a window of 8) a batch of 32 capped the
+    /// worker at 8 tasks per flush interval. With half the window, one half
+    /// is being acked while the other is delivered. A `prefetch` of 0
+    /// (unlimited) keeps `ack_batch`.
+    pub fn ack_policy_for(&self, prefetch: u16) -> celeriac::broker::AckPolicy {
+        let batch = match prefetch {
+            0 => self.ack_batch,
+            window => self.ack_batch.min(window / 2),
+        };
+        if batch <= 1 {
             celeriac::broker::AckPolicy::EachMessage
         } else {
             celeriac::broker::AckPolicy::Coalesce {
-                max_batch: self.ack_batch,
+                max_batch: batch,
                 max_delay: self.ack_flush,
             }
         }
@@ -183,6 +202,35 @@ pub fn expand_hostname(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ack_batch_is_at_most_half_the_prefetch_window() {
+        use celeriac::broker::AckPolicy;
+        let batch = |config: &WorkerConfig, prefetch| match config.ack_policy_for(prefetch) {
+            AckPolicy::Coalesce { max_batch, .. } => max_batch,
+            AckPolicy::EachMessage => 1,
+        };
+        let default = WorkerConfig::default();
+        assert_eq!(batch(&default, 400), 32, "a wide window keeps ack_batch");
+        assert_eq!(batch(&default, 8), 4, "-c 2: half of 8");
+        assert_eq!(batch(&default, 3), 1, "a window of 3 acks each message");
+        assert_eq!(
+            batch(&default, 0),
+            32,
+            "an unlimited window keeps ack_batch"
+        );
+        let each = WorkerConfig {
+            ack_batch: 1,
+            ..WorkerConfig::default()
+        };
+        assert_eq!(each.ack_policy_for(400), AckPolicy::EachMessage);
+        let two = WorkerConfig {
+            concurrency: 2,
+            prefetch_multiplier: 4,
+            ..WorkerConfig::default()
+        };
+        assert_eq!(batch(&two, two.prefetch()), batch(&two, 8));
+    }
 
     #[test]
     fn prefetch_is_concurrency_times_multiplier() {
