@@ -176,12 +176,41 @@ pub(crate) fn checks(
             1.0,
             "s",
         ));
+        checks.push(Check::at_most(
+            &format!(
+                "{} countdown tasks due at once: all done after due, beyond the raw consumer's, median",
+                row.burst
+            ),
+            median(&row.last_late_s) - median(&row.raw_last_late_s),
+            1.0,
+            "s",
+        ));
         checks.push(Check::at_least(
             &format!("{} countdown tasks cleared / raw publish", row.burst),
             median(&row.cleared_per_s) / median(&row.raw_publish_per_s),
             0.5,
             "×",
         ));
+        checks.push(Check::at_least(
+            &format!(
+                "{} countdown tasks cleared / raw delayed publish",
+                row.burst
+            ),
+            median(&row.cleared_per_s) / median(&row.raw_delayed_publish_per_s),
+            0.8,
+            "×",
+        ));
+        if let Some(kib) = row.worker_process_peak_kib {
+            checks.push(Check::at_most(
+                &format!(
+                    "worker process peak RSS through {} countdown tasks",
+                    row.burst
+                ),
+                kib as f64 * 1024.0 / 1e6,
+                50.0,
+                "MB",
+            ));
+        }
     }
     checks
 }

@@ -49,6 +49,10 @@ struct Args {
     /// Rounds of each scenario (default 3; 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Countdown tasks in each burst of the `eta` scenario, comma-separated
+    /// (default 2000,100000; 500 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    eta_bursts: Vec<u64>,
     /// Concurrency of the Celeriac worker (prefetch = 4 ×).
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
@@ -82,7 +86,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sizes = plan::Sizes::new(args.quick, args.messages, args.rounds);
+    let sizes = plan::Sizes::new(args.quick, args.messages, args.rounds, args.eta_bursts);
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = if args.no_python {
         None

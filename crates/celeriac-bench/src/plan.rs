@@ -32,7 +32,7 @@ pub(crate) enum Scenario {
 }
 
 /// How much work each measurement does.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Sizes {
     /// Messages per throughput measurement.
     pub(crate) messages: u64,
@@ -56,12 +56,18 @@ pub(crate) struct Sizes {
     /// Sends the beat scenario measures.
     pub(crate) beat_sends: u64,
     /// Countdown tasks in each burst of the ETA scenario.
-    pub(crate) eta_bursts: &'static [u64],
+    pub(crate) eta_bursts: Vec<u64>,
 }
 
 impl Sizes {
-    /// The default sizes, or the quick ones, with overrides.
-    pub(crate) fn new(quick: bool, messages: Option<u64>, rounds: Option<usize>) -> Sizes {
+    /// The default sizes, or the quick ones, with overrides (an empty
+    /// `eta_bursts` keeps the default bursts).
+    pub(crate) fn new(
+        quick: bool,
+        messages: Option<u64>,
+        rounds: Option<usize>,
+        eta_bursts: Vec<u64>,
+    ) -> Sizes {
         let base = if quick {
             Sizes {
                 messages: 2_000,
@@ -74,7 +80,7 @@ impl Sizes {
                 memory_total: 20_000,
                 beat_entries: 50,
                 beat_sends: 100,
-                eta_bursts: &[500],
+                eta_bursts: vec![500],
             }
         } else {
             Sizes {
@@ -91,12 +97,17 @@ impl Sizes {
                 memory_total: 1_000_000,
                 beat_entries: 100,
                 beat_sends: 1_000,
-                eta_bursts: &[2_000, 100_000],
+                eta_bursts: vec![2_000, 100_000],
             }
         };
         Sizes {
             messages: messages.unwrap_or(base.messages),
             rounds: rounds.unwrap_or(base.rounds).max(1),
+            eta_bursts: if eta_bursts.is_empty() {
+                base.eta_bursts
+            } else {
+                eta_bursts
+            },
             ..base
         }
     }

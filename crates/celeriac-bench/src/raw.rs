@@ -5,10 +5,12 @@
 // uses lapin (see clippy.toml).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use celeriac_broker::delay;
 use celeriac_protocol::RawMessage;
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -66,6 +68,46 @@ pub(crate) async fn publish(
     count: u64,
     window: usize,
 ) -> anyhow::Result<Duration> {
+    publish_routed(connection, message, count, window, || {
+        (Cow::Borrowed(""), Cow::Borrowed(queue))
+    })
+    .await
+}
+
+/// Publishes `count` copies of `message` through Celery's delay topology
+/// so that all come back to `queue` at `due`, as a producer publishing
+/// countdown tasks there directly would: each to the level of its delay's
+/// highest bit, with the routing key of the delay left at its publish.
+/// The topology must be declared and `queue` bound to it.
+pub(crate) async fn publish_delayed(
+    connection: &Connection,
+    queue: &str,
+    message: &RawMessage,
+    count: u64,
+    window: usize,
+    due: Instant,
+) -> anyhow::Result<Duration> {
+    publish_routed(connection, message, count, window, || {
+        let delay = due.saturating_duration_since(Instant::now());
+        (
+            Cow::Owned(delay::entry_exchange(delay)),
+            Cow::Owned(delay::routing_key(delay, queue)),
+        )
+    })
+    .await
+}
+
+/// Publishes `count` copies of `message`, each to the exchange and routing
+/// key `route` gives, persistent and `mandatory`, keeping up to `window`
+/// unconfirmed. Returns the time from the first publish to the last
+/// confirm.
+async fn publish_routed<'a>(
+    connection: &Connection,
+    message: &RawMessage,
+    count: u64,
+    window: usize,
+    mut route: impl FnMut() -> (Cow<'a, str>, Cow<'a, str>),
+) -> anyhow::Result<Duration> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -78,10 +120,11 @@ pub(crate) async fn publish(
     let mut in_flight = VecDeque::with_capacity(window);
     let start = Instant::now();
     for _ in 0..count {
+        let (exchange, routing_key) = route();
         let confirm = channel
             .basic_publish(
-                "".into(),
-                queue.into(),
+                exchange.as_ref().into(),
+                routing_key.as_ref().into(),
                 options,
                 &message.body,
                 properties.clone(),
@@ -133,6 +176,12 @@ pub(crate) async fn drain(
     prefetch: u16,
     ack: RawAck,
 ) -> anyhow::Result<Duration> {
+    if let RawAck::Every(n) = ack {
+        anyhow::ensure!(
+            prefetch == 0 || n <= u64::from(prefetch),
+            "acking every {n} deliveries with a window of {prefetch} would wait forever"
+        );
+    }
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions { global: false })

@@ -96,8 +96,20 @@ pub(crate) struct EtaRow {
     pub(crate) cleared_per_s: Vec<f64>,
     /// Raw lapin publishing as many messages with confirms, 1000 in flight.
     pub(crate) raw_publish_per_s: Vec<f64>,
+    /// Raw lapin publishing as many messages through the delay queues
+    /// (to the level of each delay's highest bit), with confirms, 1000 in
+    /// flight.
+    pub(crate) raw_delayed_publish_per_s: Vec<f64>,
     /// From the burst's due time (one instant for all) until all had run.
     pub(crate) last_late_s: Vec<f64>,
+    /// From the due time of raw lapin's delayed messages until a raw
+    /// consumer (prefetch 400, multi-ack) had taken the last of them (0 if
+    /// all came before it: a delay is whole seconds, rounded down as
+    /// Celery rounds it): the broker's own floor for `last_late_s`.
+    pub(crate) raw_last_late_s: Vec<f64>,
+    /// Peak RSS of a worker process (`celeriac-demo worker`, same
+    /// concurrency) through one burst: moving it out, waiting, running it.
+    pub(crate) worker_process_peak_kib: Option<u64>,
     /// The benchmark process's RSS (producer and worker) while the burst
     /// waited in the delay queues, highest of the rounds.
     pub(crate) rss_waiting_kib: u64,
@@ -112,7 +124,10 @@ impl EtaRow {
             ordinary_done_s: Vec::new(),
             cleared_per_s: Vec::new(),
             raw_publish_per_s: Vec::new(),
+            raw_delayed_publish_per_s: Vec::new(),
             last_late_s: Vec::new(),
+            raw_last_late_s: Vec::new(),
+            worker_process_peak_kib: None,
             rss_waiting_kib: 0,
         }
     }
@@ -237,19 +252,23 @@ pub(crate) fn table(results: &Results) -> String {
     if !results.eta.is_empty() {
         let _ = writeln!(
             out,
-            "\n| countdown burst | due in (s) | ordinary behind it: send → done (s) | burst cleared / s | raw publish / s | all done after due (s) | RSS waiting (MiB) |"
+            "\n| countdown burst | due in (s) | ordinary behind it: send → done (s) | burst cleared / s | raw publish / s | raw delayed publish / s | all done after due (s) | raw: all consumed after due (s) | worker process peak RSS (MiB) | benchmark RSS waiting (MiB) |"
         );
-        let _ = writeln!(out, "|---:|---:|---|---:|---:|---|---:|");
+        let _ = writeln!(out, "|---:|---:|---|---:|---:|---:|---|---|---:|---:|");
         for row in &results.eta {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {} | {:.0} | {:.0} | {} | {:.1} |",
+                "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} |",
                 row.burst,
                 row.due_in_s,
                 each_round(&row.ordinary_done_s, 2),
                 median(&row.cleared_per_s),
                 median(&row.raw_publish_per_s),
+                median(&row.raw_delayed_publish_per_s),
                 each_round(&row.last_late_s, 2),
+                each_round(&row.raw_last_late_s, 2),
+                row.worker_process_peak_kib
+                    .map_or("-".to_owned(), |kib| format!("{:.1}", kib as f64 / 1024.0)),
                 row.rss_waiting_kib as f64 / 1024.0
             );
         }

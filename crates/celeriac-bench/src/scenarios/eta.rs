@@ -1,19 +1,23 @@
 //! Scenario 8: a burst of countdown tasks with ordinary tasks behind it, on
 //! a worker with default settings. How long the ordinary tasks take from
-//! their send to done, how fast the burst leaves the queue for the delay
-//! queues beside raw lapin publishing the same number of messages with
-//! confirms, how late the last countdown task runs, and the process's
-//! memory while the burst waits.
+//! their send to done; how fast the burst leaves the queue for the delay
+//! queues, beside raw lapin publishing as many messages with confirms to a
+//! plain queue and through the delay queues; how late the last countdown
+//! task runs, beside how late the last of raw lapin's delayed messages
+//! reaches a raw consumer; and a worker process's peak memory through one
+//! burst.
 
 use std::time::{Duration, Instant};
 
-use celeriac::TaskCall;
+use anyhow::{Context as _, bail};
+use celeriac::{App, TaskCall};
 use serde_json::{Value, json};
 
 use crate::library::{self, InProcessWorker, WorkerShape};
 use crate::measure;
+use crate::memory::WorkerProcess;
 use crate::plan::task_message;
-use crate::raw;
+use crate::raw::{self, RawAck};
 use crate::report::EtaRow;
 
 use super::Bench;
@@ -21,14 +25,20 @@ use super::Bench;
 /// Ordinary tasks sent behind each burst.
 const ORDINARY: u64 = 100;
 
+/// Celery's delay levels, whose depths say when a burst has come back.
+const DELAY_LEVELS: u32 = celeriac_broker::delay::LEVELS;
+
 impl Bench {
     /// Runs the ETA burst scenario for each burst size, interleaving the
-    /// worker and the raw baseline each round.
+    /// worker and the raw baselines each round, then measures a worker
+    /// process's memory through one more burst.
     pub(super) async fn eta(&mut self) -> anyhow::Result<()> {
         let queue = self.queue("eta").await?;
         let app = library::producer(&self.url, &queue, None).await?;
         let message = task_message("demo.add")?;
-        for &burst in self.sizes.eta_bursts {
+        // The raw baseline publishes into the delay queues directly.
+        self.broker.prepare_delayed_delivery(&queue).await?;
+        for burst in self.sizes.eta_bursts.clone() {
             // Long enough for the burst to leave the queue before it is due.
             let due_in = Duration::from_secs((burst / 2_000).clamp(5, 60));
             let mut row = EtaRow::new(burst, due_in);
@@ -38,6 +48,15 @@ impl Bench {
                 row.raw_publish_per_s
                     .push(burst as f64 / took.as_secs_f64());
                 self.broker.purge_queue(&queue).await?;
+
+                let due = Instant::now() + due_in;
+                let took =
+                    raw::publish_delayed(&self.raw, &queue, &message, burst, 1_000, due).await?;
+                row.raw_delayed_publish_per_s
+                    .push(burst as f64 / took.as_secs_f64());
+                raw::drain(&self.raw, &queue, burst, 400, RawAck::Every(32)).await?;
+                let late = Instant::now().saturating_duration_since(due);
+                row.raw_last_late_s.push(late.as_secs_f64());
 
                 let shape = WorkerShape {
                     concurrency: self.concurrency,
@@ -50,14 +69,9 @@ impl Bench {
                 // A worker that has been up a moment: its delay topology is
                 // declared (in the background at start, ~1 s).
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                // The whole burst is due at one instant, as a countdown
-                // burst is within the time it takes to encode it.
                 let start = Instant::now();
                 let due = start + due_in;
-                let eta = chrono::Utc::now() + chrono::Duration::from_std(due_in)?;
-                let countdown = (0..burst)
-                    .map(|_| TaskCall::<Value>::new("demo.add", vec![json!(1), json!(2)]).eta(eta));
-                app.send_many(countdown).await?;
+                send_burst(&app, burst, due_in).await?;
                 let ordinary_sent = Instant::now();
                 library::send_many(&app, ORDINARY).await?;
                 worker.wait_for_successes(ORDINARY).await?;
@@ -73,10 +87,78 @@ impl Bench {
                 row.last_late_s.push(late.as_secs_f64());
                 worker.stop().await?;
             }
+            eprintln!("eta {burst}: a worker process's memory through one burst");
+            row.worker_process_peak_kib =
+                Some(self.eta_worker_peak(&app, &queue, burst, due_in).await?);
             self.eta.push(row);
         }
         self.broker.purge_queue(&queue).await?;
         app.close().await;
         Ok(())
     }
+
+    /// The peak RSS (`VmHWM`, KiB) of a `celeriac-demo worker` process
+    /// through one burst of `burst` countdown tasks with ordinary tasks
+    /// behind it: while it moves the burst out, while the burst waits and
+    /// while it runs the burst once due.
+    async fn eta_worker_peak(
+        &self,
+        app: &App,
+        queue: &str,
+        burst: u64,
+        due_in: Duration,
+    ) -> anyhow::Result<u64> {
+        // Messages other apps left in the delay queues stay there; the
+        // burst is back once the levels hold no more than that again.
+        let others = self.delay_levels_depth().await?;
+        let mut worker =
+            WorkerProcess::start(&self.broker, &self.url, queue, self.concurrency).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let due = Instant::now() + due_in;
+        send_burst(app, burst, due_in).await?;
+        library::send_many(app, ORDINARY).await?;
+        let deadline = due + Duration::from_secs(600);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (ready, _) = self.broker.queue_counts(queue).await?.unwrap_or_default();
+            if Instant::now() > due && ready == 0 && self.delay_levels_depth().await? <= others {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the worker process had not run the burst of {burst} 10 minutes after it was due"
+                );
+            }
+        }
+        worker.wait_drained(&self.broker, queue).await?;
+        let peak = worker.memory_kib("VmHWM")?;
+        worker.stop().await;
+        Ok(peak)
+    }
+
+    /// Messages in all of Celery's delay levels.
+    async fn delay_levels_depth(&self) -> anyhow::Result<u64> {
+        let mut depth = 0;
+        for level in 0..DELAY_LEVELS {
+            let name = format!("celery_delayed_{level}");
+            let (ready, _) = self
+                .broker
+                .queue_counts(&name)
+                .await
+                .with_context(|| format!("reading the depth of {name}"))?
+                .unwrap_or_default();
+            depth += u64::from(ready);
+        }
+        Ok(depth)
+    }
+}
+
+/// Sends `burst` `demo.add` tasks all due `due_in` from now, as a
+/// countdown burst is within the time it takes to encode it.
+async fn send_burst(app: &App, burst: u64, due_in: Duration) -> anyhow::Result<()> {
+    let eta = chrono::Utc::now() + chrono::Duration::from_std(due_in)?;
+    let countdown =
+        (0..burst).map(|_| TaskCall::<Value>::new("demo.add", vec![json!(1), json!(2)]).eta(eta));
+    app.send_many(countdown).await?;
+    Ok(())
 }

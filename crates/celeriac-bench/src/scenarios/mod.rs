@@ -27,7 +27,9 @@ mod stores;
 /// Transmit window of the raw publisher, and of the backlog fills.
 const FILL_WINDOW: usize = 5_000;
 /// Raw consumers ack every this many deliveries in the multi-ack baseline,
-/// the same as the worker's default `ack_batch`.
+/// the same as the worker's default `ack_batch`, and like the worker's at
+/// most half the prefetch window (a consumer waiting for more deliveries
+/// than its window before acking would wait forever).
 const MULTI_ACK_EVERY: u64 = 32;
 
 /// One benchmark run: its connections, queues and collected results.
@@ -272,6 +274,7 @@ impl Bench {
         let queue = self.queue("drain").await?;
         let n = self.sizes.messages;
         let prefetch = self.prefetch();
+        let multi_ack_every = MULTI_ACK_EVERY.min(u64::from(prefetch / 2)).max(1);
         for round in 1..=self.sizes.rounds {
             eprintln!("drain: round {round}/{}", self.sizes.rounds);
             for (variant, ack) in [
@@ -281,8 +284,8 @@ impl Bench {
                     RawAck::EachPipelined,
                 ),
                 (
-                    format!("raw lapin, multi-ack every {MULTI_ACK_EVERY}"),
-                    RawAck::Every(MULTI_ACK_EVERY),
+                    format!("raw lapin, multi-ack every {multi_ack_every}"),
+                    RawAck::Every(multi_ack_every),
                 ),
             ] {
                 self.fill(&queue, "demo.add", n).await?;
