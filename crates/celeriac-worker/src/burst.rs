@@ -34,7 +34,8 @@ use crate::context::Context;
 use crate::eta_holds::DELAY_RESOLUTION;
 use crate::handle::handle;
 
-/// Deliveries the burst consumer may hold at once.
+/// Deliveries the burst consumer may hold at once (docs/performance.md
+/// compares 500 with 1,000 and 2,000).
 pub(crate) const BURST_WINDOW: u16 = 500;
 /// Moved deliveries in a row that make a burst however small the window.
 pub(crate) const MIN_STREAK: usize = 8;
