@@ -492,9 +492,10 @@ async fn finished_tasks_are_acked_before_a_redelivered_task_runs() -> Result<()>
         tasks.push(Sent::add(&app, i).await?);
     }
     // Acks are coalesced for up to a minute here, so the three tasks that
-    // finish stay unacked until something flushes them (the prefetch of 4
-    // leaves room for the one that follows).
-    let mut w = worker(&queue, &["-c", "1", "--ack-flush-ms", "60000"])?;
+    // finish stay unacked until something flushes them: at -c 2 the window
+    // is 8 and a batch 4 (half the window), which three do not fill, and
+    // the window leaves room for the one that follows.
+    let mut w = worker(&queue, &["-c", "2", "--ack-flush-ms", "60000"])?;
     let deadline = tokio::time::Instant::now() + WAIT;
     while ready(&tasks).await < tasks.len() {
         ensure!(
