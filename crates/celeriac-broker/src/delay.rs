@@ -68,7 +68,8 @@ pub const ORPHANS: &str = "celeriac.delayed.orphans";
 /// The prefix of every level's exchange and queue name.
 const LEVEL_PREFIX: &str = "celery_delayed_";
 
-fn level_name(level: u32) -> String {
+/// The name of delay level `level`'s exchange and queue (`celery_delayed_<level>`).
+pub fn level_name(level: u32) -> String {
     format!("{LEVEL_PREFIX}{level}")
 }
 

@@ -20,7 +20,7 @@ use crate::plan::task_message;
 use crate::raw::{self, RawAck};
 use crate::report::EtaRow;
 
-use super::Bench;
+use super::{Bench, MULTI_ACK_EVERY};
 
 /// Ordinary tasks sent behind each burst.
 const ORDINARY: u64 = 100;
@@ -54,7 +54,14 @@ impl Bench {
                     raw::publish_delayed(&self.raw, &queue, &message, burst, 1_000, due).await?;
                 row.raw_delayed_publish_per_s
                     .push(burst as f64 / took.as_secs_f64());
-                raw::drain(&self.raw, &queue, burst, 400, RawAck::Every(32)).await?;
+                raw::drain(
+                    &self.raw,
+                    &queue,
+                    burst,
+                    400,
+                    RawAck::Every(MULTI_ACK_EVERY),
+                )
+                .await?;
                 let late = Instant::now().saturating_duration_since(due);
                 row.raw_last_late_s.push(late.as_secs_f64());
 
@@ -140,7 +147,7 @@ impl Bench {
     async fn delay_levels_depth(&self) -> anyhow::Result<u64> {
         let mut depth = 0;
         for level in 0..DELAY_LEVELS {
-            let name = format!("celery_delayed_{level}");
+            let name = celeriac_broker::delay::level_name(level);
             let (ready, _) = self
                 .broker
                 .queue_counts(&name)
