@@ -123,7 +123,7 @@ async fn take_matching(
             Take::Delete => true,
         };
         if taken {
-            delivery.ack().await?;
+            reader.ack(&delivery).await?;
             tally.taken += 1;
         } else {
             tally.no_queue += 1;

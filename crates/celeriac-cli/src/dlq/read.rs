@@ -9,13 +9,25 @@ use celeriac::protocol::RawMessage;
 
 use super::{DeadLetterView, Filter, SCAN_DEPTH, Shelf};
 
-/// How long a queue may stay quiet before a read of it is complete (the
-/// count said more, but another reader took them meanwhile).
+/// How long a read waits for the next message before it asks the broker
+/// whether more will come.
 const QUIET: Duration = Duration::from_millis(500);
+
+/// How long a read keeps waiting on a broker that holds ready messages but
+/// sends none (a busy or paging broker can pause for seconds): past this
+/// the read ends with what it has.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Reads up to a fixed number of a dead-letter queue's messages, unacked.
 pub(super) struct Reader {
     consumer: Option<Consumer>,
+    broker: Broker,
+    /// The queue read.
+    queue: String,
+    /// Messages held unacked at most (the consumer's prefetch).
+    window: usize,
+    /// Messages read and not yet acked.
+    held: usize,
     /// Messages the queue held when the read began.
     pub(super) total: usize,
     /// Messages this reader reads at most.
@@ -58,10 +70,10 @@ impl Reader {
             .await?
             .map_or(0, |(messages, _)| messages as usize);
         let limit = depth.min(total);
+        let prefetch = u16::try_from(window.min(limit)).unwrap_or(u16::MAX);
         let consumer = if limit == 0 {
             None
         } else {
-            let prefetch = u16::try_from(window.min(limit)).unwrap_or(u16::MAX);
             // Consumed as it exists: a dead-letter queue keeps the type it
             // was first declared with.
             let queue = broker.declare_of_either_type(&queue).await?;
@@ -76,26 +88,54 @@ impl Reader {
         };
         Ok(Reader {
             consumer,
+            broker: broker.clone(),
+            queue: queue.name,
+            window: usize::from(prefetch),
+            held: 0,
             total,
             limit,
             read: 0,
         })
     }
 
-    /// The next message, or `None` once `depth` are read, or none came for
-    /// [`QUIET`] (the queue has no more, or the window is full of messages
-    /// held unacked).
+    /// The next message, or `None` once `depth` are read, the queue has no
+    /// more ready (another reader took them), or the window is full of
+    /// messages held unacked. A broker that is only slow to send is waited
+    /// for, up to [`PATIENCE`].
     pub(super) async fn next(&mut self) -> Option<Delivery> {
-        let consumer = self.consumer.as_mut()?;
         if self.read >= self.limit {
             return None;
         }
-        let delivery = tokio::time::timeout(QUIET, consumer.next())
-            .await
-            .ok()
-            .flatten()?;
-        self.read += 1;
-        Some(delivery)
+        let waiting_since = tokio::time::Instant::now();
+        loop {
+            let consumer = self.consumer.as_mut()?;
+            if let Ok(delivery) = tokio::time::timeout(QUIET, consumer.next()).await {
+                let delivery = delivery?;
+                self.read += 1;
+                self.held += 1;
+                return Some(delivery);
+            }
+            if waiting_since.elapsed() >= PATIENCE || !self.more_may_come().await {
+                return None;
+            }
+        }
+    }
+
+    /// Acknowledges `delivery` (it leaves the queue), making room in the
+    /// window for the next message.
+    pub(super) async fn ack(&mut self, delivery: &Delivery) -> Result<(), BrokerError> {
+        delivery.ack().await?;
+        self.held = self.held.saturating_sub(1);
+        Ok(())
+    }
+
+    /// Whether a quiet consumer may still be sent something: its window
+    /// has room and the queue holds ready messages.
+    async fn more_may_come(&self) -> bool {
+        if self.held >= self.window {
+            return false;
+        }
+        matches!(self.broker.queue_counts(&self.queue).await, Ok(Some((ready, _))) if ready > 0)
     }
 
     /// Messages the queue held when the read began that this reader never
