@@ -9,7 +9,7 @@
 //! Celery 5.0–5.2 sent plain ISO strings instead of envelopes; the `*_lenient`
 //! readers accept both.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr as _;
 
 use base64::Engine as _;
@@ -168,6 +168,27 @@ pub fn decimal_lenient(value: &Value) -> Option<String> {
     }
 }
 
+/// Whether JSON text may hold a kombu envelope: it names the `__type__`
+/// key, or escapes a printable ASCII character (`\u0041`), as a key spelt
+/// to hide from this scan would. A body for which this is `false` needs no
+/// [`validate`] walk: a byte scan is far cheaper than walking its tree.
+///
+/// ```
+/// use celeriac_protocol::kombu::may_hold_envelope;
+/// assert!(may_hold_envelope(br#"[[{"__type__": "uuid", "__value__": {}}], {}, {}]"#));
+/// assert!(may_hold_envelope(br#"[[{"\u005f_type__": 1}], {}, {}]"#));
+/// assert!(!may_hold_envelope(br#"[[1, "caf\u00e9"], {}, {}]"#));
+/// ```
+pub fn may_hold_envelope(json: &[u8]) -> bool {
+    if memchr::memmem::find(json, TYPE_KEY.as_bytes()).is_some() {
+        return true;
+    }
+    memchr::memmem::find_iter(json, br"\u00").any(|at| {
+        // `\u0020` to `\u007f`: an escaped printable ASCII character.
+        matches!(json.get(at + 4), Some(b'2'..=b'7'))
+    })
+}
+
 /// Checks every envelope inside `value`, reporting the first bad one with
 /// its path (`args[0]`, `kwargs.when`, ...).
 pub fn validate(value: &Value, path: &mut String) -> Result<(), DecodeError> {
@@ -183,7 +204,7 @@ pub fn validate(value: &Value, path: &mut String) -> Result<(), DecodeError> {
     match value {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                path.push_str(&format!("[{i}]"));
+                let _ = write!(path, "[{i}]");
                 validate(item, path)?;
                 path.truncate(restore);
             }

@@ -141,8 +141,13 @@ impl Context {
         }
     }
 
-    /// Whether the task of `message` stores no result.
+    /// Whether the task of `message` stores no result: it ignores its
+    /// result, or the app has no result backend to store it in (then no
+    /// result document is built at all).
     pub(crate) fn ignores_result(&self, message: &TaskMessage) -> bool {
+        if self.app.result_backend().is_none() {
+            return true;
+        }
         message
             .headers
             .ignore_result

@@ -26,7 +26,7 @@ pub(crate) enum Ran {
 pub(crate) async fn execute(
     task: Arc<dyn Task>,
     request: &Request,
-    message: &TaskMessage,
+    message: &Arc<TaskMessage>,
     options: &TaskOptions,
     overrides: Option<TimeLimits>,
     terminate: &CancellationToken,
@@ -44,11 +44,7 @@ pub(crate) async fn execute(
         .soft
         .and_then(celeriac::protocol::Seconds::as_duration)
         .or(overrides.soft);
-    let args = Arguments::new(
-        &message.headers.task,
-        message.body.args.clone(),
-        message.body.kwargs.clone(),
-    );
+    let args = Arguments::of_message(message.clone());
     let future = celeriac::request::scope(
         request.clone(),
         celeriac::catch_panic(task.call(request.clone(), args)),

@@ -107,9 +107,19 @@ pub mod __private {
     use crate::TaskError;
     pub use crate::panic::{catch_panic, join_error, run_blocking};
 
-    /// Serializes a task's return value.
-    pub fn output<T: serde::Serialize>(value: T) -> Result<serde_json::Value, TaskError> {
-        serde_json::to_value(value)
+    /// Serializes a task's return value. A task that returns a JSON value
+    /// already has its result: it is passed on as it is, not rebuilt.
+    pub fn output<T: serde::Serialize + 'static>(value: T) -> Result<serde_json::Value, TaskError> {
+        let mut slot = Some(value);
+        let any: &mut dyn std::any::Any = &mut slot;
+        if let Some(Some(json)) = any
+            .downcast_mut::<Option<serde_json::Value>>()
+            .map(Option::take)
+        {
+            return Ok(json);
+        }
+        // `Some(v)` serializes as `v`.
+        serde_json::to_value(slot)
             .map_err(|e| TaskError::new(format!("the task's result cannot be serialized: {e}")))
     }
 }
