@@ -3,6 +3,7 @@
 use crate::measure::median;
 use crate::memory::MemoryReport;
 use crate::report::{Check, EtaRow, LatencyRow, Throughput};
+use crate::scenarios::scenario_name;
 
 /// The most a worker process may use through a countdown burst of any size:
 /// its idle footprint (~20 MB), its hold slots, and the burst consumer's
@@ -16,6 +17,7 @@ pub(crate) fn checks(
     latency: &[LatencyRow],
     memory: Option<&MemoryReport>,
     eta: &[EtaRow],
+    payload_bytes: &[usize],
 ) -> Vec<Check> {
     // A variant by its exact name, else the first whose name starts so.
     let rate = |scenario: &str, prefix: &str| {
@@ -217,6 +219,68 @@ pub(crate) fn checks(
                 "MB",
             ));
         }
+    }
+    checks.extend(payload_checks(throughput, payload_bytes));
+    checks
+}
+
+/// The large-payload targets: the worker against raw lapin at 100 KB and
+/// 1 MB, its CPU per task against Python's at every size, and its CPU per
+/// extra payload byte between the smallest size from 10 KB up and the
+/// largest.
+fn payload_checks(throughput: &[Throughput], sizes: &[usize]) -> Vec<Check> {
+    let row = |bytes: usize, prefix: &str| {
+        let scenario = scenario_name(bytes);
+        throughput
+            .iter()
+            .find(move |t| t.scenario == scenario && t.variant.starts_with(prefix))
+    };
+    let mut checks = Vec::new();
+    for &bytes in sizes {
+        let name = scenario_name(bytes);
+        let worker = row(bytes, "celeriac worker, JSON value");
+        let floor = match bytes {
+            100_000 => Some(0.5),
+            1_000_000 => Some(0.3),
+            _ => None,
+        };
+        if let (Some(floor), Some(worker), Some(raw)) = (floor, worker, row(bytes, "raw lapin")) {
+            checks.push(Check::at_least(
+                &format!("{name}: worker drain / raw multi-ack consume"),
+                worker.median_per_s / raw.median_per_s,
+                floor,
+                "×",
+            ));
+        }
+        let cpu = |t: Option<&Throughput>| t.and_then(Throughput::cpu_us_per_task_median);
+        if let (Some(python), Some(worker)) = (cpu(row(bytes, "python")), cpu(worker)) {
+            checks.push(Check::at_least(
+                &format!("{name}: Python prefork CPU per task / worker's"),
+                python / worker,
+                5.0,
+                "×",
+            ));
+        }
+    }
+    let cpu_at = |bytes: usize| {
+        row(bytes, "celeriac worker, JSON value").and_then(Throughput::cpu_us_per_task_median)
+    };
+    let small = sizes.iter().copied().filter(|&b| b >= 10_000).min();
+    let large = sizes.iter().copied().max();
+    if let (Some(small), Some(large)) = (small, large)
+        && large > small
+        && let (Some(a), Some(b)) = (cpu_at(small), cpu_at(large))
+    {
+        checks.push(Check::at_most(
+            &format!(
+                "worker CPU per extra payload byte, {} to {}",
+                scenario_name(small).trim_start_matches("payload "),
+                scenario_name(large).trim_start_matches("payload ")
+            ),
+            (b - a) * 1e3 / (large - small) as f64,
+            1.5,
+            "ns",
+        ));
     }
     checks
 }

@@ -110,6 +110,10 @@ impl InProcessWorker {
             ack_batch: shape.ack_batch,
             task_events: shape.task_events,
             hostname: format!("celeriac-bench@{}", std::process::id()),
+            // As the Python baseline runs (`--without-mingle`): a drain is
+            // timed from the worker's start, and mingling waits a second
+            // for replies no other worker here sends.
+            mingle: false,
             ..WorkerConfig::default()
         };
         let worker = Worker::new(app, config);

@@ -29,6 +29,8 @@ pub(crate) enum Scenario {
     Postgres,
     /// A burst of countdown tasks with ordinary tasks behind it.
     Eta,
+    /// Large task bodies (1 KB to 1 MB): raw lapin, the worker, Python.
+    Payload,
 }
 
 /// How much work each measurement does.
@@ -57,6 +59,13 @@ pub(crate) struct Sizes {
     pub(crate) beat_sends: u64,
     /// Countdown tasks in each burst of the ETA scenario.
     pub(crate) eta_bursts: Vec<u64>,
+    /// Body sizes of the payload scenario, in bytes.
+    pub(crate) payload_bytes: Vec<usize>,
+    /// Bytes of task bodies in each of the payload scenario's backlogs.
+    pub(crate) payload_backlog_bytes: u64,
+    /// Messages in a payload backlog at least and at most, whatever the
+    /// size.
+    pub(crate) payload_messages_range: (u64, u64),
 }
 
 impl Sizes {
@@ -81,6 +90,9 @@ impl Sizes {
                 beat_entries: 50,
                 beat_sends: 100,
                 eta_bursts: vec![500],
+                payload_bytes: vec![1_000, 100_000, 1_000_000],
+                payload_backlog_bytes: 20_000_000,
+                payload_messages_range: (50, 2_000),
             }
         } else {
             Sizes {
@@ -98,6 +110,9 @@ impl Sizes {
                 beat_entries: 100,
                 beat_sends: 1_000,
                 eta_bursts: vec![2_000, 100_000],
+                payload_bytes: vec![1_000, 10_000, 100_000, 1_000_000],
+                payload_backlog_bytes: 200_000_000,
+                payload_messages_range: (200, 20_000),
             }
         };
         Sizes {
@@ -110,6 +125,15 @@ impl Sizes {
             },
             ..base
         }
+    }
+}
+
+impl Sizes {
+    /// Messages in the payload scenario's backlog of `bytes`-long tasks:
+    /// the same bytes for every size, within the message range.
+    pub(crate) fn payload_messages(&self, bytes: usize) -> u64 {
+        let (least, most) = self.payload_messages_range;
+        (self.payload_backlog_bytes / bytes.max(1) as u64).clamp(least, most)
     }
 }
 

@@ -8,6 +8,7 @@ use crate::measure::median;
 use crate::measure::percentile;
 use crate::memory::MemoryReport;
 use crate::plan::Sizes;
+use crate::scenarios::PayloadPeak;
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -25,6 +26,7 @@ pub(crate) struct Results {
     pub(crate) memory: Option<MemoryReport>,
     pub(crate) beat: Vec<BeatRow>,
     pub(crate) eta: Vec<EtaRow>,
+    pub(crate) payload_peak: Option<PayloadPeak>,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -272,6 +274,16 @@ pub(crate) fn table(results: &Results) -> String {
                 row.rss_waiting_kib as f64 / 1024.0
             );
         }
+    }
+    if let Some(peak) = &results.payload_peak {
+        let _ = writeln!(
+            out,
+            "\nworker process through {}-byte tasks, -c {} (prefetch {}): peak RSS {:.1} MiB",
+            peak.body_bytes,
+            peak.concurrency,
+            peak.prefetch,
+            peak.peak_kib as f64 / 1024.0
+        );
     }
     let _ = writeln!(out, "\n| target | this run | target | met |");
     let _ = writeln!(out, "|---|---:|---|---|");

@@ -64,6 +64,22 @@ pub async fn echo(value: Value) -> Value {
     value
 }
 
+/// A document with a text and a batch of ids: what `demo.measure` takes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Document {
+    /// The document's text.
+    pub text: String,
+    /// The ids it concerns.
+    pub ids: Vec<u64>,
+}
+
+/// `demo.measure(document)`: the length of the document's text and the
+/// number of its ids (a typed argument read straight from the message).
+#[task(name = "demo.measure")]
+pub async fn measure(document: Document) -> (usize, usize) {
+    (document.text.len(), document.ids.len())
+}
+
 /// `demo.tsum(values)`: the sum of a list (a chord body).
 #[task(name = "demo.tsum")]
 pub async fn tsum(values: Vec<i64>) -> i64 {
@@ -143,6 +159,7 @@ pub fn register(app: AppBuilder) -> AppBuilder {
         .task(flaky)
         .task(retry_once)
         .task(echo)
+        .task(measure)
         .task(cpu)
         .task(now)
         .task(trace_id)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use celeriac_broker::{Broker, BrokerConfig, Queue};
+use celeriac_protocol::RawMessage;
 
 use crate::beat;
 use crate::checks::checks;
@@ -21,11 +22,16 @@ use crate::report::{BeatRow, EtaRow, LatencyRow, Percentiles, Results, Throughpu
 use crate::spans::SpanSwitch;
 
 mod eta;
+mod payload;
 mod scratch_db;
+
+pub(crate) use payload::{PayloadPeak, scenario_name};
 mod stores;
 
 /// Transmit window of the raw publisher, and of the backlog fills.
 const FILL_WINDOW: usize = 5_000;
+/// The most message bytes a backlog fill keeps unconfirmed at once.
+const FILL_BYTES_IN_FLIGHT: usize = 64 << 20;
 /// Raw consumers ack every this many deliveries in the multi-ack baseline,
 /// the same as the worker's default `ack_batch`, and like the worker's at
 /// most half the prefetch window (a consumer waiting for more deliveries
@@ -56,6 +62,8 @@ pub(crate) struct Bench {
     memory: Option<MemoryReport>,
     beat: Vec<BeatRow>,
     eta: Vec<EtaRow>,
+    /// A worker process's peak memory through the largest payloads.
+    payload_peak: Option<PayloadPeak>,
     /// The Redis the `redis` scenario stores results in.
     redis: String,
     /// The PostgreSQL server the `postgres` scenario makes its database on.
@@ -90,6 +98,7 @@ impl Bench {
             memory: None,
             beat: Vec::new(),
             eta: Vec::new(),
+            payload_peak: None,
             redis: stores.redis.clone(),
             postgres: stores.postgres.clone(),
             spans: SpanSwitch::install(),
@@ -127,6 +136,9 @@ impl Bench {
         if wants(Scenario::Eta) {
             self.eta().await?;
         }
+        if wants(Scenario::Payload) {
+            self.payload().await?;
+        }
         Ok(())
     }
 
@@ -146,6 +158,7 @@ impl Bench {
             &self.latency,
             self.memory.as_ref(),
             &self.eta,
+            &self.sizes.payload_bytes,
         );
         Results {
             cores: std::thread::available_parallelism().map_or(1, usize::from),
@@ -159,6 +172,7 @@ impl Bench {
             memory: self.memory,
             beat: self.beat,
             eta: self.eta,
+            payload_peak: self.payload_peak,
             checks,
         }
     }
@@ -264,8 +278,16 @@ impl Bench {
 
     /// Fills `queue` with `count` copies of a `task` message.
     async fn fill(&self, queue: &str, task: &str, count: u64) -> anyhow::Result<()> {
+        self.fill_with(queue, &task_message(task)?, count).await
+    }
+
+    /// Fills `queue` with `count` copies of `message`, keeping at most
+    /// [`FILL_WINDOW`] messages and [`FILL_BYTES_IN_FLIGHT`] bytes
+    /// unconfirmed.
+    async fn fill_with(&self, queue: &str, message: &RawMessage, count: u64) -> anyhow::Result<()> {
         self.broker.purge_queue(queue).await?;
-        raw::publish(&self.raw, queue, &task_message(task)?, count, FILL_WINDOW).await?;
+        let window = (FILL_BYTES_IN_FLIGHT / message.body.len().max(1)).clamp(1, FILL_WINDOW);
+        raw::publish(&self.raw, queue, message, count, window).await?;
         Ok(())
     }
 
@@ -348,6 +370,31 @@ impl Bench {
     ) -> anyhow::Result<(Duration, Duration)> {
         let n = self.sizes.messages;
         self.fill(queue, "demo.add", n).await?;
+        self.drain_filled(queue, shape, n).await
+    }
+
+    /// Fills `queue` with `n` copies of `message` and drains them with an
+    /// in-process worker of `shape`, as [`worker_drain`](Self::worker_drain).
+    async fn worker_drain_of(
+        &self,
+        queue: &str,
+        shape: WorkerShape,
+        message: &RawMessage,
+        n: u64,
+    ) -> anyhow::Result<(Duration, Duration)> {
+        self.fill_with(queue, message, n).await?;
+        self.drain_filled(queue, shape, n).await
+    }
+
+    /// Drains the `n` tasks in `queue` with an in-process worker of
+    /// `shape`; the time from its start to the last success, and the
+    /// process CPU used meanwhile.
+    async fn drain_filled(
+        &self,
+        queue: &str,
+        shape: WorkerShape,
+        n: u64,
+    ) -> anyhow::Result<(Duration, Duration)> {
         let cpu = measure::own_cpu();
         let start = std::time::Instant::now();
         let worker = InProcessWorker::start(&self.url, queue, shape).await?;
@@ -368,12 +415,26 @@ impl Bench {
         scenario: &str,
         backend: Option<(&str, &str)>,
     ) -> anyhow::Result<()> {
+        let n = self.sizes.python_messages;
+        let message = task_message("interop.add")?;
+        self.python_drain_of(queue, scenario, backend, &message, n)
+            .await
+    }
+
+    /// As [`python_drain`](Self::python_drain), on `n` copies of `message`.
+    async fn python_drain_of(
+        &mut self,
+        queue: &str,
+        scenario: &str,
+        backend: Option<(&str, &str)>,
+        message: &RawMessage,
+        n: u64,
+    ) -> anyhow::Result<()> {
         let Some(python) = self.python.clone() else {
             return Ok(());
         };
-        let n = self.sizes.python_messages;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        self.fill(queue, "interop.add", n).await?;
+        self.fill_with(queue, message, n).await?;
         let (took, cpu) = python
             .drain(
                 &self.broker,
