@@ -90,6 +90,20 @@ pub(crate) struct WorkerShape {
     pub(crate) metrics: bool,
 }
 
+impl WorkerShape {
+    /// A worker with default settings at `concurrency`: coalesced acks
+    /// (batches of 32), no result backend, no events, no metrics.
+    pub(crate) fn plain(concurrency: usize) -> WorkerShape {
+        WorkerShape {
+            concurrency,
+            ack_batch: 32,
+            results: None,
+            task_events: false,
+            metrics: false,
+        }
+    }
+}
+
 /// How long the benchmark's stored results live: long enough to be read,
 /// short enough that a run leaves nothing behind for long.
 const BENCH_RESULT_EXPIRES: Duration = Duration::from_secs(600);

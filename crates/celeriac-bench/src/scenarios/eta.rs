@@ -65,13 +65,7 @@ impl Bench {
                 let late = Instant::now().saturating_duration_since(due);
                 row.raw_last_late_s.push(late.as_secs_f64());
 
-                let shape = WorkerShape {
-                    concurrency: self.concurrency,
-                    ack_batch: 32,
-                    results: None,
-                    task_events: false,
-                    metrics: false,
-                };
+                let shape = WorkerShape::plain(self.concurrency);
                 let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
                 // A worker that has been up a moment: its delay topology is
                 // declared (in the background at start, ~1 s).

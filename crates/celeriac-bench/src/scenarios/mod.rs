@@ -507,11 +507,8 @@ impl Bench {
     ) -> anyhow::Result<(celeriac::App, InProcessWorker)> {
         let app = library::producer(&self.url, queue, Some(backend)).await?;
         let shape = WorkerShape {
-            concurrency: self.concurrency,
-            ack_batch: 32,
             results: Some(backend.to_owned()),
-            task_events: false,
-            metrics: false,
+            ..WorkerShape::plain(self.concurrency)
         };
         let worker = InProcessWorker::start(&self.url, queue, shape).await?;
         Ok((app, worker))

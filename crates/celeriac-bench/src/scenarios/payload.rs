@@ -79,13 +79,7 @@ impl Bench {
                     ("celeriac worker, JSON value argument", &rust),
                     ("celeriac worker, typed argument", &typed),
                 ] {
-                    let shape = WorkerShape {
-                        concurrency: self.concurrency,
-                        ack_batch: 32,
-                        results: None,
-                        task_events: false,
-                        metrics: false,
-                    };
+                    let shape = WorkerShape::plain(self.concurrency);
                     let (took, cpu) = self.worker_drain_of(&queue, shape, message, n).await?;
                     self.record(&scenario, variant, n, took.as_secs_f64(), Some(cpu));
                 }

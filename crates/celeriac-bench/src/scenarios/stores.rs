@@ -51,11 +51,8 @@ impl Bench {
                 ),
             ] {
                 let shape = WorkerShape {
-                    concurrency: self.concurrency,
-                    ack_batch: 32,
                     results,
-                    task_events: false,
-                    metrics: false,
+                    ..WorkerShape::plain(self.concurrency)
                 };
                 let (took, cpu) = self.worker_drain(&queue, shape).await?;
                 self.record(&drain, &variant, n, took.as_secs_f64(), Some(cpu));
