@@ -25,8 +25,11 @@ pub struct Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(pid) = self.driver.id() {
+            // The process group, spelt after `--` with the signal named by
+            // `-s`: procps's `kill -KILL -16820` reads `-1` out of the
+            // group id and sends SIGKILL to every process on the machine.
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
                 .status();
         }
     }
