@@ -49,6 +49,24 @@ async fn rows(client: &Client) -> Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Waits until the list shows exactly the dead letters `expected` (a
+/// click's navigation may still be loading when it returns); fails with
+/// `what` and the rows last seen.
+async fn wait_for_rows(client: &Client, expected: &[String], what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Rows of a page being replaced may vanish while read: read again.
+        let shown = rows(client).await.unwrap_or_default();
+        if shown == expected {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: the page shows {shown:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `css` matches an element whose text contains `text`.
 async fn wait_for_text(client: &Client, css: &str, text: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -113,10 +131,12 @@ async fn an_engineer_finds_filters_and_requeues_a_dead_letter_in_a_browser() -> 
         .click()
         .await?;
     let add_id = scene.add.id().to_owned();
-    ensure!(
-        rows(client).await? == [add_id.clone()],
-        "the filter did not narrow to demo.add"
-    );
+    wait_for_rows(
+        client,
+        std::slice::from_ref(&add_id),
+        "the filter did not narrow to demo.add",
+    )
+    .await?;
 
     // Deploy the fix, then requeue it: a confirmation first.
     let worker = scene.deploy_fix().await?;
@@ -128,10 +148,7 @@ async fn an_engineer_finds_filters_and_requeues_a_dead_letter_in_a_browser() -> 
 
     // Back on the list: the report, and the row is gone.
     wait_for_text(client, ".notice", "Requeued 1 dead letter(s)").await?;
-    ensure!(
-        rows(client).await?.is_empty(),
-        "the requeued dead letter is still listed"
-    );
+    wait_for_rows(client, &[], "the requeued dead letter is still listed").await?;
     let sum = scene.add.get(Duration::from_secs(30)).await?;
     ensure!(sum == json!(5), "the requeued demo.add returned {sum}");
     ensure!(scene.dead_letters().await? == 2);
