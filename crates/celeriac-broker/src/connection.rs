@@ -63,6 +63,11 @@ pub(crate) struct Shared {
     pub(crate) delay_declared: tokio::sync::OnceCell<()>,
     /// Queues bound to the delay topology's delivery exchange.
     delay_bound: Mutex<HashSet<String>>,
+    /// Held while a delayed publish binds its queue to the delay topology,
+    /// so that many concurrent first moves to a queue bind it once (each
+    /// binding takes a channel: a burst of 2,000 moves used to open 2,000
+    /// and run out of the connection's channels).
+    pub(crate) delay_binding: tokio::sync::Mutex<()>,
     /// Broadcast queues' fanout exchanges this handle declared (durable:
     /// once is enough).
     broadcast_exchanges: Mutex<HashSet<String>>,
@@ -167,6 +172,7 @@ impl Broker {
             blocked: Mutex::new(None),
             delay_declared: tokio::sync::OnceCell::new(),
             delay_bound: Mutex::default(),
+            delay_binding: tokio::sync::Mutex::new(()),
             broadcast_exchanges: Mutex::default(),
             exchanges_ready: Mutex::default(),
             reconnects: AtomicU64::new(0),

@@ -214,6 +214,10 @@ impl Broker {
             .delay_declared
             .get_or_try_init(|| self.declare_delay_topology())
             .await?;
+        if self.delay_bound(queue) {
+            return Ok(());
+        }
+        let _binding = self.shared.delay_binding.lock().await;
         if !self.delay_bound(queue) {
             let key = binding_key(queue);
             self.bind_exchange(ROUTER_EXCHANGE, DELIVERY_EXCHANGE, &key)
