@@ -17,25 +17,21 @@ const MAX_LEN: usize = 1024;
 /// assert_eq!(args_repr(&[true.into()]), "(True,)");
 /// ```
 pub fn args_repr(args: &[Value]) -> String {
-    let mut out = String::from("(");
-    for (i, arg) in args.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        write_value(&mut out, arg);
-    }
+    let mut out = Repr::default();
+    out.push_str("(");
+    write_items(&mut out, args);
     if args.len() == 1 {
-        out.push(',');
+        out.push_str(",");
     }
-    out.push(')');
-    truncate(out)
+    out.push_str(")");
+    out.finish()
 }
 
 /// `repr(kwargs)`, e.g. `{'x': 1}`.
 pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
-    let mut out = String::new();
+    let mut out = Repr::default();
     write_map(&mut out, kwargs);
-    truncate(out)
+    out.finish()
 }
 
 /// `repr(value)`, e.g. `'a'`, `[1, None]`, cut at 1024 characters (the
@@ -46,9 +42,9 @@ pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
 /// assert_eq!(value_repr(&serde_json::json!([1, null, "a"])), "[1, None, 'a']");
 /// ```
 pub fn value_repr(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Repr::default();
     write_value(&mut out, value);
-    truncate(out)
+    out.finish()
 }
 
 /// `repr(exc)` for an exception of `exc_type` with these args, as Python
@@ -59,27 +55,71 @@ pub fn value_repr(value: &Value) -> String {
 /// assert_eq!(exception_repr("ValueError", &["boom".into()]), "ValueError('boom')");
 /// ```
 pub fn exception_repr(exc_type: &str, args: &[Value]) -> String {
-    let mut out = String::from(exc_type);
-    out.push('(');
-    for (i, arg) in args.iter().enumerate() {
+    let mut out = Repr::default();
+    out.push_str(exc_type);
+    out.push_str("(");
+    write_items(&mut out, args);
+    out.push_str(")");
+    out.finish()
+}
+
+/// A repr being written, which stops taking text once it is longer than
+/// [`MAX_LEN`] characters: writing the repr of a megabyte-long argument
+/// costs no more than writing its head.
+#[derive(Default)]
+struct Repr {
+    out: String,
+    chars: usize,
+}
+
+impl Repr {
+    /// Whether the repr is already too long to show in full.
+    fn is_full(&self) -> bool {
+        self.chars > MAX_LEN
+    }
+
+    fn push_str(&mut self, text: &str) {
+        for c in text.chars() {
+            if !self.push(c) {
+                return;
+            }
+        }
+    }
+
+    /// Adds `c`; `false` once the repr is full.
+    fn push(&mut self, c: char) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.out.push(c);
+        self.chars += 1;
+        true
+    }
+
+    /// The repr, cut at [`MAX_LEN`] characters with `...` if it is longer.
+    fn finish(mut self) -> String {
+        if self.is_full() {
+            self.out.pop();
+            self.out.push_str("...");
+        }
+        self.out
+    }
+}
+
+/// Items separated by `, `.
+fn write_items(out: &mut Repr, items: &[Value]) {
+    for (i, item) in items.iter().enumerate() {
+        if out.is_full() {
+            return;
+        }
         if i > 0 {
             out.push_str(", ");
         }
-        write_value(&mut out, arg);
+        write_value(out, item);
     }
-    out.push(')');
-    truncate(out)
 }
 
-fn truncate(mut s: String) -> String {
-    if s.chars().count() > MAX_LEN {
-        s = s.chars().take(MAX_LEN).collect();
-        s.push_str("...");
-    }
-    s
-}
-
-fn write_value(out: &mut String, value: &Value) {
+fn write_value(out: &mut Repr, value: &Value) {
     match value {
         Value::Null => out.push_str("None"),
         Value::Bool(true) => out.push_str("True"),
@@ -87,22 +127,20 @@ fn write_value(out: &mut String, value: &Value) {
         Value::Number(n) => out.push_str(&n.to_string()),
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_value(out, item);
-            }
-            out.push(']');
+            out.push_str("[");
+            write_items(out, items);
+            out.push_str("]");
         }
         Value::Object(map) => write_map(out, map),
     }
 }
 
-fn write_map(out: &mut String, map: &Map<String, Value>) {
-    out.push('{');
+fn write_map(out: &mut Repr, map: &Map<String, Value>) {
+    out.push_str("{");
     for (i, (key, value)) in map.iter().enumerate() {
+        if out.is_full() {
+            return;
+        }
         if i > 0 {
             out.push_str(", ");
         }
@@ -110,11 +148,11 @@ fn write_map(out: &mut String, map: &Map<String, Value>) {
         out.push_str(": ");
         write_value(out, value);
     }
-    out.push('}');
+    out.push_str("}");
 }
 
 /// Python's string repr: single quotes unless the text has `'` and no `"`.
-fn write_str(out: &mut String, s: &str) {
+fn write_str(out: &mut Repr, s: &str) {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
@@ -122,6 +160,9 @@ fn write_str(out: &mut String, s: &str) {
     };
     out.push(quote);
     for c in s.chars() {
+        if out.is_full() {
+            return;
+        }
         match c {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
@@ -134,7 +175,9 @@ fn write_str(out: &mut String, s: &str) {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c => out.push(c),
+            c => {
+                out.push(c);
+            }
         }
     }
     out.push(quote);
@@ -166,5 +209,22 @@ mod tests {
     fn long_reprs_are_cut() {
         let long = args_repr(&[json!("x".repeat(5000))]);
         assert_eq!(long.chars().count(), MAX_LEN + 3);
+        assert_eq!(long, format!("('{}...", "x".repeat(MAX_LEN - 2)));
+    }
+
+    #[test]
+    fn a_repr_is_cut_only_when_longer_than_the_limit() {
+        // `(` + quote + text + quote + `,)`: 5 characters around the text.
+        let exactly = args_repr(&[json!("é".repeat(MAX_LEN - 5))]);
+        assert_eq!(exactly.chars().count(), MAX_LEN);
+        assert!(!exactly.ends_with("..."));
+        let one_more = args_repr(&[json!("é".repeat(MAX_LEN - 4))]);
+        assert_eq!(one_more, format!("('{}',...", "é".repeat(MAX_LEN - 4)));
+        let many = args_repr(&[json!((0..100_000).collect::<Vec<_>>())]);
+        assert!(
+            many.starts_with("([0, 1, 2, ") && many.ends_with("..."),
+            "{many}"
+        );
+        assert_eq!(many.chars().count(), MAX_LEN + 3);
     }
 }
