@@ -181,6 +181,12 @@ impl Bench {
         u16::try_from(self.concurrency * 4).unwrap_or(u16::MAX)
     }
 
+    /// How many deliveries the raw multi-ack consumers ack at once: at
+    /// most half the prefetch window, as the worker's batch is.
+    fn multi_ack_every(&self) -> u64 {
+        MULTI_ACK_EVERY.min(u64::from(self.prefetch() / 2)).max(1)
+    }
+
     /// A fresh, empty queue with Celery's default arguments.
     async fn queue(&mut self, scenario: &str) -> anyhow::Result<String> {
         let name = format!("celeriac-bench.{}.{scenario}", std::process::id());
@@ -296,7 +302,7 @@ impl Bench {
         let queue = self.queue("drain").await?;
         let n = self.sizes.messages;
         let prefetch = self.prefetch();
-        let multi_ack_every = MULTI_ACK_EVERY.min(u64::from(prefetch / 2)).max(1);
+        let multi_ack_every = self.multi_ack_every();
         for round in 1..=self.sizes.rounds {
             eprintln!("drain: round {round}/{}", self.sizes.rounds);
             for (variant, ack) in [

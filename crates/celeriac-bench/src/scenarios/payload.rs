@@ -13,7 +13,7 @@ use crate::measure;
 use crate::memory::WorkerProcess;
 use crate::raw::{self, RawAck};
 
-use super::{Bench, MULTI_ACK_EVERY};
+use super::Bench;
 
 /// The scenario name of one body size's rows: `payload 100 KB`.
 pub(crate) fn scenario_name(bytes: usize) -> String {
@@ -51,7 +51,7 @@ impl Bench {
     pub(super) async fn payload(&mut self) -> anyhow::Result<()> {
         let queue = self.queue("payload").await?;
         let prefetch = self.prefetch();
-        let multi_ack_every = MULTI_ACK_EVERY.min(u64::from(prefetch / 2)).max(1);
+        let multi_ack_every = self.multi_ack_every();
         let sizes = self.sizes.payload_bytes.clone();
         for round in 1..=self.sizes.rounds {
             for &bytes in &sizes {
@@ -114,7 +114,13 @@ impl Bench {
         self.payload_peak = Some(PayloadPeak {
             body_bytes: bytes,
             concurrency,
-            prefetch: concurrency * 4,
+            prefetch: usize::from(
+                celeriac_worker::WorkerConfig {
+                    concurrency,
+                    ..Default::default()
+                }
+                .prefetch(),
+            ),
             peak_kib,
         });
         Ok(())
@@ -128,7 +134,7 @@ pub(crate) struct PayloadPeak {
     pub(crate) body_bytes: usize,
     /// The worker's concurrency (the default: one per core).
     pub(crate) concurrency: usize,
-    /// Its prefetch window (concurrency × 4).
+    /// Its prefetch window, the worker's default for that concurrency.
     pub(crate) prefetch: usize,
     /// Its peak resident memory.
     pub(crate) peak_kib: u64,
