@@ -184,6 +184,56 @@ def kombu_types(ctx):
     expect(not bad, '; '.join(bad))
 
 
+# -- large bodies ------------------------------------------------------------
+# A body of 4 KiB or more keeps its text in the Rust worker, which reads each
+# argument from its slice of it; these check that path end to end.
+
+def document(size):
+    """A dict of about ``size`` bytes: half text, half a list of ids."""
+    sentence = 'The quick brown fox jumps over the lazy dog. '
+    text = (sentence * (size // len(sentence) + 1))[:size // 2]
+    ids = list(range(1_000_000, 1_000_000 + size // 18))
+    return {'text': text, 'ids': ids}
+
+
+@scenario
+def large_typed_argument(ctx):
+    doc = document(200_000)
+    want = [len(doc['text']), len(doc['ids'])]
+    got = ctx.send('demo.measure', doc).get(timeout=TIMEOUT)
+    expect(got == want, f'demo.measure(<200 KB document>) returned {got!r}, expected {want}')
+    got = ctx.app.send_task('demo.measure', kwargs={'document': doc}).get(timeout=TIMEOUT)
+    expect(got == want, f'demo.measure(document=<200 KB>) returned {got!r}, expected {want}')
+
+
+LARGE_VALUE = {
+    'text': '\u00e9\U0001f600 "quoted" \\ back' * 5_000,
+    'numbers': [2**70, -0.0, 1e100, 1.5, -7] * 2_000,
+    'nested': [[[[]]], {'a': [None, True, False]}] * 500,
+}
+
+
+@scenario
+def large_value_argument(ctx):
+    got = ctx.send('demo.echo', LARGE_VALUE).get(timeout=TIMEOUT)
+    expect(same(got, LARGE_VALUE), 'demo.echo(<large value>) did not return it unchanged')
+
+
+@scenario
+def large_body_with_kombu_types(ctx):
+    value = KOMBU_VALUES + ['x' * 20_000]
+    got = ctx.send('demo.echo', value).get(timeout=TIMEOUT)
+    expect(type(got) is list and len(got) == len(value) and all(map(same, value, got)),
+           'demo.echo(<kombu types and 20 KB of text>) did not return them unchanged')
+
+
+@scenario
+def large_argument_of_the_wrong_type(ctx):
+    exc = expect_raises(ctx.send('demo.measure', 'x' * 50_000), 'TypeError')
+    expect("argument 'document' must be Document, got 'xxx" in str(exc),
+           f'the TypeError does not describe the argument: {str(exc)[:200]!r}')
+
+
 # -- scheduling --------------------------------------------------------------
 
 @scenario

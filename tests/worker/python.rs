@@ -4,7 +4,9 @@
 //! client; see it for the scenarios (args, every JSON type and kombu
 //! envelope, countdown, expires, a Rust failure raised in Python, a Rust
 //! retry seen as RETRY then SUCCESS, a link to a Python task, a chain
-//! mixing Python and Rust tasks, unknown tasks, 100 concurrent results);
+//! mixing Python and Rust tasks, unknown tasks, 100 concurrent results,
+//! large bodies read from their text: typed, JSON value, kombu envelopes
+//! and a wrong type);
 //! and a Python trace continued through Rust tasks.
 
 use anyhow::{Context as _, Result, ensure};

@@ -1,17 +1,20 @@
 //! The protocol v2 body, `[args, kwargs, embed]` (§1.4).
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
+use crate::args::{self, Args, Kwargs};
 use crate::signature::{kind_of, list_of};
-use crate::{DecodeError, Signature};
+use crate::{DecodeError, Signature, json};
 
 /// What a task is called with, plus the workflow that follows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskBody {
     /// Positional arguments.
-    pub args: Vec<Value>,
+    pub args: Args,
     /// Keyword arguments.
-    pub kwargs: Map<String, Value>,
+    pub kwargs: Kwargs,
     /// Callbacks, errbacks, chain and chord.
     pub embed: Embed,
 }
@@ -50,17 +53,40 @@ impl TaskBody {
             ));
         };
         Ok(TaskBody {
-            args: args_of(args)?,
-            kwargs: kwargs_of(kwargs)?,
+            args: args_of(args)?.into(),
+            kwargs: kwargs_of(kwargs)?.into(),
             embed: Embed::from_json(&embed)?,
         })
+    }
+
+    /// Reads a v2 body from its JSON text, keeping each argument as text
+    /// until it is read (see [`Args`]). `None` when the text is not a
+    /// well-formed `[args, kwargs, embed]` array: [`from_json`](Self::from_json)
+    /// then says what is wrong with it.
+    pub fn from_text(text: Arc<str>) -> Option<Result<TaskBody, DecodeError>> {
+        let split = args::split(text)?;
+        Some(Embed::from_json(&split.embed).map(|embed| TaskBody {
+            args: split.args,
+            kwargs: split.kwargs,
+            embed,
+        }))
+    }
+
+    /// The body's JSON text as Python writes it, without copying the
+    /// arguments into a new value first.
+    pub fn to_python_json(&self) -> String {
+        json::to_python_json(&(
+            self.args.values(),
+            self.kwargs.values(),
+            self.embed.to_json(),
+        ))
     }
 
     /// The body as Python writes it.
     pub fn to_json(&self) -> Value {
         Value::Array(vec![
-            Value::Array(self.args.clone()),
-            Value::Object(self.kwargs.clone()),
+            Value::Array(self.args.to_vec()),
+            Value::Object(self.kwargs.values().clone()),
             self.embed.to_json(),
         ])
     }

@@ -78,6 +78,89 @@ fn find_non_finite(bytes: &[u8]) -> Option<(&'static str, usize)> {
     None
 }
 
+/// How deep serde_json lets arrays and objects nest when it parses a
+/// value: one level more is an error.
+const VALUE_DEPTH_LIMIT: usize = 127;
+
+/// Whether JSON text that serde_json has already accepted as syntax
+/// (split into raw slices, say) also parses into values: it nests no
+/// deeper than [`from_slice`] allows and has no unpaired surrogate escape
+/// (`"\ud800"`, which Python's `json.dumps` writes and serde_json refuses).
+/// It may say no to text that would parse, never yes to text that would not.
+pub(crate) fn parses_as_values(text: &[u8]) -> bool {
+    nests_within(text, VALUE_DEPTH_LIMIT) && surrogates_are_paired(text)
+}
+
+/// Whether arrays and objects nest at most `limit` deep, brackets inside
+/// strings aside.
+fn nests_within(text: &[u8], limit: usize) -> bool {
+    // No more brackets than the limit in all: nothing to walk.
+    if memchr::memchr2_iter(b'[', b'{', text).nth(limit).is_none() {
+        return true;
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => match string_end(text, i + 1) {
+                Some(end) => i = end,
+                None => return true,
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The index of the quote that closes the string whose text starts at
+/// `from`.
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', text.get(from..)?)?;
+        if text[at] == b'"' {
+            return Some(at);
+        }
+        from = at + 2;
+    }
+}
+
+/// Whether every `\uD800`–`\uDBFF` escape is followed by a `\uDC00`–`\uDFFF`
+/// one, and no `\uDC00`–`\uDFFF` stands alone. An escaped backslash before
+/// a `u` can make this say no to valid text, never yes to invalid text.
+fn surrogates_are_paired(text: &[u8]) -> bool {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = text.get(at + 2..at + 6)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut after_pair = 0;
+    for at in memchr::memmem::find_iter(text, br"\u") {
+        if at < after_pair {
+            continue;
+        }
+        match unit(at) {
+            Some(0xD800..=0xDBFF) => {
+                let low = text.get(at + 6..at + 8) == Some(br"\u".as_slice())
+                    && matches!(unit(at + 6), Some(0xDC00..=0xDFFF));
+                if !low {
+                    return false;
+                }
+                after_pair = at + 12;
+            }
+            Some(0xDC00..=0xDFFF) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// `json.dumps` separators and `ensure_ascii=True` escaping.
 struct PythonFormatter;
 
@@ -159,6 +242,36 @@ mod tests {
     fn key_order_is_kept() {
         let text = r#"{"z": 1, "a": 2, "m": 3}"#;
         assert_eq!(to_python_json(&from_slice(text.as_bytes()).unwrap()), text);
+    }
+
+    /// A task body whose one argument is `1` inside arrays: `depth`
+    /// levels in all, the body's own included.
+    fn nested(depth: usize) -> String {
+        let inner = depth - 1;
+        format!("[{}1{}, {{}}, null]", "[".repeat(inner), "]".repeat(inner))
+    }
+
+    #[test]
+    fn text_parses_as_values_exactly_when_serde_json_says_so() {
+        let long_flat = format!("[[{}], {{}}, null]", vec!["[1]"; 500].join(", "));
+        let cases = [
+            nested(VALUE_DEPTH_LIMIT - 1),
+            nested(VALUE_DEPTH_LIMIT),
+            nested(VALUE_DEPTH_LIMIT + 1),
+            nested(100_000),
+            format!(r#"[["{}"], {{}}, null]"#, "[".repeat(1000)),
+            long_flat,
+            r#"[["\ud83d\ude00 \u00e9"], {}, null]"#.into(),
+            r#"[["\ud800"], {}, null]"#.into(),
+            r#"[["\ud800x"], {}, null]"#.into(),
+            r#"[["\udc00\ud83d"], {}, null]"#.into(),
+            r#"[["\ud83d\u0041"], {}, null]"#.into(),
+            r#"[["a\"\\"], {}, null]"#.into(),
+        ];
+        for text in cases {
+            let parses = from_slice(text.as_bytes()).is_ok();
+            assert_eq!(parses_as_values(text.as_bytes()), parses, "{text:.80}");
+        }
     }
 
     #[test]

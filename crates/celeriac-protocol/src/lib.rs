@@ -38,6 +38,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod args;
 pub mod auth;
 mod body;
 mod compression;
@@ -60,12 +61,14 @@ pub mod time;
 pub mod trace;
 mod v1;
 
+pub use args::{Args, Kwargs};
 pub use body::{Embed, TaskBody};
 pub use compression::Compression;
 pub use error::{DecodeError, EncodeError};
 pub use header::{HeaderValue, Headers};
 pub use message::{
-    DEFAULT_MAX_BODY_SIZE, DecodeOptions, Properties, Protocol, RawMessage, Signatures, TaskMessage,
+    DEFAULT_MAX_BODY_SIZE, DecodeOptions, KEEP_ARGS_AS_TEXT_FROM, Properties, Protocol, RawMessage,
+    Signatures, TaskMessage,
 };
 pub use result::{ExceptionInfo, ExtendedMeta, ResultMeta, State};
 pub use signature::{CHAIN, CHORD, GROUP, Signature, SignatureKind};

@@ -17,6 +17,10 @@ use crate::{
 /// RabbitMQ's default maximum message size, and our default decode limit.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 16 * 1024 * 1024;
 
+/// The body size from which a decoded task keeps its arguments as text by
+/// default: measured, below it building the values at once costs less.
+pub const KEEP_ARGS_AS_TEXT_FROM: usize = 4096;
+
 /// The AMQP basic properties Celery uses (§1.2). Absent ones are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
@@ -57,6 +61,11 @@ pub struct DecodeOptions {
     pub max_body_size: usize,
     /// Which bodies must be signed, and whose signatures are trusted.
     pub signatures: Signatures,
+    /// Bodies at least this long (in bytes, after decompression) keep
+    /// their text, and a task's arguments are read from it only as its
+    /// parameters need them ([`Args`](crate::Args)); smaller ones are
+    /// parsed into values at once, which costs less for them.
+    pub keep_args_as_text_from: usize,
 }
 
 /// Whether bodies must be signed with Celery's `auth` serializer, and the
@@ -80,6 +89,7 @@ impl Default for DecodeOptions {
         DecodeOptions {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             signatures: Signatures::Unsigned,
+            keep_args_as_text_from: KEEP_ARGS_AS_TEXT_FROM,
         }
     }
 }
@@ -98,6 +108,13 @@ impl DecodeOptions {
     /// Checks the content type (and signature), decompresses and parses a
     /// body to JSON, validating every kombu envelope in it.
     pub(crate) fn decode_json(&self, raw: &RawMessage) -> Result<Value, DecodeError> {
+        let text = self.decode_text(raw)?;
+        parse_checked(&text)
+    }
+
+    /// Checks the content type (and signature) and decompresses: the
+    /// body's JSON text, not yet parsed.
+    fn decode_text<'a>(&self, raw: &'a RawMessage) -> Result<Cow<'a, [u8]>, DecodeError> {
         self.check_size(raw.body.len())?;
         let props = &raw.properties;
         let signed = auth::is_signed(props.content_type.as_deref());
@@ -121,18 +138,10 @@ impl DecodeOptions {
                 Cow::Owned(Compression::from_mime(mime)?.decompress(&raw.body, self.max_body_size)?)
             }
         };
-        let opened;
-        let text = if signed {
-            opened = self.open(&body)?;
-            opened.as_slice()
-        } else {
-            &body
-        };
-        let value = json::from_slice(text)?;
-        if kombu::may_hold_envelope(text) {
-            kombu::validate(&value, &mut String::from("body"))?;
+        if signed {
+            return self.open(&body).map(Cow::Owned);
         }
-        Ok(value)
+        Ok(body)
     }
 
     /// The inner body of a signed body, once its signature is verified.
@@ -212,13 +221,13 @@ impl TaskMessage {
 
     /// Sets the positional arguments.
     pub fn with_args(mut self, args: Vec<Value>) -> TaskMessage {
-        self.body.args = args;
+        self.body.args = args.into();
         self
     }
 
     /// Sets the keyword arguments.
     pub fn with_kwargs(mut self, kwargs: Map<String, Value>) -> TaskMessage {
-        self.body.kwargs = kwargs;
+        self.body.kwargs = kwargs.into();
         self
     }
 
@@ -250,9 +259,17 @@ impl TaskMessage {
     /// Decodes a raw message (v2, v1 or hybrid), refusing anything that is
     /// too large, not JSON, malformed or not a task.
     pub fn decode(raw: &RawMessage, options: &DecodeOptions) -> Result<TaskMessage, DecodeError> {
-        let value = options.decode_json(raw)?;
+        let text = options.decode_text(raw)?;
         let has_task_header = raw.headers.contains_key("task");
-        let (headers, body, protocol) = match value {
+        if has_task_header && let Some(body) = body_as_text(&text, options) {
+            return Ok(TaskMessage {
+                properties: raw.properties.clone(),
+                headers: TaskHeaders::from_headers(&raw.headers)?,
+                body: body?,
+                protocol: Protocol::V2,
+            });
+        }
+        let (headers, body, protocol) = match parse_checked(&text)? {
             Value::Object(map) if has_task_header && map.contains_key("args") => {
                 let (h, b) = v1::to_v2(map, &raw.headers)?;
                 (h, b, Protocol::Hybrid)
@@ -297,15 +314,21 @@ impl TaskMessage {
         if headers.kwargsrepr.is_none() {
             headers.kwargsrepr = Some(repr::kwargs_repr(&self.body.kwargs));
         }
-        let body_json = self.body.to_json();
-        kombu::validate(&body_json, &mut String::from("body")).map_err(|err| match err {
-            DecodeError::Envelope { path, detail } => EncodeError::Envelope { path, detail },
-            other => EncodeError::Envelope {
-                path: String::from("body"),
-                detail: other.to_string(),
-            },
-        })?;
-        let text = json::to_python_json(&body_json).into_bytes();
+        let text = self.body.to_python_json().into_bytes();
+        // The envelope walk only where the text names an envelope at all.
+        if kombu::may_hold_envelope(&text) {
+            kombu::validate(&self.body.to_json(), &mut String::from("body")).map_err(|err| {
+                match err {
+                    DecodeError::Envelope { path, detail } => {
+                        EncodeError::Envelope { path, detail }
+                    }
+                    other => EncodeError::Envelope {
+                        path: String::from("body"),
+                        detail: other.to_string(),
+                    },
+                }
+            })?;
+        }
         let (text, content_type) = match signer {
             Some(signer) => (
                 auth::seal(signer, content::JSON, content::UTF8, &text),
@@ -329,6 +352,30 @@ impl TaskMessage {
             body,
         })
     }
+}
+
+/// Parses JSON text, validating every kombu envelope in it.
+fn parse_checked(text: &[u8]) -> Result<Value, DecodeError> {
+    let value = json::from_slice(text)?;
+    if kombu::may_hold_envelope(text) {
+        kombu::validate(&value, &mut String::from("body"))?;
+    }
+    Ok(value)
+}
+
+/// A v2 body kept as text, split into its arguments' texts; `None` when it
+/// is too small to be worth it, may hold a kombu envelope (which must be
+/// validated as a value), or would not decode as values (the value decoder
+/// then says what is wrong with it). So a body kept as text is one whose
+/// every argument reads as a value.
+fn body_as_text(text: &[u8], options: &DecodeOptions) -> Option<Result<TaskBody, DecodeError>> {
+    if text.len() < options.keep_args_as_text_from
+        || kombu::may_hold_envelope(text)
+        || !json::parses_as_values(text)
+    {
+        return None;
+    }
+    TaskBody::from_text(Arc::from(std::str::from_utf8(text).ok()?))
 }
 
 #[cfg(test)]
@@ -370,7 +417,7 @@ mod tests {
         );
         let msg = TaskMessage::decode(&v1, &DecodeOptions::default()).unwrap();
         assert_eq!(
-            (msg.protocol, msg.body.args),
+            (msg.protocol, msg.body.args.into_values()),
             (Protocol::V1, vec![json!(1)])
         );
 
@@ -388,6 +435,28 @@ mod tests {
             let err = TaskMessage::decode(&raw(Headers::new(), body), &DecodeOptions::default());
             assert_eq!(err.unwrap_err(), DecodeError::UnknownMessage, "{body}");
         }
+    }
+
+    #[test]
+    fn a_body_kept_as_text_reads_and_re_encodes_as_it_arrived() {
+        let msg = TaskMessage::new("t", "i")
+            .with_args(vec![
+                json!("x".repeat(5000)),
+                serde_json::from_str("[1, 2.50, null]").unwrap(),
+            ])
+            .with_kwargs(json!({"k": {"nested": true}}).as_object().unwrap().clone());
+        let raw = msg.encode().unwrap();
+        let kept = TaskMessage::decode(&raw, &DecodeOptions::default()).unwrap();
+        assert_eq!(kept.body.args.text(1), Some("[1, 2.50, null]"));
+        assert_eq!(kept.body.kwargs.text("k"), Some(r#"{"nested": true}"#));
+        assert_eq!(kept.body, msg.body);
+        assert_eq!(kept.encode().unwrap().body, raw.body);
+        let small = TaskMessage::new("t", "i")
+            .with_args(vec![json!(1)])
+            .encode()
+            .unwrap();
+        let parsed = TaskMessage::decode(&small, &DecodeOptions::default()).unwrap();
+        assert_eq!(parsed.body.args.text(0), None);
     }
 
     #[test]

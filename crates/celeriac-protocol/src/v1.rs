@@ -66,8 +66,8 @@ pub(crate) fn to_v2(
     Ok((
         headers,
         TaskBody {
-            args,
-            kwargs,
+            args: args.into(),
+            kwargs: kwargs.into(),
             embed,
         },
     ))

@@ -292,8 +292,8 @@ fn info(entry: &Entry, hostname: &str, safe: bool) -> RequestInfo {
         )
     } else {
         (
-            Value::Array(message.body.args.clone()),
-            Value::Object(message.body.kwargs.clone()),
+            Value::Array(message.body.args.to_vec()),
+            Value::Object(message.body.kwargs.values().clone()),
         )
     };
     let time_start = match entry.phase {

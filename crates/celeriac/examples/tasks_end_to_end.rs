@@ -80,8 +80,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let request = Request::from_message(&message, DeliveryInfo::default(), "demo@localhost");
         let args = Arguments::new(
             &message.headers.task,
-            message.body.args.clone(),
-            message.body.kwargs.clone(),
+            message.body.args.to_vec(),
+            message.body.kwargs.values().clone(),
         );
         let meta = match task.call(request.clone(), args).await {
             Ok(value) => ResultMeta::new(&request.id, State::Success, value),

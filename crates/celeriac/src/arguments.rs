@@ -7,6 +7,7 @@
 //! twice, too many positional arguments, an unknown keyword, or a value of
 //! the wrong type (with the type expected).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use celeriac_protocol::TaskMessage;
@@ -66,12 +67,35 @@ enum Place {
 }
 
 impl Arg {
-    fn value(&self) -> &Value {
+    /// The argument's JSON text, when its message kept the body as text.
+    fn text(&self) -> Option<&str> {
         match self {
-            Arg::Owned(value) => value,
-            Arg::Shared(message, Place::Positional(i)) => &message.body.args[*i],
+            Arg::Owned(_) => None,
+            Arg::Shared(message, Place::Positional(i)) => message.body.args.text(*i),
+            Arg::Shared(message, Place::Keyword(name)) => message.body.kwargs.text(name),
+        }
+    }
+
+    /// Whether the argument is `null` (Python's `None`).
+    fn is_null(&self) -> bool {
+        match self.text() {
+            Some(text) => text == "null",
+            None => self.value().is_null(),
+        }
+    }
+
+    /// The argument as a value: read from its text if it was kept as
+    /// text, else borrowed.
+    fn value(&self) -> Cow<'_, Value> {
+        if let Some(text) = self.text() {
+            // The text was checked as JSON when the body was split.
+            return Cow::Owned(serde_json::from_str(text).unwrap_or(Value::Null));
+        }
+        match self {
+            Arg::Owned(value) => Cow::Borrowed(value),
+            Arg::Shared(message, Place::Positional(i)) => Cow::Borrowed(&message.body.args[*i]),
             Arg::Shared(message, Place::Keyword(name)) => {
-                message.body.kwargs.get(name).unwrap_or(&Value::Null)
+                Cow::Borrowed(message.body.kwargs.get(name).unwrap_or(&Value::Null))
             }
         }
     }
@@ -79,7 +103,7 @@ impl Arg {
     fn into_value(self) -> Value {
         match self {
             Arg::Owned(value) => value,
-            shared => shared.value().clone(),
+            shared => shared.value().into_owned(),
         }
     }
 }
@@ -98,8 +122,10 @@ impl Arguments {
     }
 
     /// The arguments of a task message, read in place: a parameter is
-    /// deserialized straight from the message's value, which is copied
-    /// only for a parameter that is itself a JSON [`Value`].
+    /// deserialized straight from the message's text where the message
+    /// kept it (large bodies do, see [`celeriac_protocol::Args`]), else
+    /// from its value, which is copied only for a parameter that is itself
+    /// a JSON [`Value`].
     pub fn of_message(message: Arc<TaskMessage>) -> Arguments {
         let (args, kwargs) = (message.body.args.len(), message.body.kwargs.len());
         Arguments {
@@ -138,7 +164,7 @@ impl Arguments {
     ) -> Result<Option<T>, TaskError> {
         match self.take_value(index, name)? {
             None => Ok(None),
-            Some(arg) if arg.value().is_null() => Ok(None),
+            Some(arg) if arg.is_null() => Ok(None),
             Some(arg) => self.convert(arg, name).map(Some),
         }
     }
@@ -147,7 +173,9 @@ impl Arguments {
     /// unknown keyword arguments.
     pub fn finish(self) -> Result<(), TaskError> {
         let (given, unknown) = match &self.values {
-            Values::Owned { args, kwargs } => (args.len(), kwargs.keys().next()),
+            Values::Owned { args, kwargs } => {
+                (args.len(), kwargs.keys().next().map(String::as_str))
+            }
             Values::Shared {
                 message,
                 taken_kwargs,
@@ -157,7 +185,7 @@ impl Arguments {
                 message
                     .body
                     .kwargs
-                    .keys()
+                    .names()
                     .zip(taken_kwargs)
                     .find(|(_, taken)| !**taken)
                     .map(|(name, _)| name),
@@ -197,7 +225,7 @@ impl Arguments {
                     }
                     _ => None,
                 };
-                let keyword_at = message.body.kwargs.keys().position(|key| key == name);
+                let keyword_at = message.body.kwargs.names().position(|key| key == name);
                 (
                     take(taken_args.get_mut(index), Place::Positional(index)),
                     keyword_at.and_then(|at| {
@@ -217,9 +245,9 @@ impl Arguments {
     }
 
     /// `arg` as the parameter's type. A JSON value parameter takes it as
-    /// it is (a shared one is copied); any other type is read from it in
-    /// place, so that the value is still there to describe if it does not
-    /// fit.
+    /// it is (a shared one is copied); any other type is read from its
+    /// text if it has one, else from its value in place, so that the value
+    /// is still there to describe if it does not fit.
     fn convert<T: DeserializeOwned + 'static>(&self, arg: Arg, name: &str) -> Result<T, TaskError> {
         if std::any::TypeId::of::<T>() == std::any::TypeId::of::<Value>() {
             let mut slot = Some(arg.into_value());
@@ -230,13 +258,20 @@ impl Arguments {
                 .and_then(Option::take)
                 .ok_or_else(|| TaskError::new(format!("argument '{name}' could not be bound")));
         }
+        if let Some(text) = arg.text()
+            && let Ok(typed) = serde_json::from_str(text)
+        {
+            return Ok(typed);
+        }
+        // Read from the value: the same binding as from text, and on a
+        // mismatch the error names the value as it does for any message.
         let value = arg.value();
-        T::deserialize(value).map_err(|e| {
+        T::deserialize(&*value).map_err(|e| {
             TaskError::type_error(format!(
                 "{}() argument '{name}' must be {}, got {}: {e}",
                 self.task,
                 type_label::<T>(),
-                describe(value)
+                describe(&value)
             ))
         })
     }
@@ -357,7 +392,27 @@ mod tests {
         Arguments::of_message(Arc::new(message))
     }
 
-    const BOTH: [Build; 2] = [owned, shared];
+    /// A task message's arguments kept as text, as the worker binds a
+    /// large body's.
+    fn shared_text(positional: Value, keywords: Value) -> Arguments {
+        let raw = TaskMessage::new("t", "id")
+            .with_args(positional.as_array().cloned().unwrap_or_default())
+            .with_kwargs(keywords.as_object().cloned().unwrap_or_default())
+            .encode()
+            .unwrap();
+        let options = celeriac_protocol::DecodeOptions {
+            keep_args_as_text_from: 0,
+            ..Default::default()
+        };
+        let message = TaskMessage::decode(&raw, &options).unwrap();
+        assert_eq!(
+            message.body.args.text(0).is_some(),
+            !positional.as_array().unwrap().is_empty()
+        );
+        Arguments::of_message(Arc::new(message))
+    }
+
+    const EVERY_SOURCE: [Build; 3] = [owned, shared, shared_text];
 
     fn message(result: Result<impl std::fmt::Debug, TaskError>) -> String {
         let err = result.unwrap_err();
@@ -368,7 +423,7 @@ mod tests {
 
     #[test]
     fn positional_keyword_or_both() {
-        for args in BOTH {
+        for args in EVERY_SOURCE {
             let mut a = args(json!([1]), json!({"y": 2}));
             assert_eq!(a.take::<i32>(0, "x").unwrap(), 1);
             assert_eq!(a.take::<i32>(1, "y").unwrap(), 2);
@@ -378,7 +433,7 @@ mod tests {
 
     #[test]
     fn mistakes_are_type_errors_naming_the_parameter() {
-        for args in BOTH {
+        for args in EVERY_SOURCE {
             assert_eq!(
                 message(args(json!([]), json!({})).take::<u32>(0, "width")),
                 "t() missing required argument: 'width' (expected u32)"
@@ -422,7 +477,7 @@ mod tests {
 
     #[test]
     fn optional_parameters_may_be_absent_or_null() {
-        for args in BOTH {
+        for args in EVERY_SOURCE {
             let mut a = args(json!([null]), json!({}));
             assert_eq!(a.take_optional::<String>(0, "a").unwrap(), None);
             assert_eq!(a.take_optional::<String>(1, "b").unwrap(), None);

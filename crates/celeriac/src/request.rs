@@ -160,8 +160,8 @@ impl Request {
     ) -> Request {
         let extended = extended.then(|| ExtendedMeta {
             name: Some(message.headers.task.clone()),
-            args: Value::Array(message.body.args.clone()),
-            kwargs: Value::Object(message.body.kwargs.clone()),
+            args: Value::Array(message.body.args.to_vec()),
+            kwargs: Value::Object(message.body.kwargs.values().clone()),
             worker: Some(self.hostname.clone()),
             retries: Some(i64::from(self.retries)),
             queue: Some(self.delivery_info.routing_key.clone()),

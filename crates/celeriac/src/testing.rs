@@ -74,7 +74,11 @@ pub async fn apply<O: DeserializeOwned>(
     let message = TaskMessage::decode(&raw, &DecodeOptions::default())
         .map_err(|e| EagerError::Task(TaskError::new(e.to_string())))?;
     let request = Request::detached(&call.name, &id);
-    let args = Arguments::new(&call.name, message.body.args, message.body.kwargs);
+    let args = Arguments::new(
+        &call.name,
+        message.body.args.into_values(),
+        message.body.kwargs.into_values(),
+    );
     let run = crate::catch_panic(task.call(request.clone(), args));
     let value = crate::request::scope(request, run)
         .await
