@@ -78,6 +78,17 @@ pub(crate) fn checks(
         rate("drain", "raw lapin, ack each, pipelined"),
         0.9,
     );
+    // Like with like: raw lapin's request/reply confirms both publishes
+    // and acks each request once its reply is confirmed, as the worker
+    // stores a result before it acks.
+    let rpc = rate("results", "celeriac, rpc://");
+    let raw_rpc = rate("results", "raw lapin request/reply");
+    ratio(
+        "rpc:// round trip / raw lapin request-reply",
+        rpc,
+        raw_rpc,
+        0.7,
+    );
     let apply = rate("publish", "celeriac apply()");
     ratio(
         "apply() / raw publish, 1000 in flight",
@@ -228,6 +239,23 @@ pub(crate) fn checks(
                 "MB",
             ));
         }
+    }
+    let cpu_by_prefix = |scenario: &str, prefix: &str| {
+        throughput
+            .iter()
+            .find(|t| t.scenario == scenario && t.variant.starts_with(prefix))
+            .and_then(Throughput::cpu_us_per_task_median)
+    };
+    if let (Some(celeriac), Some(raw)) = (
+        cpu_by_prefix("results", "celeriac, rpc://"),
+        cpu_by_prefix("results", "raw lapin request/reply"),
+    ) {
+        checks.push(Check::at_most(
+            "rpc:// CPU per round trip / raw lapin request-reply's",
+            celeriac / raw,
+            2.0,
+            "×",
+        ));
     }
     checks.extend(payload_checks(throughput, payload_bytes));
     checks

@@ -6,7 +6,8 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -15,10 +16,11 @@ use celeriac_protocol::RawMessage;
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::oneshot;
 
 /// The AMQP properties Celeriac publishes `message` with, built here with
 /// lapin from the same header bytes the broker crate writes (that crate
@@ -225,4 +227,261 @@ pub(crate) async fn drain(
     let elapsed = start.elapsed();
     channel.close(200, "done".into()).await?;
     Ok(elapsed)
+}
+
+/// Moves `count` deliveries from `queue` into Celery's delay topology so
+/// that all come back at `due`, as a worker moves countdown tasks out of
+/// its queue: a consumer with `prefetch` republishes each delivery (its
+/// body and properties as received) to the level of its delay's highest
+/// bit with confirms, and acks each delivery once its copy is confirmed.
+/// Returns the time from `basic.consume` to the last ack sent.
+pub(crate) async fn relay_delayed(
+    connection: &Connection,
+    queue: &str,
+    count: u64,
+    prefetch: u16,
+    due: Instant,
+) -> anyhow::Result<Duration> {
+    let consuming = connection.create_channel().await?;
+    consuming
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    let publishing = connection.create_channel().await?;
+    publishing
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let start = Instant::now();
+    let mut consumer = consuming
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    let mut in_flight = VecDeque::with_capacity(usize::from(prefetch));
+    let mut received = 0;
+    while received < count {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the consumer stream ended early")??;
+        received += 1;
+        let delay = due.saturating_duration_since(Instant::now());
+        let confirm = publishing
+            .basic_publish(
+                delay::entry_exchange(delay).as_str().into(),
+                delay::routing_key(delay, queue).as_str().into(),
+                options,
+                &delivery.data,
+                delivery.properties.clone(),
+            )
+            .await?;
+        in_flight.push_back((confirm, delivery));
+        // Settle the oldest copies while the window still has deliveries
+        // coming: half the window in flight, as the broker refills it.
+        while in_flight.len() > usize::from(prefetch / 2).max(1)
+            || (received == count && !in_flight.is_empty())
+        {
+            let Some((confirm, delivery)) = in_flight.pop_front() else {
+                break;
+            };
+            check_ack(confirm.await?)?;
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    let elapsed = start.elapsed();
+    consuming.close(200, "done".into()).await?;
+    publishing.close(200, "done".into()).await?;
+    Ok(elapsed)
+}
+
+/// What an `rpc://` round trip does, in raw lapin: `count` requests,
+/// `callers` at a time. Each caller publishes `message` with confirms,
+/// `reply_to` set to one exclusive reply queue and a fresh
+/// `correlation_id`, and waits for the reply carrying that id. A responder
+/// consuming `queue` with `prefetch` publishes `reply` with confirms to
+/// each request's `reply_to` under its `correlation_id`, and acks the
+/// request once the reply is confirmed, as the worker stores a result
+/// before it acks. Returns the time from the first publish to the last
+/// reply.
+pub(crate) async fn round_trips(
+    connection: &Connection,
+    queue: &str,
+    message: &RawMessage,
+    reply: &[u8],
+    count: u64,
+    callers: u64,
+    prefetch: u16,
+) -> anyhow::Result<Duration> {
+    let waiting: Waiting = Arc::default();
+    let replies = connection.create_channel().await?;
+    let reply_queue = replies
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .name()
+        .to_string();
+    let mut reply_stream = replies
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let route_replies = waiting.clone();
+    tasks.spawn(async move {
+        while let Some(delivery) = reply_stream.next().await {
+            let delivery = delivery?;
+            let id = delivery.properties.correlation_id().clone();
+            let caller = id.and_then(|id| callers_of(&route_replies).remove(id.as_str()));
+            if let Some(caller) = caller {
+                let _ = caller.send(());
+            }
+        }
+        anyhow::Ok(())
+    });
+    tasks.spawn(respond(
+        connection.create_channel().await?,
+        connection.create_channel().await?,
+        queue.to_owned(),
+        reply.to_vec(),
+        prefetch,
+    ));
+
+    let requests = connection.create_channel().await?;
+    requests
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let properties = basic_properties(message)?.with_reply_to(reply_queue.as_str().into());
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut calls = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..callers {
+        let (requests, properties, waiting, next) = (
+            requests.clone(),
+            properties.clone(),
+            waiting.clone(),
+            next.clone(),
+        );
+        let (queue, body) = (queue.to_owned(), message.body.clone());
+        calls.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                let id = uuid::Uuid::new_v4().to_string();
+                let (replied, reply) = oneshot::channel();
+                callers_of(&waiting).insert(id.clone(), replied);
+                let confirm = requests
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties.clone().with_correlation_id(id.as_str().into()),
+                    )
+                    .await?;
+                check_ack(confirm.await?)?;
+                tokio::time::timeout(Duration::from_secs(60), reply)
+                    .await
+                    .context("no reply within 60 s")?
+                    .context("the reply router stopped")?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        call??;
+    }
+    let elapsed = start.elapsed();
+    tasks.abort_all();
+    requests.close(200, "done".into()).await?;
+    replies.close(200, "done".into()).await?;
+    Ok(elapsed)
+}
+
+/// Callers waiting for a reply, by correlation id.
+type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
+
+/// The waiting callers, even if a caller panicked while holding them.
+fn callers_of(
+    waiting: &Waiting,
+) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The responder of [`round_trips`]: replies to each request on `queue`
+/// and acks it once the reply is confirmed.
+async fn respond(
+    consuming: lapin::Channel,
+    publishing: lapin::Channel,
+    queue: String,
+    reply: Vec<u8>,
+    prefetch: u16,
+) -> anyhow::Result<()> {
+    consuming
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    publishing
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut requests = consuming
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let reply: Arc<[u8]> = reply.into();
+    let mut answering = tokio::task::JoinSet::new();
+    while let Some(delivery) = requests.next().await {
+        let delivery = delivery?;
+        let (publishing, reply) = (publishing.clone(), reply.clone());
+        answering.spawn(async move {
+            let to = delivery
+                .properties
+                .reply_to()
+                .clone()
+                .context("a request without reply_to")?;
+            let mut properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into());
+            if let Some(id) = delivery.properties.correlation_id() {
+                properties = properties.with_correlation_id(id.clone());
+            }
+            let confirm = publishing
+                .basic_publish(
+                    "".into(),
+                    to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &reply,
+                    properties,
+                )
+                .await?;
+            check_ack(confirm.await?)?;
+            delivery.ack(BasicAckOptions::default()).await?;
+            anyhow::Ok(())
+        });
+        while let Some(done) = answering.try_join_next() {
+            done??;
+        }
+    }
+    Ok(())
 }

@@ -133,8 +133,7 @@ fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
 }
 
 /// Whether every `\uD800`–`\uDBFF` escape is followed by a `\uDC00`–`\uDFFF`
-/// one, and no `\uDC00`–`\uDFFF` stands alone. An escaped backslash before
-/// a `u` can make this say no to valid text, never yes to invalid text.
+/// one, and no `\uDC00`–`\uDFFF` stands alone.
 fn surrogates_are_paired(text: &[u8]) -> bool {
     let unit = |at: usize| -> Option<u16> {
         let hex = text.get(at + 2..at + 6)?;
@@ -142,7 +141,10 @@ fn surrogates_are_paired(text: &[u8]) -> bool {
     };
     let mut after_pair = 0;
     for at in memchr::memmem::find_iter(text, br"\u") {
-        if at < after_pair {
+        // After an odd run of backslashes this one is escaped itself: the
+        // text `\\u` is a backslash and a `u`, not an escape.
+        let run = text[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+        if at < after_pair || run % 2 == 1 {
             continue;
         }
         match unit(at) {
@@ -267,6 +269,9 @@ mod tests {
             r#"[["\udc00\ud83d"], {}, null]"#.into(),
             r#"[["\ud83d\u0041"], {}, null]"#.into(),
             r#"[["a\"\\"], {}, null]"#.into(),
+            r#"[["\\ud800"], {}, null]"#.into(),
+            r#"[["\\ud83d\ude00"], {}, null]"#.into(),
+            r#"[["\\\ud800\udc00"], {}, null]"#.into(),
         ];
         for text in cases {
             let parses = from_slice(text.as_bytes()).is_ok();

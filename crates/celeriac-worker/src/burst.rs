@@ -36,7 +36,7 @@ use crate::handle::handle;
 
 /// Deliveries the burst consumer may hold at once (docs/performance.md
 /// compares 500 with 1,000 and 2,000).
-pub(crate) const BURST_WINDOW: u16 = 2000;
+pub const BURST_WINDOW: u16 = 2000;
 /// Moved deliveries in a row that make a burst however small the window.
 pub(crate) const MIN_STREAK: usize = 8;
 /// A burst consumer that receives nothing for this long ends.

@@ -70,6 +70,7 @@ pub mod testing;
 mod tracker;
 mod worker;
 
+pub use burst::BURST_WINDOW;
 pub use cli::main;
 pub use config::{LimitOutage, WorkerConfig, expand_hostname};
 pub use config_file::{ConfigFile, QueueSpec, RouteSpec, RouteTable};

@@ -2,7 +2,8 @@
 //! a worker with default settings. How long the ordinary tasks take from
 //! their send to done; how fast the burst leaves the queue for the delay
 //! queues, beside raw lapin publishing as many messages with confirms to a
-//! plain queue and through the delay queues; how late the last countdown
+//! plain queue and through the delay queues, and beside raw lapin moving
+//! them there as the producer publishes them; how late the last countdown
 //! task runs, beside how late the last of raw lapin's delayed messages
 //! reaches a raw consumer; and a worker process's peak memory through one
 //! burst.
@@ -64,6 +65,33 @@ impl Bench {
                 .await?;
                 let late = Instant::now().saturating_duration_since(due);
                 row.raw_last_late_s.push(late.as_secs_f64());
+
+                // The move itself, raw: a producer publishes the burst to
+                // the queue while a relay moves it to the delay queues.
+                let due = Instant::now() + due_in;
+                let start = Instant::now();
+                let (published, relayed) = tokio::join!(
+                    raw::publish(&self.raw, &queue, &message, burst, 1_000),
+                    raw::relay_delayed(
+                        &self.raw,
+                        &queue,
+                        burst,
+                        celeriac_worker::BURST_WINDOW,
+                        due
+                    )
+                );
+                published?;
+                relayed?;
+                row.raw_relay_per_s
+                    .push(burst as f64 / start.elapsed().as_secs_f64());
+                raw::drain(
+                    &self.raw,
+                    &queue,
+                    burst,
+                    400,
+                    RawAck::Every(MULTI_ACK_EVERY),
+                )
+                .await?;
 
                 let shape = WorkerShape::plain(self.concurrency);
                 let worker = InProcessWorker::start(&self.url, &queue, shape).await?;

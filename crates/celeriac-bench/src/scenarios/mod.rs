@@ -530,8 +530,32 @@ impl Bench {
         let n = self.sizes.round_trips;
         let callers = self.concurrency as u64;
         let variant = format!("celeriac, rpc:// results, {callers} callers");
+        let raw_variant = format!("raw lapin request/reply, {callers} callers");
+        // The same request bytes, and a reply the size of the worker's
+        // result document.
+        let request = task_message("demo.add")?;
+        let reply = serde_json::to_vec(&serde_json::json!({
+            "status": "SUCCESS", "result": 3, "traceback": null, "children": [],
+            "date_done": "2026-12-07T00:00:00.000000+00:00",
+            "task_id": "4f3c1a2e-9b7d-4c6a-8e5f-1d2b3c4d5e6f",
+        }))?;
+        let raw_queue = self.queue("results-raw").await?;
         for round in 1..=self.sizes.rounds {
             eprintln!("results: round {round}/{}", self.sizes.rounds);
+            let cpu = measure::own_cpu();
+            let took = raw::round_trips(
+                &self.raw,
+                &raw_queue,
+                &request,
+                &reply,
+                n,
+                callers,
+                self.prefetch(),
+            )
+            .await?;
+            let cpu = measure::own_cpu().saturating_sub(cpu);
+            self.record("results", &raw_variant, n, took.as_secs_f64(), Some(cpu));
+
             let cpu = measure::own_cpu();
             let took = library::round_trips(&app, n, callers).await?;
             let cpu = measure::own_cpu().saturating_sub(cpu);
