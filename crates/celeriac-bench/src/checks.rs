@@ -204,30 +204,22 @@ pub(crate) fn checks(
             1.0,
             "s",
         ));
-        checks.push(Check::at_least(
-            &format!("{} countdown tasks cleared / raw publish", row.burst),
-            median(&row.cleared_per_s) / median(&row.raw_publish_per_s),
-            0.5,
-            "×",
-        ));
-        checks.push(Check::at_least(
-            &format!(
-                "{} countdown tasks cleared / raw delayed publish",
-                row.burst
+        for (baseline, rates, floor) in [
+            ("raw publish", &row.raw_publish_per_s, 0.5),
+            ("raw delayed publish", &row.raw_delayed_publish_per_s, 0.8),
+            (
+                "raw lapin relaying them to the delay queues",
+                &row.raw_relay_per_s,
+                0.8,
             ),
-            median(&row.cleared_per_s) / median(&row.raw_delayed_publish_per_s),
-            0.8,
-            "×",
-        ));
-        checks.push(Check::at_least(
-            &format!(
-                "{} countdown tasks cleared / raw lapin relaying them to the delay queues",
-                row.burst
-            ),
-            median(&row.cleared_per_s) / median(&row.raw_relay_per_s),
-            0.8,
-            "×",
-        ));
+        ] {
+            checks.push(Check::at_least(
+                &format!("{} countdown tasks cleared / {baseline}", row.burst),
+                median(&row.cleared_per_s) / median(rates),
+                floor,
+                "×",
+            ));
+        }
         if let Some(kib) = row.worker_process_peak_kib {
             checks.push(Check::at_most(
                 &format!(

@@ -169,6 +169,25 @@ pub(crate) enum RawAck {
     Every(u64),
 }
 
+/// A consumer of `queue` on `channel` with `prefetch` (late acks).
+async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<lapin::Consumer> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?)
+}
+
 /// Consumes `count` deliveries from `queue` with `prefetch`, acking as
 /// `ack` says. Returns the time from `basic.consume` to the last ack sent.
 pub(crate) async fn drain(
@@ -185,18 +204,8 @@ pub(crate) async fn drain(
         );
     }
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions { global: false })
-        .await?;
     let start = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            Default::default(),
-        )
-        .await?;
+    let mut consumer = consume(&channel, queue, prefetch).await?;
     let mut received = 0;
     let mut acks = tokio::task::JoinSet::new();
     while received < count {
@@ -242,10 +251,6 @@ pub(crate) async fn relay_delayed(
     prefetch: u16,
     due: Instant,
 ) -> anyhow::Result<Duration> {
-    let consuming = connection.create_channel().await?;
-    consuming
-        .basic_qos(prefetch, BasicQosOptions { global: false })
-        .await?;
     let publishing = connection.create_channel().await?;
     publishing
         .confirm_select(ConfirmSelectOptions::default())
@@ -254,15 +259,9 @@ pub(crate) async fn relay_delayed(
         mandatory: true,
         ..BasicPublishOptions::default()
     };
+    let consuming = connection.create_channel().await?;
     let start = Instant::now();
-    let mut consumer = consuming
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            Default::default(),
-        )
-        .await?;
+    let mut consumer = consume(&consuming, queue, prefetch).await?;
     let mut in_flight = VecDeque::with_capacity(usize::from(prefetch));
     let mut received = 0;
     while received < count {
@@ -435,20 +434,10 @@ async fn respond(
     reply: Vec<u8>,
     prefetch: u16,
 ) -> anyhow::Result<()> {
-    consuming
-        .basic_qos(prefetch, BasicQosOptions { global: false })
-        .await?;
     publishing
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut requests = consuming
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut requests = consume(&consuming, &queue, prefetch).await?;
     let reply: Arc<[u8]> = reply.into();
     let mut answering = tokio::task::JoinSet::new();
     while let Some(delivery) = requests.next().await {

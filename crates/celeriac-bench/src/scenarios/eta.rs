@@ -55,14 +55,7 @@ impl Bench {
                     raw::publish_delayed(&self.raw, &queue, &message, burst, 1_000, due).await?;
                 row.raw_delayed_publish_per_s
                     .push(burst as f64 / took.as_secs_f64());
-                raw::drain(
-                    &self.raw,
-                    &queue,
-                    burst,
-                    400,
-                    RawAck::Every(MULTI_ACK_EVERY),
-                )
-                .await?;
+                self.drain_returned(&queue, burst).await?;
                 let late = Instant::now().saturating_duration_since(due);
                 row.raw_last_late_s.push(late.as_secs_f64());
 
@@ -84,14 +77,7 @@ impl Bench {
                 relayed?;
                 row.raw_relay_per_s
                     .push(burst as f64 / start.elapsed().as_secs_f64());
-                raw::drain(
-                    &self.raw,
-                    &queue,
-                    burst,
-                    400,
-                    RawAck::Every(MULTI_ACK_EVERY),
-                )
-                .await?;
+                self.drain_returned(&queue, burst).await?;
 
                 let shape = WorkerShape::plain(self.concurrency);
                 let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
@@ -163,6 +149,13 @@ impl Bench {
         let peak = worker.memory_kib("VmHWM")?;
         worker.stop().await;
         Ok(peak)
+    }
+
+    /// Takes `burst` delayed messages back from `queue` as they come due,
+    /// as a raw consumer that does nothing else would.
+    async fn drain_returned(&self, queue: &str, burst: u64) -> anyhow::Result<()> {
+        raw::drain(&self.raw, queue, burst, 400, RawAck::Every(MULTI_ACK_EVERY)).await?;
+        Ok(())
     }
 
     /// Messages in all of Celery's delay levels.
