@@ -10,6 +10,8 @@
 //! Either way [`Args`] reads as a `[Value]` and [`Kwargs`] as a
 //! `Map<String, Value>`.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, Range};
 use std::sync::{Arc, OnceLock};
@@ -61,6 +63,15 @@ impl Args {
     pub fn text(&self, index: usize) -> Option<&str> {
         let text = self.text.as_ref()?;
         text.spans.get(index).map(|span| &text.body[span.clone()])
+    }
+
+    /// Argument `index` as a value: read from its own text alone if the
+    /// body was kept as text (the others stay text), else borrowed.
+    pub fn value(&self, index: usize) -> Option<Cow<'_, Value>> {
+        match &self.text {
+            Some(_) => self.text(index).map(|text| Cow::Owned(value_of(text))),
+            None => self.values().get(index).map(Cow::Borrowed),
+        }
     }
 
     /// The arguments as values, read from the text on first use.
@@ -175,6 +186,15 @@ impl Kwargs {
         Some(&text.body[span.clone()])
     }
 
+    /// Keyword argument `name` as a value: read from its own text alone if
+    /// the body was kept as text (the others stay text), else borrowed.
+    pub fn value(&self, name: &str) -> Option<Cow<'_, Value>> {
+        match &self.text {
+            Some(_) => self.text(name).map(|text| Cow::Owned(value_of(text))),
+            None => self.values().get(name).map(Cow::Borrowed),
+        }
+    }
+
     /// The keyword arguments as values, read from the text on first use.
     pub fn values(&self) -> &Map<String, Value> {
         self.values.get_or_init(|| match &self.text {
@@ -229,10 +249,12 @@ impl fmt::Debug for Kwargs {
     }
 }
 
-/// A slice of text that parsed once already as JSON.
+/// A slice of a body kept as text, as a value.
 fn value_of(text: &str) -> Value {
-    // The slice was checked as JSON when the body was split, so this
-    // parse cannot fail; `null` stands in only if that ever changes.
+    // A body is kept as text only if it parses as values
+    // (`json::parses_as_values`, checked before the split), so this parse
+    // cannot fail; `null` would stand in only if that check were wrong,
+    // which the decode tests compare path against path.
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
@@ -306,11 +328,16 @@ impl<'de: 'a, 'a> Visitor<'de> for KwargSlicesVisitor<'a> {
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
         let mut slices: Vec<(String, &'a RawValue)> = Vec::new();
+        // Where each name is in `slices`: a body may hold a million names.
+        let mut places: HashMap<String, usize> = HashMap::new();
         while let Some(name) = map.next_key::<String>()? {
             let raw: &'de RawValue = map.next_value()?;
-            match slices.iter_mut().find(|(key, _)| *key == name) {
-                Some(slot) => slot.1 = raw,
-                None => slices.push((name, raw)),
+            match places.get(&name) {
+                Some(&at) => slices[at].1 = raw,
+                None => {
+                    places.insert(name.clone(), slices.len());
+                    slices.push((name, raw));
+                }
             }
         }
         Ok(KwargSlices(slices))

@@ -83,13 +83,21 @@ fn find_non_finite(bytes: &[u8]) -> Option<(&'static str, usize)> {
 const VALUE_DEPTH_LIMIT: usize = 127;
 
 /// Whether JSON text that serde_json has already accepted as syntax
-/// (split into raw slices, say) also parses into values: it nests no
-/// deeper than [`from_slice`] allows and has no unpaired surrogate escape
-/// (`"\ud800"`, which Python's `json.dumps` writes and serde_json refuses).
-/// It may say no to text that would parse, never yes to text that would not.
+/// (split into raw slices, say) also parses into the same values: it nests
+/// no deeper than [`from_slice`] allows, has no unpaired surrogate escape
+/// (`"\ud800"`, which Python's `json.dumps` writes and serde_json refuses),
+/// and does not name serde_json's private keys (an object keyed
+/// `$serde_json::private::Number` or `...::RawValue` is read as a number
+/// or as embedded JSON, not as an object). It may say no to text that would
+/// parse the same (a private key), never yes to text that would not.
 pub(crate) fn parses_as_values(text: &[u8]) -> bool {
-    nests_within(text, VALUE_DEPTH_LIMIT) && surrogates_are_paired(text)
+    memchr::memmem::find(text, SERDE_JSON_PRIVATE).is_none()
+        && nests_within(text, VALUE_DEPTH_LIMIT)
+        && surrogates_are_paired(text)
 }
+
+/// The prefix of the keys serde_json's value parser treats specially.
+const SERDE_JSON_PRIVATE: &[u8] = b"$serde_json::private::";
 
 /// Whether arrays and objects nest at most `limit` deep, brackets inside
 /// strings aside.

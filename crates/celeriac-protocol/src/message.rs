@@ -460,6 +460,47 @@ mod tests {
     }
 
     #[test]
+    fn bodies_kept_as_text_decode_as_bodies_read_as_values() {
+        let as_text = DecodeOptions {
+            keep_args_as_text_from: 0,
+            ..DecodeOptions::default()
+        };
+        let as_values = DecodeOptions {
+            keep_args_as_text_from: usize::MAX,
+            ..DecodeOptions::default()
+        };
+        let deep = format!("[[{}1{}], {{}}, null]", "[".repeat(200), "]".repeat(200));
+        let bodies = [
+            r#"[[1, "two", {"x": [3.50]}], {"k": null, "j": [true]}, null]"#,
+            r#"[null, null, {}]"#,
+            r#"[[], {"a": 1, "b": 2, "a": 3}, null]"#,
+            r#"[["\ud800"], {}, null]"#,
+            r#"[["\ud83d\ude00"], {}, null]"#,
+            r#"[[NaN], {}, null]"#,
+            r#"[[{"$serde_json::private::Number": "x"}], {}, null]"#,
+            r#"[[], {"$serde_json::private::Number": "1"}, null]"#,
+            r#"[[{"$serde_json::private::RawValue": "[1]"}], {}, null]"#,
+            r#"[[1], [2], null]"#,
+            r#"[[1], {}, 5]"#,
+            r#"[[1], {}]"#,
+            r#"[[1], {}, null, 4]"#,
+            r#"[[1], {}, null"#,
+            deep.as_str(),
+        ];
+        for body in bodies {
+            let message = raw(v2_headers(), body);
+            let kept = TaskMessage::decode(&message, &as_text);
+            assert_eq!(
+                kept,
+                TaskMessage::decode(&message, &as_values),
+                "{body:.80}"
+            );
+        }
+        let first = TaskMessage::decode(&raw(v2_headers(), bodies[0]), &as_text).unwrap();
+        assert_eq!(first.body.args.text(2), Some(r#"{"x": [3.50]}"#));
+    }
+
+    #[test]
     fn compressed_bodies_round_trip() {
         for c in [Compression::Zlib, Compression::Bzip2, Compression::Lzma] {
             let mut msg = TaskMessage::new("t", "i").with_args(vec![json!("x")]);

@@ -172,14 +172,15 @@ pub(crate) fn limit_key(task: &dyn Task, options: &TaskOptions, message: &TaskMe
         return name.clone();
     };
     let body = &message.body;
-    let value = body.kwargs.get(parameter).or_else(|| {
+    // Only this argument is read as a value, even from a body kept as text.
+    let value = body.kwargs.value(parameter).or_else(|| {
         let index = task
             .parameters()
             .iter()
             .position(|p| *p == parameter.as_str())?;
-        body.args.get(index)
+        body.args.value(index)
     });
-    match value {
+    match value.as_deref() {
         Some(Value::String(text)) => format!("{name}:{parameter}={text}"),
         Some(other) => format!("{name}:{parameter}={other}"),
         None => format!("{name}:{parameter}=(missing)"),

@@ -84,20 +84,15 @@ impl Arg {
         }
     }
 
-    /// The argument as a value: read from its text if it was kept as
-    /// text, else borrowed.
+    /// The argument as a value: read from its own text if its message
+    /// kept the body as text, else borrowed.
     fn value(&self) -> Cow<'_, Value> {
-        if let Some(text) = self.text() {
-            // The text was checked as JSON when the body was split.
-            return Cow::Owned(serde_json::from_str(text).unwrap_or(Value::Null));
-        }
-        match self {
-            Arg::Owned(value) => Cow::Borrowed(value),
-            Arg::Shared(message, Place::Positional(i)) => Cow::Borrowed(&message.body.args[*i]),
-            Arg::Shared(message, Place::Keyword(name)) => {
-                Cow::Borrowed(message.body.kwargs.get(name).unwrap_or(&Value::Null))
-            }
-        }
+        let shared = match self {
+            Arg::Owned(value) => return Cow::Borrowed(value),
+            Arg::Shared(message, Place::Positional(i)) => message.body.args.value(*i),
+            Arg::Shared(message, Place::Keyword(name)) => message.body.kwargs.value(name),
+        };
+        shared.unwrap_or(Cow::Owned(Value::Null))
     }
 
     fn into_value(self) -> Value {
