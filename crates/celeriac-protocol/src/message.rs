@@ -18,7 +18,9 @@ use crate::{
 pub const DEFAULT_MAX_BODY_SIZE: usize = 16 * 1024 * 1024;
 
 /// The body size from which a decoded task keeps its arguments as text by
-/// default: measured, below it building the values at once costs less.
+/// default. Chosen, not tuned: 1 KB bodies stay on the value path (their
+/// cost is unchanged) and 10 KB ones take the text path and cost less;
+/// sizes in between were not measured.
 pub const KEEP_ARGS_AS_TEXT_FROM: usize = 4096;
 
 /// The AMQP basic properties Celery uses (§1.2). Absent ones are `None`.
