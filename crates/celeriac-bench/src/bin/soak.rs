@@ -363,7 +363,13 @@ async fn main() {
             rss_samples.last().map(|s| &s.1)
         );
         if now_done >= args.tasks {
-            break;
+            // A node loss is only proven once the node is back: if every
+            // task finished while it was down, wait for its restart.
+            match &mut leader_kill {
+                Some(kill) if kill.restart.is_none() => kill.restart_when_due(&args),
+                _ => break,
+            }
+            continue;
         }
         if now_done > last_progress.0 {
             last_progress = (now_done, Instant::now());
