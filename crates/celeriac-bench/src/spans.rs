@@ -36,13 +36,25 @@ impl<S> Filter<S> for SpansOnly {
 
 impl SpanSwitch {
     /// Installs the subscriber (off) as the process's global default.
+    /// With `RUST_LOG` set, the in-process workers' and lapin's log lines
+    /// at that filter also go to stderr (to diagnose a slow round; the
+    /// numbers of such a run are not comparable with a quiet one).
     pub(crate) fn install() -> SpanSwitch {
         let on = Arc::new(AtomicBool::new(false));
-        let layer = tracing_subscriber::fmt::layer()
+        let spans = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(std::io::sink)
             .with_filter(SpansOnly(on.clone()));
-        let _ = tracing_subscriber::registry().with(layer).try_init();
+        let logs = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+        });
+        let _ = tracing_subscriber::registry()
+            .with(spans)
+            .with(logs)
+            .try_init();
         SpanSwitch(on)
     }
 
