@@ -26,19 +26,20 @@ pub(crate) enum Admission<'a> {
     },
     /// The broker delivered it before (a worker may have crashed on it):
     /// count the redelivery before running it again.
-    Redelivered(TaskMessage),
+    Redelivered(Arc<TaskMessage>),
     /// No task of that name is registered here.
-    Unregistered(TaskMessage),
+    Unregistered(Arc<TaskMessage>),
     /// It expired before it could start.
-    Expired(TaskMessage),
+    Expired(Arc<TaskMessage>),
     /// It is due further out than the ETA horizon, or every hold slot is
     /// taken: move it to the delay topology for this long rather than hold
     /// it unacked.
     Postpone(Duration),
     /// Run it once `wait` has passed (zero: at once).
     Run {
-        /// The decoded message.
-        message: TaskMessage,
+        /// The decoded message (shared: a task's future holds it by
+        /// pointer, and its run shares it with the task's arguments).
+        message: Arc<TaskMessage>,
         /// The task to run.
         task: Arc<dyn Task>,
         /// How long until its ETA.
@@ -65,7 +66,7 @@ pub(crate) struct Gate<'a> {
 /// Decides what happens to a delivery of `raw` before its task runs.
 pub(crate) fn admit<'a>(raw: &RawMessage, redelivered: bool, gate: &Gate<'a>) -> Admission<'a> {
     let message = match TaskMessage::decode(raw, gate.decode) {
-        Ok(message) => message,
+        Ok(message) => Arc::new(message),
         Err(err) => {
             return Admission::Undecodable {
                 reason: DeadLetterReason::from_decode_reason(err.reason()),

@@ -56,22 +56,27 @@ pub(crate) async fn execute(
             signal.signal();
         })
     });
-    let limited = async {
+    // The task's future is awaited in place (not moved into a timeout),
+    // so a task's state holds it once.
+    let mut future = std::pin::pin!(future);
+    let hard_limit_passed = async {
         match hard {
-            Some(limit) => tokio::time::timeout(limit, future)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(TaskError::python(
-                        "celery.exceptions",
-                        "TimeLimitExceeded",
-                        format!("TimeLimitExceeded({})", limit.as_secs_f64()),
-                    ))
-                }),
-            None => future.await,
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                limit
+            }
+            None => std::future::pending().await,
         }
     };
     let ran = tokio::select! {
-        result = limited => Ran::Finished(result),
+        // A task that finishes as its limit passes has finished.
+        biased;
+        result = &mut future => Ran::Finished(result),
+        limit = hard_limit_passed => Ran::Finished(Err(TaskError::python(
+            "celery.exceptions",
+            "TimeLimitExceeded",
+            format!("TimeLimitExceeded({})", limit.as_secs_f64()),
+        ))),
         () = terminate.cancelled() => Ran::Terminated,
     };
     if let Some(timer) = soft_timer {

@@ -107,12 +107,11 @@ async fn process(ctx: &Context, delivery: &Delivery) -> Settle {
 async fn run_admitted(
     ctx: &Context,
     delivery: &Delivery,
-    message: TaskMessage,
+    message: Arc<TaskMessage>,
     task: Arc<dyn Task>,
     wait: Duration,
     hold: Option<EtaHold<'_>>,
 ) -> Settle {
-    let message = Arc::new(message);
     let request = ctx.request_for(delivery, &message);
     if ctx.revoked.contains(&message) {
         return Box::pin(revoke(

@@ -32,7 +32,8 @@ pub(crate) async fn settle(ctx: &Context, delivery: &Delivery, settle: Settle) {
         Settle::Ack => delivery.ack().await,
         Settle::AckNow => delivery.ack_now().await,
         Settle::Reject { requeue } => delivery.reject(requeue).await,
-        Settle::Requeue => requeue(ctx, delivery).await,
+        // Only at shutdown: boxed, so its state is not part of every task's.
+        Settle::Requeue => Box::pin(requeue(ctx, delivery)).await,
         Settle::AckedEarly => Ok(AckOutcome::Done),
     };
     if let Err(e) = outcome {
