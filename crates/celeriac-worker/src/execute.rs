@@ -56,27 +56,28 @@ pub(crate) async fn execute(
             signal.signal();
         })
     });
-    // The task's future is awaited in place (not moved into a timeout),
-    // so a task's state holds it once.
+    // The task's future is pinned here and awaited through a reference, so
+    // a task's state holds it once (`timeout` would otherwise take it by
+    // value and hold a second copy). `timeout` rather than a sleep beside
+    // it: it checks its deadline even when the task has used up tokio's
+    // cooperative budget, so a task busy on ready resources still stops.
     let mut future = std::pin::pin!(future);
-    let hard_limit_passed = async {
+    let limited = async {
         match hard {
-            Some(limit) => {
-                tokio::time::sleep(limit).await;
-                limit
-            }
-            None => std::future::pending().await,
+            Some(limit) => tokio::time::timeout(limit, future.as_mut())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TaskError::python(
+                        "celery.exceptions",
+                        "TimeLimitExceeded",
+                        format!("TimeLimitExceeded({})", limit.as_secs_f64()),
+                    ))
+                }),
+            None => future.as_mut().await,
         }
     };
     let ran = tokio::select! {
-        // A task that finishes as its limit passes has finished.
-        biased;
-        result = &mut future => Ran::Finished(result),
-        limit = hard_limit_passed => Ran::Finished(Err(TaskError::python(
-            "celery.exceptions",
-            "TimeLimitExceeded",
-            format!("TimeLimitExceeded({})", limit.as_secs_f64()),
-        ))),
+        result = limited => Ran::Finished(result),
         () = terminate.cancelled() => Ran::Terminated,
     };
     if let Some(timer) = soft_timer {
