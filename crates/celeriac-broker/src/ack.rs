@@ -11,12 +11,14 @@
 //!   while the head is young: tasks finish slightly out of order all the
 //!   time (the runtime does not start them in strict delivery order), and
 //!   acking those one by one would cost more than the per-message acks
-//!   coalescing saves. Once the head has been out for
-//!   `STRAGGLER_DELAY_FACTOR × max_delay` (at least `MIN_STRAGGLER_AGE`, the
-//!   straggler age) it is a long task or a held one (an ETA task, a rate
-//!   limit's turn), no multiple ack can pass it until it ends, and every
-//!   finished delivery behind it is acked on its own at the next flush, so
-//!   it does not hold a prefetch slot;
+//!   coalescing saves. Once the head has been the oldest unfinished
+//!   delivery for `STRAGGLER_DELAY_FACTOR × max_delay` (at least
+//!   `MIN_STRAGGLER_AGE`, the straggler age) it is a long task or a held
+//!   one (an ETA task, a rate limit's turn), no multiple ack can pass it
+//!   until it ends, and every delivery that finishes behind it is acked on
+//!   its own at once, so it does not hold a prefetch slot. However young
+//!   the head, a finished delivery is acked on its own once it has waited
+//!   the straggler age;
 //! - rejects, nacks and immediate acks are sent at once, individually;
 //! - every frame of a window is chosen and sent under one async lock, so
 //!   acks leave in tag order: two flushes racing could otherwise send the
@@ -62,69 +64,97 @@ impl Default for AckPolicy {
     }
 }
 
-/// An unfinished delivery out for this many flush intervals is a long one:
-/// the finished deliveries behind it are acked one by one...
+/// An unfinished delivery that has been the oldest for this many flush
+/// intervals is a long one: the finished deliveries behind it are acked one
+/// by one...
 const STRAGGLER_DELAY_FACTOR: u32 = 20;
-/// ...and one out for less than this never is.
+/// ...and one that has been the oldest for less than this never is.
 const MIN_STRAGGLER_AGE: Duration = Duration::from_millis(100);
 
 struct Entry {
     acker: Acker,
-    times: Times,
+    /// When it finished, if it has.
+    finished: Option<Instant>,
 }
 
-/// When a delivery came and when it finished (if it has).
-#[derive(Debug, Clone, Copy)]
-struct Times {
-    delivered: Instant,
-    finished: Option<Instant>,
+/// The oldest unfinished delivery as the window last saw it, and since
+/// when it has been the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    tag: u64,
+    since: Instant,
+}
+
+/// A channel's unacked deliveries by tag, and its head.
+#[derive(Default)]
+struct Deliveries {
+    by_tag: BTreeMap<u64, Entry>,
+    head: Option<Head>,
+}
+
+impl Deliveries {
+    /// Whether the head has been the oldest unfinished delivery for
+    /// `long_after` by `now` (as last seen by a flush).
+    fn head_is_long(&self, now: Instant, long_after: Duration) -> bool {
+        self.head
+            .is_some_and(|head| now.saturating_duration_since(head.since) >= long_after)
+    }
 }
 
 /// What one flush acks: the contiguous finished run from the oldest
 /// delivery through `run_through` (one multiple ack), and `singles` one by
-/// one.
+/// one; and the head it leaves.
 #[derive(Debug, PartialEq, Eq)]
 struct Choice {
     run_through: Option<u64>,
     singles: Vec<u64>,
+    head: Option<Head>,
 }
 
 /// Chooses what a flush at `now` acks, from the window's deliveries in tag
-/// order: the finished run from the oldest, and, once the oldest unfinished
-/// delivery (the head) has been out `long_after`, every finished delivery
-/// behind it.
+/// order (each with when it finished, if it has) and the head the last
+/// flush saw: the finished run from the oldest; every finished delivery
+/// behind the oldest unfinished one (the head) once the head has been the
+/// oldest for `long_after`; and, however young the head, any finished
+/// delivery that has waited `long_after` itself.
 ///
 /// While the head is young, a finished delivery behind it waits: the head
 /// will most likely finish soon, and one multiple ack then covers both.
-/// Once it has been out for the straggler age it is a long task or a held
-/// one (an ETA task, a rate limit's turn); no multiple ack can pass it until
-/// it ends, so waiting would only hold prefetch slots. (A delivery behind
-/// the head finished after the head came, so it never waits longer than
-/// the straggler age either.)
+/// Once it has been the oldest for the straggler age it is a long task or
+/// a held one (an ETA task, a rate limit's turn); no multiple ack can pass
+/// it until it ends, so waiting would only hold prefetch slots. Its age
+/// counts from when it became the oldest, not from its delivery: a
+/// delivery that waited in the prefetch window for a concurrency slot is
+/// not long for that. And a finished delivery never waits more than
+/// `long_after` in all, even behind a run of heads that each finish young.
 fn choose(
-    entries: impl Iterator<Item = (u64, Times)>,
+    entries: impl Iterator<Item = (u64, Option<Instant>)>,
+    last_head: Option<Head>,
     now: Instant,
     long_after: Duration,
 ) -> Choice {
     let mut entries = entries.peekable();
     let mut run_through = None;
-    while let Some((tag, _)) = entries.next_if(|(_, times)| times.finished.is_some()) {
+    while let Some((tag, _)) = entries.next_if(|(_, finished)| finished.is_some()) {
         run_through = Some(tag);
     }
-    let head_is_long = entries
-        .peek()
-        .is_some_and(|(_, head)| now.saturating_duration_since(head.delivered) >= long_after);
-    let singles = if head_is_long {
-        entries
-            .filter(|(_, times)| times.finished.is_some())
-            .map(|(tag, _)| tag)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let head = entries.peek().map(|&(tag, _)| match last_head {
+        Some(last) if last.tag == tag => last,
+        _ => Head { tag, since: now },
+    });
+    let head_is_long =
+        head.is_some_and(|head| now.saturating_duration_since(head.since) >= long_after);
+    let singles = entries
+        .filter(|(_, finished)| {
+            finished
+                .is_some_and(|at| head_is_long || now.saturating_duration_since(at) >= long_after)
+        })
+        .map(|(tag, _)| tag)
+        .collect();
     Choice {
         run_through,
         singles,
+        head,
     }
 }
 
@@ -134,17 +164,18 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The unacked deliveries of one channel, by delivery tag.
 pub(crate) struct AckWindow {
-    entries: Mutex<BTreeMap<u64, Entry>>,
+    deliveries: Mutex<Deliveries>,
     /// Held while frames are chosen and sent, so they leave in order.
     sending: tokio::sync::Mutex<()>,
-    /// Wakes the flusher when a full batch is ready.
-    batch_ready: Arc<Notify>,
+    /// Wakes the flusher when a full batch is ready, or a delivery
+    /// finished behind a long head.
+    ready: Arc<Notify>,
     max_batch: usize,
     straggler_age: Duration,
 }
 
-fn lock(entries: &Mutex<BTreeMap<u64, Entry>>) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
-    entries
+fn lock(deliveries: &Mutex<Deliveries>) -> MutexGuard<'_, Deliveries> {
+    deliveries
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -153,11 +184,11 @@ impl AckWindow {
     /// A window for one channel, with a background flusher that stops when
     /// the window is dropped.
     pub(crate) fn start(max_batch: u16, max_delay: Duration) -> Arc<AckWindow> {
-        let batch_ready = Arc::new(Notify::new());
+        let ready = Arc::new(Notify::new());
         let window = Arc::new(AckWindow {
-            entries: Mutex::new(BTreeMap::new()),
+            deliveries: Mutex::new(Deliveries::default()),
             sending: tokio::sync::Mutex::new(()),
-            batch_ready: batch_ready.clone(),
+            ready: ready.clone(),
             max_batch: usize::from(max_batch.max(1)),
             straggler_age: (max_delay * STRAGGLER_DELAY_FACTOR).max(MIN_STRAGGLER_AGE),
         });
@@ -166,7 +197,7 @@ impl AckWindow {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(max_delay) => {}
-                    () = batch_ready.notified() => {}
+                    () = ready.notified() => {}
                 }
                 let Some(window) = weak.upgrade() else { return };
                 window.flush().await;
@@ -177,43 +208,47 @@ impl AckWindow {
 
     /// Finished deliveries whose ack has not been sent yet.
     pub(crate) fn pending(&self) -> usize {
-        lock(&self.entries)
+        lock(&self.deliveries)
+            .by_tag
             .values()
-            .filter(|e| e.times.finished.is_some())
+            .filter(|e| e.finished.is_some())
             .count()
     }
 
     /// Registers a delivery as unacked.
     pub(crate) fn delivered(&self, tag: u64, acker: Acker) {
-        lock(&self.entries).insert(
-            tag,
-            Entry {
-                acker,
-                times: Times {
-                    delivered: Instant::now(),
-                    finished: None,
-                },
-            },
-        );
+        let entry = Entry {
+            acker,
+            finished: None,
+        };
+        lock(&self.deliveries).by_tag.insert(tag, entry);
     }
 
     /// Marks a delivery finished; wakes the flusher if a full batch is
-    /// ready. Never waits: the finished task is freed at once, instead of
-    /// lingering (with its message) until the ack is on the wire, while the
-    /// broker already delivers its replacement.
+    /// ready, or if it finished behind a long head (its ack then goes out
+    /// alone at once, rather than at the next flush interval). Never waits:
+    /// the finished task is freed at once, instead of lingering (with its
+    /// message) until the ack is on the wire, while the broker already
+    /// delivers its replacement.
     pub(crate) fn finished(&self, tag: u64) {
-        let ready = {
-            let mut entries = lock(&self.entries);
-            if let Some(entry) = entries.get_mut(&tag) {
-                entry.times.finished = Some(Instant::now());
+        let wake = {
+            let mut deliveries = lock(&self.deliveries);
+            let now = Instant::now();
+            if let Some(entry) = deliveries.by_tag.get_mut(&tag) {
+                entry.finished = Some(now);
             }
-            entries
-                .values()
-                .take_while(|e| e.times.finished.is_some())
-                .count()
+            let behind_long_head = deliveries.head.is_some_and(|head| head.tag < tag)
+                && deliveries.head_is_long(now, self.straggler_age);
+            behind_long_head
+                || deliveries
+                    .by_tag
+                    .values()
+                    .take_while(|e| e.finished.is_some())
+                    .count()
+                    >= self.max_batch
         };
-        if ready >= self.max_batch {
-            self.batch_ready.notify_one();
+        if wake {
+            self.ready.notify_one();
         }
     }
 
@@ -221,7 +256,7 @@ impl AckWindow {
     /// it and runs `send`, in order with the window's other frames.
     pub(crate) async fn settle_alone<T>(&self, tag: u64, send: impl Future<Output = T>) -> T {
         let _sending = self.sending.lock().await;
-        lock(&self.entries).remove(&tag);
+        lock(&self.deliveries).by_tag.remove(&tag);
         send.await
     }
 
@@ -232,7 +267,7 @@ impl AckWindow {
 
     /// Acks the contiguous finished run with one multiple ack, and, one by
     /// one, the finished deliveries behind an unfinished one that has been
-    /// out for the straggler age.
+    /// the oldest for the straggler age.
     async fn flush(&self) {
         self.flush_behind_heads_older_than(self.straggler_age).await;
     }
@@ -240,22 +275,25 @@ impl AckWindow {
     async fn flush_behind_heads_older_than(&self, long_after: Duration) {
         let _sending = self.sending.lock().await;
         let (run, singles) = {
-            let mut entries = lock(&self.entries);
+            let mut deliveries = lock(&self.deliveries);
+            let Deliveries { by_tag, head } = &mut *deliveries;
             let choice = choose(
-                entries.iter().map(|(tag, entry)| (*tag, entry.times)),
+                by_tag.iter().map(|(tag, entry)| (*tag, entry.finished)),
+                *head,
                 Instant::now(),
                 long_after,
             );
+            *head = choice.head;
             let run = choice.run_through.and_then(|last| {
-                let rest = entries.split_off(&(last + 1));
-                std::mem::replace(&mut *entries, rest)
+                let rest = by_tag.split_off(&(last + 1));
+                std::mem::replace(by_tag, rest)
                     .remove(&last)
                     .map(|entry| entry.acker)
             });
             let singles: Vec<Acker> = choice
                 .singles
                 .iter()
-                .filter_map(|tag| entries.remove(tag).map(|entry| entry.acker))
+                .filter_map(|tag| by_tag.remove(tag).map(|entry| entry.acker))
                 .collect();
             (run, singles)
         };
@@ -278,79 +316,118 @@ mod tests {
 
     const STRAGGLER_AGE: Duration = Duration::from_millis(100);
 
-    /// Deliveries tagged 1.. that came `delivered` ms after `t0` and
-    /// finished `finished` ms after it, where given.
-    fn window(t0: Instant, deliveries: &[(u64, Option<u64>)]) -> Vec<(u64, Times)> {
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        (1..)
-            .zip(deliveries)
-            .map(|(tag, &(delivered, finished))| {
-                let times = Times {
-                    delivered: at(delivered),
-                    finished: finished.map(at),
-                };
-                (tag, times)
-            })
-            .collect()
+    /// Deliveries tagged 1.., each finished at `at` or not (`true` or
+    /// `false`).
+    fn window(at: Instant, finished: &[bool]) -> Vec<(u64, Option<Instant>)> {
+        let at = |done: &bool| done.then_some(at);
+        (1..).zip(finished.iter().map(at)).collect()
     }
 
-    fn choose_at_ms(entries: &[(u64, Times)], t0: Instant, ms: u64) -> Choice {
-        let now = t0 + Duration::from_millis(ms);
-        choose(entries.iter().copied(), now, STRAGGLER_AGE)
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
     }
 
     #[test]
     fn the_finished_run_from_the_oldest_is_one_multiple_ack() {
         let t0 = Instant::now();
-        let entries = window(t0, &[(0, Some(1)), (0, Some(2)), (0, None), (0, Some(3))]);
+        let entries = window(t0, &[true, true, false, true]);
+        let choice = choose(entries.into_iter(), None, t0, STRAGGLER_AGE);
+        let head = Some(Head { tag: 3, since: t0 });
         let expected = Choice {
             run_through: Some(2),
             singles: vec![],
+            head,
         };
-        assert_eq!(choose_at_ms(&entries, t0, 10), expected);
+        assert_eq!(choice, expected);
     }
 
     #[test]
-    fn behind_a_young_delivery_a_finished_one_waits() {
+    fn behind_a_young_head_a_finished_delivery_waits() {
         let t0 = Instant::now();
-        // 1 came at 50 ms and runs; 2 finished at 60 ms behind it.
-        let entries = window(t0, &[(50, None), (50, Some(60))]);
-        assert_eq!(choose_at_ms(&entries, t0, 149).singles, Vec::<u64>::new());
-        assert_eq!(choose_at_ms(&entries, t0, 150).singles, vec![2]);
-    }
-
-    #[test]
-    fn behind_a_long_held_delivery_every_finished_one_is_acked_at_once() {
-        let t0 = Instant::now();
-        // 1 and 3 are ETA tasks held since 0 ms; 2, 4 and 5 finished just
-        // now, 6 still runs.
-        let entries = window(
-            t0,
-            &[
-                (0, None),
-                (0, Some(199)),
-                (0, None),
-                (150, Some(200)),
-                (190, Some(200)),
-                (190, None),
-            ],
+        let entries = window(ms(t0, 50), &[false, true]);
+        // First seen now: young.
+        let first = choose(entries.iter().copied(), None, t0, STRAGGLER_AGE);
+        assert_eq!(first.singles, Vec::<u64>::new());
+        // Still the oldest 99 ms later: still young.
+        let later = choose(
+            entries.iter().copied(),
+            first.head,
+            ms(t0, 99),
+            STRAGGLER_AGE,
         );
+        assert_eq!(later.singles, Vec::<u64>::new());
+        assert_eq!(later.head, first.head);
+        // 100 ms: long; what finished behind it (50 ms ago) goes one by one.
+        let long = choose(
+            entries.iter().copied(),
+            later.head,
+            ms(t0, 100),
+            STRAGGLER_AGE,
+        );
+        assert_eq!(long.singles, vec![2]);
+    }
+
+    #[test]
+    fn a_long_head_acks_every_finished_delivery_behind_it() {
+        let t0 = Instant::now();
+        // 1 and 3 are held ETA tasks, 1 the oldest since 0 ms; 2, 4 and 5
+        // finished, 6 still runs.
+        let entries = window(t0, &[false, true, false, true, true, false]);
+        let head = Some(Head { tag: 1, since: t0 });
+        let choice = choose(entries.into_iter(), head, ms(t0, 200), STRAGGLER_AGE);
         let expected = Choice {
             run_through: None,
             singles: vec![2, 4, 5],
+            head,
         };
-        assert_eq!(choose_at_ms(&entries, t0, 200), expected);
+        assert_eq!(choice, expected);
+    }
+
+    #[test]
+    fn a_new_head_is_young_however_long_ago_it_was_delivered() {
+        let t0 = Instant::now();
+        // 1 was the long head and finished; 2 (delivered long ago, waiting
+        // for a slot) is the oldest now.
+        let entries = window(ms(t0, 500), &[true, false, true]);
+        let last = Some(Head { tag: 1, since: t0 });
+        let choice = choose(entries.into_iter(), last, ms(t0, 500), STRAGGLER_AGE);
+        let expected = Choice {
+            run_through: Some(1),
+            singles: vec![],
+            head: Some(Head {
+                tag: 2,
+                since: ms(t0, 500),
+            }),
+        };
+        assert_eq!(choice, expected);
+    }
+
+    #[test]
+    fn a_finished_delivery_never_waits_more_than_the_straggler_age() {
+        let t0 = Instant::now();
+        // 2 finished at 0 ms behind 1, which only now became the oldest.
+        let entries = window(t0, &[false, true]);
+        let young = choose(entries.iter().copied(), None, ms(t0, 99), STRAGGLER_AGE);
+        assert_eq!(young.singles, Vec::<u64>::new());
+        let waited = choose(
+            entries.iter().copied(),
+            young.head,
+            ms(t0, 100),
+            STRAGGLER_AGE,
+        );
+        assert_eq!(waited.singles, vec![2]);
     }
 
     #[test]
     fn a_flush_of_everything_takes_every_finished_delivery() {
         let t0 = Instant::now();
-        let entries = window(t0, &[(0, Some(1)), (0, None), (0, Some(2)), (0, Some(3))]);
-        let now = t0 + Duration::from_millis(3);
+        let entries = window(t0, &[true, false, true, true]);
+        let choice = choose(entries.into_iter(), None, t0, Duration::ZERO);
         let expected = Choice {
             run_through: Some(1),
             singles: vec![3, 4],
+            head: Some(Head { tag: 2, since: t0 }),
         };
-        assert_eq!(choose(entries.into_iter(), now, Duration::ZERO), expected);
+        assert_eq!(choice, expected);
     }
 }
