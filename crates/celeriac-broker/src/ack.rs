@@ -5,7 +5,9 @@
 //! Rules that keep it safe:
 //! - a multiple ack only ever covers a *contiguous* run of delivery tags, from
 //!   the oldest unsettled one, that have all finished — never a delivery still
-//!   running or waiting (an ETA task, say);
+//!   running or waiting (an ETA task, say), nor one that has not reached the
+//!   window yet (each queue of a channel is forwarded by its own task, so a
+//!   lower tag can be registered after a higher one);
 //! - the run is flushed when it reaches `max_batch`, or after `max_delay`;
 //! - a finished delivery stuck behind an unfinished one (the head) waits
 //!   while the head is young: tasks finish slightly out of order all the
@@ -32,7 +34,7 @@
 //! that had finished but whose ack was not yet sent: at most one flush
 //! window of them, plus stragglers younger than the straggler age.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -85,14 +87,46 @@ struct Head {
     since: Instant,
 }
 
-/// A channel's unacked deliveries by tag, and its head.
-#[derive(Default)]
+/// A channel's unacked deliveries by tag, its head, and which tags have
+/// reached the window.
 struct Deliveries {
     by_tag: BTreeMap<u64, Entry>,
     head: Option<Head>,
+    /// The lowest delivery tag not yet registered. The broker numbers a
+    /// channel's deliveries 1, 2, 3... across all its consumers, but each
+    /// queue's deliveries are registered by that queue's forwarder, so a
+    /// tag can reach the window after a higher one from another queue. A
+    /// multiple ack must never pass a tag that has not reached the window:
+    /// it would ack a task that has not run.
+    unregistered_from: u64,
+    /// Tags registered above `unregistered_from` (ahead of a missing one).
+    registered_ahead: BTreeSet<u64>,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Deliveries {
+            by_tag: BTreeMap::new(),
+            head: None,
+            unregistered_from: 1,
+            registered_ahead: BTreeSet::new(),
+        }
+    }
 }
 
 impl Deliveries {
+    /// Notes that `tag` reached the window.
+    fn register(&mut self, tag: u64) {
+        if tag == self.unregistered_from {
+            self.unregistered_from += 1;
+            while self.registered_ahead.remove(&self.unregistered_from) {
+                self.unregistered_from += 1;
+            }
+        } else if tag > self.unregistered_from {
+            self.registered_ahead.insert(tag);
+        }
+    }
+
     /// Whether the head has been the oldest unfinished delivery for
     /// `long_after` by `now` (as last seen by a flush).
     fn head_is_long(&self, now: Instant, long_after: Duration) -> bool {
@@ -112,8 +146,10 @@ struct Choice {
 }
 
 /// Chooses what a flush at `now` acks, from the window's deliveries in tag
-/// order (each with when it finished, if it has) and the head the last
-/// flush saw: the finished run from the oldest; every finished delivery
+/// order (each with when it finished, if it has), the lowest tag that has
+/// not reached the window, and the head the last flush saw: the finished
+/// run from the oldest, below the first tag not yet registered; every
+/// finished delivery
 /// behind the oldest unfinished one (the head) once the head has been the
 /// oldest for `long_after`; and, however young the head, any finished
 /// delivery that has waited `long_after` itself.
@@ -129,18 +165,26 @@ struct Choice {
 /// `long_after` in all, even behind a run of heads that each finish young.
 fn choose(
     entries: impl Iterator<Item = (u64, Option<Instant>)>,
+    unregistered_from: u64,
     last_head: Option<Head>,
     now: Instant,
     long_after: Duration,
 ) -> Choice {
     let mut entries = entries.peekable();
     let mut run_through = None;
-    while let Some((tag, _)) = entries.next_if(|(_, finished)| finished.is_some()) {
+    while let Some((tag, _)) =
+        entries.next_if(|(tag, finished)| finished.is_some() && *tag < unregistered_from)
+    {
         run_through = Some(tag);
     }
-    let head = entries.peek().map(|&(tag, _)| match last_head {
-        Some(last) if last.tag == tag => last,
-        _ => Head { tag, since: now },
+    // The head: the first unfinished delivery, or a tag below it that has
+    // not reached the window yet.
+    let head = entries.peek().map(|&(tag, _)| {
+        let tag = tag.min(unregistered_from);
+        match last_head {
+            Some(last) if last.tag == tag => last,
+            _ => Head { tag, since: now },
+        }
     });
     let head_is_long =
         head.is_some_and(|head| now.saturating_duration_since(head.since) >= long_after);
@@ -221,7 +265,9 @@ impl AckWindow {
             acker,
             finished: None,
         };
-        lock(&self.deliveries).by_tag.insert(tag, entry);
+        let mut deliveries = lock(&self.deliveries);
+        deliveries.by_tag.insert(tag, entry);
+        deliveries.register(tag);
     }
 
     /// Marks a delivery finished; wakes the flusher if a full batch is
@@ -276,9 +322,15 @@ impl AckWindow {
         let _sending = self.sending.lock().await;
         let (run, singles) = {
             let mut deliveries = lock(&self.deliveries);
-            let Deliveries { by_tag, head } = &mut *deliveries;
+            let Deliveries {
+                by_tag,
+                head,
+                unregistered_from,
+                ..
+            } = &mut *deliveries;
             let choice = choose(
                 by_tag.iter().map(|(tag, entry)| (*tag, entry.finished)),
+                *unregistered_from,
                 *head,
                 Instant::now(),
                 long_after,
@@ -315,6 +367,8 @@ mod tests {
     use super::*;
 
     const STRAGGLER_AGE: Duration = Duration::from_millis(100);
+    /// Every tag has reached the window.
+    const ALL: u64 = u64::MAX;
 
     /// Deliveries tagged 1.., each finished at `at` or not (`true` or
     /// `false`).
@@ -331,7 +385,7 @@ mod tests {
     fn the_finished_run_from_the_oldest_is_one_multiple_ack() {
         let t0 = Instant::now();
         let entries = window(t0, &[true, true, false, true]);
-        let choice = choose(entries.into_iter(), None, t0, STRAGGLER_AGE);
+        let choice = choose(entries.into_iter(), ALL, None, t0, STRAGGLER_AGE);
         let head = Some(Head { tag: 3, since: t0 });
         let expected = Choice {
             run_through: Some(2),
@@ -346,11 +400,12 @@ mod tests {
         let t0 = Instant::now();
         let entries = window(ms(t0, 50), &[false, true]);
         // First seen now: young.
-        let first = choose(entries.iter().copied(), None, t0, STRAGGLER_AGE);
+        let first = choose(entries.iter().copied(), ALL, None, t0, STRAGGLER_AGE);
         assert_eq!(first.singles, Vec::<u64>::new());
         // Still the oldest 99 ms later: still young.
         let later = choose(
             entries.iter().copied(),
+            ALL,
             first.head,
             ms(t0, 99),
             STRAGGLER_AGE,
@@ -360,6 +415,7 @@ mod tests {
         // 100 ms: long; what finished behind it (50 ms ago) goes one by one.
         let long = choose(
             entries.iter().copied(),
+            ALL,
             later.head,
             ms(t0, 100),
             STRAGGLER_AGE,
@@ -374,7 +430,7 @@ mod tests {
         // finished, 6 still runs.
         let entries = window(t0, &[false, true, false, true, true, false]);
         let head = Some(Head { tag: 1, since: t0 });
-        let choice = choose(entries.into_iter(), head, ms(t0, 200), STRAGGLER_AGE);
+        let choice = choose(entries.into_iter(), ALL, head, ms(t0, 200), STRAGGLER_AGE);
         let expected = Choice {
             run_through: None,
             singles: vec![2, 4, 5],
@@ -390,7 +446,7 @@ mod tests {
         // for a slot) is the oldest now.
         let entries = window(ms(t0, 500), &[true, false, true]);
         let last = Some(Head { tag: 1, since: t0 });
-        let choice = choose(entries.into_iter(), last, ms(t0, 500), STRAGGLER_AGE);
+        let choice = choose(entries.into_iter(), ALL, last, ms(t0, 500), STRAGGLER_AGE);
         let expected = Choice {
             run_through: Some(1),
             singles: vec![],
@@ -407,10 +463,17 @@ mod tests {
         let t0 = Instant::now();
         // 2 finished at 0 ms behind 1, which only now became the oldest.
         let entries = window(t0, &[false, true]);
-        let young = choose(entries.iter().copied(), None, ms(t0, 99), STRAGGLER_AGE);
+        let young = choose(
+            entries.iter().copied(),
+            ALL,
+            None,
+            ms(t0, 99),
+            STRAGGLER_AGE,
+        );
         assert_eq!(young.singles, Vec::<u64>::new());
         let waited = choose(
             entries.iter().copied(),
+            ALL,
             young.head,
             ms(t0, 100),
             STRAGGLER_AGE,
@@ -422,12 +485,51 @@ mod tests {
     fn a_flush_of_everything_takes_every_finished_delivery() {
         let t0 = Instant::now();
         let entries = window(t0, &[true, false, true, true]);
-        let choice = choose(entries.into_iter(), None, t0, Duration::ZERO);
+        let choice = choose(entries.into_iter(), ALL, None, t0, Duration::ZERO);
         let expected = Choice {
             run_through: Some(1),
             singles: vec![3, 4],
             head: Some(Head { tag: 2, since: t0 }),
         };
         assert_eq!(choice, expected);
+    }
+
+    #[test]
+    fn a_multiple_ack_never_passes_a_tag_that_has_not_reached_the_window() {
+        let t0 = Instant::now();
+        // Tags 1 and 3 (of two queues) finished; 2 is still in its queue's
+        // forwarder, not registered.
+        let entries = vec![(1, Some(t0)), (3, Some(t0))];
+        let choice = choose(entries.iter().copied(), 2, None, t0, STRAGGLER_AGE);
+        let expected = Choice {
+            run_through: Some(1),
+            singles: vec![],
+            head: Some(Head { tag: 2, since: t0 }),
+        };
+        assert_eq!(choice, expected);
+        // Missing for the straggler age, it is a long head: 3 goes alone.
+        let later = choose(
+            entries.into_iter(),
+            2,
+            choice.head,
+            ms(t0, 100),
+            STRAGGLER_AGE,
+        );
+        assert_eq!(later.run_through, Some(1));
+        assert_eq!(later.singles, vec![3]);
+    }
+
+    #[test]
+    fn tags_registered_out_of_order_are_all_counted_once_the_gap_fills() {
+        let mut deliveries = Deliveries::default();
+        for tag in [1, 3, 4, 6] {
+            deliveries.register(tag);
+        }
+        assert_eq!(deliveries.unregistered_from, 2);
+        deliveries.register(2);
+        assert_eq!(deliveries.unregistered_from, 5);
+        deliveries.register(5);
+        assert_eq!(deliveries.unregistered_from, 7);
+        assert!(deliveries.registered_ahead.is_empty());
     }
 }
