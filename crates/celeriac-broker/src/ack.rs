@@ -87,6 +87,14 @@ struct Head {
     since: Instant,
 }
 
+impl Head {
+    /// Whether it has been the oldest unfinished delivery for `long_after`
+    /// by `now`.
+    fn is_long(&self, now: Instant, long_after: Duration) -> bool {
+        now.saturating_duration_since(self.since) >= long_after
+    }
+}
+
 /// A channel's unacked deliveries by tag, its head, and which tags have
 /// reached the window.
 struct Deliveries {
@@ -130,8 +138,7 @@ impl Deliveries {
     /// Whether the head has been the oldest unfinished delivery for
     /// `long_after` by `now` (as last seen by a flush).
     fn head_is_long(&self, now: Instant, long_after: Duration) -> bool {
-        self.head
-            .is_some_and(|head| now.saturating_duration_since(head.since) >= long_after)
+        self.head.is_some_and(|head| head.is_long(now, long_after))
     }
 }
 
@@ -186,8 +193,7 @@ fn choose(
             _ => Head { tag, since: now },
         }
     });
-    let head_is_long =
-        head.is_some_and(|head| now.saturating_duration_since(head.since) >= long_after);
+    let head_is_long = head.is_some_and(|head| head.is_long(now, long_after));
     let singles = entries
         .filter(|(_, finished)| {
             finished
