@@ -9,12 +9,17 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/plain.cg target/release/drain_cost --tasks 5000
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/metrics.cg target/release/drain_cost --tasks 5000 --metrics
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/fill.cg target/release/drain_cost --tasks 5000 --publish-only
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/raw.cg target/release/drain_cost --tasks 5000 --raw
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/info.cg target/release/drain_cost --tasks 5000 --log info >/dev/null
 //! grep -h '^summary' /tmp/*.cg
 //! ```
 //!
 //! `--log info` logs as the worker CLI does (its own subscriber, its own
 //! filter), so the row measures what a deployed worker pays per task.
+//! `--raw` drains the same messages with raw lapin instead (the
+//! benchmark's multi-ack baseline: the worker's window, one multiple ack
+//! per ack batch), so the two drains' counts over the fill's give the
+//! worker's instructions per task against raw lapin's.
 
 use std::time::Duration;
 
@@ -22,6 +27,7 @@ use anyhow::{Context as _, bail};
 use celeriac::{App, TaskCall};
 use celeriac_broker::Queue;
 use clap::Parser;
+use futures_lite::StreamExt;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -48,6 +54,10 @@ struct Args {
     /// Fill the queue, then exit without draining it.
     #[arg(long)]
     publish_only: bool,
+    /// Drain with a raw lapin consumer (the worker's prefetch window,
+    /// one multiple ack per 32 deliveries) instead of the worker.
+    #[arg(long, conflicts_with_all = ["publish_only", "metrics", "spans", "log"])]
+    raw: bool,
 }
 
 #[tokio::main]
@@ -71,11 +81,6 @@ async fn main() -> anyhow::Result<()> {
     let calls =
         (0..args.tasks).map(|_| TaskCall::<Value>::new("demo.add", vec![json!(1), json!(2)]));
     app.send_many(calls).await.context("filling the queue")?;
-    if args.publish_only {
-        app.broker().delete_queue(&queue).await?;
-        app.close().await;
-        return Ok(());
-    }
     let config = celeriac_worker::WorkerConfig {
         queues: vec![queue.clone()],
         concurrency: args.concurrency,
@@ -84,6 +89,14 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: None,
         ..celeriac_worker::WorkerConfig::default()
     };
+    if args.raw {
+        raw_drain(&args.broker, &queue, args.tasks, config.prefetch()).await?;
+    }
+    if args.publish_only || args.raw {
+        app.broker().delete_queue(&queue).await?;
+        app.close().await;
+        return Ok(());
+    }
     let worker = celeriac_worker::Worker::new(app.clone(), config);
     if args.metrics {
         let _ = worker.metrics();
@@ -106,5 +119,44 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({"drained": args.tasks, "summary": format!("{:?}", stats.summary())})
     );
+    Ok(())
+}
+
+/// Drains `count` deliveries from `queue` with lapin alone: a window of
+/// `prefetch`, one multiple ack per 32 deliveries (at most half the
+/// window, as the worker's ack batch) and for the last. The raw baseline:
+/// lapin outside celeriac-broker on purpose (see clippy.toml).
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+async fn raw_drain(url: &str, queue: &str, count: u64, prefetch: u16) -> anyhow::Result<()> {
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "drain-cost-raw".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let every = u64::from((prefetch / 2).clamp(1, 32));
+    let mut received = 0;
+    while received < count {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the consumer stream ended early")??;
+        received += 1;
+        if received % every == 0 || received == count {
+            delivery
+                .ack(lapin::options::BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    channel.close(200, "done".into()).await?;
+    connection.close(200, "done".into()).await?;
     Ok(())
 }
