@@ -179,8 +179,8 @@ pub(crate) fn checks(
         let worst = |samples: &[f64]| samples.iter().copied().fold(0.0, f64::max);
         checks.push(Check::at_most(
             &format!(
-                "ordinary tasks behind {} countdown tasks: send → done, worst round",
-                row.burst
+                "ordinary tasks behind {} countdown tasks (burst window {}): send → done, worst round",
+                row.burst, row.burst_window
             ),
             worst(&row.ordinary_done_s),
             1.0,
@@ -188,8 +188,8 @@ pub(crate) fn checks(
         ));
         checks.push(Check::at_most(
             &format!(
-                "{} countdown tasks due at once: all done after due, worst round",
-                row.burst
+                "{} countdown tasks due at once (burst window {}): all done after due, worst round",
+                row.burst, row.burst_window
             ),
             worst(&row.last_late_s),
             1.0,
@@ -197,8 +197,8 @@ pub(crate) fn checks(
         ));
         checks.push(Check::at_most(
             &format!(
-                "{} countdown tasks due at once: all done after due, beyond the raw consumer's, median",
-                row.burst
+                "{} countdown tasks due at once (burst window {}): all done after due, beyond the raw consumer's, median",
+                row.burst, row.burst_window
             ),
             median(&row.last_late_s) - median(&row.raw_last_late_s),
             1.0,
@@ -214,7 +214,10 @@ pub(crate) fn checks(
             ),
         ] {
             checks.push(Check::at_least(
-                &format!("{} countdown tasks cleared / {baseline}", row.burst),
+                &format!(
+                    "{} countdown tasks cleared (burst window {}) / {baseline}",
+                    row.burst, row.burst_window
+                ),
                 median(&row.cleared_per_s) / median(rates),
                 floor,
                 "×",
@@ -223,8 +226,8 @@ pub(crate) fn checks(
         if let Some(kib) = row.worker_process_peak_kib {
             checks.push(Check::at_most(
                 &format!(
-                    "worker process peak RSS through {} countdown tasks",
-                    row.burst
+                    "worker process peak RSS through {} countdown tasks (burst window {})",
+                    row.burst, row.burst_window
                 ),
                 kib as f64 * 1024.0 / 1e6,
                 WORKER_PEAK_THROUGH_BURST_MB,

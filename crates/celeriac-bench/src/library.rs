@@ -88,6 +88,8 @@ pub(crate) struct WorkerShape {
     pub(crate) task_events: bool,
     /// Record Prometheus metrics (as `--metrics-addr` does; nothing scrapes).
     pub(crate) metrics: bool,
+    /// The window of the consumer that moves a burst of ETA tasks.
+    pub(crate) eta_burst_window: u16,
 }
 
 impl WorkerShape {
@@ -100,6 +102,7 @@ impl WorkerShape {
             results: None,
             task_events: false,
             metrics: false,
+            eta_burst_window: celeriac_worker::BURST_WINDOW,
         }
     }
 }
@@ -123,6 +126,7 @@ impl InProcessWorker {
             concurrency: shape.concurrency,
             ack_batch: shape.ack_batch,
             task_events: shape.task_events,
+            eta_burst_window: shape.eta_burst_window,
             hostname: format!("celeriac-bench@{}", std::process::id()),
             // As the Python baseline runs (`--without-mingle`): a drain is
             // timed from the worker's start, and mingling waits a second

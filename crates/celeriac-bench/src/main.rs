@@ -53,6 +53,11 @@ struct Args {
     /// (default 2000,100000; 500 with --quick).
     #[arg(long, value_delimiter = ',')]
     eta_bursts: Vec<u64>,
+    /// Burst consumer windows (`--eta-burst-window`) the `eta` scenario's
+    /// worker runs with, comma-separated, each in every round beside raw
+    /// lapin's relay with the same window (default: the worker's default).
+    #[arg(long, value_delimiter = ',')]
+    eta_burst_windows: Vec<u16>,
     /// Concurrency of the Celeriac worker (prefetch = 4 ×).
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
@@ -86,7 +91,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sizes = plan::Sizes::new(args.quick, args.messages, args.rounds, args.eta_bursts);
+    let sizes = plan::Sizes::new(
+        args.quick,
+        args.messages,
+        args.rounds,
+        args.eta_bursts,
+        args.eta_burst_windows,
+    );
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = if args.no_python {
         None

@@ -71,6 +71,17 @@ impl WorkerProcess {
         queue: &str,
         concurrency: usize,
     ) -> anyhow::Result<WorkerProcess> {
+        Self::start_with(broker, url, queue, concurrency, &[]).await
+    }
+
+    /// [`start`](Self::start) with more `celeriac-demo worker` options.
+    pub(crate) async fn start_with(
+        broker: &Broker,
+        url: &str,
+        queue: &str,
+        concurrency: usize,
+        options: &[&str],
+    ) -> anyhow::Result<WorkerProcess> {
         let mut child = Command::new(worker_binary()?)
             .args([
                 "worker",
@@ -82,6 +93,7 @@ impl WorkerProcess {
                 "error",
             ])
             .args(["-c", &concurrency.to_string()])
+            .args(options)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true)

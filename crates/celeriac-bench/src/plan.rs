@@ -59,6 +59,9 @@ pub(crate) struct Sizes {
     pub(crate) beat_sends: u64,
     /// Countdown tasks in each burst of the ETA scenario.
     pub(crate) eta_bursts: Vec<u64>,
+    /// The burst consumer's windows the ETA scenario's worker runs with,
+    /// each in every round.
+    pub(crate) eta_burst_windows: Vec<u16>,
     /// Body sizes of the payload scenario, in bytes.
     pub(crate) payload_bytes: Vec<usize>,
     /// Bytes of task bodies in each of the payload scenario's backlogs.
@@ -70,12 +73,14 @@ pub(crate) struct Sizes {
 
 impl Sizes {
     /// The default sizes, or the quick ones, with overrides (an empty
-    /// `eta_bursts` keeps the default bursts).
+    /// `eta_bursts` keeps the default bursts, an empty `eta_burst_windows`
+    /// the worker's default window).
     pub(crate) fn new(
         quick: bool,
         messages: Option<u64>,
         rounds: Option<usize>,
         eta_bursts: Vec<u64>,
+        eta_burst_windows: Vec<u16>,
     ) -> Sizes {
         let base = if quick {
             Sizes {
@@ -90,6 +95,7 @@ impl Sizes {
                 beat_entries: 50,
                 beat_sends: 100,
                 eta_bursts: vec![500],
+                eta_burst_windows: vec![celeriac_worker::BURST_WINDOW],
                 payload_bytes: vec![1_000, 100_000, 1_000_000],
                 payload_backlog_bytes: 20_000_000,
                 payload_messages_range: (50, 2_000),
@@ -110,6 +116,7 @@ impl Sizes {
                 beat_entries: 100,
                 beat_sends: 1_000,
                 eta_bursts: vec![2_000, 100_000],
+                eta_burst_windows: vec![celeriac_worker::BURST_WINDOW],
                 payload_bytes: vec![1_000, 10_000, 100_000, 1_000_000],
                 payload_backlog_bytes: 200_000_000,
                 payload_messages_range: (200, 20_000),
@@ -122,6 +129,11 @@ impl Sizes {
                 base.eta_bursts
             } else {
                 eta_bursts
+            },
+            eta_burst_windows: if eta_burst_windows.is_empty() {
+                base.eta_burst_windows
+            } else {
+                eta_burst_windows
             },
             ..base
         }

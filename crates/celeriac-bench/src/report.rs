@@ -89,6 +89,8 @@ pub(crate) struct BeatRow {
 pub(crate) struct EtaRow {
     /// Countdown tasks in the burst.
     pub(crate) burst: u64,
+    /// The worker's burst consumer window, and raw lapin's relay's.
+    pub(crate) burst_window: u16,
     /// Their countdown.
     pub(crate) due_in_s: f64,
     /// From sending the ordinary tasks behind the burst to all of them done.
@@ -124,10 +126,12 @@ pub(crate) struct EtaRow {
 }
 
 impl EtaRow {
-    /// An empty row for a burst of `burst` tasks due in `due_in`.
-    pub(crate) fn new(burst: u64, due_in: std::time::Duration) -> EtaRow {
+    /// An empty row for a burst of `burst` tasks due in `due_in`, moved
+    /// with a window of `burst_window`.
+    pub(crate) fn new(burst: u64, due_in: std::time::Duration, burst_window: u16) -> EtaRow {
         EtaRow {
             burst,
+            burst_window,
             due_in_s: due_in.as_secs_f64(),
             ordinary_done_s: Vec::new(),
             cleared_per_s: Vec::new(),
@@ -261,14 +265,18 @@ pub(crate) fn table(results: &Results) -> String {
     if !results.eta.is_empty() {
         let _ = writeln!(
             out,
-            "\n| countdown burst | due in (s) | ordinary behind it: send → done (s) | burst cleared / s | raw publish / s | raw delayed publish / s | raw relay to the delay queues / s | all done after due (s) | raw: all consumed after due (s) | worker process peak RSS (MiB) | benchmark RSS waiting (MiB) |"
+            "\n| countdown burst | burst window | due in (s) | ordinary behind it: send → done (s) | burst cleared / s | raw publish / s | raw delayed publish / s | raw relay to the delay queues / s | all done after due (s) | raw: all consumed after due (s) | worker process peak RSS (MiB) | benchmark RSS waiting (MiB) |"
         );
-        let _ = writeln!(out, "|---:|---:|---|---:|---:|---:|---:|---|---|---:|---:|");
+        let _ = writeln!(
+            out,
+            "|---:|---:|---:|---|---:|---:|---:|---:|---|---|---:|---:|"
+        );
         for row in &results.eta {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} |",
                 row.burst,
+                row.burst_window,
                 row.due_in_s,
                 each_round(&row.ordinary_done_s, 2),
                 median(&row.cleared_per_s),

@@ -9,13 +9,14 @@
 //! When deliveries keep being moved (a run of [`MIN_STREAK`] in a row, or a
 //! quarter of the window if that is more, with no other task between), the
 //! worker opens a second, temporary consumer on that queue with a window of
-//! [`BURST_WINDOW`] and handles its deliveries exactly as the main
+//! `eta_burst_window` deliveries (default [`BURST_WINDOW`]) and handles its deliveries exactly as the main
 //! consumer's. It ends at the first delivery that is not a task due a
 //! second or more from now (the burst is over; that one and any received
 //! after it are handled here, as they arrive), or when the queue has been
-//! quiet for [`BURST_IDLE`]. So the burst leaves at up to `BURST_WINDOW` moves in
-//! flight, and the cost is bounded: at the end of a burst this worker may
-//! have taken up to `BURST_WINDOW` of the tasks behind it. A queue where an
+//! quiet for [`BURST_IDLE`]. So the burst leaves at up to that window of
+//! moves in flight, and the cost is bounded: at the end of a burst this
+//! worker may have taken up to a window of the tasks behind it. A window
+//! of 0 opens no burst consumer. A queue where an
 //! ETA task comes now and then between ordinary ones never makes a run.
 
 use std::collections::HashSet;
@@ -34,8 +35,9 @@ use crate::context::Context;
 use crate::eta_holds::DELAY_RESOLUTION;
 use crate::handle::handle;
 
-/// Deliveries the burst consumer may hold at once (docs/performance.md
-/// compares 500 with 1,000 and 2,000).
+/// Deliveries the burst consumer may hold at once by default
+/// (`eta_burst_window`; docs/performance.md compares windows of 500 to
+/// 4,000).
 pub const BURST_WINDOW: u16 = 2000;
 /// Moved deliveries in a row that make a burst however small the window.
 pub(crate) const MIN_STREAK: usize = 8;
@@ -105,6 +107,7 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<String
             request = requests.recv() => match request {
                 // No burst while a message runs alone: it must be the only
                 // delivery the worker holds.
+                Some(_) if ctx.config.eta_burst_window == 0 => {}
                 Some(queue) if ctx.isolation.running_alone() => {
                     debug!(queue = %queue, "no burst consumer while a message runs alone");
                 }
@@ -164,14 +167,15 @@ async fn drain_burst(ctx: Arc<Context>, queue: String, taking: Taking) {
     let Some(spec) = ctx.consumer.queues().into_iter().find(|q| q.name == queue) else {
         return;
     };
+    let window = ctx.config.eta_burst_window;
     let options = ConsumeOptions {
         queues: vec![spec],
-        prefetch: BURST_WINDOW,
+        prefetch: window,
     };
     let mut consumer = match ctx
         .app
         .broker()
-        .consume_with(options, ctx.config.ack_policy_for(BURST_WINDOW))
+        .consume_with(options, ctx.config.ack_policy_for(window))
         .await
     {
         Ok(consumer) => consumer,
@@ -180,7 +184,7 @@ async fn drain_burst(ctx: Arc<Context>, queue: String, taking: Taking) {
             return;
         }
     };
-    info!(queue = %queue, window = BURST_WINDOW, "moving a burst of ETA tasks to the delay queues");
+    info!(queue = %queue, window, "moving a burst of ETA tasks to the delay queues");
     let mut running = JoinSet::new();
     loop {
         tokio::select! {

@@ -127,6 +127,12 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_ETA_HOLD_LIMIT")]
     pub eta_hold_limit: Option<usize>,
 
+    /// Deliveries the temporary consumer that moves a burst of ETA tasks to
+    /// the delay queues may hold at once; also the most of the tasks behind
+    /// a burst this worker may take as it ends; 0 opens none [default: 2000]
+    #[arg(long, env = "CELERIAC_ETA_BURST_WINDOW")]
+    pub eta_burst_window: Option<u16>,
+
     /// A task's rate limit on this worker, as TASK=RATE in Celery's syntax
     /// (images.resize=10/s, mail.send=100/m; =0 lifts the task's own);
     /// repeat for more tasks [default: each task's own rate_limit]
@@ -419,6 +425,10 @@ impl Args {
                 defaults.eta_horizon,
             )?,
             eta_hold_limit: self.eta_hold_limit.or(file.eta_hold_limit),
+            eta_burst_window: self
+                .eta_burst_window
+                .or(file.eta_burst_window)
+                .unwrap_or(defaults.eta_burst_window),
             rate_limits: rate_limits(file.rate_limits.unwrap_or_default(), &self.rate_limits)?,
             global_lease: secs(
                 self.global_lease.or(file.global_lease),
@@ -739,6 +749,19 @@ mod tests {
             queues,
             [Some("from-flag".to_owned()), Some("from-file".to_owned())],
             "flag routes are tried first"
+        );
+    }
+
+    #[test]
+    fn the_eta_burst_window_comes_from_the_flag_or_the_file() {
+        let settings = |args: &[&str]| parse(args).settings().unwrap().worker;
+        assert_eq!(settings(&[]).eta_burst_window, crate::BURST_WINDOW);
+        let file = TomlFile::new("burst", "eta_burst_window = 0\n");
+        let config = &file.path();
+        assert_eq!(settings(&["--config", config]).eta_burst_window, 0);
+        assert_eq!(
+            settings(&["--config", config, "--eta-burst-window", "4000"]).eta_burst_window,
+            4000
         );
     }
 

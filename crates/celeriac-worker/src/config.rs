@@ -30,6 +30,12 @@ pub struct WorkerConfig {
     /// prefetch window from the tasks queued behind them
     /// (`--eta-hold-limit`). Default `None`: half the prefetch window.
     pub eta_hold_limit: Option<usize>,
+    /// The window of the temporary consumer that moves a burst of ETA
+    /// tasks to the delay topology (`--eta-burst-window`): deliveries
+    /// moving at once, and the most of the tasks queued behind a burst this
+    /// worker may take for itself as the burst ends. 0 opens no burst
+    /// consumer. Default [`BURST_WINDOW`](crate::BURST_WINDOW).
+    pub eta_burst_window: u16,
     /// Rate limits by task name, in Celery's syntax (`"10/s"`, `"100/m"`,
     /// `"1000/h"`; `"0"` removes a task's own), over the tasks' own
     /// `rate_limit` (`--rate-limit TASK=RATE`). Default none.
@@ -92,6 +98,7 @@ impl Default for WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             eta_horizon: Duration::from_secs(600),
             eta_hold_limit: None,
+            eta_burst_window: crate::BURST_WINDOW,
             rate_limits: BTreeMap::new(),
             global_lease: Duration::from_secs(60),
             global_limits_outage: LimitOutage::Wait,

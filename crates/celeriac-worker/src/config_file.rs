@@ -75,6 +75,8 @@ pub struct ConfigFile {
     pub eta_horizon: Option<f64>,
     /// ETA tasks held at once.
     pub eta_hold_limit: Option<usize>,
+    /// Window of the consumer that moves a burst of ETA tasks.
+    pub eta_burst_window: Option<u16>,
     /// Rate limits by task name (`[rate_limits]`, `"images.resize" = "10/s"`).
     pub rate_limits: Option<BTreeMap<String, String>>,
     /// Global limits' lease in seconds.

@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use celeriac::protocol::RawMessage;
 use celeriac::{App, TaskCall};
 use serde_json::{Value, json};
 
@@ -39,95 +40,127 @@ impl Bench {
         let message = task_message("demo.add")?;
         // The raw baseline publishes into the delay queues directly.
         self.broker.prepare_delayed_delivery(&queue).await?;
+        let windows = self.sizes.eta_burst_windows.clone();
         for burst in self.sizes.eta_bursts.clone() {
             // Long enough for the burst to leave the queue before it is due.
             let due_in = Duration::from_secs((burst / 2_000).clamp(5, 60));
-            let mut row = EtaRow::new(burst, due_in);
+            let mut rows: Vec<EtaRow> = windows
+                .iter()
+                .map(|&window| EtaRow::new(burst, due_in, window))
+                .collect();
             for round in 1..=self.sizes.rounds {
                 eprintln!("eta {burst}: round {round}/{}", self.sizes.rounds);
                 let took = raw::publish(&self.raw, &queue, &message, burst, 1_000).await?;
-                row.raw_publish_per_s
-                    .push(burst as f64 / took.as_secs_f64());
+                let raw_publish = burst as f64 / took.as_secs_f64();
                 self.broker.purge_queue(&queue).await?;
 
                 let due = Instant::now() + due_in;
                 let took =
                     raw::publish_delayed(&self.raw, &queue, &message, burst, 1_000, due).await?;
-                row.raw_delayed_publish_per_s
-                    .push(burst as f64 / took.as_secs_f64());
+                let raw_delayed_publish = burst as f64 / took.as_secs_f64();
                 self.drain_returned(&queue, burst).await?;
-                let late = Instant::now().saturating_duration_since(due);
-                row.raw_last_late_s.push(late.as_secs_f64());
-
-                // The move itself, raw: a producer publishes the burst to
-                // the queue while a relay moves it to the delay queues.
-                let due = Instant::now() + due_in;
-                let start = Instant::now();
-                let (published, relayed) = tokio::join!(
-                    raw::publish(&self.raw, &queue, &message, burst, 1_000),
-                    raw::relay_delayed(
-                        &self.raw,
-                        &queue,
-                        burst,
-                        celeriac_worker::BURST_WINDOW,
-                        due
-                    )
-                );
-                published?;
-                relayed?;
-                row.raw_relay_per_s
-                    .push(burst as f64 / start.elapsed().as_secs_f64());
-                self.drain_returned(&queue, burst).await?;
-
-                let shape = WorkerShape::plain(self.concurrency);
-                let worker = InProcessWorker::start(&self.url, &queue, shape).await?;
-                // A worker that has been up a moment: its delay topology is
-                // declared (in the background at start, ~1 s).
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let start = Instant::now();
-                let due = start + due_in;
-                send_burst(&app, burst, due_in).await?;
-                let ordinary_sent = Instant::now();
-                library::send_many(&app, ORDINARY).await?;
-                worker.wait_for_successes(ORDINARY).await?;
-                let ordinary_done = ordinary_sent.elapsed();
-                row.ordinary_done_s.push(ordinary_done.as_secs_f64());
-                row.cleared_per_s
-                    .push(burst as f64 / start.elapsed().as_secs_f64());
-                if let Some(kib) = measure::own_memory_kib("VmRSS") {
-                    row.rss_waiting_kib = row.rss_waiting_kib.max(kib);
+                let raw_late = Instant::now().saturating_duration_since(due);
+                for row in &mut rows {
+                    row.raw_publish_per_s.push(raw_publish);
+                    row.raw_delayed_publish_per_s.push(raw_delayed_publish);
+                    row.raw_last_late_s.push(raw_late.as_secs_f64());
                 }
-                worker.wait_for_successes(ORDINARY + burst).await?;
-                let late = Instant::now().saturating_duration_since(due);
-                row.last_late_s.push(late.as_secs_f64());
-                worker.stop().await?;
+                for row in &mut rows {
+                    self.eta_round(&app, &queue, &message, row).await?;
+                }
             }
-            eprintln!("eta {burst}: a worker process's memory through one burst");
-            row.worker_process_peak_kib =
-                Some(self.eta_worker_peak(&app, &queue, burst, due_in).await?);
-            self.eta.push(row);
+            for row in &mut rows {
+                eprintln!(
+                    "eta {burst}: a worker process's memory through one burst (window {})",
+                    row.burst_window
+                );
+                row.worker_process_peak_kib = Some(
+                    self.eta_worker_peak(&app, &queue, burst, due_in, row.burst_window)
+                        .await?,
+                );
+            }
+            self.eta.extend(rows);
         }
         self.broker.purge_queue(&queue).await?;
         app.close().await;
         Ok(())
     }
 
+    /// One round of a burst with one burst window: raw lapin's relay with
+    /// that window, then the worker's send → done and lateness, into `row`.
+    async fn eta_round(
+        &mut self,
+        app: &App,
+        queue: &str,
+        message: &RawMessage,
+        row: &mut EtaRow,
+    ) -> anyhow::Result<()> {
+        let burst = row.burst;
+        let due_in = Duration::from_secs_f64(row.due_in_s);
+        // The move itself, raw: a producer publishes the burst to the queue
+        // while a relay moves it to the delay queues.
+        let due = Instant::now() + due_in;
+        let start = Instant::now();
+        let (published, relayed) = tokio::join!(
+            raw::publish(&self.raw, queue, message, burst, 1_000),
+            raw::relay_delayed(&self.raw, queue, burst, row.burst_window, due)
+        );
+        published?;
+        relayed?;
+        row.raw_relay_per_s
+            .push(burst as f64 / start.elapsed().as_secs_f64());
+        self.drain_returned(queue, burst).await?;
+
+        let mut shape = WorkerShape::plain(self.concurrency);
+        shape.eta_burst_window = row.burst_window;
+        let worker = InProcessWorker::start(&self.url, queue, shape).await?;
+        // A worker that has been up a moment: its delay topology is
+        // declared (in the background at start, ~1 s).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let start = Instant::now();
+        let due = start + due_in;
+        send_burst(app, burst, due_in).await?;
+        let ordinary_sent = Instant::now();
+        library::send_many(app, ORDINARY).await?;
+        worker.wait_for_successes(ORDINARY).await?;
+        row.ordinary_done_s
+            .push(ordinary_sent.elapsed().as_secs_f64());
+        row.cleared_per_s
+            .push(burst as f64 / start.elapsed().as_secs_f64());
+        if let Some(kib) = measure::own_memory_kib("VmRSS") {
+            row.rss_waiting_kib = row.rss_waiting_kib.max(kib);
+        }
+        worker.wait_for_successes(ORDINARY + burst).await?;
+        let late = Instant::now().saturating_duration_since(due);
+        row.last_late_s.push(late.as_secs_f64());
+        worker.stop().await
+    }
+
     /// The peak RSS (`VmHWM`, KiB) of a `celeriac-demo worker` process
     /// through one burst of `burst` countdown tasks with ordinary tasks
-    /// behind it: while it moves the burst out, while the burst waits and
-    /// while it runs the burst once due.
+    /// behind it, moved with a window of `burst_window`: while it moves the
+    /// burst out, while the burst waits and while it runs the burst once
+    /// due.
     async fn eta_worker_peak(
         &self,
         app: &App,
         queue: &str,
         burst: u64,
         due_in: Duration,
+        burst_window: u16,
     ) -> anyhow::Result<u64> {
         // Messages other apps left in the delay queues stay there; the
         // burst is back once the levels hold no more than that again.
         let others = self.delay_levels_depth().await?;
-        let mut worker =
-            WorkerProcess::start(&self.broker, &self.url, queue, self.concurrency).await?;
+        let window = burst_window.to_string();
+        let mut worker = WorkerProcess::start_with(
+            &self.broker,
+            &self.url,
+            queue,
+            self.concurrency,
+            &["--eta-burst-window", &window],
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let due = Instant::now() + due_in;
         send_burst(app, burst, due_in).await?;

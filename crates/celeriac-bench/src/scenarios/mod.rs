@@ -348,11 +348,10 @@ impl Bench {
                 ("celeriac worker, ack_batch 1", 1, false, false, false),
             ] {
                 let shape = WorkerShape {
-                    concurrency: self.concurrency,
                     ack_batch,
-                    results: None,
                     task_events,
                     metrics,
+                    ..WorkerShape::plain(self.concurrency)
                 };
                 self.spans.record(spans);
                 let drained = self.worker_drain(&queue, shape).await;
