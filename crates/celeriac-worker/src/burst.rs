@@ -38,7 +38,7 @@ use crate::handle::handle;
 /// Deliveries the burst consumer may hold at once by default
 /// (`eta_burst_window`; docs/performance.md compares windows of 500 to
 /// 4,000).
-pub const BURST_WINDOW: u16 = 2000;
+pub const BURST_WINDOW: u16 = 4000;
 /// Moved deliveries in a row that make a burst however small the window.
 pub(crate) const MIN_STREAK: usize = 8;
 /// A burst consumer that receives nothing for this long ends.

@@ -129,7 +129,7 @@ pub struct Args {
 
     /// Deliveries the temporary consumer that moves a burst of ETA tasks to
     /// the delay queues may hold at once; also the most of the tasks behind
-    /// a burst this worker may take as it ends; 0 opens none [default: 2000]
+    /// a burst this worker may take as it ends; 0 opens none [default: 4000]
     #[arg(long, env = "CELERIAC_ETA_BURST_WINDOW")]
     pub eta_burst_window: Option<u16>,
 
