@@ -131,17 +131,17 @@ impl Embed {
         };
         let mut embed = Embed::default();
         for (key, item) in map {
+            let known = matches!(key.as_str(), "callbacks" | "errbacks" | "chain" | "chord");
+            if known && item.is_null() {
+                // Python writes all four, mostly null: nothing to read.
+                continue;
+            }
             let path = format!("embed.{key}");
             match key.as_str() {
                 "callbacks" => embed.callbacks = opt_list(item, &path)?,
                 "errbacks" => embed.errbacks = opt_list(item, &path)?,
                 "chain" => embed.chain = opt_list(item, &path)?,
-                "chord" => {
-                    embed.chord = match item {
-                        Value::Null => None,
-                        sig => Some(Box::new(Signature::from_json(sig, &path)?)),
-                    }
-                }
+                "chord" => embed.chord = Some(Box::new(Signature::from_json(item, &path)?)),
                 _ => {
                     embed.extra.insert(key.clone(), item.clone());
                 }

@@ -11,9 +11,11 @@
 
 use std::fmt::{self, Write as _};
 use std::str::FromStr as _;
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
+use memchr::memmem::Finder;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -180,10 +182,15 @@ pub fn decimal_lenient(value: &Value) -> Option<String> {
 /// assert!(!may_hold_envelope(br#"[[1, "caf\u00e9"], {}, {}]"#));
 /// ```
 pub fn may_hold_envelope(json: &[u8]) -> bool {
-    if memchr::memmem::find(json, TYPE_KEY.as_bytes()).is_some() {
+    // Built once: `memmem::find` builds a searcher on every call, which
+    // cost more than the scan of a small body.
+    static TYPE_KEY_FINDER: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(TYPE_KEY.as_bytes()));
+    static ESCAPE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br"\u00"));
+    if TYPE_KEY_FINDER.find(json).is_some() {
         return true;
     }
-    memchr::memmem::find_iter(json, br"\u00").any(|at| {
+    ESCAPE_FINDER.find_iter(json).any(|at| {
         // `\u0020` to `\u007f`: an escaped printable ASCII character.
         matches!(json.get(at + 4), Some(b'2'..=b'7'))
     })
