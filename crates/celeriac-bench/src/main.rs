@@ -55,8 +55,9 @@ struct Args {
     eta_bursts: Vec<u64>,
     /// Burst consumer windows (`--eta-burst-window`) the `eta` scenario's
     /// worker runs with, comma-separated, each in every round beside raw
-    /// lapin's relay with the same window (default: the worker's default).
-    #[arg(long, value_delimiter = ',')]
+    /// lapin's relay with the same window (default: the worker's default;
+    /// 0, which turns burst consumers off, has no relay to compare with).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     eta_burst_windows: Vec<u16>,
     /// Concurrency of the Celeriac worker (prefetch = 4 ×).
     #[arg(long, default_value_t = 100)]

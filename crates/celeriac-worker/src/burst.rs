@@ -9,15 +9,15 @@
 //! When deliveries keep being moved (a run of [`MIN_STREAK`] in a row, or a
 //! quarter of the window if that is more, with no other task between), the
 //! worker opens a second, temporary consumer on that queue with a window of
-//! `eta_burst_window` deliveries (default [`BURST_WINDOW`]) and handles its deliveries exactly as the main
-//! consumer's. It ends at the first delivery that is not a task due a
-//! second or more from now (the burst is over; that one and any received
-//! after it are handled here, as they arrive), or when the queue has been
-//! quiet for [`BURST_IDLE`]. So the burst leaves at up to that window of
-//! moves in flight, and the cost is bounded: at the end of a burst this
-//! worker may have taken up to a window of the tasks behind it. A window
-//! of 0 opens no burst consumer. A queue where an
-//! ETA task comes now and then between ordinary ones never makes a run.
+//! `eta_burst_window` deliveries (default [`BURST_WINDOW`]) and handles its
+//! deliveries exactly as the main consumer's. It ends at the first delivery
+//! that is not a task due a second or more from now (the burst is over;
+//! that one and any received after it are handled here, as they arrive),
+//! or when the queue has been quiet for [`BURST_IDLE`]. So the burst leaves
+//! at up to that window of moves in flight, and the cost is bounded: at
+//! the end of a burst this worker may have taken up to a window of the
+//! tasks behind it. A window of 0 opens no burst consumer. A queue where
+//! an ETA task comes now and then between ordinary ones never makes a run.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -105,9 +105,10 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<String
         tokio::select! {
             () = ctx.shutdown.cancelled() => break,
             request = requests.recv() => match request {
+                // A window of 0 turns burst consumers off.
+                Some(_) if ctx.config.eta_burst_window == 0 => {}
                 // No burst while a message runs alone: it must be the only
                 // delivery the worker holds.
-                Some(_) if ctx.config.eta_burst_window == 0 => {}
                 Some(queue) if ctx.isolation.running_alone() => {
                     debug!(queue = %queue, "no burst consumer while a message runs alone");
                 }
