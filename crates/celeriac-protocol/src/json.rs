@@ -10,7 +10,9 @@
 //! error rather than a generic syntax error, since no JSON value can hold them.
 
 use std::io;
+use std::sync::LazyLock;
 
+use memchr::memmem::Finder;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::ser::Formatter;
@@ -91,7 +93,10 @@ const VALUE_DEPTH_LIMIT: usize = 127;
 /// or as embedded JSON, not as an object). It may say no to text that would
 /// parse the same (a private key), never yes to text that would not.
 pub(crate) fn parses_as_values(text: &[u8]) -> bool {
-    memchr::memmem::find(text, SERDE_JSON_PRIVATE).is_none()
+    // Built once: `memmem::find` builds a searcher on every call.
+    static PRIVATE_KEY_FINDER: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(SERDE_JSON_PRIVATE));
+    PRIVATE_KEY_FINDER.find(text).is_none()
         && nests_within(text, VALUE_DEPTH_LIMIT)
         && surrogates_are_paired(text)
 }
@@ -148,7 +153,8 @@ fn surrogates_are_paired(text: &[u8]) -> bool {
         u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
     };
     let mut after_pair = 0;
-    for at in memchr::memmem::find_iter(text, br"\u") {
+    static ESCAPE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br"\u"));
+    for at in ESCAPE_FINDER.find_iter(text) {
         // After an odd run of backslashes this one is escaped itself: the
         // text `\\u` is a backslash and a `u`, not an escape.
         let run = text[..at].iter().rev().take_while(|&&b| b == b'\\').count();
