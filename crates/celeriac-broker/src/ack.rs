@@ -134,12 +134,6 @@ impl Deliveries {
             self.registered_ahead.insert(tag);
         }
     }
-
-    /// Whether the head has been the oldest unfinished delivery for
-    /// `long_after` by `now` (as last seen by a flush).
-    fn head_is_long(&self, now: Instant, long_after: Duration) -> bool {
-        self.head.is_some_and(|head| head.is_long(now, long_after))
-    }
 }
 
 /// What one flush acks: the contiguous finished run from the oldest
@@ -156,10 +150,9 @@ struct Choice {
 /// order (each with when it finished, if it has), the lowest tag that has
 /// not reached the window, and the head the last flush saw: the finished
 /// run from the oldest, below the first tag not yet registered; every
-/// finished delivery
-/// behind the oldest unfinished one (the head) once the head has been the
-/// oldest for `long_after`; and, however young the head, any finished
-/// delivery that has waited `long_after` itself.
+/// finished delivery behind the oldest unfinished one (the head) once the
+/// head has been the oldest for `long_after`; and, however young the head,
+/// any finished delivery that has waited `long_after` itself.
 ///
 /// While the head is young, a finished delivery behind it waits: the head
 /// will most likely finish soon, and one multiple ack then covers both.
@@ -289,8 +282,10 @@ impl AckWindow {
             if let Some(entry) = deliveries.by_tag.get_mut(&tag) {
                 entry.finished = Some(now);
             }
-            let behind_long_head = deliveries.head.is_some_and(|head| head.tag < tag)
-                && deliveries.head_is_long(now, self.straggler_age);
+            // The head as the last flush saw it.
+            let behind_long_head = deliveries
+                .head
+                .is_some_and(|head| head.tag < tag && head.is_long(now, self.straggler_age));
             behind_long_head
                 || deliveries
                     .by_tag
