@@ -27,8 +27,14 @@ use anyhow::{Context as _, bail};
 use celeriac::{App, TaskCall};
 use celeriac_broker::Queue;
 use clap::Parser;
-use futures_lite::StreamExt;
 use serde_json::{Value, json};
+
+// The benchmark's raw-lapin baselines; this binary uses one of them.
+#[allow(dead_code)]
+#[path = "../raw.rs"]
+mod raw;
+
+use raw::RawAck;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -90,7 +96,19 @@ async fn main() -> anyhow::Result<()> {
         ..celeriac_worker::WorkerConfig::default()
     };
     if args.raw {
-        raw_drain(&args.broker, &queue, args.tasks, config.prefetch()).await?;
+        // The benchmark's own multi-ack baseline, with the worker's window
+        // and its ack batch (at most half the window).
+        let prefetch = config.prefetch();
+        let every = u64::from((prefetch / 2).clamp(1, 32));
+        let connection = raw::connect(&args.broker).await?;
+        raw::drain(
+            &connection,
+            &queue,
+            args.tasks,
+            prefetch,
+            RawAck::Every(every),
+        )
+        .await?;
     }
     if args.publish_only || args.raw {
         app.broker().delete_queue(&queue).await?;
@@ -119,44 +137,5 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({"drained": args.tasks, "summary": format!("{:?}", stats.summary())})
     );
-    Ok(())
-}
-
-/// Drains `count` deliveries from `queue` with lapin alone: a window of
-/// `prefetch`, one multiple ack per 32 deliveries (at most half the
-/// window, as the worker's ack batch) and for the last. The raw baseline:
-/// lapin outside celeriac-broker on purpose (see clippy.toml).
-#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
-async fn raw_drain(url: &str, queue: &str, count: u64, prefetch: u16) -> anyhow::Result<()> {
-    let connection =
-        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "drain-cost-raw".into(),
-            lapin::options::BasicConsumeOptions::default(),
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
-    let every = u64::from((prefetch / 2).clamp(1, 32));
-    let mut received = 0;
-    while received < count {
-        let delivery = consumer
-            .next()
-            .await
-            .context("the consumer stream ended early")??;
-        received += 1;
-        if received % every == 0 || received == count {
-            delivery
-                .ack(lapin::options::BasicAckOptions { multiple: true })
-                .await?;
-        }
-    }
-    channel.close(200, "done".into()).await?;
-    connection.close(200, "done".into()).await?;
     Ok(())
 }
