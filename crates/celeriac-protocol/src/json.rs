@@ -148,12 +148,12 @@ fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
 /// Whether every `\uD800`–`\uDBFF` escape is followed by a `\uDC00`–`\uDFFF`
 /// one, and no `\uDC00`–`\uDFFF` stands alone.
 fn surrogates_are_paired(text: &[u8]) -> bool {
+    static ESCAPE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br"\u"));
     let unit = |at: usize| -> Option<u16> {
         let hex = text.get(at + 2..at + 6)?;
         u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
     };
     let mut after_pair = 0;
-    static ESCAPE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br"\u"));
     for at in ESCAPE_FINDER.find_iter(text) {
         // After an odd run of backslashes this one is escaped itself: the
         // text `\\u` is a backslash and a `u`, not an escape.
