@@ -12,6 +12,7 @@
 
 mod beat;
 mod checks;
+mod document;
 mod library;
 mod measure;
 mod memory;

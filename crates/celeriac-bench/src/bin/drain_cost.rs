@@ -14,6 +14,14 @@
 //! grep -h '^summary' /tmp/*.cg
 //! ```
 //!
+//! `--payload 1000000 --task demo.measure` fills the queue with one-document
+//! tasks of that body size instead (the `payload` scenario's bodies; the
+//! task is `demo.echo` or `demo.measure`), for a large body's count.
+//!
+//! `--publish-only --keep-queue NAME` fills `NAME` and leaves it filled,
+//! for a worker process to drain under a profiler
+//! (`scripts/flamegraph-drain`).
+//!
 //! `--log info` logs as the worker CLI does (its own subscriber, its own
 //! filter), so the row measures what a deployed worker pays per task.
 //! `--raw` drains the same messages with raw lapin instead (the
@@ -36,6 +44,10 @@ mod raw;
 
 use raw::RawAck;
 
+// The payload scenario's document argument.
+#[path = "../document.rs"]
+mod document;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Broker URL.
@@ -57,9 +69,21 @@ struct Args {
     /// Log as the worker CLI does, at this level (e.g. `info`), to stdout.
     #[arg(long, conflicts_with = "spans")]
     log: Option<String>,
+    /// Fill the queue with one-document tasks whose bodies are about this
+    /// many bytes (as the `payload` scenario's) instead of `demo.add(1, 2)`.
+    #[arg(long)]
+    payload: Option<usize>,
+    /// The task the `--payload` documents are sent to.
+    #[arg(long, default_value = "demo.measure", requires = "payload",
+          value_parser = ["demo.measure", "demo.echo"])]
+    task: String,
     /// Fill the queue, then exit without draining it.
     #[arg(long)]
     publish_only: bool,
+    /// Fill this queue (declared as Celery declares one) instead of a
+    /// fresh one, and leave it filled, for a worker process to drain.
+    #[arg(long, requires = "publish_only")]
+    keep_queue: Option<String>,
     /// Drain with a raw lapin consumer (the worker's prefetch window,
     /// one multiple ack per 32 deliveries) instead of the worker.
     #[arg(long, conflicts_with_all = ["publish_only", "metrics", "spans", "log"])]
@@ -77,15 +101,21 @@ async fn main() -> anyhow::Result<()> {
     if let Some(level) = &args.log {
         celeriac_worker::cli::init_logging(level);
     }
-    let queue = format!("celeriac-drain-cost.{}", std::process::id());
+    let queue = args
+        .keep_queue
+        .clone()
+        .unwrap_or_else(|| format!("celeriac-drain-cost.{}", std::process::id()));
     let app = celeriac_demo::tasks::register(App::builder())
         .broker_url(args.broker.clone())
         .queue(Queue::celery_default(queue.clone()))
         .default_queue(queue.clone())
         .build()
         .await?;
-    let calls =
-        (0..args.tasks).map(|_| TaskCall::<Value>::new("demo.add", vec![json!(1), json!(2)]));
+    let (task, arguments) = match args.payload {
+        Some(bytes) => (args.task.as_str(), vec![document::document(bytes)]),
+        None => ("demo.add", vec![json!(1), json!(2)]),
+    };
+    let calls = (0..args.tasks).map(|_| TaskCall::<Value>::new(task, arguments.clone()));
     app.send_many(calls).await.context("filling the queue")?;
     let config = celeriac_worker::WorkerConfig {
         queues: vec![queue.clone()],
@@ -111,7 +141,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
     if args.publish_only || args.raw {
-        app.broker().delete_queue(&queue).await?;
+        if args.keep_queue.is_none() {
+            app.broker().delete_queue(&queue).await?;
+        }
         app.close().await;
         return Ok(());
     }

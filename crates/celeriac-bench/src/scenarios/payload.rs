@@ -5,13 +5,12 @@
 //! Celery's prefork pool running `interop.echo`; then a worker process drains the
 //! largest backlog at its default settings, for its peak memory.
 
-use celeriac_protocol::{RawMessage, TaskMessage};
-use serde_json::json;
-
+use crate::document::document;
 use crate::library::WorkerShape;
 use crate::measure;
 use crate::memory::WorkerProcess;
 use crate::raw::{self, RawAck};
+use celeriac_protocol::{RawMessage, TaskMessage};
 
 use super::Bench;
 
@@ -24,24 +23,12 @@ pub(crate) fn scenario_name(bytes: usize) -> String {
     }
 }
 
-/// A `task(document)` message whose body is about `bytes` long: one dict
-/// argument holding a text (half the bytes) and a list of integers (the
-/// other half), as a task carrying a document and a batch of ids would.
+/// A `task(document)` message whose body is about `bytes` long (see
+/// [`document`]).
 pub(crate) fn document_message(task: &str, bytes: usize) -> anyhow::Result<RawMessage> {
-    let half = bytes / 2;
-    let sentence = "The quick brown fox jumps over the lazy dog. ";
-    let text: String = sentence.chars().cycle().take(half).collect();
-    let mut ids = Vec::new();
-    let mut written = 0;
-    while written < half {
-        let id = 1_000_000 + ids.len() as u64;
-        written += id.to_string().len() + 2; // the digits and ", "
-        ids.push(id);
-    }
-    let document = json!({ "text": text, "ids": ids });
     let id = uuid::Uuid::new_v4().to_string();
     Ok(TaskMessage::new(task, id)
-        .with_args(vec![document])
+        .with_args(vec![document(bytes)])
         .encode()?)
 }
 
