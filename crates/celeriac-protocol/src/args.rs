@@ -11,15 +11,14 @@
 //! `Map<String, Value>`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, Range};
 use std::sync::{Arc, OnceLock};
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::body_scan::scan_body;
 
 /// Positional arguments. Reads as a slice of values; see [`Args::text`]
 /// for an argument's JSON text when the body kept it.
@@ -272,76 +271,25 @@ pub(crate) struct SplitBody {
 /// kwargs not an object or `null`): the caller then decodes it as values,
 /// which names what is wrong.
 pub(crate) fn split(body: Arc<str>) -> Option<SplitBody> {
-    let (args, kwargs, embed): (Option<Vec<&RawValue>>, KwargSlices<'_>, Value) =
-        serde_json::from_str(&body).ok()?;
-    let span_of = |raw: &RawValue| {
-        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-        start..start + raw.get().len()
-    };
-    let arg_spans = args.unwrap_or_default().into_iter().map(span_of).collect();
-    let kwarg_spans = kwargs
-        .0
-        .into_iter()
-        .map(|(name, raw)| (name, span_of(raw)))
-        .collect();
+    let spans = scan_body(&body)?;
+    let embed = serde_json::from_str(&body[spans.embed]).ok()?;
     Some(SplitBody {
         args: Args {
             values: OnceLock::new(),
             text: Some(ArgTexts {
                 body: body.clone(),
-                spans: arg_spans,
+                spans: spans.args,
             }),
         },
         kwargs: Kwargs {
             values: OnceLock::new(),
             text: Some(KwargTexts {
                 body,
-                spans: kwarg_spans,
+                spans: spans.kwargs,
             }),
         },
         embed,
     })
-}
-
-/// A kwargs object's values as text, in order; a repeated name keeps its
-/// first place and its last value, as a JSON map does. `null` is none.
-struct KwargSlices<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> de::Deserialize<'de> for KwargSlices<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(KwargSlicesVisitor(std::marker::PhantomData))
-    }
-}
-
-struct KwargSlicesVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for KwargSlicesVisitor<'a> {
-    type Value = KwargSlices<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a kwargs object or null")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(KwargSlices(Vec::new()))
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-        let mut slices: Vec<(String, &'a RawValue)> = Vec::new();
-        // Where each name is in `slices`: a body may hold a million names.
-        let mut places: HashMap<String, usize> = HashMap::new();
-        while let Some(name) = map.next_key::<String>()? {
-            let raw: &'de RawValue = map.next_value()?;
-            match places.get(&name) {
-                Some(&at) => slices[at].1 = raw,
-                None => {
-                    places.insert(name.clone(), slices.len());
-                    slices.push((name, raw));
-                }
-            }
-        }
-        Ok(KwargSlices(slices))
-    }
 }
 
 #[cfg(test)]

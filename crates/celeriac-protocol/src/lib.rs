@@ -41,6 +41,7 @@
 mod args;
 pub mod auth;
 mod body;
+mod body_scan;
 mod compression;
 pub mod content;
 pub mod control;
