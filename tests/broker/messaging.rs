@@ -464,3 +464,61 @@ async fn coalesced_acks_racing_with_single_settlements_keep_the_channel() -> Res
     broker.close().await;
     Ok(())
 }
+
+/// Reproduces an open bug (docs/reliability.md, "Known issue: returns
+/// and concurrent publishes"): lapin hands a returned message to whichever
+/// confirm it completes first, not to the publish it belongs to, so while
+/// routed publishes are in flight on the same channel an unroutable one
+/// can be reported as routed and a routed one as unroutable. Ignored until
+/// the publisher matches returns to their publishes itself; run it with
+/// `cargo test -p celeriac-tests --test broker -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces an open bug: lapin attaches a return to the wrong confirm (docs/reliability.md)"]
+async fn an_unroutable_publish_among_routed_ones_is_reported_as_unroutable() -> Result<()> {
+    let broker = connect().await?;
+    let body = task("t").encode()?;
+    let routed = unique("routed-alongside");
+    let _cleanup = Cleanup(vec![routed.clone()]);
+    broker
+        .declare(&Queue::celery_default(routed.clone()))
+        .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let streams: Vec<_> = (0..4)
+        .map(|_| {
+            let (broker, body, routed, stop) =
+                (broker.clone(), body.clone(), routed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while !stop.is_cancelled() {
+                    broker.publish("", &routed, &body).await?;
+                    sent += 1;
+                }
+                anyhow::Ok(sent)
+            })
+        })
+        .collect();
+    let mut looked_routed = 0;
+    for _ in 0..300 {
+        match broker
+            .publish("amq.direct", &unique("nobody-bound"), &body)
+            .await
+        {
+            Err(BrokerError::Unroutable { .. }) => {}
+            Ok(()) => looked_routed += 1,
+            other => anyhow::bail!("an unroutable publish gave {other:?}"),
+        }
+    }
+    stop.cancel();
+    let mut routed_sent = 0;
+    for stream in streams {
+        routed_sent += stream
+            .await?
+            .context("a routed publish alongside the unroutable ones failed")?;
+    }
+    ensure!(
+        looked_routed == 0,
+        "{looked_routed} of 300 unroutable publishes were reported as routed \
+         ({routed_sent} routed ones alongside)"
+    );
+    Ok(())
+}

@@ -88,23 +88,32 @@ pub(crate) enum Link {
     Closed,
 }
 
-/// One live connection and its publisher channel.
+/// One live connection and its publisher channels.
 pub(crate) struct Session {
     /// Increases by one per (re)connection.
     pub(crate) generation: u64,
     pub(crate) connection: Connection,
+    /// Confirmed `mandatory` publishes (tasks, results).
     publisher: tokio::sync::Mutex<Channel>,
+    /// Confirmed transient publishes (events, control replies), kept off
+    /// the `mandatory` channel: lapin hands a `basic.return` to whichever
+    /// confirm of its channel completes first, so an event acked together
+    /// with an unroutable result could take its return and the result
+    /// would look routed (docs/reliability.md).
+    transient: tokio::sync::Mutex<Channel>,
 }
 
 impl Session {
-    /// The confirming publisher channel, reopened if a channel error closed it.
+    /// The confirming channel for `mandatory` publishes, reopened if a
+    /// channel error closed it.
     pub(crate) async fn publisher(&self) -> Result<Channel, lapin::Error> {
-        let mut channel = self.publisher.lock().await;
-        if !channel.status().connected() {
-            debug!("reopening the publisher channel");
-            *channel = confirming_channel(&self.connection).await?;
-        }
-        Ok(channel.clone())
+        reopened(&self.connection, &self.publisher, "publisher").await
+    }
+
+    /// The confirming channel for transient publishes, reopened if a
+    /// channel error closed it.
+    pub(crate) async fn transient_publisher(&self) -> Result<Channel, lapin::Error> {
+        reopened(&self.connection, &self.transient, "transient publisher").await
     }
 
     /// Replaces the publisher channel with a fresh one after channel
@@ -438,15 +447,34 @@ async fn establish(
         let publisher = confirming_channel(&connection)
             .await
             .map_err(|e| e.to_string())?;
+        let transient = confirming_channel(&connection)
+            .await
+            .map_err(|e| e.to_string())?;
         info!(url = %url, generation, "connected to RabbitMQ");
         let session = Arc::new(Session {
             generation,
             connection,
             publisher: tokio::sync::Mutex::new(publisher),
+            transient: tokio::sync::Mutex::new(transient),
         });
         return Ok((session, events));
     }
     Err(errors.join("; "))
+}
+
+/// The channel in `slot`, replaced by a fresh confirming one if a channel
+/// error closed it.
+async fn reopened(
+    connection: &Connection,
+    slot: &tokio::sync::Mutex<Channel>,
+    what: &str,
+) -> Result<Channel, lapin::Error> {
+    let mut channel = slot.lock().await;
+    if !channel.status().connected() {
+        debug!("reopening the {what} channel");
+        *channel = confirming_channel(connection).await?;
+    }
+    Ok(channel.clone())
 }
 
 async fn redeclare(connection: &Connection, queues: &[Queue]) {

@@ -117,17 +117,17 @@ impl Broker {
         let session = self.session_until(Instant::now() + TRANSIENT_WAIT).await?;
         if !exchange.is_default() && !self.exchange_ready(session.generation, &exchange.name) {
             let channel = session
-                .publisher()
+                .transient_publisher()
                 .await
-                .map_err(|e| channel_error("opening the publisher channel", &e))?;
+                .map_err(|e| channel_error("opening the transient publisher channel", &e))?;
             declare_exchange(&channel, exchange, None).await?;
             self.mark_exchange_ready(session.generation, &exchange.name);
         }
         let properties = basic_properties(message)?;
         let channel = session
-            .publisher()
+            .transient_publisher()
             .await
-            .map_err(|e| channel_error("opening the publisher channel", &e))?;
+            .map_err(|e| channel_error("opening the transient publisher channel", &e))?;
         let confirm = channel
             .basic_publish(
                 exchange.name.as_str().into(),
