@@ -100,12 +100,18 @@ async fn a_rate_limited_task_keeps_its_rate_and_holds_up_no_other_task() -> Resu
     // them and the first deferred one (1.5 s out) go unused, so the rate
     // is measured from the first deferred run on.
     let deferred = &times[times.partition_point(|&ran| ran < times[0] + 1.0)..];
-    let steady = (deferred.len() - 1) as f64 / (deferred[deferred.len() - 1] - deferred[0]);
+    // Between the deferred runs' 10th and 90th percentiles: the delay
+    // queues hand some deliveries back late on a loaded host, and a late
+    // one runs at once, so a late first (or last) run alone would shrink
+    // (or stretch) the whole span (seen in CI: 22.1/s from the first
+    // deferred run to the last).
+    let (from, to) = (deferred.len() / 10, deferred.len() * 9 / 10);
+    let steady = (to - from) as f64 / (deferred[to] - deferred[from]);
     let busiest = busiest_second(&times);
     let summary = worker.stop().await?;
     println!(
         "{LIMITED} runs limited to {RATE}/s took {span:.2} s ({overall:.2}/s; {steady:.2}/s \
-         after the first second; at most {busiest} in one second); {before_others_done} of \
+         after the first second, middle 80 %; at most {busiest} in one second); {before_others_done} of \
          them had run when the {OTHERS} others were done; {} deferrals",
         summary.rate_deferred
     );
