@@ -18,6 +18,11 @@
 //! tasks of that body size instead (the `payload` scenario's bodies; the
 //! task is `demo.echo` or `demo.measure`), for a large body's count.
 //!
+//! `--raw-fill` fills the queue with raw lapin instead of `send_many` (the
+//! same bytes, the same confirm window), so two `--publish-only` runs give
+//! `send_many`'s instructions per task against raw lapin's (less a run
+//! with `--tasks 0`, for what connecting costs).
+//!
 //! `--publish-only --keep-queue NAME` fills `NAME` and leaves it filled,
 //! for a worker process to drain under a profiler
 //! (`scripts/flamegraph-drain`).
@@ -34,6 +39,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use celeriac::{App, TaskCall};
 use celeriac_broker::Queue;
+use celeriac_protocol::TaskMessage;
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -47,6 +53,9 @@ use raw::RawAck;
 // The payload scenario's document argument.
 #[path = "../document.rs"]
 mod document;
+
+/// How many confirms `App::send_many` keeps in flight.
+const SEND_MANY_WINDOW: usize = 5_000;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -84,6 +93,11 @@ struct Args {
     /// fresh one, and leave it filled, for a worker process to drain.
     #[arg(long, requires = "publish_only")]
     keep_queue: Option<String>,
+    /// Fill with raw lapin instead of `App::send_many`: the same message
+    /// bytes (one call encoded once), persistent and `mandatory`, with
+    /// confirms, 5,000 unconfirmed at most, as `send_many` keeps them.
+    #[arg(long)]
+    raw_fill: bool,
     /// Drain with a raw lapin consumer (the worker's prefetch window,
     /// one multiple ack per 32 deliveries) instead of the worker.
     #[arg(long, conflicts_with_all = ["publish_only", "metrics", "spans", "log"])]
@@ -115,8 +129,15 @@ async fn main() -> anyhow::Result<()> {
         Some(bytes) => (args.task.as_str(), vec![document::document(bytes)]),
         None => ("demo.add", vec![json!(1), json!(2)]),
     };
-    let calls = (0..args.tasks).map(|_| TaskCall::<Value>::new(task, arguments.clone()));
-    app.send_many(calls).await.context("filling the queue")?;
+    if args.raw_fill {
+        let id = uuid::Uuid::new_v4().to_string();
+        let message = TaskMessage::new(task, id).with_args(arguments).encode()?;
+        let connection = raw::connect(&args.broker).await?;
+        raw::publish(&connection, &queue, &message, args.tasks, SEND_MANY_WINDOW).await?;
+    } else {
+        let calls = (0..args.tasks).map(|_| TaskCall::<Value>::new(task, arguments.clone()));
+        app.send_many(calls).await.context("filling the queue")?;
+    }
     let config = celeriac_worker::WorkerConfig {
         queues: vec![queue.clone()],
         concurrency: args.concurrency,
