@@ -13,6 +13,8 @@
 //!
 //! When reading, every integer width is accepted and widened to `i64`.
 
+use std::collections::BTreeMap;
+
 use amq_protocol_types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
@@ -77,13 +79,17 @@ pub fn decode_headers(bytes: &[u8]) -> Result<Headers, HeaderError> {
 
 /// Converts Celery headers to an AMQP table, refusing values py-amqp would misread.
 pub(crate) fn to_field_table(headers: &Headers) -> Result<FieldTable, HeaderError> {
-    let mut table = FieldTable::default();
-    for (key, value) in headers {
-        let name =
-            ShortString::try_new(key.as_str()).map_err(|_| HeaderError::KeyTooLong(key.clone()))?;
-        table.insert(name, to_amqp(key, value)?);
-    }
-    Ok(table)
+    // Collected rather than inserted one by one: the headers come in key
+    // order, and a map built from sorted pairs compares each key once.
+    let table = headers
+        .iter()
+        .map(|(key, value)| {
+            let name = ShortString::try_new(key.as_str())
+                .map_err(|_| HeaderError::KeyTooLong(key.clone()))?;
+            Ok((name, to_amqp(key, value)?))
+        })
+        .collect::<Result<BTreeMap<_, _>, HeaderError>>()?;
+    Ok(FieldTable::from(table))
 }
 
 /// Converts an AMQP table (as delivered) to Celery headers.

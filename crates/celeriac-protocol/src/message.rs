@@ -350,7 +350,7 @@ impl TaskMessage {
             .get_or_insert_with(|| headers.id.clone());
         Ok(RawMessage {
             properties,
-            headers: headers.to_headers(),
+            headers: headers.into_headers(),
             body,
         })
     }

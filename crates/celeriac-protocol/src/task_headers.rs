@@ -173,63 +173,71 @@ impl TaskHeaders {
     /// Writes the full header set Python's `as_task_v2` writes (nulls
     /// included), plus `compression`/`meth` when set and every extra header.
     pub fn to_headers(&self) -> Headers {
-        let mut h = self.extra.clone();
-        let mut put = |k: &str, v: HeaderValue| {
-            h.insert(k.to_owned(), v);
-        };
-        put("lang", opt_str_value(&self.lang));
-        put("task", HeaderValue::Str(self.task.clone()));
-        put("id", HeaderValue::Str(self.id.clone()));
-        put("shadow", opt_str_value(&self.shadow));
-        put("eta", time_value(&self.eta));
-        put("expires", time_value(&self.expires));
-        put("group", opt_str_value(&self.group));
-        put(
-            "group_index",
-            self.group_index.map_or(HeaderValue::Void, HeaderValue::Int),
-        );
-        put("retries", HeaderValue::Int(self.retries));
-        put(
-            "timelimit",
-            HeaderValue::Array(vec![
-                self.timelimit
-                    .hard
-                    .map_or(HeaderValue::Void, Seconds::to_header),
-                self.timelimit
-                    .soft
-                    .map_or(HeaderValue::Void, Seconds::to_header),
-            ]),
-        );
-        put("root_id", opt_str_value(&self.root_id));
-        put("parent_id", opt_str_value(&self.parent_id));
-        put("argsrepr", opt_str_value(&self.argsrepr));
-        put("kwargsrepr", opt_str_value(&self.kwargsrepr));
-        put("origin", opt_str_value(&self.origin));
-        put(
-            "ignore_result",
-            self.ignore_result
-                .map_or(HeaderValue::Void, HeaderValue::Bool),
-        );
-        put(
-            "replaced_task_nesting",
-            HeaderValue::Int(self.replaced_task_nesting),
-        );
-        put(
-            "stamped_headers",
-            self.stamped_headers
-                .as_ref()
-                .map_or(HeaderValue::Void, |names| {
-                    HeaderValue::Array(names.iter().cloned().map(HeaderValue::Str).collect())
+        self.clone().into_headers()
+    }
+
+    /// [`to_headers`](Self::to_headers), moving the values rather than
+    /// copying them. A known header wins over an extra one of the same
+    /// name.
+    pub fn into_headers(self) -> Headers {
+        let str_or_void = |value: Option<String>| value.map_or(HeaderValue::Void, HeaderValue::Str);
+        let limit = |limit: Option<Seconds>| limit.map_or(HeaderValue::Void, Seconds::to_header);
+        let mut known = vec![
+            ("lang", str_or_void(self.lang)),
+            ("task", HeaderValue::Str(self.task)),
+            ("id", HeaderValue::Str(self.id)),
+            ("shadow", str_or_void(self.shadow)),
+            ("eta", time_value(&self.eta)),
+            ("expires", time_value(&self.expires)),
+            ("group", str_or_void(self.group)),
+            (
+                "group_index",
+                self.group_index.map_or(HeaderValue::Void, HeaderValue::Int),
+            ),
+            ("retries", HeaderValue::Int(self.retries)),
+            (
+                "timelimit",
+                HeaderValue::Array(vec![limit(self.timelimit.hard), limit(self.timelimit.soft)]),
+            ),
+            ("root_id", str_or_void(self.root_id)),
+            ("parent_id", str_or_void(self.parent_id)),
+            ("argsrepr", str_or_void(self.argsrepr)),
+            ("kwargsrepr", str_or_void(self.kwargsrepr)),
+            ("origin", str_or_void(self.origin)),
+            (
+                "ignore_result",
+                self.ignore_result
+                    .map_or(HeaderValue::Void, HeaderValue::Bool),
+            ),
+            (
+                "replaced_task_nesting",
+                HeaderValue::Int(self.replaced_task_nesting),
+            ),
+            (
+                "stamped_headers",
+                self.stamped_headers.map_or(HeaderValue::Void, |names| {
+                    HeaderValue::Array(names.into_iter().map(HeaderValue::Str).collect())
                 }),
-        );
-        put("stamps", HeaderValue::Table(self.stamps.clone()));
+            ),
+            ("stamps", HeaderValue::Table(self.stamps)),
+        ];
         if let Some(c) = self.compression {
-            put("compression", HeaderValue::Str(c.mime().to_owned()));
+            known.push(("compression", HeaderValue::Str(c.mime().to_owned())));
         }
-        if let Some(meth) = &self.meth {
-            put("meth", HeaderValue::Str(meth.clone()));
+        if let Some(meth) = self.meth {
+            known.push(("meth", HeaderValue::Str(meth)));
         }
-        h
+        // Built in one go from the known headers (their names are distinct),
+        // then the extras where no known header took the name: cheaper than
+        // inserting each into the extras' map.
+        let mut headers: Headers = known
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        for (name, value) in self.extra {
+            headers.entry(name).or_insert(value);
+        }
+        headers
     }
 }
 
@@ -429,10 +437,6 @@ fn time_limit(value: HeaderValue) -> Result<TimeLimit, DecodeError> {
     }
 }
 
-fn opt_str_value(value: &Option<String>) -> HeaderValue {
-    value.clone().map_or(HeaderValue::Void, HeaderValue::Str)
-}
-
 fn time_value(value: &Option<DateTime<FixedOffset>>) -> HeaderValue {
     value
         .as_ref()
@@ -530,5 +534,22 @@ mod tests {
         let parsed = TaskHeaders::from_headers(&full).unwrap();
         assert_eq!(parsed.extra.keys().collect::<Vec<_>>(), ["x-custom"]);
         assert_eq!(parsed.to_headers(), full);
+    }
+
+    #[test]
+    fn a_known_header_wins_over_an_extra_of_the_same_name() {
+        let mut headers = TaskHeaders::new("t", "i");
+        headers
+            .extra
+            .insert("task".into(), HeaderValue::Str("shadowed".into()));
+        // Written only when set: an extra of that name stays otherwise.
+        headers
+            .extra
+            .insert("meth".into(), HeaderValue::Str("from-extra".into()));
+        let written = headers.clone().into_headers();
+        assert_eq!(written["task"], HeaderValue::Str("t".into()));
+        assert_eq!(written["meth"], HeaderValue::Str("from-extra".into()));
+        headers.meth = Some("set".into());
+        assert_eq!(headers.to_headers()["meth"], HeaderValue::Str("set".into()));
     }
 }
