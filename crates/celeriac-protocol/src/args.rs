@@ -331,16 +331,9 @@ mod tests {
 
     #[test]
     fn other_shapes_are_left_to_the_value_decoder() {
-        for text in [
-            r#"{"args": []}"#,
-            "[[1], {}]",
-            "[[1], {}, null, 4]",
-            "[1, {}, null]",
-            "[[1], [2], null]",
-            "[[1], 2, null]",
-            "[[NaN], {}, null]",
-            "[[1], {}, null",
-        ] {
+        // Which bodies split is `body_scan`'s to say (its tests hold it to
+        // serde_json); here, that a refusal reaches the caller as `None`.
+        for text in [r#"{"args": []}"#, "[[1], 2, null]", "[[NaN], {}, null]"] {
             assert!(split_text(text).is_none(), "{text}");
         }
     }
