@@ -465,13 +465,13 @@ async fn coalesced_acks_racing_with_single_settlements_keep_the_channel() -> Res
     Ok(())
 }
 
-/// Reproduces an open bug (docs/reliability.md, "Known issue: returns
+/// Reproduces an open bug (docs/reliability.md, "Known issue: a return
 /// and concurrent publishes"): lapin hands a returned message to whichever
 /// confirm it completes first, not to the publish it belongs to, so while
 /// routed publishes are in flight on the same channel an unroutable one
 /// can be reported as routed and a routed one as unroutable. Ignored until
 /// the publisher matches returns to their publishes itself; run it with
-/// `cargo test -p celeriac-tests --test broker -- --ignored`.
+/// `cargo test -p celeriac-tests --test broker -- --ignored an_unroutable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reproduces an open bug: lapin attaches a return to the wrong confirm (docs/reliability.md)"]
 async fn an_unroutable_publish_among_routed_ones_is_reported_as_unroutable() -> Result<()> {

@@ -4,11 +4,11 @@
 //! On a loss (broker restart, `rabbitmqctl close_connection`, network drop,
 //! missed heartbeats) the supervisor marks the link down, reconnects with
 //! bounded, jittered exponential backoff (trying the failover URLs in turn),
-//! re-declares every queue declared through this handle, opens a fresh
-//! confirming publisher channel, and publishes the new session. Consumers
-//! watch the same link and re-subscribe (see `consume`). Deliveries from the
-//! dead connection keep their dead acker: their tags are void, and the broker
-//! has already requeued them.
+//! re-declares every queue declared through this handle, opens fresh
+//! confirming publisher channels (`mandatory` and transient), and publishes
+//! the new session. Consumers watch the same link and re-subscribe (see
+//! `consume`). Deliveries from the dead connection keep their dead acker:
+//! their tags are void, and the broker has already requeued them.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -422,7 +422,7 @@ async fn confirming_channel(connection: &Connection) -> Result<Channel, lapin::E
 }
 
 /// Connects to the first URL that answers, re-declares the remembered
-/// topology and opens the publisher channel.
+/// topology and opens the publisher channels (`mandatory`, transient).
 async fn establish(
     shared: &Shared,
     generation: u64,

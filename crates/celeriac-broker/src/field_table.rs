@@ -80,7 +80,8 @@ pub fn decode_headers(bytes: &[u8]) -> Result<Headers, HeaderError> {
 /// Converts Celery headers to an AMQP table, refusing values py-amqp would misread.
 pub(crate) fn to_field_table(headers: &Headers) -> Result<FieldTable, HeaderError> {
     // Collected rather than inserted one by one: the headers come in key
-    // order, and a map built from sorted pairs compares each key once.
+    // order, and a map built from sorted pairs takes a couple of key
+    // comparisons each instead of a search per insert.
     let table = headers
         .iter()
         .map(|(key, value)| {

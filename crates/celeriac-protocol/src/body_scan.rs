@@ -7,8 +7,9 @@
 //! cost more than deserializing the task's typed parameters afterwards.
 //! This scanner checks the same grammar with less work per byte: strings
 //! eight bytes at a time, numbers as runs of digits. It accepts exactly the
-//! text serde_json's split accepts (its tests hold it to that), so a body
-//! it splits is one whose every slice parses.
+//! text serde_json's split accepts (its tests hold it to that); with
+//! `json::parses_as_values` checked first (nesting depth, paired
+//! surrogates), a body it splits is one whose every slice parses.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -445,6 +446,23 @@ mod tests {
                 agrees(&body);
                 let body = format!("[[-{digits}{after}, 2], {{\"n\": {digits}}}, {digits}]");
                 agrees(&body);
+            }
+        }
+    }
+
+    #[test]
+    fn strings_end_where_serde_json_ends_them() {
+        // A quote, an escape or a control character at every place of the
+        // eight-byte steps, among ASCII and multi-byte characters.
+        for filler in ["abcdefghijklmnopqrs", "é€😀aé€😀aé€"] {
+            for at in 0..=filler.chars().count() {
+                let (head, tail): (String, String) = (
+                    filler.chars().take(at).collect(),
+                    filler.chars().skip(at).collect(),
+                );
+                for special in ["\\\"", "\\\\", "\\u00e9", "\\n", "\"", "\u{1f}", "\\q"] {
+                    agrees(&format!("[[\"{head}{special}{tail}\"], {{}}, null]"));
+                }
             }
         }
     }

@@ -93,10 +93,13 @@ struct Args {
     /// fresh one, and leave it filled, for a worker process to drain.
     #[arg(long, requires = "publish_only")]
     keep_queue: Option<String>,
-    /// Fill with raw lapin instead of `App::send_many`: the same message
-    /// bytes (one call encoded once), persistent and `mandatory`, with
-    /// confirms, 5,000 unconfirmed at most, as `send_many` keeps them.
-    #[arg(long)]
+    /// Fill with raw lapin instead of `App::send_many`: one call's message,
+    /// encoded once and published `--tasks` times (so one task id, and no
+    /// enqueue-time header, where `send_many`'s each have their own),
+    /// persistent and `mandatory`, with confirms, 5,000 unconfirmed at
+    /// most, as `send_many` keeps them. Only with `--publish-only`: a
+    /// worker would run the same task id again and again.
+    #[arg(long, requires = "publish_only")]
     raw_fill: bool,
     /// Drain with a raw lapin consumer (the worker's prefetch window,
     /// one multiple ack per 32 deliveries) instead of the worker.
