@@ -465,16 +465,15 @@ async fn coalesced_acks_racing_with_single_settlements_keep_the_channel() -> Res
     Ok(())
 }
 
-/// Reproduces an open bug (docs/reliability.md, "Known issue: a return
-/// and concurrent publishes"): lapin hands a returned message to whichever
-/// confirm it completes first, not to the publish it belongs to, so while
-/// routed publishes are in flight on the same channel an unroutable one
-/// can be reported as routed and a routed one as unroutable. Ignored until
-/// the publisher matches returns to their publishes itself; run it with
-/// `cargo test -p celeriac-tests --test broker -- --ignored an_unroutable`.
+/// lapin hands a returned message to whichever confirm it completes next,
+/// not to the publish it belongs to; the publisher gives each return back
+/// to its own publish (`returns.rs` in celeriac-broker). With routed
+/// publishes in flight on the same channel, one by one and through
+/// `send_many`, every unroutable publish must still be reported
+/// unroutable, every routed one routed, and every routed message must be
+/// in its queue. Without the matching this failed within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces an open bug: lapin attaches a return to the wrong confirm (docs/reliability.md)"]
-async fn an_unroutable_publish_among_routed_ones_is_reported_as_unroutable() -> Result<()> {
+async fn returns_reach_their_own_publishes_among_concurrent_ones() -> Result<()> {
     let broker = connect().await?;
     let body = task("t").encode()?;
     let routed = unique("routed-alongside");
@@ -483,7 +482,7 @@ async fn an_unroutable_publish_among_routed_ones_is_reported_as_unroutable() -> 
         .declare(&Queue::celery_default(routed.clone()))
         .await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let streams: Vec<_> = (0..4)
+    let mut streams: Vec<_> = (0..3)
         .map(|_| {
             let (broker, body, routed, stop) =
                 (broker.clone(), body.clone(), routed.clone(), stop.clone());
@@ -497,6 +496,22 @@ async fn an_unroutable_publish_among_routed_ones_is_reported_as_unroutable() -> 
             })
         })
         .collect();
+    let destination = Router::new(Queue::celery_default(routed.clone()))
+        .resolve("t", &RouteOptions::default())?;
+    let batch: Vec<_> = (0..200)
+        .map(|_| (destination.clone(), body.clone()))
+        .collect();
+    streams.push({
+        let (broker, stop) = (broker.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                broker.send_many(&batch).await?;
+                sent += batch.len() as u64;
+            }
+            anyhow::Ok(sent)
+        })
+    });
     let mut looked_routed = 0;
     for _ in 0..300 {
         match broker
@@ -519,6 +534,12 @@ async fn an_unroutable_publish_among_routed_ones_is_reported_as_unroutable() -> 
         looked_routed == 0,
         "{looked_routed} of 300 unroutable publishes were reported as routed \
          ({routed_sent} routed ones alongside)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = queue_stats(&routed, &["messages_ready"])?;
+    ensure!(
+        stats == [routed_sent.to_string()],
+        "{routed_sent} publishes reported routed, the queue holds {stats:?}"
     );
     Ok(())
 }

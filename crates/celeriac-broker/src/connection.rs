@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::declare::declare_queue;
+use crate::returns::ReturnDesk;
 use crate::topology::Queue;
 use crate::{BrokerConfig, BrokerError, BrokerUrl, LoginMethod};
 
@@ -94,26 +95,55 @@ pub(crate) struct Session {
     pub(crate) generation: u64,
     pub(crate) connection: Connection,
     /// Confirmed `mandatory` publishes (tasks, results).
-    publisher: tokio::sync::Mutex<Channel>,
+    publisher: tokio::sync::Mutex<Publisher>,
     /// Confirmed transient publishes (events, control replies), kept off
-    /// the `mandatory` channel: lapin hands a `basic.return` to whichever
-    /// confirm of its channel completes first, so an event acked together
-    /// with an unroutable result could take its return and the result
-    /// would look routed (docs/reliability.md).
+    /// the `mandatory` channel: they are never returned, and need not wait
+    /// for the returns of the `mandatory` publishes in flight.
     transient: tokio::sync::Mutex<Channel>,
+}
+
+/// The confirming channel for `mandatory` publishes and the desk that
+/// matches its returns to their publishes (`returns.rs`).
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    pub(crate) channel: Channel,
+    pub(crate) returns: Arc<ReturnDesk>,
+    /// Held while lapin numbers a publish and queues its frames
+    /// (`publish.rs`, `hand_over`).
+    pub(crate) numbering: Arc<Mutex<()>>,
+}
+
+impl Publisher {
+    async fn open(connection: &Connection) -> Result<Publisher, lapin::Error> {
+        Ok(Publisher {
+            channel: confirming_channel(connection).await?,
+            returns: ReturnDesk::new(),
+            numbering: Arc::default(),
+        })
+    }
 }
 
 impl Session {
     /// The confirming channel for `mandatory` publishes, reopened if a
     /// channel error closed it.
-    pub(crate) async fn publisher(&self) -> Result<Channel, lapin::Error> {
-        reopened(&self.connection, &self.publisher, "publisher").await
+    pub(crate) async fn publisher(&self) -> Result<Publisher, lapin::Error> {
+        let mut publisher = self.publisher.lock().await;
+        if !publisher.channel.status().connected() {
+            debug!("reopening the publisher channel");
+            *publisher = Publisher::open(&self.connection).await?;
+        }
+        Ok(publisher.clone())
     }
 
     /// The confirming channel for transient publishes, reopened if a
     /// channel error closed it.
     pub(crate) async fn transient_publisher(&self) -> Result<Channel, lapin::Error> {
-        reopened(&self.connection, &self.transient, "transient publisher").await
+        let mut channel = self.transient.lock().await;
+        if !channel.status().connected() {
+            debug!("reopening the transient publisher channel");
+            *channel = confirming_channel(&self.connection).await?;
+        }
+        Ok(channel.clone())
     }
 
     /// Replaces the publisher channel with a fresh one after channel
@@ -127,13 +157,13 @@ impl Session {
     /// [`RENEWED_CHANNEL_GRACE`], when any still missing are in doubt and
     /// sent again by their publishers), so nothing sent on it is lost.
     pub(crate) async fn renew_publisher(&self, nacked: ChannelId) {
-        let mut channel = self.publisher.lock().await;
-        if channel.id() != nacked || !self.is_connected() {
+        let mut publisher = self.publisher.lock().await;
+        if publisher.channel.id() != nacked || !self.is_connected() {
             return;
         }
-        match confirming_channel(&self.connection).await {
+        match Publisher::open(&self.connection).await {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *channel, fresh);
+                let old = std::mem::replace(&mut *publisher, fresh).channel;
                 debug!(
                     channel = nacked,
                     "publisher channel renewed after a negative confirm"
@@ -444,7 +474,7 @@ async fn establish(
         let events: EventStream = Box::pin(connection.events_listener());
         let queues = lock(&shared.topology).clone();
         redeclare(&connection, &queues).await;
-        let publisher = confirming_channel(&connection)
+        let publisher = Publisher::open(&connection)
             .await
             .map_err(|e| e.to_string())?;
         let transient = confirming_channel(&connection)
@@ -460,21 +490,6 @@ async fn establish(
         return Ok((session, events));
     }
     Err(errors.join("; "))
-}
-
-/// The channel in `slot`, replaced by a fresh confirming one if a channel
-/// error closed it.
-async fn reopened(
-    connection: &Connection,
-    slot: &tokio::sync::Mutex<Channel>,
-    what: &str,
-) -> Result<Channel, lapin::Error> {
-    let mut channel = slot.lock().await;
-    if !channel.status().connected() {
-        debug!("reopening the {what} channel");
-        *channel = confirming_channel(connection).await?;
-    }
-    Ok(channel.clone())
 }
 
 async fn redeclare(connection: &Connection, queues: &[Queue]) {

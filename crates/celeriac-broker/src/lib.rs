@@ -59,6 +59,7 @@ pub mod field_table;
 mod lock;
 mod operations;
 mod publish;
+mod returns;
 mod routing;
 mod topology;
 pub mod url;

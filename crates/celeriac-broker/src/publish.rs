@@ -2,9 +2,13 @@
 //!
 //! Every publish is `mandatory` and waits for the broker's confirm: a
 //! negative confirm (once the wait is over), a returned (unroutable) message
-//! or a timeout is an error, never a success. Publishes from concurrent tasks share one confirming
-//! channel and are in flight together (pipelined confirms), so throughput is
-//! bounded by the broker, not by round trips.
+//! or a timeout is an error, never a success. Publishes from concurrent
+//! tasks share one confirming channel and are in flight together
+//! (pipelined confirms), so throughput is bounded by the broker, not by
+//! round trips. Which publish a `basic.return` belongs to is decided by the
+//! channel's return desk (`returns.rs`), not by the confirm lapin attached
+//! it to, and each publish is numbered in the order its frames go out
+//! (`hand_over`).
 //!
 //! If the connection drops before the confirm arrives, the outcome is
 //! unknown; the publish waits for the connection to come back (up to
@@ -24,18 +28,19 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ChannelId;
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, PublisherConfirm};
 use tokio::time::Instant;
 use tracing::debug;
 
 use celeriac_protocol::RawMessage;
 
 use crate::BrokerError;
-use crate::connection::{Broker, Session};
+use crate::connection::{Broker, Publisher, Session};
+use crate::returns::{Carried, Confirmed, Mark, Tracked};
 use crate::routing::Destination;
 use crate::topology::ExchangeKind;
 use crate::wire::basic_properties;
@@ -237,9 +242,10 @@ impl Broker {
         self.settle(session, exchange, routing_key, sent).await
     }
 
-    /// Waits for one publish's confirm and says what it means. A negative
-    /// confirm also renews the session's publisher channel, so that what is
-    /// sent again goes on a fresh one (`Session::renew_publisher` in `connection.rs`).
+    /// Waits for one publish's confirm and for every return that could be
+    /// its message's, and says what they mean. A negative confirm also
+    /// renews the session's publisher channel, so that what is sent again
+    /// goes on a fresh one (`Session::renew_publisher` in `connection.rs`).
     async fn settle(
         &self,
         session: &Session,
@@ -247,33 +253,27 @@ impl Broker {
         routing_key: &str,
         sent: Sent,
     ) -> Result<(), Attempt> {
-        let Sent { channel, confirm } = sent;
         let timeout = self.shared.config.confirm_timeout;
-        let Ok(outcome) = tokio::time::timeout(timeout, confirm).await else {
+        let Ok(outcome) = tokio::time::timeout(timeout, outcome(session, sent)).await else {
             return Err(Attempt::Failed(BrokerError::ConfirmTimeout {
                 waited: timeout,
                 blocked: self.blocked_reason(),
             }));
         };
         match outcome {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_returned))) => {
-                Err(Attempt::Failed(BrokerError::Unroutable {
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
-                }))
-            }
-            Ok(Confirmation::Nack(_)) => {
-                session.renew_publisher(channel).await;
-                Err(Attempt::Refused(BrokerError::Nacked {
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
-                }))
-            }
-            Ok(Confirmation::NotRequested) => Err(Attempt::InDoubt(
+            Outcome::Routed => Ok(()),
+            Outcome::Returned => Err(Attempt::Failed(BrokerError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            })),
+            Outcome::Nacked => Err(Attempt::Refused(BrokerError::Nacked {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            })),
+            Outcome::NotConfirming => Err(Attempt::InDoubt(
                 "the channel was not in confirm mode".into(),
             )),
-            Err(e) => {
+            Outcome::ChannelFailed(e) => {
                 let text = e.to_string();
                 // A channel closed because of *this* publish (e.g. no such
                 // exchange) is a final answer; anything else leaves it in doubt.
@@ -378,14 +378,14 @@ fn with_priority<'a>(destination: &Destination, message: &'a RawMessage) -> Cow<
     }
 }
 
-/// One message handed to a confirming channel: the channel's id and the
-/// confirm to wait for.
+/// One message handed to the publisher channel, its confirm tracked by the
+/// channel's return desk.
 struct Sent {
-    channel: ChannelId,
-    confirm: PublisherConfirm,
+    publisher: Publisher,
+    tracked: Tracked,
 }
 
-/// Hands one message to the session's confirming channel.
+/// Hands one message to the session's publisher channel.
 async fn start_publish(
     session: &Session,
     exchange: &str,
@@ -393,28 +393,135 @@ async fn start_publish(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<Sent, Attempt> {
-    let channel = session
+    let publisher = session
         .publisher()
         .await
         .map_err(|e| Attempt::InDoubt(e.to_string()))?;
+    let correlation_id = properties
+        .correlation_id()
+        .as_ref()
+        .map(lapin::types::ShortString::as_str);
+    let mark = Mark::of(exchange, routing_key, correlation_id, body);
+    let ticket = publisher.returns.register(Some(mark));
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            options,
-            body,
-            properties,
-        )
+    let confirm = hand_over(&publisher, exchange, routing_key, options, body, properties)
         .await
         .map_err(|e| Attempt::InDoubt(e.to_string()))?;
     Ok(Sent {
-        channel: channel.id(),
-        confirm,
+        tracked: ticket.track(confirm),
+        publisher,
     })
+}
+
+/// Publishes on the publisher channel, numbered in the order its frames go
+/// out.
+///
+/// lapin gives a publish its confirm's number and then queues its frames,
+/// in two steps: two tasks publishing at once on one channel can have
+/// their frames sent in the other order than their numbers, so each
+/// task's confirm completes on the other message's `basic.ack` (before
+/// its own message's return has arrived, for an unroutable one). Both
+/// steps happen in the first poll of `basic_publish`, which this makes
+/// under the channel's numbering lock.
+async fn hand_over(
+    publisher: &Publisher,
+    exchange: &str,
+    routing_key: &str,
+    options: BasicPublishOptions,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, lapin::Error> {
+    let mut publishing = std::pin::pin!(publisher.channel.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        options,
+        body,
+        properties,
+    ));
+    let first = std::future::poll_fn(|cx| {
+        let _numbering = publisher
+            .numbering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Poll::Ready(publishing.as_mut().poll(cx))
+    })
+    .await;
+    match first {
+        Poll::Ready(handed) => handed,
+        Poll::Pending => publishing.await,
+    }
+}
+
+/// What the broker did with one `mandatory` publish.
+enum Outcome {
+    /// Confirmed, and routed to at least one queue.
+    Routed,
+    /// Confirmed, but no queue took it.
+    Returned,
+    /// A negative confirm.
+    Nacked,
+    /// The channel was not in confirm mode.
+    NotConfirming,
+    /// The channel or connection failed before the answer came.
+    ChannelFailed(lapin::Error),
+}
+
+/// Waits for the confirm of `sent`, then (when it was acked) for every
+/// return that could be its message's (`returns.rs`).
+async fn outcome(session: &Session, sent: Sent) -> Outcome {
+    let Sent {
+        publisher,
+        mut tracked,
+    } = sent;
+    let seen = (&mut tracked).await;
+    match seen.confirmed {
+        Confirmed::Ack => {}
+        Confirmed::Nack => {
+            session.renew_publisher(publisher.channel.id()).await;
+            return Outcome::Nacked;
+        }
+        Confirmed::NotRequested => return Outcome::NotConfirming,
+        Confirmed::Failed(e) => return Outcome::ChannelFailed(e),
+    }
+    let place = match seen.carried {
+        Carried::Own => return Outcome::Returned,
+        Carried::Nothing => seen.place,
+        Carried::Another => match probe(&publisher).await {
+            Ok(place) => place,
+            Err(e) => return Outcome::ChannelFailed(e),
+        },
+    };
+    if tracked.returned_by(place).await {
+        Outcome::Returned
+    } else {
+        Outcome::Routed
+    }
+}
+
+/// Sends probes on the publisher channel until one's confirm carries no
+/// return, and gives that confirm's place: lapin hands each confirm it
+/// completes the oldest return it holds, so a confirm that carried another
+/// message's return may have left this message's queued behind it. A probe
+/// is an empty, non-`mandatory` message to the default exchange with the
+/// empty routing key, which names no queue: the broker drops it and
+/// confirms it.
+async fn probe(publisher: &Publisher) -> Result<u64, lapin::Error> {
+    loop {
+        let ticket = publisher.returns.register(None);
+        let options = BasicPublishOptions::default();
+        let confirm =
+            hand_over(publisher, "", "", options, &[], BasicProperties::default()).await?;
+        let seen = ticket.track(confirm).await;
+        if let Confirmed::Failed(e) = seen.confirmed {
+            return Err(e);
+        }
+        if seen.carried == Carried::Nothing {
+            return Ok(seen.place);
+        }
+    }
 }
 
 #[cfg(test)]
