@@ -121,16 +121,39 @@ impl Publisher {
             numbering: Arc::default(),
         })
     }
+
+    /// Closes this (replaced) publisher's channel once the confirms in
+    /// flight on it have arrived and every publish on it has been decided
+    /// (a decision may still send probes on it), or after
+    /// [`RENEWED_CHANNEL_GRACE`], when any still undecided are in doubt and
+    /// sent again by their publishers.
+    fn retire(self, reason: &'static str) {
+        tokio::spawn(async move {
+            let settled = async {
+                let _ = self.channel.wait_for_confirms().await;
+                while !self.returns.is_idle() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let _ = tokio::time::timeout(RENEWED_CHANNEL_GRACE, settled).await;
+            let _ = self.channel.close(200, reason.into()).await;
+        });
+    }
 }
 
 impl Session {
     /// The confirming channel for `mandatory` publishes, reopened if a
-    /// channel error closed it.
+    /// channel error closed it, and replaced if its return desk lost
+    /// track of a confirm (`ReturnDesk::is_blind`).
     pub(crate) async fn publisher(&self) -> Result<Publisher, lapin::Error> {
         let mut publisher = self.publisher.lock().await;
         if !publisher.channel.status().connected() {
             debug!("reopening the publisher channel");
             *publisher = Publisher::open(&self.connection).await?;
+        } else if publisher.returns.is_blind() {
+            debug!("replacing the publisher channel: a publish on it was abandoned mid-write");
+            let fresh = Publisher::open(&self.connection).await?;
+            std::mem::replace(&mut *publisher, fresh).retire("a publish was abandoned mid-write");
         }
         Ok(publisher.clone())
     }
@@ -153,9 +176,8 @@ impl Session {
     /// while its leader's node was just lost keeps being nacked until that
     /// node returns, even once a new leader is elected; a new channel is
     /// confirmed at once (`tests/faults/cluster.rs`). The old channel is
-    /// closed once the confirms in flight on it have arrived (or after
-    /// [`RENEWED_CHANNEL_GRACE`], when any still missing are in doubt and
-    /// sent again by their publishers), so nothing sent on it is lost.
+    /// closed once what is in flight on it has been decided
+    /// ([`Publisher::retire`]), so nothing sent on it is lost.
     pub(crate) async fn renew_publisher(&self, nacked: ChannelId) {
         let mut publisher = self.publisher.lock().await;
         if publisher.channel.id() != nacked || !self.is_connected() {
@@ -163,18 +185,12 @@ impl Session {
         }
         match Publisher::open(&self.connection).await {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *publisher, fresh).channel;
                 debug!(
                     channel = nacked,
                     "publisher channel renewed after a negative confirm"
                 );
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(RENEWED_CHANNEL_GRACE, old.wait_for_confirms()).await;
-                    let _ = old
-                        .close(200, "renewed after a negative confirm".into())
-                        .await;
-                });
+                std::mem::replace(&mut *publisher, fresh)
+                    .retire("renewed after a negative confirm");
             }
             Err(e) => debug!(error = %e, "could not open a fresh publisher channel"),
         }

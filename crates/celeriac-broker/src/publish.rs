@@ -40,7 +40,7 @@ use celeriac_protocol::RawMessage;
 
 use crate::BrokerError;
 use crate::connection::{Broker, Publisher, Session};
-use crate::returns::{Carried, Confirmed, Mark, Tracked};
+use crate::returns::{Carried, Confirmed, Mark, Tracked, Verdict};
 use crate::routing::Destination;
 use crate::topology::ExchangeKind;
 use crate::wire::basic_properties;
@@ -273,6 +273,11 @@ impl Broker {
             Outcome::NotConfirming => Err(Attempt::InDoubt(
                 "the channel was not in confirm mode".into(),
             )),
+            Outcome::Unknown => Err(Attempt::InDoubt(
+                "a publish on the same channel was abandoned mid-write; \
+                 its confirm may have taken this message's return"
+                    .into(),
+            )),
             Outcome::ChannelFailed(e) => {
                 let text = e.to_string();
                 // A channel closed because of *this* publish (e.g. no such
@@ -402,7 +407,8 @@ async fn start_publish(
         .as_ref()
         .map(lapin::types::ShortString::as_str);
     let mark = Mark::of(exchange, routing_key, correlation_id, body);
-    let ticket = publisher.returns.register(Some(mark));
+    let mut ticket = publisher.returns.register(Some(mark));
+    ticket.handing();
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
@@ -467,6 +473,10 @@ enum Outcome {
     NotConfirming,
     /// The channel or connection failed before the answer came.
     ChannelFailed(lapin::Error),
+    /// Confirmed, but whether it was routed cannot be told: a publish on
+    /// its channel was dropped mid-write, and that publish's confirm may
+    /// have taken this message's return unseen.
+    Unknown,
 }
 
 /// Waits for the confirm of `sent`, then (when it was acked) for every
@@ -494,10 +504,10 @@ async fn outcome(session: &Session, sent: Sent) -> Outcome {
             Err(e) => return Outcome::ChannelFailed(e),
         },
     };
-    if tracked.returned_by(place).await {
-        Outcome::Returned
-    } else {
-        Outcome::Routed
+    match tracked.returned_by(place).await {
+        Verdict::Routed => Outcome::Routed,
+        Verdict::Returned => Outcome::Returned,
+        Verdict::Unknown => Outcome::Unknown,
     }
 }
 
@@ -510,7 +520,8 @@ async fn outcome(session: &Session, sent: Sent) -> Outcome {
 /// confirms it.
 async fn probe(publisher: &Publisher) -> Result<u64, lapin::Error> {
     loop {
-        let ticket = publisher.returns.register(None);
+        let mut ticket = publisher.returns.register(None);
+        ticket.handing();
         let options = BasicPublishOptions::default();
         let confirm =
             hand_over(publisher, "", "", options, &[], BasicProperties::default()).await?;

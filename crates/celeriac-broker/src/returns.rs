@@ -22,8 +22,9 @@
 //!   (if any) went to a confirm completed earlier: the publish is decided
 //!   once every confirm completed before its own has been looked at
 //!   ([`Tracked::returned_by`]). Whoever waits for that looks at those
-//!   confirms itself when their publishers have not yet, so no publish waits
-//!   on another publisher's progress.
+//!   confirms itself when their publishers have not yet; it does wait for
+//!   publishes registered before its confirm completed whose frames are
+//!   still being written (below).
 //! - A confirm that carries another message's return leaves any return of
 //!   its own queued in lapin behind it; the publisher then sends probes (see
 //!   `publish.rs`), each completing one more confirm, until one carries
@@ -31,6 +32,12 @@
 //! - A confirm still being written when another completes may be the one
 //!   lapin completed first: it holds the other's decision until it is
 //!   polled.
+//! - A publish dropped while its frames were being written (its caller
+//!   gave up, or a timeout) leaves lapin a confirm the desk never sees,
+//!   which may take a return: the desk is then blind
+//!   ([`ReturnDesk::is_blind`]); every decision on it is
+//!   [`Verdict::Unknown`] (sent again, at least once, as after a lost
+//!   connection) and the session replaces the channel.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -50,7 +57,9 @@ use tracing::error;
 /// its body (the whole body of a small message).
 ///
 /// Two messages with the same mark go the same way (same exchange and
-/// routing key), so taking one's return for the other's changes nothing.
+/// routing key), so taking one's return for the other's changes nothing,
+/// unless the route changed between the two (the same message sent twice
+/// at once, around the declaration or deletion of its queue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mark(u64);
 
@@ -99,7 +108,9 @@ pub(crate) struct Seen {
     pub(crate) confirmed: Confirmed,
     /// Whose return, if any, lapin handed to this confirm.
     pub(crate) carried: Carried,
-    /// Every confirm lapin completed before this one has a smaller place.
+    /// This confirm's place in the order lapin completed confirms: those
+    /// completed before it have a smaller or equal place, or are still
+    /// blockers of the desk.
     pub(crate) place: u64,
 }
 
@@ -158,6 +169,9 @@ struct State<C> {
     /// (place, waiter id).
     waiters: BTreeMap<(u64, u64), Waker>,
     next_waiter: u64,
+    /// A publish was dropped mid-write: lapin holds a confirm the desk
+    /// cannot see.
+    blind: bool,
 }
 
 struct Entry<C> {
@@ -226,6 +240,7 @@ impl<C: Confirm> ReturnDesk<C> {
                 blockers: BTreeSet::new(),
                 waiters: BTreeMap::new(),
                 next_waiter: 0,
+                blind: false,
             }),
         })
     }
@@ -234,6 +249,19 @@ impl<C: Confirm> ReturnDesk<C> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a publish on this channel was dropped while its frames were
+    /// being written: its confirm, which lapin still completes, may take
+    /// another message's return unseen, so nothing on this channel can be
+    /// decided routed any more.
+    pub(crate) fn is_blind(&self) -> bool {
+        self.lock().blind
+    }
+
+    /// Whether every publish registered here has been decided or dropped.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.lock().entries.is_empty()
     }
 
     /// Registers a publish before its frames are handed to the channel, so
@@ -267,6 +295,7 @@ impl<C: Confirm> ReturnDesk<C> {
             desk: self.clone(),
             id,
             signal: state.entries[&id].signal.clone(),
+            handing: false,
         }
     }
 
@@ -289,17 +318,11 @@ impl<C: Confirm> ReturnDesk<C> {
                 state.blockers.remove(&(key, id));
             }
             state.blockers.insert((place, id));
-            // Someone must look at it: its publisher, and the first decision
-            // it now holds, which looks at what holds it (the publisher
-            // may be busy elsewhere: `send_many` settles in order).
-            let held = state
-                .waiters
-                .range((place + 1, 0)..)
-                .next()
-                .map(|(_, waker)| waker.clone());
-            [owner, held]
+            // Its publisher looks at it. It holds no decision waiting now:
+            // those have smaller places; a later one looks at it itself.
+            owner
         };
-        wake.into_iter().flatten().for_each(Waker::wake);
+        wake.into_iter().for_each(Waker::wake);
     }
 
     /// Polls confirm `id` if nobody else is polling it and it has not been
@@ -384,7 +407,6 @@ impl<C> State<C> {
     /// publish, records the answer for the publisher. Returns the tasks to
     /// wake.
     fn look(&mut self, id: u64, result: Result<Confirmation, lapin::Error>) -> Wakes {
-        let fresh = self.completions + 1;
         let (confirmed, returned) = match result {
             Ok(Confirmation::Ack(returned)) => (Confirmed::Ack, returned),
             Ok(Confirmation::Nack(returned)) => (Confirmed::Nack, returned),
@@ -403,10 +425,13 @@ impl<C> State<C> {
             return wake;
         };
         // A confirm found ready before its waker ran completed before
-        // anything completes from now on.
+        // anything completes from now on: it takes the next place.
         let place = match entry.phase {
             Phase::Completed(place) => place,
-            _ => fresh,
+            _ => {
+                self.completions += 1;
+                self.completions
+            }
         };
         entry.phase = Phase::Looked;
         if entry.abandoned {
@@ -537,9 +562,17 @@ pub(crate) struct Ticket<C: Confirm = PublisherConfirm> {
     id: u64,
     /// The desk's waker for this publish's confirm.
     signal: Waker,
+    /// Its frames are being handed to lapin: dropped before it is
+    /// tracked, the desk loses sight of its confirm.
+    handing: bool,
 }
 
 impl<C: Confirm> Ticket<C> {
+    /// Says the publish's frames are about to be handed to lapin.
+    pub(crate) fn handing(&mut self) {
+        self.handing = true;
+    }
+
     /// Hands the desk the publish's confirm and polls it once, so that its
     /// completion from now on wakes the desk.
     pub(crate) fn track(self, confirm: C) -> Tracked<C> {
@@ -555,12 +588,18 @@ impl<C: Confirm> Drop for Ticket<C> {
             let Some(entry) = state.entries.get_mut(&self.id) else {
                 return;
             };
-            match entry.phase {
-                // Never handed to lapin (or its publish future was
-                // dropped mid-write), or already looked at.
+            let entry_phase = entry.phase;
+            match entry_phase {
+                // Never handed to lapin, or already looked at.
                 Phase::Writing | Phase::Looked => {
-                    let wake = state.unblock(self.id);
+                    let mut wake = state.unblock(self.id);
                     let leftover = state.entries.remove(&self.id).and_then(|e| e.confirm);
+                    if self.handing && matches!(entry_phase, Phase::Writing) {
+                        // Its frames may have gone out, and lapin may hand its
+                        // confirm a return the desk never sees.
+                        state.blind = true;
+                        wake.extend(std::mem::take(&mut state.waiters).into_values());
+                    }
                     (wake, leftover)
                 }
                 // Stays until its confirm has been looked at.
@@ -634,10 +673,22 @@ pub(crate) struct Decision<C: Confirm = PublisherConfirm> {
     waiter: Option<u64>,
 }
 
-impl<C: Confirm> Future for Decision<C> {
-    type Output = bool;
+/// Whether a publish's message was returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Routed: no return of its own came.
+    Routed,
+    /// Returned: no queue took it.
+    Returned,
+    /// Cannot tell: the desk lost sight of a confirm that may have taken
+    /// the return ([`ReturnDesk::is_blind`]).
+    Unknown,
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+impl<C: Confirm> Future for Decision<C> {
+    type Output = Verdict;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Verdict> {
         let this = &mut *self;
         let desk = this.tracked.ticket.desk.clone();
         let id = this.tracked.ticket.id;
@@ -647,12 +698,15 @@ impl<C: Confirm> Future for Decision<C> {
                 if let Some(waiter) = this.waiter.take() {
                     state.waiters.remove(&(this.place, waiter));
                 }
+                if state.entries.get(&id).is_some_and(|e| e.returned) {
+                    return Poll::Ready(Verdict::Returned);
+                }
+                if state.blind {
+                    return Poll::Ready(Verdict::Unknown);
+                }
                 match state.lookable_before(this.place) {
                     Ok(Some(other)) => other,
-                    Ok(None) => {
-                        let returned = state.entries.get(&id).is_some_and(|e| e.returned);
-                        return Poll::Ready(returned);
-                    }
+                    Ok(None) => return Poll::Ready(Verdict::Routed),
                     Err(()) => {
                         let waiter = state.next_waiter;
                         state.next_waiter += 1;
@@ -769,7 +823,7 @@ mod tests {
     }
 
     /// The decision, if it can be made now.
-    fn decide(tracked: Tracked<FakeConfirm>, place: u64) -> Option<bool> {
+    fn decide(tracked: Tracked<FakeConfirm>, place: u64) -> Option<Verdict> {
         block_on(poll_once(tracked.returned_by(place)))
     }
 
@@ -791,12 +845,12 @@ mod tests {
         // looked at its confirm: its decision looks at it.
         let seen = answer(&mut second);
         assert_eq!(seen.carried, Carried::Nothing);
-        assert_eq!(decide(second, seen.place), Some(true));
+        assert_eq!(decide(second, seen.place), Some(Verdict::Returned));
 
         let seen = answer(&mut first);
         assert_eq!(seen.carried, Carried::Another);
         assert!(matches!(seen.confirmed, Confirmed::Ack));
-        assert_eq!(decide(first, seen.place), Some(false));
+        assert_eq!(decide(first, seen.place), Some(Verdict::Routed));
         assert!(desk.lock().entries.is_empty());
     }
 
@@ -816,7 +870,7 @@ mod tests {
         let (_second, _in_flight) = publish(&desk, &message("b"));
         first_confirm.complete(Confirmation::Ack(None));
         let seen = answer(&mut first);
-        assert_eq!(decide(first, seen.place), Some(false));
+        assert_eq!(decide(first, seen.place), Some(Verdict::Routed));
     }
 
     #[test]
@@ -835,7 +889,7 @@ mod tests {
         let early = FakeConfirm::default();
         early.complete(Confirmation::Ack(Some(unroutable.returned())));
         let mut written = writing.track(early);
-        assert_eq!(block_on(poll_once(&mut decision)), Some(true));
+        assert_eq!(block_on(poll_once(&mut decision)), Some(Verdict::Returned));
         assert_eq!(answer(&mut written).carried, Carried::Another);
     }
 
@@ -849,9 +903,88 @@ mod tests {
         abandoned_confirm.complete(Confirmation::Ack(Some(unroutable.returned())));
         confirm.complete(Confirmation::Ack(None));
         let seen = answer(&mut tracked);
-        assert_eq!(decide(tracked, seen.place), Some(true));
+        assert_eq!(decide(tracked, seen.place), Some(Verdict::Returned));
         assert!(desk.lock().entries.is_empty());
         assert!(desk.lock().blockers.is_empty());
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Counter {
+        fn wakes(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_publisher_and_a_held_decision_are_woken() {
+        let desk = ReturnDesk::new();
+        let (routed, unroutable) = (message("queue"), message("nowhere"));
+        let mut writing = desk.register(Some(routed.mark));
+        writing.handing();
+        let (mut tracked, confirm) = publish(&desk, &unroutable);
+
+        // The publisher waits for its confirm; lapin's completion wakes it.
+        let publisher = Arc::new(Counter::default());
+        let waker = Waker::from(publisher.clone());
+        let mut context = Context::from_waker(&waker);
+        assert!(Pin::new(&mut tracked).poll(&mut context).is_pending());
+        confirm.complete(Confirmation::Ack(None));
+        assert_eq!(publisher.wakes(), 1);
+        let Poll::Ready(seen) = Pin::new(&mut tracked).poll(&mut context) else {
+            panic!("completed, yet pending");
+        };
+
+        // Its decision waits for the publish still being written, and is
+        // woken once that one is in flight.
+        let decider = Arc::new(Counter::default());
+        let waker = Waker::from(decider.clone());
+        let mut context = Context::from_waker(&waker);
+        let mut decision = tracked.returned_by(seen.place);
+        assert!(Pin::new(&mut decision).poll(&mut context).is_pending());
+        let _in_flight = writing.track(FakeConfirm::default());
+        assert_eq!(decider.wakes(), 1);
+        assert_eq!(
+            Pin::new(&mut decision).poll(&mut context),
+            Poll::Ready(Verdict::Routed)
+        );
+    }
+
+    #[test]
+    fn a_confirm_found_ready_is_not_held_by_publishes_registered_after_it() {
+        let desk = ReturnDesk::new();
+        let early = FakeConfirm::default();
+        early.complete(Confirmation::Ack(None));
+        let mut tracked = desk.register(Some(message("a").mark)).track(early);
+        let seen = answer(&mut tracked);
+        let _later = desk.register(Some(message("b").mark));
+        assert_eq!(decide(tracked, seen.place), Some(Verdict::Routed));
+    }
+
+    #[test]
+    fn a_publish_dropped_mid_write_leaves_nothing_decided_routed() {
+        let desk = ReturnDesk::new();
+        let (routed, unroutable) = (message("queue"), message("nowhere"));
+        let mut abandoned = desk.register(Some(routed.mark));
+        abandoned.handing();
+        let (mut tracked, confirm) = publish(&desk, &unroutable);
+        confirm.complete(Confirmation::Ack(None));
+        let seen = answer(&mut tracked);
+        drop(abandoned);
+        assert!(desk.is_blind());
+        assert_eq!(decide(tracked, seen.place), Some(Verdict::Unknown));
     }
 
     #[test]
