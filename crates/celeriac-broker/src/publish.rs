@@ -407,8 +407,7 @@ async fn start_publish(
         .as_ref()
         .map(lapin::types::ShortString::as_str);
     let mark = Mark::of(exchange, routing_key, correlation_id, body);
-    let mut ticket = publisher.returns.register(Some(mark));
-    ticket.handing();
+    let ticket = publisher.returns.register(Some(mark));
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
@@ -520,8 +519,7 @@ async fn outcome(session: &Session, sent: Sent) -> Outcome {
 /// confirms it.
 async fn probe(publisher: &Publisher) -> Result<u64, lapin::Error> {
     loop {
-        let mut ticket = publisher.returns.register(None);
-        ticket.handing();
+        let ticket = publisher.returns.register(None);
         let options = BasicPublishOptions::default();
         let confirm =
             hand_over(publisher, "", "", options, &[], BasicProperties::default()).await?;

@@ -266,7 +266,9 @@ impl<C: Confirm> ReturnDesk<C> {
 
     /// Registers a publish before its frames are handed to the channel, so
     /// that a return of its own cannot be looked at before the desk knows
-    /// the message. `mark` is `None` for a probe.
+    /// the message. `mark` is `None` for a probe. The caller hands the
+    /// frames over right after (no `.await` between): a ticket dropped
+    /// before it is tracked makes the desk blind.
     pub(crate) fn register(self: &Arc<Self>, mark: Option<Mark>) -> Ticket<C> {
         let mut state = self.lock();
         let id = state.next_id;
@@ -295,7 +297,6 @@ impl<C: Confirm> ReturnDesk<C> {
             desk: self.clone(),
             id,
             signal: state.entries[&id].signal.clone(),
-            handing: false,
         }
     }
 
@@ -478,8 +479,9 @@ impl<C> State<C> {
     }
 
     /// Takes confirm `id`'s answer if it was looked at; otherwise
-    /// remembers `owner` as the task to wake once it is.
-    fn answer(&mut self, id: u64, owner: &Waker) -> Answer {
+    /// remembers `owner` as the task to wake once it is, and takes the
+    /// confirm to poll if nobody else is polling it.
+    fn answer(&mut self, id: u64, owner: &Waker) -> Answer<C> {
         let entry = self
             .entries
             .get_mut(&id)
@@ -490,10 +492,9 @@ impl<C> State<C> {
         if !entry.owner.as_ref().is_some_and(|w| w.will_wake(owner)) {
             entry.owner = Some(owner.clone());
         }
-        if entry.confirm.is_some() {
-            Answer::NotYet
-        } else {
-            Answer::OthersPolling
+        match entry.confirm.take() {
+            Some(confirm) => Answer::Poll(confirm),
+            None => Answer::OthersPolling,
         }
     }
 
@@ -562,17 +563,9 @@ pub(crate) struct Ticket<C: Confirm = PublisherConfirm> {
     id: u64,
     /// The desk's waker for this publish's confirm.
     signal: Waker,
-    /// Its frames are being handed to lapin: dropped before it is
-    /// tracked, the desk loses sight of its confirm.
-    handing: bool,
 }
 
 impl<C: Confirm> Ticket<C> {
-    /// Says the publish's frames are about to be handed to lapin.
-    pub(crate) fn handing(&mut self) {
-        self.handing = true;
-    }
-
     /// Hands the desk the publish's confirm and polls it once, so that its
     /// completion from now on wakes the desk.
     pub(crate) fn track(self, confirm: C) -> Tracked<C> {
@@ -590,11 +583,12 @@ impl<C: Confirm> Drop for Ticket<C> {
             };
             let entry_phase = entry.phase;
             match entry_phase {
-                // Never handed to lapin, or already looked at.
+                // Dropped mid-write (a publisher registers right before it
+                // hands its frames to lapin), or already looked at.
                 Phase::Writing | Phase::Looked => {
                     let mut wake = state.unblock(self.id);
                     let leftover = state.entries.remove(&self.id).and_then(|e| e.confirm);
-                    if self.handing && matches!(entry_phase, Phase::Writing) {
+                    if matches!(entry_phase, Phase::Writing) {
                         // Its frames may have gone out, and lapin may hand its
                         // confirm a return the desk never sees.
                         state.blind = true;
@@ -625,31 +619,30 @@ impl<C: Confirm> Future for Tracked<C> {
 
     /// The broker's answer, looked at.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Seen> {
-        let (desk, id) = (&self.ticket.desk, self.ticket.id);
+        let Ticket { desk, id, signal } = &self.ticket;
         // The answer is taken before polling: a guard in a `match` head
         // would be held through the arms.
-        let answer = desk.lock().answer(id, cx.waker());
-        match answer {
-            Answer::Seen(seen) => return Poll::Ready(seen),
-            Answer::OthersPolling => return Poll::Pending,
-            Answer::NotYet => desk.poll_confirm(id),
-        }
-        let answer = desk.lock().answer(id, cx.waker());
+        let answer = desk.lock().answer(*id, cx.waker());
         match answer {
             Answer::Seen(seen) => Poll::Ready(seen),
-            Answer::OthersPolling | Answer::NotYet => Poll::Pending,
+            Answer::OthersPolling => Poll::Pending,
+            Answer::Poll(confirm) => {
+                desk.poll_taken(*id, confirm, signal);
+                let seen = desk.lock().entries.get_mut(id).and_then(|e| e.seen.take());
+                seen.map_or(Poll::Pending, Poll::Ready)
+            }
         }
     }
 }
 
 /// Where a publisher's answer is.
-enum Answer {
+enum Answer<C> {
     /// Looked at.
     Seen(Seen),
     /// Someone else is polling the confirm; they wake the publisher.
     OthersPolling,
-    /// Not looked at; the confirm is there to poll.
-    NotYet,
+    /// Not looked at: the confirm, taken out of its entry to be polled.
+    Poll(C),
 }
 
 impl<C: Confirm> Tracked<C> {
@@ -932,8 +925,7 @@ mod tests {
     fn a_publisher_and_a_held_decision_are_woken() {
         let desk = ReturnDesk::new();
         let (routed, unroutable) = (message("queue"), message("nowhere"));
-        let mut writing = desk.register(Some(routed.mark));
-        writing.handing();
+        let writing = desk.register(Some(routed.mark));
         let (mut tracked, confirm) = publish(&desk, &unroutable);
 
         // The publisher waits for its confirm; lapin's completion wakes it.
@@ -977,8 +969,7 @@ mod tests {
     fn a_publish_dropped_mid_write_leaves_nothing_decided_routed() {
         let desk = ReturnDesk::new();
         let (routed, unroutable) = (message("queue"), message("nowhere"));
-        let mut abandoned = desk.register(Some(routed.mark));
-        abandoned.handing();
+        let abandoned = desk.register(Some(routed.mark));
         let (mut tracked, confirm) = publish(&desk, &unroutable);
         confirm.complete(Confirmation::Ack(None));
         let seen = answer(&mut tracked);
