@@ -93,7 +93,7 @@ fn load_path(path: &Path) -> Result<Fixture> {
         raw: RawMessage {
             properties: properties(&doc["properties"])?,
             headers,
-            body: b64("body")?,
+            body: b64("body")?.into(),
         },
         headers_amqp: b64("headers_amqp")?,
         decoded: doc["decoded"].clone(),

@@ -12,7 +12,7 @@ use celeriac_broker::dead_letter::{
     EXCEPTION_MESSAGE_HEADER, EXCEPTION_TYPE_HEADER, ORIGIN_QUEUE_HEADER, REASON_HEADER,
 };
 use celeriac_broker::{ConsumeOptions, Queue, QueueArguments};
-use celeriac_protocol::TaskMessage;
+use celeriac_protocol::{Bytes, TaskMessage};
 use celeriac_tests::worker::{RunningWorker, cleanup, client, dead_letters, failure, header};
 use celeriac_tests::{broker_url, queue_stats, unique};
 use celeriac_worker::WorkerConfig;
@@ -352,15 +352,15 @@ async fn messages_that_cannot_run_are_dead_lettered_with_a_reason() -> Result<()
         .with_args(vec![json!(1), json!(2)])
         .encode()?;
     let mut bad_json = good.clone();
-    bad_json.body = b"[[1, 2], {}, {".to_vec();
+    bad_json.body = Bytes::from_static(b"[[1, 2], {}, {");
     let mut pickle = good.clone();
     pickle.properties.content_type = Some("application/x-python-serialize".into());
     let mut two_elements = good.clone();
-    two_elements.body = b"[[1, 2], {}]".to_vec();
+    two_elements.body = Bytes::from_static(b"[[1, 2], {}]");
     let mut no_id = good.clone();
     no_id.headers.remove("id");
     let mut oversized = good.clone();
-    oversized.body = vec![b' '; celeriac_protocol::DEFAULT_MAX_BODY_SIZE + 1];
+    oversized.body = vec![b' '; celeriac_protocol::DEFAULT_MAX_BODY_SIZE + 1].into();
     for raw in [&bad_json, &pickle, &two_elements, &no_id, &oversized, &good] {
         app.broker().publish("", &queue.name, raw).await?;
     }

@@ -62,7 +62,9 @@ impl Leadership {
                 ..Properties::default()
             },
             headers: celeriac::Headers::default(),
-            body: serde_json::to_vec(state).map_err(BeatError::EncodeState)?,
+            body: serde_json::to_vec(state)
+                .map_err(BeatError::EncodeState)?
+                .into(),
         };
         Ok(self.broker.save_latest(&self.state, &message).await?)
     }

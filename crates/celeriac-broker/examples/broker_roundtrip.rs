@@ -12,7 +12,7 @@ use celeriac_broker::{
     Broker, BrokerConfig, ConsumeOptions, DeadLetter, DeadLetterReason, Queue, RouteOptions, Router,
 };
 use celeriac_protocol::json::to_python_json;
-use celeriac_protocol::{DecodeOptions, RawMessage, TaskMessage};
+use celeriac_protocol::{Bytes, DecodeOptions, RawMessage, TaskMessage};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // And a message no Celery worker could run: a pickle body.
     let mut poison = RawMessage {
-        body: b"\x80\x04K\x02.".to_vec(),
+        body: Bytes::from_static(b"\x80\x04K\x02."),
         ..task.encode()?
     };
     poison.properties.content_type = Some("application/x-python-serialize".into());

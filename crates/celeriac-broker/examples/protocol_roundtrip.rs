@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             ..Properties::default()
         },
         headers: decode_headers(&b64("headers_amqp")?)?,
-        body: b64("body")?,
+        body: b64("body")?.into(),
     };
 
     println!("== Python Celery sent ({})", path.display());

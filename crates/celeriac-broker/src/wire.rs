@@ -27,7 +27,7 @@ pub(crate) fn raw_message(p: &BasicProperties, body: Vec<u8>) -> RawMessage {
             .as_ref()
             .map(from_field_table)
             .unwrap_or_default(),
-        body,
+        body: body.into(),
     }
 }
 

@@ -13,7 +13,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::{Deref, Range};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+
+use bytestring::ByteString;
 
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -40,7 +42,7 @@ pub struct Args {
 /// Where each positional argument sits in the body's text.
 #[derive(Clone)]
 struct ArgTexts {
-    body: Arc<str>,
+    body: ByteString,
     spans: Vec<Range<usize>>,
 }
 
@@ -152,7 +154,7 @@ pub struct Kwargs {
 /// Where each keyword argument's value sits in the body's text.
 #[derive(Clone)]
 struct KwargTexts {
-    body: Arc<str>,
+    body: ByteString,
     spans: Vec<(String, Range<usize>)>,
 }
 
@@ -270,7 +272,7 @@ pub(crate) struct SplitBody {
 /// shape (not JSON, not a 3-element array, args not a list or `null`,
 /// kwargs not an object or `null`): the caller then decodes it as values,
 /// which names what is wrong.
-pub(crate) fn split(body: Arc<str>) -> Option<SplitBody> {
+pub(crate) fn split(body: ByteString) -> Option<SplitBody> {
     let spans = scan_body(&body)?;
     let embed = serde_json::from_str(&body[spans.embed]).ok()?;
     Some(SplitBody {
@@ -298,7 +300,7 @@ mod tests {
     use serde_json::json;
 
     fn split_text(text: &str) -> Option<SplitBody> {
-        split(Arc::from(text))
+        split(ByteString::from(text))
     }
 
     #[test]

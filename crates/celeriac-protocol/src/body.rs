@@ -1,7 +1,7 @@
 //! The protocol v2 body, `[args, kwargs, embed]` (§1.4).
 
-use std::sync::Arc;
-
+use bytes::Bytes;
+use bytestring::ByteString;
 use serde_json::{Map, Value};
 
 use crate::args::{self, Args, Kwargs};
@@ -60,11 +60,12 @@ impl TaskBody {
     }
 
     /// Reads a v2 body from its JSON text, keeping each argument as text
-    /// until it is read (see [`Args`]). `None` when the text is not a
-    /// well-formed `[args, kwargs, embed]` array: [`from_json`](Self::from_json)
-    /// then says what is wrong with it.
-    pub fn from_text(text: Arc<str>) -> Option<Result<TaskBody, DecodeError>> {
-        let split = args::split(text)?;
+    /// until it is read (see [`Args`]); the arguments share `text`'s buffer.
+    /// `None` when the text is not UTF-8 or not a well-formed
+    /// `[args, kwargs, embed]` array: [`from_json`](Self::from_json) then
+    /// says what is wrong with it.
+    pub fn from_text(text: Bytes) -> Option<Result<TaskBody, DecodeError>> {
+        let split = args::split(ByteString::try_from(text).ok()?)?;
         Some(Embed::from_json(&split.embed).map(|embed| TaskBody {
             args: split.args,
             kwargs: split.kwargs,

@@ -64,6 +64,9 @@ mod v1;
 
 pub use args::{Args, Kwargs};
 pub use body::{Embed, TaskBody};
+/// The shared byte buffer a [`RawMessage`]'s body is held in (the `bytes`
+/// crate's): `Bytes::from(vec)` takes a `Vec<u8>` without copying it.
+pub use bytes::Bytes;
 pub use compression::Compression;
 pub use error::{DecodeError, EncodeError};
 pub use header::{HeaderValue, Headers};

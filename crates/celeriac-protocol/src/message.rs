@@ -1,10 +1,10 @@
 //! Task messages: the raw form that travels over AMQP and the typed form
 //! tasks and workers use, with the codec between them.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use serde_json::{Map, Value};
 
@@ -52,8 +52,10 @@ pub struct RawMessage {
     pub properties: Properties,
     /// The `application_headers` table.
     pub headers: Headers,
-    /// The body, exactly as published (possibly compressed).
-    pub body: Vec<u8>,
+    /// The body, exactly as published (possibly compressed). Shared:
+    /// cloning the message, or decoding it into a [`TaskMessage`] that
+    /// keeps its arguments as text, does not copy it.
+    pub body: Bytes,
 }
 
 /// Limits and trust applied while decoding.
@@ -115,8 +117,9 @@ impl DecodeOptions {
     }
 
     /// Checks the content type (and signature) and decompresses: the
-    /// body's JSON text, not yet parsed.
-    fn decode_text<'a>(&self, raw: &'a RawMessage) -> Result<Cow<'a, [u8]>, DecodeError> {
+    /// body's JSON text, not yet parsed. A plain body is the raw message's
+    /// own buffer, shared.
+    fn decode_text(&self, raw: &RawMessage) -> Result<Bytes, DecodeError> {
         self.check_size(raw.body.len())?;
         let props = &raw.properties;
         let signed = auth::is_signed(props.content_type.as_deref());
@@ -130,18 +133,20 @@ impl DecodeOptions {
             }
         }
         let body = match raw.headers.get("compression") {
-            None | Some(HeaderValue::Void) => Cow::Borrowed(raw.body.as_slice()),
+            None | Some(HeaderValue::Void) => raw.body.clone(),
             Some(header) => {
                 let mime = header.as_str().ok_or_else(|| DecodeError::HeaderType {
                     name: "compression".into(),
                     expected: "a MIME type string",
                     found: header.type_name().into(),
                 })?;
-                Cow::Owned(Compression::from_mime(mime)?.decompress(&raw.body, self.max_body_size)?)
+                Compression::from_mime(mime)?
+                    .decompress(&raw.body, self.max_body_size)?
+                    .into()
             }
         };
         if signed {
-            return self.open(&body).map(Cow::Owned);
+            return self.open(&body).map(Bytes::from);
         }
         Ok(body)
     }
@@ -198,7 +203,7 @@ impl TaskMessage {
     /// let msg = TaskMessage::new("proj.tasks.add", "0b6f2ad4-6b5e-4a7a-9f43-2b1c9d2f4e10")
     ///     .with_args(vec![2.into(), 2.into()]);
     /// let raw = msg.encode().unwrap();
-    /// assert_eq!(raw.body, br#"[[2, 2], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#);
+    /// assert_eq!(raw.body, &br#"[[2, 2], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#[..]);
     /// let back = TaskMessage::decode(&raw, &DecodeOptions::default()).unwrap();
     /// assert_eq!(back.body.args, msg.body.args);
     /// assert_eq!(back.headers.argsrepr.as_deref(), Some("(2, 2)"));
@@ -351,7 +356,7 @@ impl TaskMessage {
         Ok(RawMessage {
             properties,
             headers: headers.into_headers(),
-            body,
+            body: body.into(),
         })
     }
 }
@@ -370,14 +375,14 @@ fn parse_checked(text: &[u8]) -> Result<Value, DecodeError> {
 /// validated as a value), or would not decode as values (the value decoder
 /// then says what is wrong with it). So a body kept as text is one whose
 /// every argument reads as a value.
-fn body_as_text(text: &[u8], options: &DecodeOptions) -> Option<Result<TaskBody, DecodeError>> {
+fn body_as_text(text: &Bytes, options: &DecodeOptions) -> Option<Result<TaskBody, DecodeError>> {
     if text.len() < options.keep_args_as_text_from
         || kombu::may_hold_envelope(text)
         || !json::parses_as_values(text)
     {
         return None;
     }
-    TaskBody::from_text(Arc::from(std::str::from_utf8(text).ok()?))
+    TaskBody::from_text(text.clone())
 }
 
 #[cfg(test)]
@@ -393,7 +398,7 @@ mod tests {
                 ..Properties::default()
             },
             headers,
-            body: body.as_bytes().to_vec(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
         }
     }
 
@@ -459,6 +464,24 @@ mod tests {
             .unwrap();
         let parsed = TaskMessage::decode(&small, &DecodeOptions::default()).unwrap();
         assert_eq!(parsed.body.args.text(0), None);
+    }
+
+    #[test]
+    fn a_body_kept_as_text_shares_the_raw_messages_buffer() {
+        let raw = TaskMessage::new("t", "i")
+            .with_args(vec![json!("x".repeat(5000))])
+            .with_kwargs(json!({"k": [1, 2]}).as_object().unwrap().clone())
+            .encode()
+            .unwrap();
+        let kept = TaskMessage::decode(&raw, &DecodeOptions::default()).unwrap();
+        let buffer = raw.body.as_ptr_range();
+        for text in [kept.body.args.text(0), kept.body.kwargs.text("k")] {
+            let text = text.expect("kept as text").as_bytes().as_ptr_range();
+            assert!(
+                buffer.start <= text.start && text.end <= buffer.end,
+                "an argument's text was copied out of the delivery's body"
+            );
+        }
     }
 
     #[test]
@@ -534,9 +557,10 @@ mod tests {
             signature: vec![1, 2, 3],
             content_type: content::JSON.into(),
             content_encoding: content::UTF8.into(),
-            body: raw.body,
+            body: raw.body.to_vec(),
         }
-        .pack(auth::Layout::Celery55);
+        .pack(auth::Layout::Celery55)
+        .into();
         raw.properties.content_type = Some(auth::CONTENT_TYPE.into());
         raw
     }

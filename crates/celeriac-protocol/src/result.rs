@@ -251,7 +251,7 @@ impl ResultMeta {
                 ..crate::Properties::default()
             },
             headers: crate::Headers::new(),
-            body: json::to_python_json(self).into_bytes(),
+            body: json::to_python_json(self).into_bytes().into(),
         })
     }
 

@@ -78,7 +78,7 @@ fn raw(headers: Headers, body: Vec<u8>, content_type: Option<String>) -> RawMess
             ..Properties::default()
         },
         headers,
-        body,
+        body: body.into(),
     }
 }
 

@@ -118,6 +118,7 @@ pub(crate) fn is_expired(message: &TaskMessage, now: DateTime<FixedOffset>) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use celeriac::protocol::Bytes;
     use celeriac::protocol::time::now;
     use celeriac::{Arguments, Request, TaskFuture};
 
@@ -177,7 +178,7 @@ mod tests {
     #[test]
     fn bytes_that_are_no_task_are_undecodable() {
         let raw = RawMessage {
-            body: b"not json".to_vec(),
+            body: Bytes::from_static(b"not json"),
             ..message("tests.noop").encode().unwrap()
         };
         let registry = registry();

@@ -72,7 +72,7 @@ pub fn seal_message(raw: &mut crate::RawMessage, signer: &Signer) {
         .content_encoding
         .take()
         .unwrap_or_else(|| crate::content::UTF8.into());
-    raw.body = seal(signer, &content_type, &content_encoding, &raw.body);
+    raw.body = seal(signer, &content_type, &content_encoding, &raw.body).into();
     raw.properties.content_type = Some(CONTENT_TYPE.into());
     raw.properties.content_encoding = Some(CONTENT_ENCODING.into());
 }

@@ -313,7 +313,7 @@ pub(crate) fn json_message<T: serde::Serialize + ?Sized>(
             ..Properties::default()
         },
         headers,
-        body: json::to_python_json(body).into_bytes(),
+        body: json::to_python_json(body).into_bytes().into(),
     }
 }
 
@@ -333,7 +333,7 @@ mod tests {
                 },
             );
         let raw = request.encode(7, 1.5).unwrap();
-        let text = String::from_utf8(raw.body.clone()).unwrap();
+        let text = String::from_utf8(raw.body.to_vec()).unwrap();
         assert_eq!(
             text,
             r#"{"method": "ping", "arguments": {}, "destination": ["celery@w1"], "pattern": null, "matcher": null, "ticket": "tkt-1", "reply_to": {"exchange": "reply.celery.pidbox", "routing_key": "oid-1"}}"#
@@ -389,7 +389,7 @@ mod tests {
         let reply = ControlReply::new("tkt-9", "celeriac@w1", json!({"ok": "pong"}));
         let raw = reply.encode(3);
         assert_eq!(raw.properties.delivery_mode, Some(1));
-        assert_eq!(raw.body, br#"{"celeriac@w1": {"ok": "pong"}}"#);
+        assert_eq!(raw.body, &br#"{"celeriac@w1": {"ok": "pong"}}"#[..]);
         let back = ControlReply::decode(&raw, &DecodeOptions::default()).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].ticket.as_deref(), Some("tkt-9"));
