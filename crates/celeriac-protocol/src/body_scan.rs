@@ -198,12 +198,10 @@ impl Scanner<'_> {
                     }
                     b',' => {
                         // A list of numbers, the commonest large argument:
-                        // its next number is read here, without going
-                        // round the loop above.
-                        let at = whitespace_end(self.text, self.at);
-                        match self.text.get(at) {
-                            Some(b'-' | b'0'..=b'9') => self.at = number_end(self.text, at)?,
-                            _ => break,
+                        // its numbers are read here, one after another,
+                        // without going round either loop.
+                        if !self.numbers()? {
+                            break;
                         }
                     }
                     byte if byte == closer => {
@@ -212,6 +210,41 @@ impl Scanner<'_> {
                     _ => return None,
                 }
             }
+        }
+    }
+
+    /// Just after a list's comma: skips the numbers that follow, each after
+    /// a comma, and stops after the last one, before what follows it (the
+    /// list's `]`, say, or something invalid, for the caller to judge).
+    /// `Some(false)` if the element after the comma is no number (left for
+    /// the caller to read), `None` if a number is malformed.
+    fn numbers(&mut self) -> Option<bool> {
+        let text = self.text;
+        let mut at = whitespace_end(text, self.at);
+        if !matches!(text.get(at), Some(b'-' | b'0'..=b'9')) {
+            return Some(false);
+        }
+        loop {
+            at = number_end(text, at)?;
+            // Python writes `, ` between a list's items.
+            let next = match text.get(at..at + 2) {
+                Some(b", ") => at + 2,
+                _ => {
+                    let comma = whitespace_end(text, at);
+                    if text.get(comma) != Some(&b',') {
+                        self.at = at;
+                        return Some(true);
+                    }
+                    whitespace_end(text, comma + 1)
+                }
+            };
+            if !matches!(text.get(next), Some(b'-' | b'0'..=b'9')) {
+                // A comma and then no number: back to the comma, for the
+                // caller to read it and what follows.
+                self.at = at;
+                return Some(true);
+            }
+            at = next;
         }
     }
 
@@ -430,6 +463,11 @@ mod tests {
             r#"[["a\"b\\c\/\b\f\n\r\t\u00e9\ud83d\ude00"], {"\u0061": -0.5E-2}, [true, false]]"#,
             "[[-0, 0.0, 1e5, 12345678901234567890123], {}, null]\n",
             "[[[[[]]], {\"\":{}}], {}, {\"x\": [{}, []]}]",
+            // Lists of numbers, which the scanner reads in a loop of their own.
+            "[[1, 2, 3], {\"ids\": [10, 20, 30]}, null]",
+            "[[1 , 2 ,3,4,\n5,\t-6, 7.5, 8e2], {}, null]",
+            r#"[[1, 2, "x", 3, [4, 5], 6], {}, null]"#,
+            "[[[1, 2], [3, 4]], {}, [5, 6]]",
         ] {
             agrees(text);
         }
@@ -494,6 +532,12 @@ mod tests {
             "[[tru], {}, null]",
             "[[1], {}, null] x",
             "[[1], {\"a\":}, null]",
+            "[[1, 2, ], {}, null]",
+            "[[1, 2 3], {}, null]",
+            "[[1,, 2], {}, null]",
+            "[[1, 02], {}, null]",
+            "[[1, 2}, {}, null]",
+            "[[1, 2, -], {}, null]",
         ] {
             assert_eq!(scan_body(text), None, "{text:?}");
             assert_eq!(serde_split(text), None, "{text:?}");
@@ -504,12 +548,17 @@ mod tests {
     /// random: the scanner accepts exactly what serde_json accepts, and
     /// finds the same slices.
     fn mutated_body() -> impl Strategy<Value = String> {
-        let body = r#"[[1, -2.5e3, "a\"b\\ c\u00e9", {"x": [true, false, null], "y": {}}, []], {"k": "v", "k2": [0]}, {"callbacks": null}]"#;
+        let bodies = [
+            r#"[[1, -2.5e3, "a\"b\\ c\u00e9", {"x": [true, false, null], "y": {}}, []], {"k": "v", "k2": [0]}, {"callbacks": null}]"#,
+            // Lists of numbers, Python-spaced and not.
+            r#"[[10, 2, 300, -4, 5.5, 6], {"ids": [1,2 ,3, 40]}, [7, 8]]"#,
+        ];
         let pieces = prop::sample::select(vec![
             "[", "]", "{", "}", "\"", ",", ":", "\\", " ", "0", "1", "-", "+", ".", "e", "E", "u",
             "n", "t", "\u{1}", "a",
         ]);
-        prop::collection::vec((0..body.len(), 0..3usize, pieces), 1..4).prop_map(move |edits| {
+        let edits = prop::collection::vec((0..bodies[0].len(), 0..3usize, pieces), 1..4);
+        (prop::sample::select(bodies.to_vec()), edits).prop_map(move |(body, edits)| {
             let mut text = body.as_bytes().to_vec();
             for (at, kind, piece) in edits {
                 let at = at.min(text.len() - 1);
