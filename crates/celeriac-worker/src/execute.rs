@@ -25,7 +25,7 @@ pub(crate) enum Ran {
 /// drops it too.
 pub(crate) async fn execute(
     task: Arc<dyn Task>,
-    request: &Request,
+    request: &Arc<Request>,
     message: &Arc<TaskMessage>,
     options: &TaskOptions,
     overrides: Option<TimeLimits>,
@@ -45,9 +45,11 @@ pub(crate) async fn execute(
         .and_then(celeriac::protocol::Seconds::as_duration)
         .or(overrides.soft);
     let args = Arguments::of_message(message.clone());
+    // The task takes its request by value: one copy, made here. The scope
+    // shares the worker's own.
     let future = celeriac::request::scope(
-        request.clone(),
-        celeriac::catch_panic(task.call(request.clone(), args)),
+        Arc::clone(request),
+        celeriac::catch_panic(task.call(Request::clone(request), args)),
     );
     let soft_timer = soft.map(|limit| {
         let signal = request.soft_limit.clone();

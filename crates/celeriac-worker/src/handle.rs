@@ -213,6 +213,8 @@ async fn run_admitted(
         crate::otel::continue_trace(&span, &message.headers, &mut request);
         request
     };
+    // Shared with the task's scope (`execute`), so that it is not copied.
+    let request = Arc::new(request);
     let outcome = async {
         info!("task started");
         tracked.started();

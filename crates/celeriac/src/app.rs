@@ -382,13 +382,13 @@ impl App {
         let headers = &mut message.headers;
         headers.origin = Some(self.inner.origin.clone());
         let workflow = call.workflow;
-        let current = request::current();
+        let current = request::current_shared();
         let trace = workflow
             .trace
             .or_else(|| current.as_ref().and_then(|r| r.trace));
         let parent = workflow
             .parent
-            .or_else(|| current.map(|r| (r.id, r.root_id)));
+            .or_else(|| current.map(|r| (r.id.clone(), r.root_id.clone())));
         if let Some((parent_id, root_id)) = parent {
             headers.root_id = Some(root_id.unwrap_or_else(|| parent_id.clone()));
             headers.parent_id = Some(parent_id);

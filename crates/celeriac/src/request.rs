@@ -284,16 +284,23 @@ impl From<Retry> for TaskError {
 }
 
 tokio::task_local! {
-    static CURRENT: Request;
+    // Shared, so that putting a request in scope copies none of it.
+    static CURRENT: Arc<Request>;
 }
 
 /// The request of the task running on this tokio task, if any.
 pub fn current() -> Option<Request> {
-    CURRENT.try_with(Clone::clone).ok()
+    CURRENT.try_with(|request| Request::clone(request)).ok()
+}
+
+/// The request in scope, shared rather than copied.
+pub(crate) fn current_shared() -> Option<Arc<Request>> {
+    CURRENT.try_with(Arc::clone).ok()
 }
 
 /// Runs `future` with `request` as the [`current`] request (the worker does
-/// this around every task).
-pub async fn scope<F: Future>(request: Request, future: F) -> F::Output {
-    CURRENT.scope(request, future).await
+/// this around every task, with the request it keeps for the task's
+/// outcome shared: an `Arc<Request>` goes in without a copy).
+pub async fn scope<F: Future>(request: impl Into<Arc<Request>>, future: F) -> F::Output {
+    CURRENT.scope(request.into(), future).await
 }
