@@ -53,8 +53,9 @@ pub struct RawMessage {
     /// The `application_headers` table.
     pub headers: Headers,
     /// The body, exactly as published (possibly compressed). Shared:
-    /// cloning the message, or decoding it into a [`TaskMessage`] that
-    /// keeps its arguments as text, does not copy it.
+    /// cloning the message does not copy it, nor does decoding a plain
+    /// (uncompressed, unsigned) body into a [`TaskMessage`] that keeps its
+    /// arguments as text.
     pub body: Bytes,
 }
 
@@ -140,9 +141,12 @@ impl DecodeOptions {
                     expected: "a MIME type string",
                     found: header.type_name().into(),
                 })?;
-                Compression::from_mime(mime)?
-                    .decompress(&raw.body, self.max_body_size)?
-                    .into()
+                let mut text =
+                    Compression::from_mime(mime)?.decompress(&raw.body, self.max_body_size)?;
+                // A decompressed body's buffer grew by doubling; the kept
+                // text would hold all of it while the message is held.
+                text.shrink_to_fit();
+                text.into()
             }
         };
         if signed {
