@@ -150,8 +150,9 @@ impl Drop for ConsumerTimeout {
 }
 
 /// Held by every test that disturbs the broker (restarts it, closes all
-/// connections, sets alarms or timeouts, purges shared queues), so that no
-/// two run at once within a test binary. Such tests live in the `faults`
+/// connections, sets alarms or timeouts, purges shared queues), or whose
+/// timings other tests beside it would distort, so that no two run at once
+/// within a test binary. Such tests live in the `faults`
 /// binary only, which cargo runs after and apart from the others.
 pub async fn disturbing() -> tokio::sync::MutexGuard<'static, ()> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -315,3 +315,16 @@ pub async fn fill_dead_letters(
     }
     Ok(())
 }
+
+/// The most runs within any one second of `times` (sorted).
+pub fn busiest_second(times: &[f64]) -> usize {
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= 1.0 {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}

@@ -346,7 +346,7 @@ async fn two_workers_together_keep_one_global_rate() -> Result<()> {
     gaps.sort_by(f64::total_cmp);
     let steady = 1.0 / gaps[gaps.len() / 2];
     let overall = (times.len() - 1) as f64 / (times[times.len() - 1] - times[0]);
-    let busiest = crate::rate_limit::busiest_second(&times);
+    let busiest = celeriac_tests::worker::busiest_second(&times);
     let ran_on: Vec<u64> = summaries.iter().map(|s| s.succeeded).collect();
     println!(
         "{count} calls limited to {GLOBAL_RATE}/s across two workers: {steady:.2}/s (median \
