@@ -31,7 +31,7 @@ use crate::global_limits::{self, Lease, Limited};
 use crate::isolation;
 use crate::outcome::finish;
 use crate::pacer::Pacer;
-use crate::rate_limits::{Micros, Pace};
+use crate::rate_limits::{Micros, Pace, RATE_SLOT_HEADER};
 use crate::settle::{Settle, settle};
 use crate::task_span;
 use crate::tracker::Tracked;
@@ -430,12 +430,29 @@ async fn wait_turn(
     // A free slot is taken without looking at the other branches (they
     // would each register a waiter, per task); the checks below catch what
     // they would have said.
-    let permit = tokio::select! {
-        biased;
-        permit = ctx.pool.permits().clone().acquire_owned() => permit.map_err(|_| Turn::Shutdown)?,
-        () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
-        () = &mut handed_back => return Err(Turn::HandBack),
-        () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
+    // With the slot, the rate limit is asked once more whether the run may
+    // start: waits for a slot (or late hand-backs) must not bunch starts.
+    let permit = loop {
+        let permit = tokio::select! {
+            biased;
+            permit = ctx.pool.permits().clone().acquire_owned() => permit.map_err(|_| Turn::Shutdown)?,
+            () = ctx.shutdown.cancelled() => return Err(Turn::Shutdown),
+            () = &mut handed_back => return Err(Turn::HandBack),
+            () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
+        };
+        match pacer.start(ctx) {
+            Pace::Run => break permit,
+            Pace::Hold(wait, _) => {
+                drop(permit);
+                hold_for!(wait);
+            }
+            Pace::Defer { delay, slot } => {
+                return Err(Turn::Defer {
+                    delay,
+                    slot: (RATE_SLOT_HEADER, slot),
+                });
+            }
+        }
     };
     // Under a global concurrency limit, the lease comes with the slot (it
     // may wait for one, and the checks below then cover that wait too).

@@ -34,4 +34,15 @@ impl Pacer<'_> {
             (paced, RATE_SLOT_HEADER)
         }
     }
+
+    /// Whether the run may start now that it has its concurrency slot
+    /// ([`RateLimits::start`](crate::rate_limits::RateLimits::start); a
+    /// deferred copy carries its slot in [`RATE_SLOT_HEADER`]). A global
+    /// rate limit's slots are kept by the store and not checked again.
+    pub(crate) fn start(&self, ctx: &Context) -> Pace<'static> {
+        if self.options.global_rate_limit.is_some() {
+            return Pace::Run;
+        }
+        ctx.rates.start(&self.message.headers.task)
+    }
 }

@@ -23,6 +23,13 @@
 //! moved about once per minute it waits, and other task types keep the
 //! window. A delivery back for its slot is held without a hold slot: a
 //! second's worth of them comes back at once, up to 1.25 s early.
+//!
+//! Slots say when runs may start; the start itself is checked once more,
+//! when the run has its concurrency slot ([`RateLimits::start`]): runs
+//! start at least one interval apart. A loaded host hands deferred
+//! deliveries back late and keeps held ones waiting for a concurrency
+//! slot, and without that check the runs whose slots had passed would all
+//! start at once, well above the rate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +114,8 @@ struct Schedule {
     interval: f64,
     /// The earliest moment the next slot may be at.
     next: f64,
+    /// When the latest run on this worker started.
+    started: f64,
 }
 
 /// The rate limits of this worker's tasks, changed at run time by the
@@ -155,12 +164,15 @@ impl RateLimits {
         let mut schedules = self.lock();
         match per_second {
             Some(per_second) => {
+                // The latest start still counts: a new rate is no burst.
+                let started = schedules.get(task).map_or(f64::MIN, |old| old.started);
                 schedules.insert(
                     task.to_owned(),
                     Schedule {
                         text: text.trim().to_owned(),
                         interval: 1e6 / per_second,
                         next: 0.0,
+                        started,
                     },
                 );
             }
@@ -231,6 +243,39 @@ impl RateLimits {
         }
         schedule.next = slot as f64 + schedule.interval;
         defer(slot, wait)
+    }
+
+    /// Whether a run of `task` that has its concurrency slot may start
+    /// now: [`Pace::Run`] (and this start is counted) if the last one
+    /// started an interval ago; else [`Pace::Hold`] (no hold slot) until
+    /// then, to ask again; or, if that is a second or more away (rates
+    /// under one a second), [`Pace::Defer`] to then.
+    pub(crate) fn start(&self, task: &str) -> Pace<'static> {
+        if !self.any.load(Ordering::Acquire) {
+            return Pace::Run;
+        }
+        self.start_at(task, now_micros())
+    }
+
+    /// [`start`](Self::start) at `now`.
+    fn start_at(&self, task: &str, now: Micros) -> Pace<'static> {
+        let mut schedules = self.lock();
+        let Some(schedule) = schedules.get_mut(task) else {
+            return Pace::Run;
+        };
+        let earliest = (schedule.started + schedule.interval).ceil();
+        if now as f64 >= earliest {
+            schedule.started = now as f64;
+            return Pace::Run;
+        }
+        let earliest = earliest as Micros;
+        let wait = until(earliest, now);
+        if wait < DELAY_RESOLUTION {
+            return Pace::Hold(wait, None);
+        }
+        // Slots from now on come after it.
+        schedule.next = schedule.next.max(earliest as f64 + schedule.interval);
+        defer(earliest, wait)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Schedule>> {
@@ -488,6 +533,74 @@ mod tests {
             said(&limits.pace_at(&holds, "t", Some(stale), NOW)).2,
             Some(NOW + micros(DEFER_LEAD))
         );
+    }
+
+    #[test]
+    fn runs_start_at_least_an_interval_apart() {
+        let limits = limited("4/s");
+        let ms = SECOND / 1_000;
+        assert_eq!(said(&limits.start_at("t", NOW)).0, "run");
+        assert_eq!(said(&limits.start_at("t", NOW)), ("hold, back", 250, None));
+        assert_eq!(
+            said(&limits.start_at("t", NOW + 100 * ms)),
+            ("hold, back", 150, None)
+        );
+        assert_eq!(said(&limits.start_at("t", NOW + 250 * ms)).0, "run");
+        assert_eq!(
+            said(&limits.start_at("t", NOW + 300 * ms)),
+            ("hold, back", 200, None)
+        );
+        assert_eq!(said(&limits.start_at("other", NOW)).0, "run");
+    }
+
+    #[test]
+    fn deliveries_back_late_for_their_slots_start_an_interval_apart() {
+        let limits = limited("10/s");
+        let holds = EtaHolds::new(0);
+        let now = NOW + 2 * SECOND;
+        // Five deliveries back together, their slots (a tenth of a second
+        // apart) all passed: each may run now as far as its slot goes...
+        let mut started = Vec::new();
+        for k in 0..5 {
+            let slot = NOW + k * SECOND / 10;
+            assert_eq!(said(&limits.pace_at(&holds, "t", Some(slot), now)).0, "run");
+        }
+        // ...but their starts are spaced: one now, then one each interval.
+        let mut at = now;
+        while started.len() < 5 {
+            match limits.start_at("t", at) {
+                Pace::Run => started.push(at),
+                Pace::Hold(wait, None) => at += micros(wait),
+                other => panic!("a start a tenth of a second away was {other:?}"),
+            }
+        }
+        let gaps: Vec<_> = started.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [SECOND / 10; 4]);
+    }
+
+    #[test]
+    fn a_start_a_second_or_more_away_is_deferred_and_later_slots_follow_it() {
+        let limits = limited("1/m");
+        let holds = EtaHolds::new(0);
+        assert_eq!(said(&limits.start_at("t", NOW)).0, "run");
+        let earliest = NOW + 60 * SECOND;
+        assert_eq!(
+            said(&limits.start_at("t", NOW + SECOND)),
+            ("defer", 58_750, Some(earliest))
+        );
+        assert_eq!(
+            said(&limits.pace_at(&holds, "t", None, NOW + SECOND)),
+            ("defer", RATE_HORIZON.as_millis(), None),
+            "a fresh delivery's slot comes after it, beyond the horizon"
+        );
+    }
+
+    #[test]
+    fn a_new_rate_does_not_forget_the_latest_start() {
+        let limits = limited("1/s");
+        assert_eq!(said(&limits.start_at("t", NOW)).0, "run");
+        assert_eq!(limits.set("t", "2/s"), Ok(true));
+        assert_eq!(said(&limits.start_at("t", NOW)), ("hold, back", 500, None));
     }
 
     #[test]
