@@ -132,6 +132,8 @@ async fn run_admitted(
     }
     // A task not waiting for an ETA takes its rate-limit turn before it is
     // seen as received: one deferred now is received when it comes back.
+    // (One deferred later, by its ETA's turn, a full global limit or the
+    // start check, was received already and is received again when back.)
     let pacer = Pacer {
         task: task.as_ref(),
         options: &options,
@@ -349,8 +351,9 @@ enum Turn {
     Revoked,
     /// Its `expires` passed while it waited.
     Expired,
-    /// Its rate-limit turn, taken once its ETA came, is a second or more
-    /// away: defer it.
+    /// Its rate-limit turn, taken once its ETA came, or its start (under a
+    /// rate of less than one a second), is a second or more away: defer
+    /// it.
     Defer {
         /// How long it stays in the delay topology.
         delay: Duration,
@@ -368,9 +371,10 @@ enum Turn {
 
 /// Waits for what `wait` says (an ETA, in its hold slot, then the rate
 /// limit; or a rate-limit slot) and a concurrency slot, with its global
-/// limit's lease if it has one; the slot and lease, or why it must not run. Unless it runs alone, it is handed back once another
-/// message must run alone (`hand_back` is the isolation generation it was
-/// admitted in).
+/// limit's lease if it has one, until its rate limit lets it start; the
+/// slot and lease, or why it must not run. Unless it runs alone, it is
+/// handed back once another message must run alone (`hand_back` is the
+/// isolation generation it was admitted in).
 async fn wait_turn(
     ctx: &Context,
     pacer: &Pacer<'_>,
@@ -427,12 +431,15 @@ async fn wait_turn(
             }
         }
     }
-    // A free slot is taken without looking at the other branches (they
-    // would each register a waiter, per task); the checks below catch what
-    // they would have said.
-    // With the slot, the rate limit is asked once more whether the run may
-    // start: waits for a slot (or late hand-backs) must not bunch starts.
-    let permit = loop {
+    // The run's concurrency slot, its global concurrency lease if it has a
+    // limit, the checks; last, its rate limit is asked once more whether it
+    // may start (`RateLimits::start`), so that waits for a slot or a lease,
+    // or late hand-backs, do not bunch starts. Not yet: the slot and lease
+    // go back while it waits, and it takes them again.
+    loop {
+        // A free slot is taken without looking at the other branches (they
+        // would each register a waiter, per task); the checks below catch
+        // what they would have said.
         let permit = tokio::select! {
             biased;
             permit = ctx.pool.permits().clone().acquire_owned() => permit.map_err(|_| Turn::Shutdown)?,
@@ -440,10 +447,29 @@ async fn wait_turn(
             () = &mut handed_back => return Err(Turn::HandBack),
             () = tracked.revoked.cancelled() => return Err(Turn::Revoked),
         };
+        // Under a global concurrency limit, the lease comes with the slot
+        // (it may wait for one, and the checks below then cover that wait
+        // too).
+        let (permit, lease) = match pacer.options.global_concurrency {
+            Some(_) => Box::pin(global_lease(ctx, pacer, permit)).await?,
+            None => (permit, None),
+        };
+        if ctx.shutdown.is_cancelled() {
+            return Err(Turn::Shutdown);
+        }
+        if hand_back.is_some_and(|admitted| ctx.isolation.must_hand_back(admitted)) {
+            return Err(Turn::HandBack);
+        }
+        if is_expired(message, now()) {
+            return Err(Turn::Expired);
+        }
+        if tracked.revoked.is_cancelled() {
+            return Err(Turn::Revoked);
+        }
         match pacer.start(ctx) {
-            Pace::Run => break permit,
+            Pace::Run => return Ok((permit, lease)),
             Pace::Hold(wait, _) => {
-                drop(permit);
+                drop((permit, lease));
                 hold_for!(wait);
             }
             Pace::Defer { delay, slot } => {
@@ -453,24 +479,5 @@ async fn wait_turn(
                 });
             }
         }
-    };
-    // Under a global concurrency limit, the lease comes with the slot (it
-    // may wait for one, and the checks below then cover that wait too).
-    let (permit, lease) = match pacer.options.global_concurrency {
-        Some(_) => Box::pin(global_lease(ctx, pacer, permit)).await?,
-        None => (permit, None),
-    };
-    if ctx.shutdown.is_cancelled() {
-        return Err(Turn::Shutdown);
     }
-    if hand_back.is_some_and(|admitted| ctx.isolation.must_hand_back(admitted)) {
-        return Err(Turn::HandBack);
-    }
-    if is_expired(message, now()) {
-        return Err(Turn::Expired);
-    }
-    if tracked.revoked.is_cancelled() {
-        return Err(Turn::Revoked);
-    }
-    Ok((permit, lease))
 }

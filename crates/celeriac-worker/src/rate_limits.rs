@@ -249,7 +249,7 @@ impl RateLimits {
     /// now: [`Pace::Run`] (and this start is counted) if the last one
     /// started an interval ago; else [`Pace::Hold`] (no hold slot) until
     /// then, to ask again; or, if that is a second or more away (rates
-    /// under one a second), [`Pace::Defer`] to then.
+    /// under one a second), [`Pace::Defer`] to a slot of its own.
     pub(crate) fn start(&self, task: &str) -> Pace<'static> {
         if !self.any.load(Ordering::Acquire) {
             return Pace::Run;
@@ -263,19 +263,29 @@ impl RateLimits {
         let Some(schedule) = schedules.get_mut(task) else {
             return Pace::Run;
         };
-        let earliest = (schedule.started + schedule.interval).ceil();
-        if now as f64 >= earliest {
-            schedule.started = now as f64;
+        let earliest = schedule.started + schedule.interval;
+        let late = now as f64 - earliest;
+        if late >= 0.0 {
+            // A waiter whose timer fired a little late is counted as
+            // started on time, so that back-to-back starts do not drift
+            // below the rate; a start later than that is counted as it is.
+            schedule.started = if late <= schedule.interval / 2.0 {
+                earliest
+            } else {
+                now as f64
+            };
             return Pace::Run;
         }
-        let earliest = earliest as Micros;
+        let earliest = earliest.ceil() as Micros;
         let wait = until(earliest, now);
         if wait < DELAY_RESOLUTION {
             return Pace::Hold(wait, None);
         }
-        // Slots from now on come after it.
-        schedule.next = schedule.next.max(earliest as f64 + schedule.interval);
-        defer(earliest, wait)
+        // Each deferred start takes a slot of its own, and later slots
+        // come after it.
+        let slot = schedule.next.max(earliest as f64).ceil() as Micros;
+        schedule.next = slot as f64 + schedule.interval;
+        defer(slot, until(slot, now))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Schedule>> {
@@ -545,10 +555,17 @@ mod tests {
             said(&limits.start_at("t", NOW + 100 * ms)),
             ("hold, back", 150, None)
         );
-        assert_eq!(said(&limits.start_at("t", NOW + 250 * ms)).0, "run");
+        // A waiter a little late is counted as started on time...
+        assert_eq!(said(&limits.start_at("t", NOW + 260 * ms)).0, "run");
         assert_eq!(
             said(&limits.start_at("t", NOW + 300 * ms)),
             ("hold, back", 200, None)
+        );
+        // ...one much later as it is: no run is saved up.
+        assert_eq!(said(&limits.start_at("t", NOW + SECOND)).0, "run");
+        assert_eq!(
+            said(&limits.start_at("t", NOW + SECOND)),
+            ("hold, back", 250, None)
         );
         assert_eq!(said(&limits.start_at("other", NOW)).0, "run");
     }
@@ -587,6 +604,11 @@ mod tests {
         assert_eq!(
             said(&limits.start_at("t", NOW + SECOND)),
             ("defer", 58_750, Some(earliest))
+        );
+        assert_eq!(
+            said(&limits.start_at("t", NOW + SECOND)),
+            ("defer", 118_750, Some(earliest + 60 * SECOND)),
+            "a second waiter is deferred to a slot of its own"
         );
         assert_eq!(
             said(&limits.pace_at(&holds, "t", None, NOW + SECOND)),
