@@ -23,6 +23,12 @@
 //! `send_many`'s instructions per task against raw lapin's (less a run
 //! with `--tasks 0`, for what connecting costs).
 //!
+//! `--apply 1000` fills with that many concurrent callers of
+//! `send_task(..).apply()` instead (the `publish` scenario's producers), and
+//! `--raw-fill --window 1000` with raw lapin keeping as many confirms in
+//! flight, so two `--publish-only` runs give `apply()`'s instructions per
+//! task against raw lapin's at the same window.
+//!
 //! `--publish-only --keep-queue NAME` fills `NAME` and leaves it filled,
 //! for a worker process to drain under a profiler
 //! (`scripts/flamegraph-drain`).
@@ -99,8 +105,17 @@ struct Args {
     /// persistent and `mandatory`, with confirms, 5,000 unconfirmed at
     /// most, as `send_many` keeps them. Only with `--publish-only`: a
     /// worker would run the same task id again and again.
-    #[arg(long, requires = "publish_only")]
+    #[arg(long, requires = "publish_only", conflicts_with = "apply")]
     raw_fill: bool,
+    /// How many confirms `--raw-fill` keeps in flight (`send_many`'s
+    /// window unless given; give `--apply`'s caller count to compare with
+    /// it).
+    #[arg(long, requires = "raw_fill", default_value_t = SEND_MANY_WINDOW)]
+    window: usize,
+    /// Fill from this many concurrent callers of `send_task(..).apply()`
+    /// (`demo.add(1, 2)` only) instead of one `send_many` call.
+    #[arg(long, conflicts_with = "payload")]
+    apply: Option<u64>,
     /// Drain with a raw lapin consumer (the worker's prefetch window,
     /// one multiple ack per 32 deliveries) instead of the worker.
     #[arg(long, conflicts_with_all = ["publish_only", "metrics", "spans", "log"])]
@@ -133,10 +148,17 @@ async fn main() -> anyhow::Result<()> {
         None => ("demo.add", vec![json!(1), json!(2)]),
     };
     if args.raw_fill {
+        // The app declares its queues on its first send; raw lapin sends
+        // none, and would see its first messages returned unroutable.
+        app.broker()
+            .declare(&Queue::celery_default(queue.clone()))
+            .await?;
         let id = uuid::Uuid::new_v4().to_string();
         let message = TaskMessage::new(task, id).with_args(arguments).encode()?;
         let connection = raw::connect(&args.broker).await?;
-        raw::publish(&connection, &queue, &message, args.tasks, SEND_MANY_WINDOW).await?;
+        raw::publish(&connection, &queue, &message, args.tasks, args.window).await?;
+    } else if let Some(callers) = args.apply {
+        apply_from(&app, args.tasks, callers).await?;
     } else {
         let calls = (0..args.tasks).map(|_| TaskCall::<Value>::new(task, arguments.clone()));
         app.send_many(calls).await.context("filling the queue")?;
@@ -193,5 +215,26 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({"drained": args.tasks, "summary": format!("{:?}", stats.summary())})
     );
+    Ok(())
+}
+
+/// Sends `tasks` `demo.add(1, 2)` tasks from `callers` concurrent callers
+/// of `send_task(..).apply()`, as the `publish` scenario does.
+async fn apply_from(app: &App, tasks: u64, callers: u64) -> anyhow::Result<()> {
+    let callers = callers.clamp(1, tasks.max(1));
+    let mut running = Vec::new();
+    for caller in 0..callers {
+        let app = app.clone();
+        let share = tasks / callers + u64::from(caller < tasks % callers);
+        running.push(tokio::spawn(async move {
+            for _ in 0..share {
+                app.send_task("demo.add").args((1, 2)).apply().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for caller in running {
+        caller.await??;
+    }
     Ok(())
 }
