@@ -15,7 +15,7 @@ use celeriac_broker::{
 use celeriac_protocol::{DecodeOptions, HeaderValue};
 use celeriac_tests::{broker_url, connect, queue_stats, unique};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::{Cleanup, next, task};
 
@@ -154,6 +154,36 @@ async fn a_refused_publish_goes_through_once_the_queue_takes_it() -> Result<()> 
     ensure!(
         counts.map(|c| c.0) == Some(1),
         "the second message is not in the queue: {counts:?}"
+    );
+    // What was sent again is the whole message: its headers and properties
+    // are built again for the second attempt.
+    let resent = channel
+        .basic_get(
+            name.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await?
+        .context("the second message could not be taken")?;
+    let properties = &resent.delivery.properties;
+    let id = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("id"))
+        .and_then(|id| id.as_long_string())
+        .map(ToString::to_string);
+    let Some(HeaderValue::Str(sent_id)) = body.headers.get("id") else {
+        anyhow::bail!("the test message has no id header");
+    };
+    ensure!(
+        id.as_deref() == Some(sent_id.as_str())
+            && properties
+                .correlation_id()
+                .as_ref()
+                .map(ShortString::as_str)
+                == Some(sent_id.as_str())
+            && resent.delivery.data == body.body,
+        "the message sent again differs from the one published: id {id:?}, properties \
+         {properties:?}"
     );
     conn.close(200, "done".into()).await?;
     Ok(())

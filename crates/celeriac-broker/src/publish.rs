@@ -137,19 +137,21 @@ impl Broker {
         message: &RawMessage,
         nacks: Nacks,
     ) -> Result<(), BrokerError> {
-        let properties = basic_properties(message)?;
+        // Built before the first attempt (a header AMQP cannot carry fails
+        // here) and handed to it; a second attempt (rare: a refused or
+        // unknown publish) builds them again, so that no publish pays for
+        // a copy of its header table.
+        let mut built = Some(basic_properties(message)?);
         let deadline = Instant::now() + self.shared.config.publish_wait;
         let mut refused_pause = REFUSED_PAUSE_MIN;
         loop {
             let session = self.session_until(deadline).await?;
+            let properties = match built.take() {
+                Some(properties) => properties,
+                None => basic_properties(message)?,
+            };
             match self
-                .publish_once(
-                    &session,
-                    exchange,
-                    routing_key,
-                    &message.body,
-                    properties.clone(),
-                )
+                .publish_once(&session, exchange, routing_key, &message.body, properties)
                 .await
             {
                 Ok(()) => return Ok(()),

@@ -318,51 +318,67 @@ impl TaskMessage {
     /// signed as Celery's `auth` serializer signs it (then compressed, as
     /// kombu compresses what the serializer wrote).
     pub fn encode_signed(&self, signer: Option<&Signer>) -> Result<RawMessage, EncodeError> {
-        let mut headers = self.headers.clone();
-        if headers.argsrepr.is_none() {
-            headers.argsrepr = Some(repr::args_repr(&self.body.args));
-        }
-        if headers.kwargsrepr.is_none() {
-            headers.kwargsrepr = Some(repr::kwargs_repr(&self.body.kwargs));
-        }
-        let text = self.body.to_python_json().into_bytes();
-        // The envelope walk only where the text names an envelope at all.
-        if kombu::may_hold_envelope(&text) {
-            kombu::validate(&self.body.to_json(), &mut String::from("body")).map_err(|err| {
-                match err {
-                    DecodeError::Envelope { path, detail } => {
-                        EncodeError::Envelope { path, detail }
-                    }
-                    other => EncodeError::Envelope {
-                        path: String::from("body"),
-                        detail: other.to_string(),
-                    },
-                }
-            })?;
-        }
-        let (text, content_type) = match signer {
-            Some(signer) => (
-                auth::seal(signer, content::JSON, content::UTF8, &text),
-                auth::CONTENT_TYPE,
-            ),
-            None => (text, content::JSON),
-        };
-        let body = match headers.compression {
-            Some(c) => c.compress(&text)?,
-            None => text,
-        };
-        let mut properties = self.properties.clone();
-        properties.content_type = Some(content_type.into());
-        properties.content_encoding = Some(content::UTF8.into());
-        properties
-            .correlation_id
-            .get_or_insert_with(|| headers.id.clone());
-        Ok(RawMessage {
-            properties,
-            headers: headers.into_headers(),
-            body: body.into(),
-        })
+        encode_parts(
+            self.headers.clone(),
+            self.properties.clone(),
+            &self.body,
+            signer,
+        )
     }
+
+    /// [`encode_signed`](Self::encode_signed), consuming the message: its
+    /// headers and properties move into the encoded one instead of being
+    /// copied.
+    pub fn into_signed(self, signer: Option<&Signer>) -> Result<RawMessage, EncodeError> {
+        encode_parts(self.headers, self.properties, &self.body, signer)
+    }
+}
+
+/// A message's parts encoded as [`TaskMessage::encode_signed`] says.
+fn encode_parts(
+    mut headers: TaskHeaders,
+    mut properties: Properties,
+    body: &TaskBody,
+    signer: Option<&Signer>,
+) -> Result<RawMessage, EncodeError> {
+    if headers.argsrepr.is_none() {
+        headers.argsrepr = Some(repr::args_repr(&body.args));
+    }
+    if headers.kwargsrepr.is_none() {
+        headers.kwargsrepr = Some(repr::kwargs_repr(&body.kwargs));
+    }
+    let text = body.to_python_json().into_bytes();
+    // The envelope walk only where the text names an envelope at all.
+    if kombu::may_hold_envelope(&text) {
+        kombu::validate(&body.to_json(), &mut String::from("body")).map_err(|err| match err {
+            DecodeError::Envelope { path, detail } => EncodeError::Envelope { path, detail },
+            other => EncodeError::Envelope {
+                path: String::from("body"),
+                detail: other.to_string(),
+            },
+        })?;
+    }
+    let (text, content_type) = match signer {
+        Some(signer) => (
+            auth::seal(signer, content::JSON, content::UTF8, &text),
+            auth::CONTENT_TYPE,
+        ),
+        None => (text, content::JSON),
+    };
+    let body = match headers.compression {
+        Some(c) => c.compress(&text)?,
+        None => text,
+    };
+    properties.content_type = Some(content_type.into());
+    properties.content_encoding = Some(content::UTF8.into());
+    properties
+        .correlation_id
+        .get_or_insert_with(|| headers.id.clone());
+    Ok(RawMessage {
+        properties,
+        headers: headers.into_headers(),
+        body: body.into(),
+    })
 }
 
 /// Parses JSON text, validating every kombu envelope in it.

@@ -182,11 +182,10 @@ impl TaskHeaders {
     pub fn into_headers(self) -> Headers {
         let str_or_void = |value: Option<String>| value.map_or(HeaderValue::Void, HeaderValue::Str);
         let limit = |limit: Option<Seconds>| limit.map_or(HeaderValue::Void, Seconds::to_header);
+        // In name order: the map below is built from them without having to
+        // sort them first.
         let mut known = vec![
-            ("lang", str_or_void(self.lang)),
-            ("task", HeaderValue::Str(self.task)),
-            ("id", HeaderValue::Str(self.id)),
-            ("shadow", str_or_void(self.shadow)),
+            ("argsrepr", str_or_void(self.argsrepr)),
             ("eta", time_value(&self.eta)),
             ("expires", time_value(&self.expires)),
             ("group", str_or_void(self.group)),
@@ -194,25 +193,23 @@ impl TaskHeaders {
                 "group_index",
                 self.group_index.map_or(HeaderValue::Void, HeaderValue::Int),
             ),
-            ("retries", HeaderValue::Int(self.retries)),
-            (
-                "timelimit",
-                HeaderValue::Array(vec![limit(self.timelimit.hard), limit(self.timelimit.soft)]),
-            ),
-            ("root_id", str_or_void(self.root_id)),
-            ("parent_id", str_or_void(self.parent_id)),
-            ("argsrepr", str_or_void(self.argsrepr)),
-            ("kwargsrepr", str_or_void(self.kwargsrepr)),
-            ("origin", str_or_void(self.origin)),
+            ("id", HeaderValue::Str(self.id)),
             (
                 "ignore_result",
                 self.ignore_result
                     .map_or(HeaderValue::Void, HeaderValue::Bool),
             ),
+            ("kwargsrepr", str_or_void(self.kwargsrepr)),
+            ("lang", str_or_void(self.lang)),
+            ("origin", str_or_void(self.origin)),
+            ("parent_id", str_or_void(self.parent_id)),
             (
                 "replaced_task_nesting",
                 HeaderValue::Int(self.replaced_task_nesting),
             ),
+            ("retries", HeaderValue::Int(self.retries)),
+            ("root_id", str_or_void(self.root_id)),
+            ("shadow", str_or_void(self.shadow)),
             (
                 "stamped_headers",
                 self.stamped_headers.map_or(HeaderValue::Void, |names| {
@@ -220,7 +217,13 @@ impl TaskHeaders {
                 }),
             ),
             ("stamps", HeaderValue::Table(self.stamps)),
+            ("task", HeaderValue::Str(self.task)),
+            (
+                "timelimit",
+                HeaderValue::Array(vec![limit(self.timelimit.hard), limit(self.timelimit.soft)]),
+            ),
         ];
+        debug_assert!(known.windows(2).all(|pair| pair[0].0 < pair[1].0));
         if let Some(c) = self.compression {
             known.push(("compression", HeaderValue::Str(c.mime().to_owned())));
         }

@@ -159,7 +159,7 @@ async fn retry(
         (None, None) => options.retry_delay(request.retries),
     };
     let signer = ctx.app.security().map(celeriac::Security::signer);
-    let raw = match retry_message(message, delay).encode_signed(signer) {
+    let raw = match retry_message(message, delay).into_signed(signer) {
         Ok(raw) => raw,
         Err(e) => {
             let err = TaskError::new(e.to_string());

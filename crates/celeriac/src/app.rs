@@ -219,8 +219,8 @@ impl App {
         let started = Instant::now();
         let name = self.send_metrics().map(|_| call.name.clone());
         let sent = async {
-            let prepared = self.prepare_call(call).await?;
-            if let Some(holder) = self.claim_unique(&prepared).await? {
+            let prepared = self.prepare_call(call)?;
+            if let Some(holder) = self.ready_to_send(&prepared).await? {
                 return Ok((holder, None));
             }
             if let Err(e) = self
@@ -278,7 +278,7 @@ impl App {
         let mut claimed = Vec::new();
         for call in calls {
             let name = metrics.map(|_| call.name.clone());
-            let prepared = match self.prepare_call(call).await {
+            let prepared = match self.prepare_call(call) {
                 Ok(prepared) => prepared,
                 Err(err) => {
                     if let (Some(metrics), Some(name)) = (metrics, &name) {
@@ -288,13 +288,16 @@ impl App {
                     return Err(err);
                 }
             };
-            match self.claim_unique(&prepared).await {
+            match self.ready_to_send(&prepared).await {
                 Ok(None) => {}
                 Ok(Some(holder)) => {
                     ids.push(holder);
                     continue;
                 }
                 Err(err) => {
+                    if let (Some(metrics), Some(name)) = (metrics, &name) {
+                        metrics.failed(name, &err);
+                    }
                     self.release_all_unsent(&claimed).await;
                     return Err(err);
                 }
@@ -304,6 +307,7 @@ impl App {
                 destination,
                 message,
                 unique,
+                ..
             } = prepared;
             if let Some(lock) = unique {
                 claimed.push((lock, id.clone()));
@@ -335,9 +339,13 @@ impl App {
             .collect())
     }
 
-    /// Takes the unique lock of a prepared call, if it has one: `None` to
-    /// send it, or the id of the task already holding the lock.
-    async fn claim_unique(&self, prepared: &Prepared) -> Result<Option<String>, Error> {
+    /// Gets a prepared call ready to send: the result store ready for its
+    /// result, then its unique lock taken if it has one. `None` to send
+    /// it, or the id of the task already holding the lock.
+    async fn ready_to_send(&self, prepared: &Prepared) -> Result<Option<String>, Error> {
+        if let Some(store) = &prepared.store_to_ready {
+            store.prepare(&prepared.id).await?;
+        }
         match &prepared.unique {
             Some(lock) => unique::claim(self.inner.backend.as_ref(), lock, &prepared.id).await,
             None => Ok(None),
@@ -360,7 +368,7 @@ impl App {
     }
 
     /// The task id, destination, encoded message and unique lock of `call`.
-    async fn prepare_call<O>(&self, call: TaskCall<O>) -> Result<Prepared, Error> {
+    fn prepare_call<O>(&self, call: TaskCall<O>) -> Result<Prepared, Error> {
         if let Some(detail) = call.error {
             return Err(Error::Arguments {
                 task: call.name,
@@ -474,13 +482,16 @@ impl App {
             }
         }
         let backend = self.inner.backend.clone().filter(|_| !ignore_result);
-        if let Some(reply_to) = workflow.reply_to {
+        let store_to_ready = if let Some(reply_to) = workflow.reply_to {
             // A signature names its own reply queue (its sender's).
             message.properties.reply_to = Some(reply_to);
-        } else if let Some(backend) = &backend {
+            None
+        } else if let Some(backend) = backend {
             message.properties.reply_to = backend.reply_to().map(str::to_owned);
-            backend.prepare(&id).await?;
-        }
+            Some(backend)
+        } else {
+            None
+        };
         let route = RouteOptions {
             queue: options.queue.or(defaults.queue),
             exchange: options.exchange,
@@ -491,8 +502,9 @@ impl App {
         Ok(Prepared {
             id,
             destination,
-            message: message.encode_signed(self.security().map(Security::signer))?,
+            message: message.into_signed(self.security().map(Security::signer))?,
             unique,
+            store_to_ready,
         })
     }
 }
@@ -508,6 +520,9 @@ struct Prepared {
     message: RawMessage,
     /// The unique lock it must take first, if any.
     unique: Option<UniqueLock>,
+    /// The result store to get ready for its result before it is sent
+    /// ([`ResultBackend::prepare`]), if any.
+    store_to_ready: Option<Arc<dyn ResultBackend>>,
 }
 
 /// Whole seconds as an int (as Python sends `time_limit=30`), else a float.
