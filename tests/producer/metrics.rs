@@ -49,6 +49,16 @@ async fn a_producer_counts_what_it_sent_and_what_failed() -> Result<()> {
             .is_err_and(|err| celeriac::metrics::send_error_reason(err) == "unroutable"),
         "a publish nobody is bound to: {nobody_bound:?}"
     );
+    // A unique call this app cannot lock (it has no result store) fails in
+    // a batch, and is counted as a failed send there too.
+    let unlockable = app
+        .send_many([TaskCall::<Value>::new("metrics.unique", vec![])
+            .unique_for(std::time::Duration::from_secs(60))])
+        .await;
+    let Err(unlockable) = unlockable else {
+        anyhow::bail!("a unique call without a result store was sent: {unlockable:?}");
+    };
+    let unlockable_reason = celeriac::metrics::send_error_reason(&unlockable);
 
     let text = metrics.render();
     let host = app.origin().split_once('@').map_or("", |(_, host)| host);
@@ -68,6 +78,7 @@ async fn a_producer_counts_what_it_sent_and_what_failed() -> Result<()> {
         (sent("metrics.batched"), 2.0),
         (failed("metrics.single", "arguments"), 1.0),
         (failed("metrics.lost", "unroutable"), 1.0),
+        (failed("metrics.unique", unlockable_reason), 1.0),
         (latency("task"), 3.0),
         (latency("batch"), 1.0),
         (

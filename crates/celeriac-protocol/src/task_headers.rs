@@ -182,8 +182,9 @@ impl TaskHeaders {
     pub fn into_headers(self) -> Headers {
         let str_or_void = |value: Option<String>| value.map_or(HeaderValue::Void, HeaderValue::Str);
         let limit = |limit: Option<Seconds>| limit.map_or(HeaderValue::Void, Seconds::to_header);
-        // In name order: the map below is built from them without having to
-        // sort them first.
+        // In name order, so that the sort building the map below finds them
+        // in order already (`compression` and `meth`, when present, come
+        // after them).
         let mut known = vec![
             ("argsrepr", str_or_void(self.argsrepr)),
             ("eta", time_value(&self.eta)),

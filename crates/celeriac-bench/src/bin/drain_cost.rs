@@ -102,8 +102,9 @@ struct Args {
     /// Fill with raw lapin instead of `App::send_many`: one call's message,
     /// encoded once and published `--tasks` times (so one task id, and no
     /// enqueue-time header, where `send_many`'s each have their own),
-    /// persistent and `mandatory`, with confirms, 5,000 unconfirmed at
-    /// most, as `send_many` keeps them. Only with `--publish-only`: a
+    /// persistent and `mandatory`, with confirms, `--window` unconfirmed
+    /// at most (5,000 unless given, as `send_many` keeps them). Only with
+    /// `--publish-only`: a
     /// worker would run the same task id again and again.
     #[arg(long, requires = "publish_only", conflicts_with = "apply")]
     raw_fill: bool,
