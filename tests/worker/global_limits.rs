@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use celeriac::{App, TaskCall, task};
+use celeriac::{App, HeaderValue, TaskCall, task};
 use celeriac_demo::tasks as demo;
 use celeriac_tests::worker::{RunningWorker, binary, cleanup};
 use celeriac_tests::{broker_url, require_redis, unique};
@@ -367,6 +367,88 @@ async fn two_workers_together_keep_one_global_rate() -> Result<()> {
         "one worker ran every call, so the rate was not shared: {ran_on:?}"
     );
     cleanup(&producer, &queue).await;
+    Ok(())
+}
+
+/// The header a delivery deferred for its global rate limit carries its
+/// slot in (microseconds since the Unix epoch, the store's clock).
+const GLOBAL_SLOT_HEADER: &str = "x-celeriac-global-slot";
+
+/// A partner API call that says when it ran (Unix seconds).
+#[task(
+    name = "tests.limits.timed_partner_call",
+    global_rate_limit = "10/s",
+    limit_key = "tenant"
+)]
+async fn timed_partner_call(tenant: u32) -> f64 {
+    let _ = tenant;
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_back_late_for_their_global_slots_start_one_interval_apart() -> Result<()> {
+    // As for a per-worker rate (tests/worker/rate_limit.rs): thirty
+    // deliveries come back together with their slots (in the store's
+    // schedule) already passed, 2 s to 0.55 s ago. Each may run as far as
+    // its slot goes; on one worker, their starts must still be spaced.
+    const RUNS: usize = 30;
+    let redis = require_redis()?;
+    let queue = unique("global-rate-late");
+    let app = App::builder()
+        .broker_url(broker_url())
+        .result_backend(&redis)
+        .task(timed_partner_call)
+        .build()
+        .await?;
+    // A tenant of this run only (schedules are kept by tenant).
+    let tenant = std::process::id() ^ 0x5a5a;
+    let oldest = chrono::Utc::now().timestamp_micros() - 2_000_000;
+    let sent = app
+        .send_many((0..RUNS).map(|k| {
+            let slot = oldest + i64::try_from(k).unwrap_or(0) * 50_000;
+            TaskCall::<f64>::new("tests.limits.timed_partner_call", vec![json!(tenant)])
+                .queue(&queue)
+                .header(GLOBAL_SLOT_HEADER, HeaderValue::Int(slot))
+        }))
+        .await?;
+    let config = WorkerConfig {
+        queues: vec![queue.clone()],
+        concurrency: 8,
+        ..WorkerConfig::default()
+    };
+    let worker = RunningWorker::run(app.clone(), config);
+    let mut times = Vec::with_capacity(RUNS);
+    for (i, call) in sent.iter().enumerate() {
+        let ran = call
+            .get(Duration::from_secs(60))
+            .await
+            .with_context(|| format!("call #{i} has no result"))?;
+        times.push(ran);
+    }
+    let summary = worker.stop().await?;
+    times.sort_by(f64::total_cmp);
+    let busiest = celeriac_tests::worker::busiest_second(&times);
+    let span = times[RUNS - 1] - times[0];
+    println!(
+        "{RUNS} late deliveries at {GLOBAL_RATE}/s (global) started over {span:.2} s, at most \
+         {busiest} in one second"
+    );
+    // At most 11 in a second, one more for reading the clock a moment
+    // late (see tests/worker/rate_limit.rs); unspaced, all thirty start
+    // at once.
+    ensure!(
+        busiest <= GLOBAL_RATE as usize + 2,
+        "{busiest} of the late deliveries started within one second at {GLOBAL_RATE}/s"
+    );
+    ensure!(
+        span >= (RUNS - 1) as f64 / GLOBAL_RATE * 0.9,
+        "{RUNS} starts at {GLOBAL_RATE}/s took only {span:.2} s"
+    );
+    ensure!(
+        summary.succeeded == RUNS as u64 && summary.failed == 0 && summary.dead_lettered == 0,
+        "expected {RUNS} runs, none failed or dead-lettered; the worker says {summary:?}"
+    );
+    cleanup(&app, &queue).await;
     Ok(())
 }
 

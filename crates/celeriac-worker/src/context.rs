@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::rate_limits::RateLimits;
 use crate::revoked::Revoked;
+use crate::starts::Starts;
 use crate::tracker::Tracker;
 use crate::{Stats, WorkerConfig};
 
@@ -53,6 +54,8 @@ pub(crate) struct Context {
     pub(crate) limits: Limits,
     /// Rate limits: the tasks', the worker's, and remote control's.
     pub(crate) rates: RateLimits,
+    /// The latest start of each key of the global rate limits here.
+    pub(crate) global_starts: Starts,
     /// When the worker started.
     pub(crate) started: Instant,
     /// Prometheus metrics (disabled unless asked for).

@@ -17,12 +17,40 @@ use crate::eta_holds::DELAY_RESOLUTION;
 use crate::global_limits::{self, OUTAGE_DEFERRAL, limit_key};
 use crate::pacer::Pacer;
 use crate::rate_limits::{
-    DEFER_LEAD, Pace, RATE_HORIZON, STALE_SLOT, back_for, carried, defer, micros, parse_rate, until,
+    DEFER_LEAD, Pace, RATE_HORIZON, STALE_SLOT, back_for, carried, defer, micros, now_micros,
+    parse_rate, until,
 };
 
 /// Header carrying the slot a task deferred for its global rate limit was
 /// given (microseconds since the Unix epoch, the store's clock).
 pub(crate) const GLOBAL_SLOT_HEADER: &str = "x-celeriac-global-slot";
+
+/// Whether a run of a task with a global rate limit, holding its
+/// concurrency slot, may start now: runs of one key start at least one
+/// interval apart on this worker ([`crate::starts`]), as the store's slots
+/// say they should. [`Pace::Hold`] (no hold slot) until it may, to ask
+/// again; or, a second or more away (rates under one a second),
+/// [`Pace::Defer`] without a slot, to take one from the store when back.
+pub(crate) fn start(ctx: &Context, pacer: &Pacer<'_>) -> Pace<'static> {
+    let Some(Ok(Some(per_second))) = pacer.options.global_rate_limit.as_deref().map(parse_rate)
+    else {
+        return Pace::Run;
+    };
+    let key = limit_key(pacer.task, pacer.options, pacer.message);
+    let now = now_micros();
+    let Err(earliest) = ctx.global_starts.take(&key, 1e6 / per_second, now) else {
+        return Pace::Run;
+    };
+    let wait = until(earliest, now);
+    if wait < DELAY_RESOLUTION {
+        Pace::Hold(wait, None)
+    } else {
+        Pace::Defer {
+            delay: wait,
+            slot: None,
+        }
+    }
+}
 
 /// What a delivery of a task with a global rate limit does now.
 pub(crate) async fn pace<'a>(ctx: &'a Context, pacer: &Pacer<'_>) -> Pace<'a> {

@@ -31,7 +31,7 @@ use crate::global_limits::{self, Lease, Limited};
 use crate::isolation;
 use crate::outcome::finish;
 use crate::pacer::Pacer;
-use crate::rate_limits::{Micros, Pace, RATE_SLOT_HEADER};
+use crate::rate_limits::{Micros, Pace};
 use crate::settle::{Settle, settle};
 use crate::task_span;
 use crate::tracker::Tracked;
@@ -467,15 +467,15 @@ async fn wait_turn(
             return Err(Turn::Revoked);
         }
         match pacer.start(ctx) {
-            Pace::Run => return Ok((permit, lease)),
-            Pace::Hold(wait, _) => {
+            (Pace::Run, _) => return Ok((permit, lease)),
+            (Pace::Hold(wait, _), _) => {
                 drop((permit, lease));
                 hold_for!(wait);
             }
-            Pace::Defer { delay, slot } => {
+            (Pace::Defer { delay, slot }, header) => {
                 return Err(Turn::Defer {
                     delay,
-                    slot: (RATE_SLOT_HEADER, slot),
+                    slot: (header, slot),
                 });
             }
         }

@@ -64,6 +64,7 @@ mod pacer;
 mod rate_limits;
 mod revoked;
 mod settle;
+mod starts;
 mod stats;
 mod task_span;
 pub mod testing;

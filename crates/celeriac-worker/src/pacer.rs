@@ -36,13 +36,18 @@ impl Pacer<'_> {
     }
 
     /// Whether the run may start now that it has its concurrency slot
-    /// ([`RateLimits::start`](crate::rate_limits::RateLimits::start); a
-    /// deferred copy carries its slot in [`RATE_SLOT_HEADER`]). A global
-    /// rate limit's slots are kept by the store and not checked again.
-    pub(crate) fn start(&self, ctx: &Context) -> Pace<'static> {
+    /// ([`crate::starts`]): by its global rate limit's key if it has one
+    /// ([`global_rates::start`]), else by its per-worker rate limit
+    /// ([`RateLimits::start`](crate::rate_limits::RateLimits::start)); and
+    /// the header a deferred copy carries its slot in.
+    pub(crate) fn start(&self, ctx: &Context) -> (Pace<'static>, &'static str) {
         if self.options.global_rate_limit.is_some() {
-            return Pace::Run;
+            (global_rates::start(ctx, self), GLOBAL_SLOT_HEADER)
+        } else {
+            (
+                ctx.rates.start(&self.message.headers.task),
+                RATE_SLOT_HEADER,
+            )
         }
-        ctx.rates.start(&self.message.headers.task)
     }
 }

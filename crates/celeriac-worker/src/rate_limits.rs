@@ -25,11 +25,8 @@
 //! second's worth of them comes back at once, up to 1.25 s early.
 //!
 //! Slots say when runs may start; the start itself is checked once more,
-//! when the run has its concurrency slot ([`RateLimits::start`]): runs
-//! start at least one interval apart. A loaded host hands deferred
-//! deliveries back late and keeps held ones waiting for a concurrency
-//! slot, and without that check the runs whose slots had passed would all
-//! start at once, well above the rate.
+//! when the run has its concurrency slot ([`RateLimits::start`], and
+//! [`crate::starts`] for why).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +37,7 @@ use celeriac::broker::Delivery;
 use celeriac::protocol::HeaderValue;
 
 use crate::eta_holds::{DELAY_RESOLUTION, EtaHold, EtaHolds};
+use crate::starts::take_start;
 
 /// Header carrying the slot a deferred task was given (microseconds since
 /// the Unix epoch).
@@ -263,20 +261,9 @@ impl RateLimits {
         let Some(schedule) = schedules.get_mut(task) else {
             return Pace::Run;
         };
-        let earliest = schedule.started + schedule.interval;
-        let late = now as f64 - earliest;
-        if late >= 0.0 {
-            // A waiter whose timer fired a little late is counted as
-            // started on time, so that back-to-back starts do not drift
-            // below the rate; a start later than that is counted as it is.
-            schedule.started = if late <= schedule.interval / 2.0 {
-                earliest
-            } else {
-                now as f64
-            };
+        let Err(earliest) = take_start(&mut schedule.started, schedule.interval, now) else {
             return Pace::Run;
-        }
-        let earliest = earliest.ceil() as Micros;
+        };
         let wait = until(earliest, now);
         if wait < DELAY_RESOLUTION {
             return Pace::Hold(wait, None);

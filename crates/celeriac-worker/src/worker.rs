@@ -40,6 +40,7 @@ use crate::metrics::{self, Metrics, node_host};
 use crate::outbox::Outbox;
 use crate::rate_limits::RateLimits;
 use crate::revoked::Revoked;
+use crate::starts::Starts;
 use crate::{Stats, Summary, WorkerConfig};
 
 /// A worker over an [`App`]'s registered tasks.
@@ -181,6 +182,7 @@ impl Worker {
             bursts,
             limits: Limits::default(),
             rates,
+            global_starts: Starts::default(),
             started: Instant::now(),
             metrics: metrics.clone(),
             loop_turned: AtomicU64::new(0),
