@@ -289,7 +289,9 @@ impl<O: DeserializeOwned> TaskCall<O> {
 
     /// Sends the call and returns once the broker has confirmed it.
     pub async fn apply_async(self, app: &App) -> Result<AsyncResult<O>, Error> {
-        app.send_call(self).await
+        // Boxed: sending's future is several kilobytes, which every caller's
+        // own future would otherwise hold and move about.
+        Box::pin(app.send_call(self)).await
     }
 }
 
@@ -433,6 +435,7 @@ impl SendTask {
 
     /// Sends the task and returns once the broker has confirmed it.
     pub async fn apply(self) -> Result<AsyncResult<Value>, Error> {
-        self.app.send_call(self.call).await
+        // Boxed, as in `TaskCall::apply_async`.
+        Box::pin(self.app.send_call(self.call)).await
     }
 }
