@@ -333,6 +333,52 @@ async fn connection_failures_are_clear_and_never_leak_the_password() -> Result<(
     Ok(())
 }
 
+/// Deletes a RabbitMQ user when dropped.
+struct RemoveUser(String);
+
+impl Drop for RemoveUser {
+    fn drop(&mut self) {
+        let _ = celeriac_tests::rabbitmqctl(&["delete_user", &self.0]);
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_fails_channels_is_passed_over_for_the_next_url() -> Result<()> {
+    // A user allowed one channel: its connection opens, then the second of
+    // the two channels a broker handle opens is refused, as on a node that
+    // takes connections and fails their channels.
+    let user = unique("one-channel");
+    celeriac_tests::rabbitmqctl(&["add_user", &user, "one-channel"])?;
+    let _remove = RemoveUser(user.clone());
+    celeriac_tests::rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"])?;
+    celeriac_tests::rabbitmqctl(&["set_user_limits", &user, r#"{"max-channels": 1}"#])?;
+    let limited = broker_url().replacen("guest:guest", &format!("{user}:one-channel"), 1);
+
+    // Alone, it does not connect, and says why.
+    let mut config = BrokerConfig::from_url(&limited)?;
+    config.connect_timeout = Duration::from_secs(3);
+    let err = Broker::connect(config).await.unwrap_err();
+    ensure!(
+        matches!(err, BrokerError::Connect { .. }) && err.to_string().contains("channel"),
+        "a connection that cannot open its channels: {err}"
+    );
+
+    // Listed before a working URL, it is passed over.
+    let both = format!("{limited};{}", broker_url());
+    let broker = Broker::connect(BrokerConfig::from_url(&both)?).await?;
+    let name = unique("passed-over");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    broker.declare(&Queue::celery_default(name.clone())).await?;
+    broker.publish("", &name, &task("t").encode()?).await?;
+    let counts = broker.queue_counts(&name).await?;
+    ensure!(
+        counts.map(|c| c.0) == Some(1),
+        "the message sent through the second URL is not in its queue: {counts:?}"
+    );
+    broker.close().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_connection_carries_its_name_and_heartbeat() -> Result<()> {
     let mut config = BrokerConfig::from_url(&broker_url())?;

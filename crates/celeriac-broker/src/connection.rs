@@ -474,28 +474,42 @@ async fn establish(
     generation: u64,
 ) -> Result<(Arc<Session>, EventStream), String> {
     let mut errors = Vec::new();
+    let mut failed = |url: &BrokerUrl, error: String| {
+        debug!(url = %url, error = %error, "connection attempt failed");
+        errors.push(if shared.config.urls.len() > 1 {
+            format!("{url}: {error}")
+        } else {
+            error
+        });
+    };
     for url in shared.config.urls.iter() {
         let connection = match open(url, &shared.config).await {
             Ok(c) => c,
             Err(e) => {
-                debug!(url = %url, error = %e, "connection attempt failed");
-                errors.push(if shared.config.urls.len() > 1 {
-                    format!("{url}: {e}")
-                } else {
-                    e
-                });
+                failed(url, e);
                 continue;
             }
         };
         let events: EventStream = Box::pin(connection.events_listener());
         let queues = lock(&shared.topology).clone();
         redeclare(&connection, &queues).await;
-        let publisher = Publisher::open(&connection)
-            .await
-            .map_err(|e| e.to_string())?;
-        let transient = confirming_channel(&connection)
-            .await
-            .map_err(|e| e.to_string())?;
+        // A node that takes the connection but fails its channels is passed
+        // over like one that refuses the connection.
+        let channels = async {
+            let publisher = Publisher::open(&connection).await?;
+            let transient = confirming_channel(&connection).await?;
+            Ok::<_, lapin::Error>((publisher, transient))
+        };
+        let (publisher, transient) = match channels.await {
+            Ok(channels) => channels,
+            Err(e) => {
+                failed(url, format!("opening a channel failed: {e}"));
+                if connection.status().connected() {
+                    let _ = connection.close(200, "channels failed".into()).await;
+                }
+                continue;
+            }
+        };
         info!(url = %url, generation, "connected to RabbitMQ");
         let session = Arc::new(Session {
             generation,
