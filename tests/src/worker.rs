@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use celeriac::broker::{ConsumeOptions, Delivery};
 use celeriac::protocol::HeaderValue;
-use celeriac::{App, AppBuilder, Queue, ResultError, TaskFailure};
+use celeriac::{App, AppBuilder, AsyncResult, Queue, ResultError, TaskCall, TaskFailure};
 use celeriac_worker::{Summary, Worker, WorkerConfig, WorkerError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -243,9 +243,7 @@ pub async fn cleanup(app: &App, queue: &str) {
 }
 
 /// How many of `results` are finished.
-pub async fn count_ready<T: serde::de::DeserializeOwned>(
-    results: &[celeriac::AsyncResult<T>],
-) -> usize {
+pub async fn count_ready<T: serde::de::DeserializeOwned>(results: &[AsyncResult<T>]) -> usize {
     let mut ready = 0;
     for result in results {
         if result.ready().await.unwrap_or(false) {
@@ -327,4 +325,60 @@ pub fn busiest_second(times: &[f64]) -> usize {
         most = most.max(end - start + 1);
     }
     most
+}
+
+/// Sends `runs` calls made by `call`, each carrying in `header` a
+/// rate-limit slot that has already passed (2 s ago for the first, 50 ms
+/// later for each next one, the newest 0.55 s ago for thirty): deliveries
+/// as a loaded host hands them back late from the delay queues.
+pub async fn send_back_late(
+    app: &App,
+    runs: usize,
+    header: &str,
+    call: impl Fn() -> TaskCall<f64>,
+) -> Result<Vec<AsyncResult<f64>>> {
+    let oldest = chrono::Utc::now().timestamp_micros() - 2_000_000;
+    let calls = (0..runs).map(|k| {
+        let slot = oldest + i64::try_from(k).unwrap_or(0) * 50_000;
+        call().header(header, HeaderValue::Int(slot))
+    });
+    Ok(app.send_many(calls).await?)
+}
+
+/// Waits for each of `sent`, a task that returns when it ran (Unix
+/// seconds), and checks that their starts were spaced as a rate of `rate`
+/// a second spaces them: at most `rate + 2` within any one second (runs an
+/// interval apart, less up to half an interval the start check credits a
+/// late waiter, put `rate + 1` in a second; one more allows for a task
+/// reading the clock a moment after its start), and over at least 90 % of
+/// the span `rate` gives them. Returns the sorted start times.
+pub async fn ensure_starts_spaced(
+    label: &str,
+    sent: &[AsyncResult<f64>],
+    rate: f64,
+) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(sent.len());
+    for (i, run) in sent.iter().enumerate() {
+        let ran = run
+            .get(Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{label} #{i} has no result"))?;
+        times.push(ran);
+    }
+    times.sort_by(f64::total_cmp);
+    let busiest = busiest_second(&times);
+    let span = times.last().unwrap_or(&0.0) - times.first().unwrap_or(&0.0);
+    let runs = times.len();
+    println!(
+        "{runs} {label} at {rate}/s started over {span:.2} s, at most {busiest} in one second"
+    );
+    ensure!(
+        busiest as f64 <= rate + 2.0,
+        "{busiest} {label} started within one second at {rate}/s"
+    );
+    ensure!(
+        span >= runs.saturating_sub(1) as f64 / rate * 0.9,
+        "{runs} {label} at {rate}/s started over only {span:.2} s"
+    );
+    Ok(times)
 }

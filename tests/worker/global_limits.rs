@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use celeriac::{App, HeaderValue, TaskCall, task};
+use celeriac::{App, TaskCall, task};
 use celeriac_demo::tasks as demo;
 use celeriac_tests::worker::{RunningWorker, binary, cleanup};
 use celeriac_tests::{broker_url, require_redis, unique};
@@ -402,48 +402,25 @@ async fn deliveries_back_late_for_their_global_slots_start_one_interval_apart() 
         .await?;
     // A tenant of this run only (schedules are kept by tenant).
     let tenant = std::process::id() ^ 0x5a5a;
-    let oldest = chrono::Utc::now().timestamp_micros() - 2_000_000;
-    let sent = app
-        .send_many((0..RUNS).map(|k| {
-            let slot = oldest + i64::try_from(k).unwrap_or(0) * 50_000;
-            TaskCall::<f64>::new("tests.limits.timed_partner_call", vec![json!(tenant)])
-                .queue(&queue)
-                .header(GLOBAL_SLOT_HEADER, HeaderValue::Int(slot))
-        }))
-        .await?;
+    let sent = celeriac_tests::worker::send_back_late(&app, RUNS, GLOBAL_SLOT_HEADER, || {
+        TaskCall::new("tests.limits.timed_partner_call", vec![json!(tenant)]).queue(&queue)
+    })
+    .await?;
     let config = WorkerConfig {
         queues: vec![queue.clone()],
         concurrency: 8,
         ..WorkerConfig::default()
     };
     let worker = RunningWorker::run(app.clone(), config);
-    let mut times = Vec::with_capacity(RUNS);
-    for (i, call) in sent.iter().enumerate() {
-        let ran = call
-            .get(Duration::from_secs(60))
-            .await
-            .with_context(|| format!("call #{i} has no result"))?;
-        times.push(ran);
-    }
+    // Unspaced, all thirty start at once.
+    let spaced = celeriac_tests::worker::ensure_starts_spaced(
+        "late deliveries (global)",
+        &sent,
+        GLOBAL_RATE,
+    )
+    .await;
     let summary = worker.stop().await?;
-    times.sort_by(f64::total_cmp);
-    let busiest = celeriac_tests::worker::busiest_second(&times);
-    let span = times[RUNS - 1] - times[0];
-    println!(
-        "{RUNS} late deliveries at {GLOBAL_RATE}/s (global) started over {span:.2} s, at most \
-         {busiest} in one second"
-    );
-    // At most 11 in a second, one more for reading the clock a moment
-    // late (see tests/worker/rate_limit.rs); unspaced, all thirty start
-    // at once.
-    ensure!(
-        busiest <= GLOBAL_RATE as usize + 2,
-        "{busiest} of the late deliveries started within one second at {GLOBAL_RATE}/s"
-    );
-    ensure!(
-        span >= (RUNS - 1) as f64 / GLOBAL_RATE * 0.9,
-        "{RUNS} starts at {GLOBAL_RATE}/s took only {span:.2} s"
-    );
+    spaced?;
     ensure!(
         summary.succeeded == RUNS as u64 && summary.failed == 0 && summary.dead_lettered == 0,
         "expected {RUNS} runs, none failed or dead-lettered; the worker says {summary:?}"

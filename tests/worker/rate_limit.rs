@@ -2,12 +2,10 @@
 //! late for their slots start one interval apart. (A limited task's rate
 //! is measured alone, in `tests/faults/rate_limit.rs`.)
 
-use std::time::Duration;
-
-use anyhow::{Context as _, Result, ensure};
-use celeriac::{App, HeaderValue, TaskCall};
+use anyhow::{Result, ensure};
+use celeriac::{App, TaskCall};
 use celeriac_demo::tasks as demo;
-use celeriac_tests::worker::{RunningWorker, busiest_second, cleanup};
+use celeriac_tests::worker::{RunningWorker, cleanup, ensure_starts_spaced, send_back_late};
 use celeriac_tests::{broker_url, require_redis, unique};
 use celeriac_worker::{Worker, WorkerConfig, WorkerError};
 
@@ -63,15 +61,10 @@ async fn deliveries_back_late_for_their_slots_start_one_interval_apart() -> Resu
         .result_backend(&redis)
         .build()
         .await?;
-    let oldest = chrono::Utc::now().timestamp_micros() - 2_000_000;
-    let sent = app
-        .send_many((0..RUNS).map(|k| {
-            let slot = oldest + i64::try_from(k).unwrap_or(0) * 50_000;
-            TaskCall::<f64>::new("demo.now", vec![])
-                .queue(&queue)
-                .header(RATE_SLOT_HEADER, HeaderValue::Int(slot))
-        }))
-        .await?;
+    let sent = send_back_late(&app, RUNS, RATE_SLOT_HEADER, || {
+        TaskCall::new("demo.now", vec![]).queue(&queue)
+    })
+    .await?;
     let config = WorkerConfig {
         queues: vec![queue.clone()],
         concurrency: 8,
@@ -79,35 +72,10 @@ async fn deliveries_back_late_for_their_slots_start_one_interval_apart() -> Resu
         ..WorkerConfig::default()
     };
     let worker = RunningWorker::run(app.clone(), config);
-    let mut times = Vec::with_capacity(RUNS);
-    for (i, task) in sent.iter().enumerate() {
-        let ran = task
-            .get(Duration::from_secs(60))
-            .await
-            .with_context(|| format!("demo.now #{i} has no result"))?;
-        times.push(ran);
-    }
+    // Unspaced, all thirty start within a fraction of a second.
+    let spaced = ensure_starts_spaced("late deliveries", &sent, RATE).await;
     let summary = worker.stop().await?;
-    times.sort_by(f64::total_cmp);
-    let busiest = busiest_second(&times);
-    let span = times[RUNS - 1] - times[0];
-    println!(
-        "{RUNS} late deliveries at {RATE}/s started over {span:.2} s, at most {busiest} in one \
-         second; {} deferred",
-        summary.rate_deferred
-    );
-    // Starts an interval apart (less up to half an interval a late waiter
-    // is credited) put at most 11 in a second; one more allows for a task
-    // reading the clock a moment after its start. Unspaced, all thirty
-    // start within a fraction of a second.
-    ensure!(
-        busiest <= RATE as usize + 2,
-        "{busiest} of the late deliveries started within one second at {RATE}/s"
-    );
-    ensure!(
-        span >= (RUNS - 1) as f64 / RATE * 0.9,
-        "{RUNS} starts at {RATE}/s took only {span:.2} s"
-    );
+    spaced?;
     ensure!(
         summary.succeeded == RUNS as u64 && summary.failed == 0 && summary.dead_lettered == 0,
         "expected {RUNS} runs, none failed or dead-lettered; the worker says {summary:?}"
