@@ -347,19 +347,21 @@ async fn a_node_that_fails_channels_is_passed_over_for_the_next_url() -> Result<
     // A user allowed one channel: its connection opens, then the second of
     // the two channels a broker handle opens is refused, as on a node that
     // takes connections and fails their channels.
-    let user = unique("one-channel");
-    celeriac_tests::rabbitmqctl(&["add_user", &user, "one-channel"])?;
+    let user = unique("limited");
+    celeriac_tests::rabbitmqctl(&["add_user", &user, "limited"])?;
     let _remove = RemoveUser(user.clone());
     celeriac_tests::rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"])?;
     celeriac_tests::rabbitmqctl(&["set_user_limits", &user, r#"{"max-channels": 1}"#])?;
-    let limited = broker_url().replacen("guest:guest", &format!("{user}:one-channel"), 1);
+    let limited = broker_url().replacen("guest:guest", &format!("{user}:limited"), 1);
 
     // Alone, it does not connect, and says why.
     let mut config = BrokerConfig::from_url(&limited)?;
     config.connect_timeout = Duration::from_secs(3);
     let err = Broker::connect(config).await.unwrap_err();
     ensure!(
-        matches!(err, BrokerError::Connect { .. }) && err.to_string().contains("channel"),
+        matches!(err, BrokerError::Connect { .. })
+            && err.to_string().contains("opening its channels failed")
+            && err.to_string().contains("channel limit"),
         "a connection that cannot open its channels: {err}"
     );
 

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::declare::declare_queue;
+use crate::error::CHANNELS_FAILED;
 use crate::returns::ReturnDesk;
 use crate::topology::Queue;
 use crate::{BrokerConfig, BrokerError, BrokerUrl, LoginMethod};
@@ -492,20 +493,28 @@ async fn establish(
         };
         let events: EventStream = Box::pin(connection.events_listener());
         let queues = lock(&shared.topology).clone();
-        redeclare(&connection, &queues).await;
-        // A node that takes the connection but fails its channels is passed
-        // over like one that refuses the connection.
+        // A node that takes the connection but fails its channels, or does
+        // not answer for them within the connect timeout, is passed over
+        // like one that refuses the connection.
+        let timeout = url.connect_timeout.unwrap_or(shared.config.connect_timeout);
         let channels = async {
+            redeclare(&connection, &queues).await;
             let publisher = Publisher::open(&connection).await?;
             let transient = confirming_channel(&connection).await?;
             Ok::<_, lapin::Error>((publisher, transient))
         };
-        let (publisher, transient) = match channels.await {
+        let failure = match tokio::time::timeout(timeout, channels).await {
+            Ok(Ok(channels)) => Ok(channels),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        let (publisher, transient) = match failure {
             Ok(channels) => channels,
-            Err(e) => {
-                failed(url, format!("opening a channel failed: {e}"));
+            Err(why) => {
+                failed(url, format!("{CHANNELS_FAILED}: {why}"));
                 if connection.status().connected() {
-                    let _ = connection.close(200, "channels failed".into()).await;
+                    let closing = connection.close(200, "channels failed".into());
+                    let _ = tokio::time::timeout(timeout, closing).await;
                 }
                 continue;
             }

@@ -221,6 +221,10 @@ impl BrokerError {
 }
 
 /// The likely fix for a connection failure, from the client's error text.
+/// How a connection error begins when the node took the connection but
+/// opening its channels failed.
+pub(crate) const CHANNELS_FAILED: &str = "opening its channels failed";
+
 fn connect_hint(detail: &str) -> &'static str {
     if detail.contains("ACCESS_REFUSED") || detail.contains("ACCESS-REFUSED") {
         "Check the user name and password in the URL (RabbitMQ's default guest/guest only \
@@ -237,6 +241,9 @@ fn connect_hint(detail: &str) -> &'static str {
     } else if detail.contains("EXTERNAL") || detail.contains("auth_mechanism") {
         "login_method=EXTERNAL needs RabbitMQ's rabbitmq_auth_mechanism_ssl plugin, EXTERNAL \
          in its auth_mechanisms, and a user named as the client certificate's subject"
+    } else if detail.contains(CHANNELS_FAILED) {
+        "The node took the connection but not its channels: check the user's channel limit \
+         (`rabbitmqctl list_user_limits`), the node's `channel_max`, and its log"
     } else if detail.contains("NOT_ALLOWED") && detail.contains("vhost") {
         "The virtual host does not exist or the user may not use it \
          (`rabbitmqctl list_vhosts`, `rabbitmqctl set_permissions`)"
