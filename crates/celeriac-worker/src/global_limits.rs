@@ -78,10 +78,10 @@ pub(crate) struct Lease {
 /// global limit.
 pub(crate) async fn take(ctx: &Context, pacer: &Pacer<'_>) -> Limited {
     let Pacer {
-        task,
         options,
         message,
         delivery,
+        ..
     } = *pacer;
     let Some(cap) = options.global_concurrency else {
         return Limited::Run(None);
@@ -93,16 +93,16 @@ pub(crate) async fn take(ctx: &Context, pacer: &Pacer<'_>) -> Limited {
     let Some(leases) = backend.leases() else {
         return Limited::Run(None);
     };
-    let key = limit_key(task, options, message);
+    let key = pacer.limit_key();
     // One holder per run: two deliveries of one id on one worker (a
     // duplicate) each hold a lease of their own.
     let run = NEXT_HOLDER.fetch_add(1, Ordering::Relaxed);
     let holder = format!("{}:{}:{run}", ctx.config.hostname, message.headers.id);
     let ttl = ctx.config.global_lease;
-    match leases.acquire(&key, &holder, cap, ttl).await {
-        Ok(true) => Limited::Run(Some(Lease::keep(backend, key, holder, ttl))),
+    match leases.acquire(key, &holder, cap, ttl).await {
+        Ok(true) => Limited::Run(Some(Lease::keep(backend, key.to_owned(), holder, ttl))),
         Ok(false) => Limited::Full,
-        Err(e) => outage(ctx, &key, &e, delivery),
+        Err(e) => outage(ctx, key, &e, delivery),
     }
 }
 

@@ -14,7 +14,7 @@ use celeriac::result::SlotGaps;
 use crate::LimitOutage;
 use crate::context::Context;
 use crate::eta_holds::DELAY_RESOLUTION;
-use crate::global_limits::{self, OUTAGE_DEFERRAL, limit_key};
+use crate::global_limits::{self, OUTAGE_DEFERRAL};
 use crate::pacer::Pacer;
 use crate::rate_limits::{
     DEFER_LEAD, Pace, RATE_HORIZON, STALE_SLOT, back_for, carried, defer, micros, now_micros,
@@ -36,9 +36,11 @@ pub(crate) fn start(ctx: &Context, pacer: &Pacer<'_>) -> Pace<'static> {
     else {
         return Pace::Run;
     };
-    let key = limit_key(pacer.task, pacer.options, pacer.message);
     let now = now_micros();
-    let Err(earliest) = ctx.global_starts.take(&key, 1e6 / per_second, now) else {
+    let Err(earliest) = ctx
+        .global_starts
+        .take(pacer.limit_key(), 1e6 / per_second, now)
+    else {
         return Pace::Run;
     };
     let wait = until(earliest, now);
@@ -55,10 +57,7 @@ pub(crate) fn start(ctx: &Context, pacer: &Pacer<'_>) -> Pace<'static> {
 /// What a delivery of a task with a global rate limit does now.
 pub(crate) async fn pace<'a>(ctx: &'a Context, pacer: &Pacer<'_>) -> Pace<'a> {
     let Pacer {
-        task,
-        options,
-        message,
-        delivery,
+        options, delivery, ..
     } = *pacer;
     // The worker checked at start that the rate reads and the store keeps
     // schedules.
@@ -69,14 +68,14 @@ pub(crate) async fn pace<'a>(ctx: &'a Context, pacer: &Pacer<'_>) -> Pace<'a> {
         return Pace::Run;
     };
     let interval = Duration::from_secs_f64(1.0 / per_second);
-    let key = limit_key(task, options, message);
+    let key = pacer.limit_key();
     if let Some(slot) = carried(delivery, GLOBAL_SLOT_HEADER) {
-        match slots.honour(&key, slot, interval).await {
+        match slots.honour(key, slot, interval).await {
             Ok(now) if slot >= now.saturating_sub(micros(STALE_SLOT)) => {
                 return back_for(slot, now);
             }
             Ok(_) => {}
-            Err(e) => return outage(ctx, &key, &e),
+            Err(e) => return outage(ctx, key, &e),
         }
     }
     let hold = ctx.eta_holds.try_hold();
@@ -90,7 +89,7 @@ pub(crate) async fn pace<'a>(ctx: &'a Context, pacer: &Pacer<'_>) -> Pace<'a> {
         lead: DEFER_LEAD,
         horizon: RATE_HORIZON,
     };
-    match slots.take(&key, gaps).await {
+    match slots.take(key, gaps).await {
         Ok(taken) => match taken.at {
             None => Pace::Defer {
                 delay: RATE_HORIZON,
@@ -105,7 +104,7 @@ pub(crate) async fn pace<'a>(ctx: &'a Context, pacer: &Pacer<'_>) -> Pace<'a> {
                 }
             }
         },
-        Err(e) => outage(ctx, &key, &e),
+        Err(e) => outage(ctx, key, &e),
     }
 }
 

@@ -134,12 +134,7 @@ async fn run_admitted(
     // seen as received: one deferred now is received when it comes back.
     // (One deferred later, by its ETA's turn, a full global limit or the
     // start check, was received already and is received again when back.)
-    let pacer = Pacer {
-        task: task.as_ref(),
-        options: &options,
-        message: &message,
-        delivery,
-    };
+    let pacer = Pacer::new(task.as_ref(), &options, &message, delivery);
     let wait = if wait.is_zero() {
         match pacer.pace(ctx).await {
             (Pace::Run, _) => Wait::Nothing,

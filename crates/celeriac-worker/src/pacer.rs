@@ -7,7 +7,10 @@ use celeriac::broker::Delivery;
 use celeriac::protocol::TaskMessage;
 use celeriac::{Task, TaskOptions};
 
+use std::sync::OnceLock;
+
 use crate::context::Context;
+use crate::global_limits::limit_key;
 use crate::global_rates::{self, GLOBAL_SLOT_HEADER};
 use crate::rate_limits::{Pace, RATE_SLOT_HEADER};
 
@@ -17,9 +20,33 @@ pub(crate) struct Pacer<'a> {
     pub(crate) options: &'a TaskOptions,
     pub(crate) message: &'a TaskMessage,
     pub(crate) delivery: &'a Delivery,
+    /// Its global limits' key, made when first asked for.
+    key: OnceLock<String>,
 }
 
-impl Pacer<'_> {
+impl<'a> Pacer<'a> {
+    /// The limits' view of one delivery of `task`.
+    pub(crate) fn new(
+        task: &'a dyn Task,
+        options: &'a TaskOptions,
+        message: &'a TaskMessage,
+        delivery: &'a Delivery,
+    ) -> Pacer<'a> {
+        Pacer {
+            task,
+            options,
+            message,
+            delivery,
+            key: OnceLock::new(),
+        }
+    }
+
+    /// The key its global limits are kept by ([`limit_key`]), made once:
+    /// a delivery waiting its turn asks for it on each try.
+    pub(crate) fn limit_key(&self) -> &str {
+        self.key
+            .get_or_init(|| limit_key(self.task, self.options, self.message))
+    }
     /// The delivery's rate-limit turn, and the header a deferred copy
     /// carries its slot in.
     pub(crate) async fn pace<'c>(&self, ctx: &'c Context) -> (Pace<'c>, &'static str) {
