@@ -31,11 +31,7 @@ pub(crate) struct BodySpans {
 /// one (args a list or `null`, kwargs an object or `null`, valid JSON
 /// throughout, nothing after it but whitespace).
 pub(crate) fn scan_body(text: &str) -> Option<BodySpans> {
-    let mut scan = Scanner {
-        text: text.as_bytes(),
-        at: 0,
-        open: Vec::new(),
-    };
+    let mut scan = Scanner::at(text.as_bytes(), 0);
     scan.expect(b'[')?;
     let args = scan.args()?;
     scan.expect(b',')?;
@@ -51,15 +47,44 @@ pub(crate) fn scan_body(text: &str) -> Option<BodySpans> {
     })
 }
 
+/// Where the JSON value starting at `at` (after whitespace) ends, and how
+/// deeply it nests arrays and objects (0 for a scalar); `None` unless one
+/// valid value starts there.
+pub(crate) fn value_end(text: &[u8], at: usize) -> Option<(usize, usize)> {
+    let mut scan = Scanner::at(text, at);
+    scan.value()?;
+    Some((scan.at, scan.deepest))
+}
+
+/// Where the string whose opening quote is at `at` ends (just after its
+/// closing quote), if it holds neither an escape nor a control character:
+/// its text is then exactly its bytes between the quotes.
+pub(crate) fn plain_string_end(text: &[u8], at: usize) -> Option<usize> {
+    let mut scan = Scanner::at(text, at + 1);
+    scan.skip_plain();
+    (scan.peek()? == b'"').then_some(scan.at + 1)
+}
+
 /// A position in the text being scanned.
 struct Scanner<'a> {
     text: &'a [u8],
     at: usize,
     /// The closing brackets of the arrays and objects the scan is inside.
     open: Vec<u8>,
+    /// The most brackets `open` has held.
+    deepest: usize,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn at(text: &'a [u8], at: usize) -> Scanner<'a> {
+        Scanner {
+            text,
+            at,
+            open: Vec::new(),
+            deepest: 0,
+        }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.text.get(self.at).copied()
     }
@@ -166,8 +191,10 @@ impl Scanner<'_> {
                     self.whitespace();
                     if self.peek()? == closer {
                         self.at += 1;
+                        self.deepest = self.deepest.max(self.open.len() + 1);
                     } else {
                         self.open.push(closer);
+                        self.deepest = self.deepest.max(self.open.len());
                         if closer == b'}' {
                             self.key()?;
                         }
@@ -314,7 +341,7 @@ impl Scanner<'_> {
 /// Where the JSON whitespace from `at` ends. (This and the number
 /// functions are inlined: they run for every number of a list.)
 #[inline(always)]
-fn whitespace_end(text: &[u8], mut at: usize) -> usize {
+pub(crate) fn whitespace_end(text: &[u8], mut at: usize) -> usize {
     while let Some(b' ' | b'\n' | b'\t' | b'\r') = text.get(at) {
         at += 1;
     }

@@ -19,6 +19,8 @@ use serde_json::ser::Formatter;
 
 use crate::DecodeError;
 
+pub use crate::typed_text::from_str;
+
 /// Serializes a value exactly as Python's `json.dumps(value)` would.
 ///
 /// ```

@@ -60,6 +60,7 @@ pub mod store;
 mod task_headers;
 pub mod time;
 pub mod trace;
+mod typed_text;
 mod v1;
 
 pub use args::{Args, Kwargs};

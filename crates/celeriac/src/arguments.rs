@@ -254,7 +254,7 @@ impl Arguments {
                 .ok_or_else(|| TaskError::new(format!("argument '{name}' could not be bound")));
         }
         if let Some(text) = arg.text()
-            && let Ok(typed) = serde_json::from_str(text)
+            && let Ok(typed) = celeriac_protocol::json::from_str(text)
         {
             return Ok(typed);
         }
