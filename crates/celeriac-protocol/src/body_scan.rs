@@ -252,6 +252,9 @@ impl<'a> Scanner<'a> {
             return Some(false);
         }
         loop {
+            while let Some(step) = integer_and_comma(text, at) {
+                at += step;
+            }
             at = number_end(text, at)?;
             // Python writes `, ` between a list's items.
             let next = match text.get(at..at + 2) {
@@ -311,30 +314,18 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips a string's bytes up to its next quote, backslash or control
-    /// character: eight at a time while none is among them.
+    /// character: memchr finds the quote or backslash, then one pass with
+    /// no early exit (which the compiler turns into vector instructions)
+    /// checks the bytes before it for a control character.
     fn skip_plain(&mut self) {
-        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-        const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-        // Nonzero iff a byte of `word` is below `n` (n ≤ 0x80).
-        let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
-        while let Some(chunk) = self.text.get(self.at..self.at + 8) {
-            let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
-                break;
-            };
-            let word = u64::from_ne_bytes(bytes);
-            let quote = any_below(word ^ (ONES * u64::from(b'"')), 1);
-            let backslash = any_below(word ^ (ONES * u64::from(b'\\')), 1);
-            if quote | backslash | any_below(word, 0x20) != 0 {
-                break;
-            }
-            self.at += 8;
-        }
-        while let Some(byte) = self.peek() {
-            if byte == b'"' || byte == b'\\' || byte < 0x20 {
-                break;
-            }
-            self.at += 1;
-        }
+        let rest = &self.text[self.at..];
+        let stop = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+        let plain = &rest[..stop];
+        let has_control = plain.iter().fold(false, |any, &byte| any | (byte < 0x20));
+        self.at += match has_control {
+            false => stop,
+            true => plain.iter().position(|&byte| byte < 0x20).unwrap_or(stop),
+        };
     }
 }
 
@@ -346,6 +337,37 @@ pub(crate) fn whitespace_end(text: &[u8], mut at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// In a list of integers as Python writes it (`123, 456`): the length of
+/// the integer of one to eight digits at `at` with the `, ` after it, if
+/// another number follows (what the number loop would read, the digits one
+/// word at a time); `None` for anything else, which the loop then reads. (A
+/// ninth digit is no comma, so a longer integer gets `None`.)
+#[inline(always)]
+fn integer_and_comma(text: &[u8], at: usize) -> Option<usize> {
+    let word = u64::from_le_bytes(text.get(at..at + 8)?.try_into().ok()?);
+    // Little-endian: the first non-digit is the lowest marked byte (none:
+    // eight digits).
+    let digits = (non_digits(word).trailing_zeros() / 8) as usize;
+    let leading_zero = word as u8 == b'0' && digits > 1;
+    if digits == 0 || leading_zero {
+        return None;
+    }
+    match text.get(at + digits..at + digits + 3)? {
+        [b',', b' ', b'-' | b'0'..=b'9'] => Some(digits + 2),
+        _ => None,
+    }
+}
+
+/// A mask with the high nibble set in each byte of `word` that is not an
+/// ASCII digit: a digit's high nibble is 3, and adding 6 keeps its low one
+/// under 16.
+#[inline(always)]
+pub(crate) fn non_digits(word: u64) -> u64 {
+    let high_nibble_not_3 = (word & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
+    let low_nibble_over_9 = (word & 0x0F0F_0F0F_0F0F_0F0F) + 0x0606_0606_0606_0606;
+    (high_nibble_not_3 | low_nibble_over_9) & 0xF0F0_F0F0_F0F0_F0F0
 }
 
 /// Where the number at `at` ends: `-`, an integer part without leading
@@ -388,12 +410,7 @@ fn digits_end(text: &[u8], mut at: usize) -> usize {
         let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
             break;
         };
-        // Each byte's high nibble set where it is not a digit: a digit's
-        // high nibble is 3, and adding 6 keeps its low one under 16.
-        let word = u64::from_le_bytes(bytes);
-        let high_nibble_not_3 = (word & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
-        let low_nibble_over_9 = (word & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606);
-        let not_digit = (high_nibble_not_3 | low_nibble_over_9) & 0xF0F0_F0F0_F0F0_F0F0;
+        let not_digit = non_digits(u64::from_le_bytes(bytes));
         if not_digit != 0 {
             // Little-endian: the first non-digit is the lowest such byte.
             return at + not_digit.trailing_zeros() as usize / 8;
@@ -499,6 +516,31 @@ mod tests {
             "[[[1, 2], [3, 4]], {}, [5, 6]]",
         ] {
             agrees(text);
+        }
+    }
+
+    #[test]
+    fn python_spaced_integer_lists_split_as_serde_json_splits_them() {
+        // Lists read a word at a time while a number of up to eight digits
+        // and its `, ` come before another number: every length around
+        // the word, leading zeros, and what may come after the comma.
+        for length in 1..=10 {
+            let number: String = "1234567890".chars().take(length).collect();
+            let zeroed = format!("0{}", &number[1..]);
+            for after in [
+                "", " ", "\n", "-", "]", "x", "\"x\"", "0", "01", "1.5", "-0",
+            ] {
+                for first in [&number, &zeroed] {
+                    agrees(&format!("[[[{first}, {number}, {after}]], {{}}, null]"));
+                    agrees(&format!("[[[{first}, {after}, {number}]], {{}}, null]"));
+                    agrees(&format!("[[[-{first}, {first}, {after}]], {{}}, null]"));
+                }
+            }
+            for separator in [",", ",,", ",x", ", ,", ",\t", ",  ", " ,"] {
+                agrees(&format!(
+                    "[[[0, {number}{separator}{number}, 1]], {{}}, null]"
+                ));
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, V
 use serde_json::Error;
 use serde_json::de::StrRead;
 
-use crate::body_scan::{plain_string_end, value_end, whitespace_end};
+use crate::body_scan::{non_digits, plain_string_end, value_end, whitespace_end};
 
 /// Deserializes `T` from JSON `text`: the same result as
 /// `serde_json::from_str(text)`, faster for integer lists and plain
@@ -257,16 +257,6 @@ fn digits_value(text: &[u8], at: usize) -> Option<(u64, usize)> {
 #[inline(always)]
 fn number_start_ok(text: &[u8], at: usize, end: usize) -> bool {
     end > at && (text[at] != b'0' || end == at + 1)
-}
-
-/// A mask with the high nibble set in each byte of `word` that is not an
-/// ASCII digit: a digit's high nibble is 3, and adding 6 keeps its low one
-/// under 16.
-#[inline(always)]
-fn non_digits(word: u64) -> u64 {
-    let high_nibble_not_3 = (word & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
-    let low_nibble_over_9 = (word & 0x0F0F_0F0F_0F0F_0F0F) + 0x0606_0606_0606_0606;
-    (high_nibble_not_3 | low_nibble_over_9) & 0xF0F0_F0F0_F0F0_F0F0
 }
 
 /// The value of the first `count` (1 to 8) bytes of `word`, all ASCII
