@@ -374,7 +374,7 @@ pub(crate) fn non_digits(word: u64) -> u64 {
 /// zeros, an optional fraction and an optional exponent, each with
 /// digits. `None` if there is no such number at `at`.
 #[inline(always)]
-fn number_end(text: &[u8], mut at: usize) -> Option<usize> {
+pub(crate) fn number_end(text: &[u8], mut at: usize) -> Option<usize> {
     if text.get(at) == Some(&b'-') {
         at += 1;
     }
