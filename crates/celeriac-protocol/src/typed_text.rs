@@ -2,18 +2,19 @@
 //! `serde_json::from_str` gives, at less cost for the large arguments tasks
 //! carry.
 //!
-//! serde_json reads a number or a string one byte at a time, through a few
-//! layers of calls per byte, so a list of integers costs it about 280
+//! serde_json reads an integer one digit at a time, through a few layers
+//! of calls per digit, so a list of integers costs it about 280
 //! instructions per element. This reader takes the commonest shapes
 //! itself: integers that fit in 64 bits, strings without escapes, `null`,
 //! `true` and `false`, and the arrays and objects around them. Whatever
-//! else it meets (a float, an escaped string, a number read as a JSON value,
-//! an enum, bytes) it hands, that value alone, to serde_json. For each of
-//! the shapes it takes, it calls the visitor the way serde_json's
-//! deserializer does (which `visit_*` method, borrowed or not). Anything
-//! it does not understand, including every error, makes it give up: the
-//! whole text is then read by serde_json, so a success is serde_json's
-//! value and a failure is serde_json's error, message included.
+//! else it meets (a float, a number beyond 64 bits, an enum, bytes, a
+//! `RawValue`) it hands, that value alone, to serde_json, and a string with
+//! escapes it has serde_json unescape. For each value it calls the visitor
+//! the way serde_json's deserializer does (which `visit_*` method,
+//! borrowed or not). Anything it does not understand, and every error
+//! (even one a type catches and goes on from), makes it give up: the whole
+//! text is then read by serde_json, so a success is serde_json's value and
+//! a failure is serde_json's error, message included.
 //!
 //! The tests hold it to that on hand-picked texts and on random texts
 //! read as 32 target types.
@@ -39,13 +40,9 @@ use crate::body_scan::{non_digits, number_end, plain_string_end, value_end, whit
 /// assert_eq!(batch, serde_json::from_str::<Batch>(text).unwrap());
 /// ```
 pub fn from_str<T: DeserializeOwned>(text: &str) -> serde_json::Result<T> {
-    let mut reader = Reader {
-        text,
-        at: 0,
-        depth: 0,
-    };
+    let mut reader = Reader::new(text);
     match T::deserialize(&mut reader) {
-        Ok(value) if whitespace_end(text.as_bytes(), reader.at) == text.len() => Ok(value),
+        Ok(value) if reader.finished() => Ok(value),
         _ => serde_json::from_str(text),
     }
 }
@@ -54,17 +51,33 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> serde_json::Result<T> {
 /// error): this reader gives up rather than nest deeper.
 const DEPTH_LIMIT: usize = 127;
 
-/// What makes the reader give up: never seen by a caller, who gets
-/// serde_json's own result instead.
-fn give_up() -> Error {
-    de::Error::custom("left to serde_json")
-}
-
-/// A position in the text, and how many arrays and objects it is inside.
+/// A position in the text, how many arrays and objects it is inside, and
+/// whether anything has failed.
 struct Reader<'de> {
     text: &'de str,
     at: usize,
     depth: usize,
+    /// Set by every error the reader makes or is handed (by a visitor, by
+    /// serde_json). A type may catch an error and go on, but after one
+    /// this reader's position need not be serde_json's (serde_json, for
+    /// one, still takes an array's closing bracket after an element's
+    /// error), so its result is not used.
+    failed: bool,
+    /// How many numbers it has handed to serde_json one by one.
+    numbers_handed_over: usize,
+}
+
+/// How many numbers (floats, integers beyond 64 bits, numbers read as JSON
+/// values) the reader hands to serde_json one by one before it gives the
+/// whole text to serde_json instead: each costs it a new serde_json
+/// deserializer, about half again serde_json's own cost for the number.
+const NUMBERS_HANDED_OVER_LIMIT: usize = 32;
+
+/// One of JSON's three literals.
+#[derive(Debug, PartialEq)]
+enum Literal {
+    Null,
+    Bool(bool),
 }
 
 /// An integer token that fits the type serde_json would read it as.
@@ -76,20 +89,57 @@ enum Integer {
 }
 
 impl<'de> Reader<'de> {
+    fn new(text: &'de str) -> Reader<'de> {
+        Reader {
+            text,
+            at: 0,
+            depth: 0,
+            failed: false,
+            numbers_handed_over: 0,
+        }
+    }
+
+    /// Whether the text was read to its end (whitespace aside) with no
+    /// error on the way.
+    fn finished(&self) -> bool {
+        !self.failed && whitespace_end(self.text.as_bytes(), self.at) == self.text.len()
+    }
+
+    /// What makes the reader give up: never seen by a caller, who gets
+    /// serde_json's own result instead.
+    fn give_up(&mut self) -> Error {
+        self.failed = true;
+        de::Error::custom("left to serde_json")
+    }
+
+    /// `result`, noting an error.
+    fn watch<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        self.failed |= result.is_err();
+        result
+    }
+
     /// The next byte after whitespace (which is skipped).
     fn peek(&mut self) -> Option<u8> {
         self.at = whitespace_end(self.text.as_bytes(), self.at);
         self.text.as_bytes().get(self.at).copied()
     }
 
-    /// Takes `word` if it comes next (after whitespace).
-    fn literal(&mut self, word: &str) -> bool {
+    /// `null`, `true` or `false`, if one comes next (after whitespace):
+    /// taken if so.
+    fn literal_value(&mut self) -> Option<Literal> {
         self.peek();
-        let found = self.text[self.at..].starts_with(word);
-        if found {
-            self.at += word.len();
-        }
-        found
+        let rest = &self.text[self.at..];
+        let (literal, length) = if rest.starts_with("null") {
+            (Literal::Null, 4)
+        } else if rest.starts_with("true") {
+            (Literal::Bool(true), 4)
+        } else if rest.starts_with("false") {
+            (Literal::Bool(false), 5)
+        } else {
+            return None;
+        };
+        self.at += length;
+        Some(literal)
     }
 
     /// The integer at the current position (after whitespace), if it is
@@ -127,6 +177,24 @@ impl<'de> Reader<'de> {
         Some(inner)
     }
 
+    /// The string with escapes whose opening quote comes next, unescaped
+    /// by serde_json into a buffer and visited with `visit_str`, as
+    /// serde_json visits such a string. (Read as a stream of one value,
+    /// which says where it ended.)
+    fn escaped_string<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, Error> {
+        let text: &'de str = self.text;
+        let start = whitespace_end(text.as_bytes(), self.at);
+        let mut strings = serde_json::Deserializer::from_str(&text[start..]).into_iter::<String>();
+        let value = match strings.next() {
+            Some(Ok(string)) => {
+                self.at = start + strings.byte_offset();
+                visitor.visit_str(&string)
+            }
+            _ => return Err(self.give_up()),
+        };
+        self.watch(value)
+    }
+
     /// Hands the next value, alone, to serde_json's `read` (the same
     /// deserializer method this reader was asked for).
     fn delegate<V, F>(&mut self, visitor: V, read: F) -> Result<V::Value, Error>
@@ -135,7 +203,7 @@ impl<'de> Reader<'de> {
         F: FnOnce(&mut serde_json::Deserializer<StrRead<'de>>, V) -> Result<V::Value, Error>,
     {
         let start = whitespace_end(self.text.as_bytes(), self.at);
-        let (end, depth) = value_end(self.text.as_bytes(), start).ok_or_else(give_up)?;
+        let (end, depth) = value_end(self.text.as_bytes(), start).ok_or_else(|| self.give_up())?;
         self.hand_over(start..end, depth, visitor, read)
     }
 
@@ -146,8 +214,14 @@ impl<'de> Reader<'de> {
         V: Visitor<'de>,
         F: FnOnce(&mut serde_json::Deserializer<StrRead<'de>>, V) -> Result<V::Value, Error>,
     {
+        // Many of them (a list of floats, say) cost less read by
+        // serde_json alone than handed over one by one.
+        self.numbers_handed_over += 1;
+        if self.numbers_handed_over > NUMBERS_HANDED_OVER_LIMIT {
+            return Err(self.give_up());
+        }
         let start = whitespace_end(self.text.as_bytes(), self.at);
-        let end = number_end(self.text.as_bytes(), start).ok_or_else(give_up)?;
+        let end = number_end(self.text.as_bytes(), start).ok_or_else(|| self.give_up())?;
         self.hand_over(start..end, 0, visitor, read)
     }
 
@@ -166,15 +240,14 @@ impl<'de> Reader<'de> {
     {
         // serde_json alone would count this value's nesting from zero.
         if self.depth + depth > DEPTH_LIMIT {
-            return Err(give_up());
+            return Err(self.give_up());
         }
         let text: &'de str = self.text;
         let end = span.end;
         let mut inner = serde_json::Deserializer::from_str(&text[span]);
-        let value = read(&mut inner, visitor)?;
-        inner.end()?;
+        let value = read(&mut inner, visitor).and_then(|value| inner.end().map(|()| value));
         self.at = end;
-        Ok(value)
+        self.watch(value)
     }
 
     /// An integer, as serde_json's number methods read it; anything else
@@ -184,11 +257,16 @@ impl<'de> Reader<'de> {
         V: Visitor<'de>,
         F: FnOnce(&mut serde_json::Deserializer<StrRead<'de>>, V) -> Result<V::Value, Error>,
     {
-        match self.integer() {
+        let value = match self.integer() {
             Some(Integer::Unsigned(n)) => visitor.visit_u64(n),
             Some(Integer::Signed(n)) => visitor.visit_i64(n),
-            None => self.delegate(visitor, read),
-        }
+            None if matches!(self.peek(), Some(b'-' | b'0'..=b'9')) => {
+                return self.delegate_number(visitor, read);
+            }
+            // Not a number: serde_json's error.
+            None => return Err(self.give_up()),
+        };
+        self.watch(value)
     }
 
     /// An array read by `visitor`, the next byte being its `[`.
@@ -197,7 +275,8 @@ impl<'de> Reader<'de> {
         let value = visitor.visit_seq(Elements {
             reader: self,
             first: true,
-        })?;
+        });
+        let value = self.watch(value)?;
         self.leave(b']')?;
         Ok(value)
     }
@@ -208,7 +287,8 @@ impl<'de> Reader<'de> {
         let value = visitor.visit_map(Entries {
             reader: self,
             first: true,
-        })?;
+        });
+        let value = self.watch(value)?;
         self.leave(b'}')?;
         Ok(value)
     }
@@ -216,7 +296,7 @@ impl<'de> Reader<'de> {
     /// Takes an opening bracket, one level deeper.
     fn enter(&mut self) -> Result<(), Error> {
         if self.depth == DEPTH_LIMIT {
-            return Err(give_up());
+            return Err(self.give_up());
         }
         self.depth += 1;
         self.at += 1;
@@ -227,7 +307,7 @@ impl<'de> Reader<'de> {
     /// to serde_json too).
     fn leave(&mut self, closer: u8) -> Result<(), Error> {
         if self.peek() != Some(closer) {
-            return Err(give_up());
+            return Err(self.give_up());
         }
         self.depth -= 1;
         self.at += 1;
@@ -331,16 +411,20 @@ macro_rules! delegated_methods {
     )*};
 }
 
-/// serde_json's string methods: a plain string is borrowed here.
+/// serde_json's string methods: a plain string is borrowed here, one with
+/// escapes unescaped by serde_json.
 macro_rules! string_methods {
     ($($method:ident)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-            if self.peek() == Some(b'"')
-                && let Some(text) = self.plain_string()
-            {
-                return visitor.visit_borrowed_str(text);
+            if self.peek() != Some(b'"') {
+                // Not a string: serde_json's error.
+                return Err(self.give_up());
             }
-            self.delegate(visitor, |inner, visitor| inner.$method(visitor))
+            let value = match self.plain_string() {
+                Some(text) => visitor.visit_borrowed_str(text),
+                None => return self.escaped_string(visitor),
+            };
+            self.watch(value)
         }
     )*};
 }
@@ -351,11 +435,12 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     number_methods! {
         deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
-        deserialize_f32 deserialize_f64
+        deserialize_f64
     }
 
+    // serde_json reads an `f32` from a float's text at single precision.
     delegated_methods! {
-        deserialize_i128 deserialize_u128 deserialize_bytes deserialize_byte_buf
+        deserialize_f32 deserialize_i128 deserialize_u128 deserialize_bytes deserialize_byte_buf
     }
 
     string_methods! {
@@ -363,49 +448,59 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     }
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self.peek() {
-            Some(b'[') => self.array(visitor),
-            Some(b'{') => self.object(visitor),
+        let any = |inner: &mut serde_json::Deserializer<StrRead<'de>>, visitor: V| {
+            inner.deserialize_any(visitor)
+        };
+        let value = match self.peek() {
+            Some(b'[') => return self.array(visitor),
+            Some(b'{') => return self.object(visitor),
             Some(b'"') => match self.plain_string() {
                 Some(text) => visitor.visit_borrowed_str(text),
-                None => self.delegate(visitor, |inner, visitor| inner.deserialize_any(visitor)),
+                None => return self.escaped_string(visitor),
             },
-            Some(b'n') if self.literal("null") => visitor.visit_unit(),
-            Some(b't') if self.literal("true") => visitor.visit_bool(true),
-            Some(b'f') if self.literal("false") => visitor.visit_bool(false),
-            // A number read as "any" keeps its text (serde_json's
-            // `arbitrary_precision`): serde_json's to read.
-            Some(b'-' | b'0'..=b'9') => {
-                self.delegate_number(visitor, |inner, visitor| inner.deserialize_any(visitor))
-            }
-            _ => self.delegate(visitor, |inner, visitor| inner.deserialize_any(visitor)),
-        }
+            // An integer that fits 64 bits is visited as one, as serde_json
+            // visits it even with `arbitrary_precision`; any other number
+            // keeps its text, which serde_json reads.
+            Some(b'-' | b'0'..=b'9') => match self.integer() {
+                Some(Integer::Unsigned(n)) => visitor.visit_u64(n),
+                Some(Integer::Signed(n)) => visitor.visit_i64(n),
+                None => return self.delegate_number(visitor, any),
+            },
+            Some(b'n' | b't' | b'f') => match self.literal_value() {
+                Some(Literal::Null) => visitor.visit_unit(),
+                Some(Literal::Bool(b)) => visitor.visit_bool(b),
+                None => return Err(self.give_up()),
+            },
+            _ => return Err(self.give_up()),
+        };
+        self.watch(value)
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        if self.literal("true") {
-            visitor.visit_bool(true)
-        } else if self.literal("false") {
-            visitor.visit_bool(false)
-        } else {
-            self.delegate(visitor, |inner, visitor| inner.deserialize_bool(visitor))
-        }
+        let value = match self.literal_value() {
+            Some(Literal::Bool(b)) => visitor.visit_bool(b),
+            // Not a boolean: serde_json's error.
+            _ => return Err(self.give_up()),
+        };
+        self.watch(value)
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        if self.literal("null") {
+        let value = if self.peek() == Some(b'n') && self.literal_value() == Some(Literal::Null) {
             visitor.visit_none()
         } else {
-            visitor.visit_some(self)
-        }
+            visitor.visit_some(&mut *self)
+        };
+        self.watch(value)
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        if self.literal("null") {
-            visitor.visit_unit()
-        } else {
-            self.delegate(visitor, |inner, visitor| inner.deserialize_unit(visitor))
-        }
+        let value = match self.literal_value() {
+            Some(Literal::Null) => visitor.visit_unit(),
+            // Not `null`: serde_json's error.
+            _ => return Err(self.give_up()),
+        };
+        self.watch(value)
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -428,7 +523,8 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
                 de::Deserializer::deserialize_newtype_struct(inner, name, visitor)
             });
         }
-        visitor.visit_newtype_struct(self)
+        let value = visitor.visit_newtype_struct(&mut *self);
+        self.watch(value)
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -491,9 +587,10 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let start = whitespace_end(self.text.as_bytes(), self.at);
-        let (end, _) = value_end(self.text.as_bytes(), start).ok_or_else(give_up)?;
+        let (end, _) = value_end(self.text.as_bytes(), start).ok_or_else(|| self.give_up())?;
         self.at = end;
-        visitor.visit_unit()
+        let value = visitor.visit_unit();
+        self.watch(value)
     }
 }
 
@@ -515,11 +612,11 @@ impl<'de> SeqAccess<'de> for Elements<'_, 'de> {
             Some(b',') if !self.first => {
                 self.reader.at += 1;
                 if self.reader.peek() == Some(b']') {
-                    return Err(give_up());
+                    return Err(self.reader.give_up());
                 }
             }
             _ if self.first => {}
-            _ => return Err(give_up()),
+            _ => return Err(self.reader.give_up()),
         }
         self.first = false;
         seed.deserialize(&mut *self.reader).map(Some)
@@ -543,18 +640,18 @@ impl<'de> MapAccess<'de> for Entries<'_, 'de> {
             Some(b'}') => return Ok(None),
             Some(b',') if !self.first => self.reader.at += 1,
             _ if self.first => {}
-            _ => return Err(give_up()),
+            _ => return Err(self.reader.give_up()),
         }
         self.first = false;
         if self.reader.peek() != Some(b'"') {
-            return Err(give_up());
+            return Err(self.reader.give_up());
         }
         seed.deserialize(Key(&mut *self.reader)).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
         if self.reader.peek() != Some(b':') {
-            return Err(give_up());
+            return Err(self.reader.give_up());
         }
         self.reader.at += 1;
         seed.deserialize(&mut *self.reader)
@@ -565,7 +662,7 @@ impl<'de> MapAccess<'de> for Entries<'_, 'de> {
 macro_rules! key_methods_giving_up {
     ($($method:ident)*) => {$(
         fn $method<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
-            Err(give_up())
+            Err(self.0.give_up())
         }
     )*};
 }
@@ -580,10 +677,11 @@ impl<'de> de::Deserializer<'de> for Key<'_, 'de> {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self.0.plain_string() {
+        let value = match self.0.plain_string() {
             Some(text) => visitor.visit_borrowed_str(text),
-            None => Err(give_up()),
-        }
+            None => return Err(self.0.give_up()),
+        };
+        self.0.watch(value)
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -591,7 +689,7 @@ impl<'de> de::Deserializer<'de> for Key<'_, 'de> {
         _name: &'static str,
         _visitor: V,
     ) -> Result<V::Value, Error> {
-        Err(give_up())
+        Err(self.0.give_up())
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -600,7 +698,7 @@ impl<'de> de::Deserializer<'de> for Key<'_, 'de> {
         _variants: &'static [&'static str],
         _visitor: V,
     ) -> Result<V::Value, Error> {
-        Err(give_up())
+        Err(self.0.give_up())
     }
 
     key_methods_giving_up! {
@@ -630,13 +728,9 @@ mod tests {
     /// What this reader makes of `text` on its own, without serde_json
     /// taking over: `None` where it gives up.
     fn alone<T: DeserializeOwned>(text: &str) -> Option<T> {
-        let mut reader = Reader {
-            text,
-            at: 0,
-            depth: 0,
-        };
+        let mut reader = Reader::new(text);
         let value = T::deserialize(&mut reader).ok()?;
-        (whitespace_end(text.as_bytes(), reader.at) == text.len()).then_some(value)
+        reader.finished().then_some(value)
     }
 
     /// `from_str` agrees with serde_json on `text` read as `T`, and so
@@ -706,6 +800,98 @@ mod tests {
     #[derive(Debug, PartialEq, Deserialize)]
     struct Marker;
 
+    /// Every visitor call serde_json's deserializer (or the reader) makes
+    /// for a value read as "any", in order: told apart are `visit_u64`
+    /// from `visit_i64` and a borrowed string from a copied one, which
+    /// values alone do not show.
+    #[derive(Debug, PartialEq)]
+    struct Recorded(Vec<String>);
+
+    impl<'de> Deserialize<'de> for Recorded {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Recorded, D::Error> {
+            let mut calls = Vec::new();
+            deserializer.deserialize_any(Recorder(&mut calls))?;
+            Ok(Recorded(calls))
+        }
+    }
+
+    /// Writes each visitor call into its list.
+    struct Recorder<'a>(&'a mut Vec<String>);
+
+    impl<'de> DeserializeSeed<'de> for Recorder<'_> {
+        type Value = ();
+
+        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Recorder<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("anything")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+            self.0.push(format!("bool {v}"));
+            Ok(())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+            self.0.push(format!("i64 {v}"));
+            Ok(())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+            self.0.push(format!("u64 {v}"));
+            Ok(())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+            self.0.push(format!("f64 {v}"));
+            Ok(())
+        }
+        fn visit_str<E>(self, v: &str) -> Result<(), E> {
+            self.0.push(format!("str {v:?}"));
+            Ok(())
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+            self.0.push(format!("borrowed str {v:?}"));
+            Ok(())
+        }
+        fn visit_string<E>(self, v: String) -> Result<(), E> {
+            self.0.push(format!("string {v:?}"));
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            self.0.push("unit".to_owned());
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            self.0.push("[".to_owned());
+            while seq.next_element_seed(Recorder(self.0))?.is_some() {}
+            self.0.push("]".to_owned());
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            self.0.push("{".to_owned());
+            while map.next_key_seed(Recorder(self.0))?.is_some() {
+                map.next_value_seed(Recorder(self.0))?;
+            }
+            self.0.push("}".to_owned());
+            Ok(())
+        }
+    }
+
+    /// A value that catches its own error and reads as `None`, as a
+    /// `default_on_error` field does: the reader must not go on from a
+    /// place serde_json would not.
+    #[derive(Debug, PartialEq)]
+    struct Lenient<T>(Option<T>);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Lenient<T>, D::Error> {
+            Ok(Lenient(T::deserialize(deserializer).ok()))
+        }
+    }
+
     /// A `Box<RawValue>` compared by its text.
     #[derive(Debug, Deserialize)]
     struct Raw(Box<RawValue>);
@@ -719,6 +905,9 @@ mod tests {
     /// Every target type the tests read texts as.
     fn agrees_as_every_type(text: &str) {
         agrees::<Value>(text);
+        agrees::<Recorded>(text);
+        agrees::<Vec<Lenient<Vec<u8>>>>(text);
+        agrees::<(Lenient<(u32, u32)>, u32)>(text);
         agrees::<Vec<u64>>(text);
         agrees::<Vec<i64>>(text);
         agrees::<Vec<u8>>(text);
@@ -758,7 +947,12 @@ mod tests {
         for digit in "1234567890987654321".chars() {
             number.push(digit);
             let text = format!("[{number}, -{number}, {number} ]");
-            assert!(agrees::<Vec<i128>>(&text) || number.len() > 18, "{text}");
+            assert!(agrees::<Vec<i64>>(&text), "{text}");
+            assert!(agrees::<Vec<Recorded>>(&text), "{text}");
+            assert!(
+                agrees::<Vec<u64>>(&format!("[{number}, {number}]")),
+                "{text}"
+            );
             let value: u64 = number.parse().unwrap();
             for tail in ["", "]", ", 1234567890"] {
                 let text = format!("{number}{tail}");
@@ -806,6 +1000,11 @@ mod tests {
         // past 64 bits, `-0`, an escaped key: each read by serde_json, the
         // value alone or the whole text.
         assert!(agrees::<Vec<f64>>("[1.5, 2, -0.0, 1e300]"));
+        // Past 32 numbers handed over one by one, serde_json reads the
+        // whole text.
+        let floats: Vec<String> = (0..40).map(|i| format!("{i}.5")).collect();
+        assert!(!agrees::<Vec<f64>>(&format!("[{}]", floats.join(", "))));
+        assert!(agrees::<Vec<f64>>(&format!("[{}]", floats[..32].join(", "))));
         assert!(agrees::<Vec<String>>(r#"["a\"b", "caf\u00e9"]"#));
         assert!(agrees::<Value>("[1, 2.50, 1e3]"));
         assert!(!agrees::<Vec<u64>>("[18446744073709551616]"));
@@ -846,7 +1045,40 @@ mod tests {
     }
 
     #[test]
+    fn an_error_a_type_catches_hands_the_text_to_serde_json() {
+        for text in [
+            "[[300, 5]",
+            "[[1,]",
+            "[[1, 2, 3]",
+            "[[1, 2, 3], 4]",
+            "[[1, \"x\"], 2]",
+        ] {
+            agrees::<(Lenient<Vec<u8>>, u8)>(text);
+            agrees::<Vec<Lenient<Vec<u32>>>>(text);
+            agrees::<(Lenient<(u32, u32)>, u32)>(text);
+        }
+        // A caught error leaves the reader's result unused even when the
+        // text is valid.
+        assert!(!agrees::<(Lenient<Vec<u8>>, u8)>("[[300, 5], 5]"));
+        assert!(!agrees::<(Lenient<(u32, u32)>, u32)>("[[1, 2, 3], 4]"));
+    }
+
+    #[test]
+    fn visits_as_serde_json_visits() {
+        assert!(agrees::<Recorded>(
+            r#"{"a": [1, -2, 18446744073709551615, "x", null, true], "b": {}}"#
+        ));
+        // Escaped strings, floats and big integers, read by serde_json.
+        assert!(agrees::<Recorded>(
+            r#"["caf\u00e9", 1.5, -0, 18446744073709551616, -9223372036854775809]"#
+        ));
+        assert!(agrees::<Vec<String>>(r#"["plain", "caf\u00e9", "a\"b"]"#));
+    }
+
+    #[test]
     fn nests_as_deep_as_serde_json_and_no_deeper() {
+        let deepest = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+        assert!(agrees::<Value>(&deepest));
         for depth in [1, 126, 127, 128, 129, 400] {
             let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
             agrees::<Value>(&nested);
@@ -886,6 +1118,12 @@ mod tests {
             "18446744073709551615",
             "18446744073709551616",
             "99999999999999999999",
+            "12345678",
+            "-123456789",
+            "12345678901",
+            "123456789012345678",
+            "1234567890123456789",
+            "-1234567890123456789",
             "-0",
             "01",
             "1.5",
@@ -968,6 +1206,19 @@ mod tests {
             let expected = (digits <= MOST_DIGITS && (n != 0 || digits == 1))
                 .then(|| (text[..digits].parse::<u64>().unwrap(), digits));
             prop_assert_eq!(digits_value(text.as_bytes(), 0), expected, "{}", text);
+        }
+
+        #[test]
+        fn hands_floats_to_serde_json(
+            x in any::<f64>(),
+            digits in "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?",
+        ) {
+            for text in [format!("[{x:?}, {x:e}]"), format!("[{digits}]")] {
+                agrees::<Vec<f64>>(&text);
+                agrees::<Vec<f32>>(&text);
+                agrees::<Recorded>(&text);
+                agrees::<Value>(&text);
+            }
         }
 
         #[test]
