@@ -67,16 +67,18 @@ struct Reader<'de> {
     numbers_handed_over: usize,
 }
 
-/// How many numbers (floats, integers beyond 64 bits, numbers read as JSON
-/// values) the reader hands to serde_json one by one before it gives the
-/// whole text to serde_json instead: each costs it a new serde_json
-/// deserializer, about half again serde_json's own cost for the number.
+/// How many numbers (floats, integers beyond 64 bits) the reader hands to
+/// serde_json one by one before it gives the whole text to serde_json
+/// instead: each costs it a new serde_json deserializer, about half again
+/// serde_json's own cost for the number.
 const NUMBERS_HANDED_OVER_LIMIT: usize = 32;
 
 /// One of JSON's three literals.
 #[derive(Debug, PartialEq)]
 enum Literal {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
 }
 
@@ -89,6 +91,7 @@ enum Integer {
 }
 
 impl<'de> Reader<'de> {
+    /// A reader at the start of `text`.
     fn new(text: &'de str) -> Reader<'de> {
         Reader {
             text,
@@ -1004,7 +1007,10 @@ mod tests {
         // whole text.
         let floats: Vec<String> = (0..40).map(|i| format!("{i}.5")).collect();
         assert!(!agrees::<Vec<f64>>(&format!("[{}]", floats.join(", "))));
-        assert!(agrees::<Vec<f64>>(&format!("[{}]", floats[..32].join(", "))));
+        assert!(agrees::<Vec<f64>>(&format!(
+            "[{}]",
+            floats[..32].join(", ")
+        )));
         assert!(agrees::<Vec<String>>(r#"["a\"b", "caf\u00e9"]"#));
         assert!(agrees::<Value>("[1, 2.50, 1e3]"));
         assert!(!agrees::<Vec<u64>>("[18446744073709551616]"));
